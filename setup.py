@@ -1,0 +1,38 @@
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="txmasse",
+    version="0.1.0",
+    description="Reach Twisted peers by name, not by address",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["txmasse", "txmasse.*"]),
+    package_data={"txmasse": ["py.typed"]},
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "txredisapi>=1.4.10",
+        "zope.interface>=6",
+        "attrs>=23.1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6",
+            "mypy>=1.10",
+            "mypy-zope>=1.0.5",
+            "ruff>=0.5",
+        ],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+        "Typing :: Typed",
+    ],
+)

@@ -1,0 +1,226 @@
+"""
+Fixtures: a private redis-server per test (never the machine's shared one),
+registries to test, and a helper to wait for a condition.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from txmasse.registry.interface import IRegistry
+from txmasse.registry.memory import MemoryRegistry
+from txmasse.registry.url import _build, parseRegistryURL
+
+INSTALL_HINT = (
+    "redis-server is not installed: the tests need it. Install it with "
+    "'apt-get install -y redis-server' (the README's test command does this), "
+    "or put a redis-server on PATH."
+)
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _encode(*args: object) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _read(f: Any) -> Any:
+    line = f.readline()
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)[:-2]
+        return data
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_read(f) for _ in range(n)]
+    raise RuntimeError(f"bad reply {line!r}")
+
+
+class RedisServer:
+    """
+    A redis-server of the test's own, on a free loopback port, that tests
+    may stop, restart empty, kill, pause and resume.
+    """
+
+    def __init__(self, directory: Path, extraArgs: tuple[str, ...] = ()):
+        self.executable = shutil.which("redis-server")
+        if self.executable is None:
+            pytest.fail(INSTALL_HINT, pytrace=False)
+        self.directory = directory
+        self.port = freePort()
+        self.extraArgs = extraArgs
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert self.executable is not None
+        self.process = subprocess.Popen(
+            [
+                self.executable,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                *self.extraArgs,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.command("PING") == "PONG":
+                    return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def command(self, *args: object) -> Any:
+        """
+        Run one command on a connection of its own (blocking; test use only).
+        """
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(_encode(*args))
+            with s.makefile("rb") as f:
+                return _read(f)
+
+    def commandCalls(self) -> dict[str, int]:
+        """
+        Calls per command so far (including those made inside scripts).
+        """
+        info = self.command("INFO", "commandstats").decode()
+        calls = {}
+        for line in info.splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, stats = line.partition(":")
+                calls[name[len("cmdstat_") :]] = int(stats.split(",")[0].split("=")[1])
+        return calls
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def newRegistry(url: str, **options: Any) -> Any:
+    """
+    A registry of its own (not the per-process shared one), for tests that
+    need several clients.
+    """
+    parsed = parseRegistryURL(url)
+    registry = _build(reactor, parsed)
+    for name, value in options.items():
+        setattr(registry, name, value)
+    return registry
+
+
+@pytest.fixture
+def make_registry(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+    """
+    Build registries of the kind the test is parametrised with, closed at the
+    end of the test. Memory registries share one store, as in one process.
+    """
+    made: list[Any] = []
+    kind = request.param if hasattr(request, "param") else "redis"
+    memory = MemoryRegistry(reactor)
+
+    def make(**options: Any) -> IRegistry:
+        if kind == "memory":
+            return memory
+        server = request.getfixturevalue("redis_server")
+        registry = newRegistry(server.url + "?timeout=2", **options)
+        made.append(registry)
+        return registry  # type: ignore[no-any-return]
+
+    yield make
+    for registry in [memory, *made]:
+        pytest_twisted.blockon(registry.close())
+
+
+async def eventually(
+    predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01
+) -> float:
+    """
+    Wait until C{predicate()} is true; return how long that took.
+    """
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await deferLater(reactor, interval, lambda: None)
+    return time.monotonic() - start
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+@pytest.fixture(autouse=True)
+def _no_shared_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    No test may reach the machine's shared Redis by accident.
+    """
+    monkeypatch.setenv("MASSE_REGISTRY", "redis://127.0.0.1:1/0?timeout=0.5")
+    monkeypatch.delenv("MASSE_NAMESPACE", raising=False)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need, then runs ruff, mypy
+# and pytest. Usage: bash tests/run.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "tests/run.sh: redis-server is missing; installing it with apt-get" >&2
+    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+fi
+
+venv="${TXMASSE_VENV:-.venv}"
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check \
+    -e ".[test]" --config-settings editable_mode=compat
+
+"$venv/bin/ruff" check txmasse tests examples
+"$venv/bin/mypy" txmasse tests
+exec "$venv/bin/python" -m pytest "$@"

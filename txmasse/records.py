@@ -1,0 +1,325 @@
+"""
+What the registry stores about a peer, the rules its names follow, and the
+glob patterns that select names.
+
+Every value that comes from outside (a user, an endpoint string, another
+process writing to the registry) passes through the validators here, so the
+rest of txmasse can trust a L{PeerRecord} it holds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+
+NAME_RULE = "a letter or digit, then up to 127 letters, digits, '.', '_' or '-'"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+MAX_ENDPOINTS = 16
+MAX_ENDPOINT_LENGTH = 1024
+MAX_METADATA = 64
+MAX_METADATA_VALUE = 1024
+MAX_HOST_LENGTH = 255
+MAX_RECORD_BYTES = 32 * 1024
+_ENDPOINT = re.compile(r"[a-z][a-z0-9+.-]*:[\x20-\x7e]*")
+_HOST = re.compile(rf"[\x21-\x7e]{{1,{MAX_HOST_LENGTH}}}")
+
+
+def _shown(value: object) -> str:
+    """
+    A value quoted for an error message, cut short if it is long.
+    """
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def validateName(value: object, what: str = "name") -> str:
+    """
+    Return C{value} if it is a valid peer name, namespace or instance id.
+
+    @raise ValueError: naming the value and the rule it breaks.
+    """
+    if not isinstance(value, str) or _NAME.fullmatch(value) is None:
+        raise ValueError(f"invalid {what} {_shown(value)}: must be {NAME_RULE}")
+    return value
+
+
+def _validateNamespace(instance: object, attribute: object, value: str) -> None:
+    validateName(value, "namespace")
+
+
+def _validateName(instance: object, attribute: object, value: str) -> None:
+    validateName(value, "name")
+
+
+def _validateInstance(instance: object, attribute: object, value: str) -> None:
+    validateName(value, "instance id")
+
+
+def _toEndpoints(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise ValueError(f"endpoints must be a list of descriptions, not {_shown(value)}")
+    endpoints = tuple(value)
+    if not 1 <= len(endpoints) <= MAX_ENDPOINTS:
+        raise ValueError(f"a record needs 1 to {MAX_ENDPOINTS} endpoints, got {len(endpoints)}")
+    for description in endpoints:
+        if (
+            not isinstance(description, str)
+            or len(description) > MAX_ENDPOINT_LENGTH
+            or _ENDPOINT.fullmatch(description) is None
+        ):
+            raise ValueError(
+                f"invalid endpoint description {_shown(description)}: must look like "
+                f"'tcp:host=10.0.0.7:port=4312' (printable ASCII, at most "
+                f"{MAX_ENDPOINT_LENGTH} characters)"
+            )
+    return endpoints
+
+
+def _toMetadata(value: Mapping[str, str]) -> Mapping[str, str]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"metadata must be a mapping of str to str, not {_shown(value)}")
+    if len(value) > MAX_METADATA:
+        raise ValueError(f"at most {MAX_METADATA} metadata entries, got {len(value)}")
+    for key, item in value.items():
+        validateName(key, "metadata key")
+        if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE:
+            raise ValueError(
+                f"invalid metadata value for {key!r}: must be a str of at most "
+                f"{MAX_METADATA_VALUE} characters, got {_shown(item)}"
+            )
+    return MappingProxyType(dict(value))
+
+
+def _validateHost(instance: object, attribute: object, value: str) -> None:
+    if not isinstance(value, str) or _HOST.fullmatch(value) is None:
+        raise ValueError(
+            f"invalid host identity {_shown(value)}: must be 1 to "
+            f"{MAX_HOST_LENGTH} printable ASCII characters without spaces"
+        )
+
+
+def _validateTime(instance: object, attribute: object, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e11:
+        raise ValueError(f"invalid registration time {_shown(value)}")
+
+
+def _readMachineId() -> str:
+    try:
+        with open("/etc/machine-id", encoding="ascii") as f:
+            machineId = f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return machineId if re.fullmatch(r"[0-9a-f]{32}", machineId) else ""
+
+
+def localHostIdentity() -> str:
+    """
+    Identify this machine: hostname plus machine id where the OS has one.
+
+    Two processes with the same identity share a filesystem, so one may
+    reach the other over a UNIX socket.
+    """
+    hostname = re.sub(r"[^\x21-\x7e]", "_", socket.gethostname())[:200] or "localhost"
+    machineId = _readMachineId()
+    return f"{hostname}/{machineId}" if machineId else hostname
+
+
+def newInstanceId() -> str:
+    """
+    A fresh, unique instance id for one registration.
+    """
+    return uuid.uuid4().hex
+
+
+@attrs.frozen
+class PeerRecord:
+    """
+    One registered instance of a peer: where it can be reached, and a few
+    facts about it.
+
+    @ivar endpoints: client endpoint descriptions, in the peer's order of
+        preference, e.g. C{"tcp:host=10.1.2.3:port=4312"}.
+    @ivar host: identity of the machine the peer runs on (see
+        L{localHostIdentity}).
+    @ivar registered: when the record was made, in seconds since the epoch.
+    """
+
+    namespace: str = attrs.field(validator=_validateNamespace)
+    name: str = attrs.field(validator=_validateName)
+    endpoints: tuple[str, ...] = attrs.field(converter=_toEndpoints)
+    metadata: Mapping[str, str] = attrs.field(factory=dict, converter=_toMetadata, hash=False)
+    instance: str = attrs.field(factory=newInstanceId, validator=_validateInstance)
+    host: str = attrs.field(factory=localHostIdentity, validator=_validateHost)
+    registered: float = attrs.field(factory=time.time, validator=_validateTime)
+
+    def toJSON(self) -> bytes:
+        """
+        Serialise, for the registry's store.
+        """
+        return json.dumps(
+            {
+                "ns": self.namespace,
+                "name": self.name,
+                "id": self.instance,
+                "ep": list(self.endpoints),
+                "meta": dict(self.metadata),
+                "host": self.host,
+                "t": self.registered,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        ).encode("ascii")
+
+    @classmethod
+    def fromJSON(cls, data: bytes | str) -> PeerRecord:
+        """
+        Parse what L{toJSON} wrote, refusing anything else.
+
+        @raise ValueError: for garbage, wrong types, missing or unknown
+            fields, and records larger than L{MAX_RECORD_BYTES}.
+        """
+        if len(data) > MAX_RECORD_BYTES:
+            raise ValueError(f"record of {len(data)} bytes is over {MAX_RECORD_BYTES}")
+        try:
+            fields: Any = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"record is not JSON: {e}") from None
+        expected = {"ns", "name", "id", "ep", "meta", "host", "t"}
+        if not isinstance(fields, dict) or set(fields) != expected:
+            raise ValueError(f"record must be an object with fields {sorted(expected)}")
+        return cls(
+            namespace=fields["ns"],
+            name=fields["name"],
+            endpoints=fields["ep"],
+            metadata=fields["meta"],
+            instance=fields["id"],
+            host=fields["host"],
+            registered=fields["t"],
+        )
+
+
+_GLOB_CHARS = re.compile(r"[A-Za-z0-9._\-*?\[\]!^]{1,256}")
+
+
+@attrs.frozen
+class Glob:
+    """
+    A name pattern in Redis glob syntax: C{*}, C{?}, C{[abc]}, C{[a-z]},
+    C{[^abc]} (or C{[!abc]}).
+
+    Only name characters and these wildcards are allowed, so a pattern can
+    never reach past the names of its own namespace.
+    """
+
+    pattern: str
+    prefix: str = attrs.field(init=False)
+    regex: re.Pattern[str] = attrs.field(init=False, eq=False, repr=False)
+    luaPattern: str = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        tokens = _tokenize(self.pattern)
+        prefix = ""
+        for kind, text in tokens:
+            if kind != "literal":
+                break
+            prefix += text
+        object.__setattr__(self, "prefix", prefix)
+        object.__setattr__(
+            self, "regex", re.compile("".join(_toRegex(kind, text) for kind, text in tokens))
+        )
+        object.__setattr__(
+            self, "luaPattern", "^" + "".join(_toLua(kind, text) for kind, text in tokens) + "$"
+        )
+
+    def matches(self, name: str) -> bool:
+        return self.regex.fullmatch(name) is not None
+
+
+def _tokenize(pattern: object) -> list[tuple[str, str]]:
+    """
+    Split a glob into literal characters, wildcards and [...] classes.
+    """
+    if not isinstance(pattern, str) or _GLOB_CHARS.fullmatch(pattern) is None:
+        raise ValueError(
+            f"invalid pattern {_shown(pattern)}: use name characters and the "
+            "wildcards *, ? and [...], at most 256 characters"
+        )
+    tokens: list[tuple[str, str]] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char in "*?":
+            tokens.append((char, char))
+            i += 1
+        elif char == "[":
+            end = pattern.find("]", i + 1)
+            body = pattern[i + 1 : end]
+            negate = body[:1] in ("!", "^")
+            members = body[1:] if negate else body
+            if end < 0 or not members or re.fullmatch(r"[A-Za-z0-9._-]+", members) is None:
+                raise ValueError(
+                    f"invalid pattern {_shown(pattern)}: '[' at {i} needs name "
+                    "characters and a closing ']'"
+                )
+            tokens.append(("^class" if negate else "class", members))
+            i = end + 1
+        elif char in "]!^":
+            raise ValueError(f"invalid pattern {_shown(pattern)}: stray {char!r} at {i}")
+        else:
+            tokens.append(("literal", char))
+            i += 1
+    return tokens
+
+
+def _classRanges(members: str) -> list[str]:
+    """
+    Members of a class as single characters and 'a-z' ranges.
+    """
+    parts: list[str] = []
+    i = 0
+    while i < len(members):
+        if i + 2 < len(members) and members[i + 1] == "-":
+            low, high = members[i], members[i + 2]
+            if not (low.isalnum() and high.isalnum()) or low > high:
+                raise ValueError(f"invalid range {low}-{high} in pattern class [{members}]")
+            parts.append(f"{low}-{high}")
+            i += 3
+        else:
+            parts.append(members[i])
+            i += 1
+    return parts
+
+
+def _toRegex(kind: str, text: str) -> str:
+    if kind == "*":
+        return ".*"
+    if kind == "?":
+        return "."
+    if kind == "literal":
+        return re.escape(text)
+    body = "".join(part if len(part) == 3 else re.escape(part) for part in _classRanges(text))
+    return f"[{'^' if kind == '^class' else ''}{body}]"
+
+
+def _luaEscape(char: str) -> str:
+    return char if char.isalnum() else "%" + char
+
+
+def _toLua(kind: str, text: str) -> str:
+    if kind == "*":
+        return ".*"
+    if kind == "?":
+        return "."
+    if kind == "literal":
+        return _luaEscape(text)
+    body = "".join(part if len(part) == 3 else _luaEscape(part) for part in _classRanges(text))
+    return f"[{'^' if kind == '^class' else ''}{body}]"

@@ -1,0 +1,31 @@
+"""
+Registries: where names are mapped to live instances.
+"""
+
+from txmasse.registry.interface import (
+    EventKind,
+    ILease,
+    IRegistry,
+    ISubscription,
+    PeerEvent,
+)
+from txmasse.registry.memory import MemoryRegistry
+from txmasse.registry.url import (
+    defaultNamespace,
+    defaultRegistryURL,
+    parseRegistryURL,
+    registryFromURL,
+)
+
+__all__ = [
+    "EventKind",
+    "ILease",
+    "IRegistry",
+    "ISubscription",
+    "MemoryRegistry",
+    "PeerEvent",
+    "defaultNamespace",
+    "defaultRegistryURL",
+    "parseRegistryURL",
+    "registryFromURL",
+]

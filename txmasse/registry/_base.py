@@ -1,0 +1,329 @@
+"""
+Leases and subscriptions, shared by every registry backend.
+
+A backend only stores and fetches; the logic that users depend on (when to
+heartbeat, which events a watcher sees, how it catches up after missing
+some) lives here once, so every backend behaves the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txmasse.records import Glob, PeerRecord, validateName
+from txmasse.registry.interface import EventKind, ILease, ISubscription, PeerEvent
+
+MIN_TTL = 0.1
+MAX_TTL = 24 * 60 * 60
+
+log = Logger()
+
+
+def validateTTL(ttl: object) -> float:
+    """
+    Return C{ttl} as a float if it is a usable lease length in seconds.
+    """
+    if (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int | float)
+        or not math.isfinite(ttl)
+        or not MIN_TTL <= ttl <= MAX_TTL
+    ):
+        raise ValueError(f"invalid ttl {ttl!r}: must be {MIN_TTL} to {MAX_TTL} seconds")
+    return float(ttl)
+
+
+def validateQuery(namespace: object, name: object) -> None:
+    validateName(namespace, "namespace")
+    validateName(name, "name")
+
+
+@attrs.frozen
+class Snapshot:
+    """
+    The matching live instances at one moment, as a watcher catches up.
+
+    @ivar seq: the namespace's event counter at that moment: buffered
+        events numbered up to it are already reflected in C{records}.
+    @ivar gone: for instances the watcher knew but the store no longer
+        has, whether they C{left} or C{timedout}, where the store knows.
+    """
+
+    seq: int
+    records: Sequence[PeerRecord]
+    gone: dict[str, EventKind] = attrs.field(factory=dict)
+
+
+class Store(Protocol):
+    """
+    What a backend provides to L{Lease} and L{Subscription}.
+    """
+
+    def _put(self, record: PeerRecord, ttl: float) -> Deferred[None]:
+        """
+        Write or refresh C{record}; announce C{joined} if it was not there and
+        C{updated} if it differed.
+        """
+
+    def _remove(self, record: PeerRecord) -> Deferred[None]:
+        """
+        Remove C{record} and announce C{left}, if it was there.
+        """
+
+    def _forget(self, lease: Lease) -> None:
+        """
+        Stop keeping C{lease} alive across reconnects.
+        """
+
+    def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
+        """
+        The live instances matching C{glob}, and what became of C{known}.
+        """
+
+    def _unwatch(self, subscription: Subscription) -> None:
+        """
+        Deliver nothing more to C{subscription}.
+        """
+
+
+@implementer(ILease)
+class Lease:
+    """
+    Keeps one record alive with a heartbeat every C{ttl}/3 seconds.
+
+    A failed heartbeat is logged and the next one tries again; a heartbeat
+    that finds the record gone (store flushed or restarted) writes it back.
+    """
+
+    def __init__(self, store: Store, record: PeerRecord, ttl: float, clock: IReactorTime):
+        self.record = record
+        self.ttl = ttl
+        self._store = store
+        self._released = False
+        self._failing = False
+        self._loop = LoopingCall(self._heartbeat)
+        self._loop.clock = clock
+
+    def __repr__(self) -> str:
+        r = self.record
+        return f"<Lease {r.namespace}/{r.name} instance={r.instance} ttl={self.ttl}>"
+
+    @property
+    def interval(self) -> float:
+        return self.ttl / 3
+
+    def start(self) -> None:
+        self._loop.start(self.interval, now=False)
+
+    def stop(self) -> None:
+        """
+        Stop heartbeating without removing the record (it will expire).
+        """
+        if self._loop.running:
+            self._loop.stop()
+
+    def _heartbeat(self) -> Deferred[None]:
+        return self.refresh().addCallbacks(self._beatSucceeded, self._beatFailed)
+
+    def _beatSucceeded(self, _: None) -> None:
+        if self._failing:
+            log.info("{lease}: heartbeat works again", lease=self)
+        self._failing = False
+
+    def _beatFailed(self, failure: Failure) -> None:
+        if not self._failing:
+            log.warn(
+                "{lease}: heartbeat failed, retrying every {interval:.2f}s: {error}",
+                lease=self,
+                interval=self.interval,
+                error=failure.getErrorMessage(),
+            )
+        self._failing = True
+
+    def refresh(self) -> Deferred[None]:
+        if self._released:
+            return succeed(None)
+        return self._store._put(self.record, self.ttl)
+
+    def update(self, record: PeerRecord) -> Deferred[None]:
+        old = self.record
+        if (record.namespace, record.name, record.instance) != (
+            old.namespace,
+            old.name,
+            old.instance,
+        ):
+            raise ValueError("an update must keep the record's namespace, name and instance")
+        self.record = record
+        return self.refresh()
+
+    def release(self) -> Deferred[None]:
+        if self._released:
+            return succeed(None)
+        self._released = True
+        self.stop()
+        self._store._forget(self)
+        return self._store._remove(self.record)
+
+
+@implementer(ISubscription)
+class Subscription:
+    """
+    One watcher's view of the matching instances, kept exact across missed
+    messages and reconnects.
+
+    Events may arrive twice (a notification and a snapshot saying the same
+    thing) or be missed (while disconnected). The view absorbs both: a
+    callback hears of a change only if it changes the view, so every join is
+    followed by exactly one C{left} or C{timedout}.
+
+    While a snapshot is being fetched, notifications are buffered and those
+    numbered after the snapshot are applied on top of it. An instance the
+    store lost without a trace (store restarted empty) is given
+    C{grace} seconds to be written back by its lease before it counts as
+    timed out.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        namespace: str,
+        glob: Glob,
+        callback: Callable[[PeerEvent], object],
+        clock: IReactorTime,
+        grace: float = 3.0,
+        maxBuffered: int = 10_000,
+    ):
+        self.namespace = namespace
+        self.glob = glob
+        self._store = store
+        self._callback = callback
+        self._clock = clock
+        self._grace = grace
+        self._maxBuffered = maxBuffered
+        self._view: dict[str, PeerRecord] = {}
+        self._suspects: set[str] = set()
+        self._buffer: list[tuple[int, EventKind, PeerRecord]] | None = []
+        self._generation = 0
+        self._initial = True
+        self._stopped = False
+        self._pendingResync: IDelayedCall | None = None
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.namespace}/{self.glob.pattern} peers={len(self._view)}>"
+
+    @property
+    def peers(self) -> list[PeerRecord]:
+        return list(self._view.values())
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._cancelPendingResync()
+        self._store._unwatch(self)
+
+    def received(self, seq: int, kind: EventKind, record: PeerRecord) -> None:
+        """
+        A notification from the store, numbered C{seq} in its namespace.
+        """
+        if self._stopped or not self.glob.matches(record.name):
+            return
+        if self._buffer is None:
+            self._apply(kind, record)
+            return
+        self._buffer.append((seq, kind, record))
+        if len(self._buffer) > self._maxBuffered:
+            log.warn("{sub}: too many events while catching up; starting over", sub=self)
+            self.resync()
+
+    def resync(self) -> Deferred[None]:
+        """
+        Catch up with the store: on start, and after every reconnect.
+        """
+        self._cancelPendingResync()
+        self._generation += 1
+        generation = self._generation
+        self._buffer = []
+        return Deferred.fromCoroutine(self._catchUp(generation))
+
+    async def _catchUp(self, generation: int) -> None:
+        try:
+            snapshot = await maybeDeferred(
+                self._store._snapshot, self.namespace, self.glob, list(self._view)
+            )
+        except Exception as e:
+            if generation != self._generation or self._stopped:
+                return
+            if self._initial:
+                raise
+            log.warn(
+                "{sub}: could not catch up with the registry, retrying in 1s: {error}",
+                sub=self,
+                error=e,
+            )
+            self._pendingResync = self._clock.callLater(1.0, self.resync)
+            return
+        if generation == self._generation and not self._stopped:
+            self._caughtUp(snapshot)
+
+    def _caughtUp(self, snapshot: Snapshot) -> None:
+        buffered, self._buffer = self._buffer or [], None
+        current = {r.instance: r for r in snapshot.records if self.glob.matches(r.name)}
+        if self._initial:
+            self._initial = False
+            self._view = current
+        else:
+            self._reconcile(current, snapshot.gone)
+        for seq, kind, record in buffered:
+            if seq > snapshot.seq:
+                self._apply(kind, record)
+        if self._suspects:
+            self._pendingResync = self._clock.callLater(self._grace, self.resync)
+
+    def _reconcile(self, current: dict[str, PeerRecord], gone: dict[str, EventKind]) -> None:
+        for record in current.values():
+            self._apply(EventKind.JOINED, record)
+        for instance, record in list(self._view.items()):
+            if instance in current:
+                continue
+            kind = gone.get(instance)
+            if kind is not None:
+                self._apply(kind, record)
+            elif instance in self._suspects:
+                self._apply(EventKind.TIMEDOUT, record)
+            else:
+                self._suspects.add(instance)
+
+    def _cancelPendingResync(self) -> None:
+        if self._pendingResync is not None and self._pendingResync.active():
+            self._pendingResync.cancel()
+        self._pendingResync = None
+
+    def _apply(self, kind: EventKind, record: PeerRecord) -> None:
+        instance = record.instance
+        known = self._view.get(instance)
+        if kind in (EventKind.JOINED, EventKind.UPDATED):
+            self._suspects.discard(instance)
+            if known == record:
+                return
+            self._view[instance] = record
+            self._emit(EventKind.UPDATED if known is not None else EventKind.JOINED, record)
+        elif known is not None:
+            del self._view[instance]
+            self._suspects.discard(instance)
+            self._emit(kind, record)
+
+    def _emit(self, kind: EventKind, record: PeerRecord) -> None:
+        event = PeerEvent(kind, record)
+        d = maybeDeferred(self._callback, event)
+        d.addErrback(lambda f: log.failure("watch callback failed on {event}", f, event=event))

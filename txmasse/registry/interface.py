@@ -1,0 +1,121 @@
+"""
+What every registry offers: the only part of the registry that endpoints,
+services and groups are allowed to know.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+from txmasse.records import PeerRecord
+
+
+class EventKind(enum.StrEnum):
+    """
+    What happened to a registered instance.
+    """
+
+    JOINED = "joined"
+    LEFT = "left"
+    TIMEDOUT = "timedout"
+    UPDATED = "updated"
+
+
+@attrs.frozen
+class PeerEvent:
+    """
+    Delivered to watchers: C{kind} happened to the instance C{record}.
+    """
+
+    kind: EventKind
+    record: PeerRecord
+
+
+class ILease(Interface):
+    """
+    A registration kept alive by heartbeats until released.
+    """
+
+    record: PeerRecord = Attribute("The record as registered (latest update).")
+    ttl: float = Attribute("Seconds the record lives without a heartbeat.")
+
+    def refresh() -> Deferred[None]:
+        """
+        Heartbeat now; writes the record back if the store lost it.
+        """
+
+    def update(record: PeerRecord) -> Deferred[None]:
+        """
+        Replace the record (same namespace, name and instance); watchers see
+        C{updated}.
+        """
+
+    def release() -> Deferred[None]:
+        """
+        Stop the heartbeats and remove the record now; watchers see C{left}.
+        """
+
+
+class ISubscription(Interface):
+    """
+    A live watch on the names that match a pattern in one namespace.
+    """
+
+    peers: Sequence[PeerRecord] = Attribute(
+        "The matching live instances as this watcher knows them now."
+    )
+
+    def stop() -> None:
+        """
+        Deliver no more events.
+        """
+
+
+class IRegistry(Interface):
+    """
+    Maps names in namespaces to live instances.
+
+    Every method returns a L{Deferred} that fails with
+    L{txmasse.errors.RegistryUnavailable} if the registry does not answer
+    within its deadline.
+    """
+
+    url: str = Attribute("The registry's URL, without any password.")
+
+    def register(record: PeerRecord, ttl: float) -> Deferred[ILease]:
+        """
+        Publish C{record} under a lease that expires C{ttl} seconds after its
+        last heartbeat; the lease heartbeats by itself about every C{ttl}/3.
+        """
+
+    def lookup(namespace: str, name: str) -> Deferred[list[PeerRecord]]:
+        """
+        Every live instance registered under C{name}.
+        """
+
+    def find(namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
+        """
+        Every live instance whose name matches the glob C{pattern}.
+        """
+
+    def watch(
+        namespace: str, pattern: str, callback: Callable[[PeerEvent], object]
+    ) -> Deferred[ISubscription]:
+        """
+        Call C{callback} with a L{PeerEvent} each time an instance whose name
+        matches C{pattern} joins, leaves, times out or is updated.
+
+        Fires once the subscription is live; its C{peers} are then the
+        matching instances, and every change after that is delivered once.
+        """
+
+    def close() -> Deferred[None]:
+        """
+        Stop heartbeats and watches and disconnect. Leases are not released:
+        they expire unless the process registers them again.
+        """

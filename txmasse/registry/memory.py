@@ -1,0 +1,173 @@
+"""
+An in-process registry: for tests, and for peers that live in one process.
+
+Deterministic under L{twisted.internet.task.Clock}: leases expire exactly
+C{ttl} seconds after their last heartbeat, and the timeout is announced at
+that moment (or earlier, by whichever call first notices it).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from zope.interface import implementer
+
+from txmasse.records import Glob, PeerRecord, validateName
+from txmasse.registry._base import Lease, Snapshot, Subscription, validateQuery, validateTTL
+from txmasse.registry.interface import EventKind, ILease, IRegistry, ISubscription, PeerEvent
+
+
+@attrs.define
+class _Entry:
+    record: PeerRecord
+    expires: float
+
+
+@implementer(IRegistry)
+class MemoryRegistry:
+    """
+    A registry held in this process's memory.
+    """
+
+    url = "memory://"
+
+    def __init__(self, clock: IReactorTime):
+        self._clock = clock
+        self._names: dict[tuple[str, str], dict[str, _Entry]] = {}
+        self._seq: dict[str, int] = {}
+        self._leases: set[Lease] = set()
+        self._watchers: dict[str, set[Subscription]] = {}
+        self._deadlines: list[tuple[float, str, str, str]] = []
+        self._sweep: IDelayedCall | None = None
+
+    def register(self, record: PeerRecord, ttl: float) -> Deferred[ILease]:
+        try:
+            ttl = validateTTL(ttl)
+        except ValueError:
+            return fail()
+        lease = Lease(self, record, ttl, self._clock)
+        self._put(record, ttl)
+        self._leases.add(lease)
+        lease.start()
+        return succeed(lease)
+
+    def lookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
+        try:
+            validateQuery(namespace, name)
+        except ValueError:
+            return fail()
+        self._expire()
+        entries = self._names.get((namespace, name), {})
+        return succeed([entry.record for entry in entries.values()])
+
+    def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
+        try:
+            validateName(namespace, "namespace")
+            glob = Glob(pattern)
+        except ValueError:
+            return fail()
+        return succeed(list(self._matching(namespace, glob)))
+
+    def watch(
+        self, namespace: str, pattern: str, callback: Callable[[PeerEvent], object]
+    ) -> Deferred[ISubscription]:
+        try:
+            validateName(namespace, "namespace")
+            subscription = Subscription(self, namespace, Glob(pattern), callback, self._clock)
+        except ValueError:
+            return fail()
+        self._watchers.setdefault(namespace, set()).add(subscription)
+        return subscription.resync().addCallback(lambda _: subscription)
+
+    def close(self) -> Deferred[None]:
+        for lease in list(self._leases):
+            lease.stop()
+        self._leases.clear()
+        for subscriptions in list(self._watchers.values()):
+            for subscription in list(subscriptions):
+                subscription.stop()
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        return succeed(None)
+
+    def _matching(self, namespace: str, glob: Glob) -> list[PeerRecord]:
+        self._expire()
+        return [
+            entry.record
+            for (ns, name), entries in self._names.items()
+            if ns == namespace and glob.matches(name)
+            for entry in entries.values()
+        ]
+
+    def _put(self, record: PeerRecord, ttl: float) -> Deferred[None]:
+        self._expire()
+        entries = self._names.setdefault((record.namespace, record.name), {})
+        old = entries.get(record.instance)
+        expires = self._clock.seconds() + ttl
+        entries[record.instance] = _Entry(record, expires)
+        heapq.heappush(self._deadlines, (expires, record.namespace, record.name, record.instance))
+        if old is None:
+            self._announce(EventKind.JOINED, record)
+        elif old.record != record:
+            self._announce(EventKind.UPDATED, record)
+        self._scheduleSweep()
+        return succeed(None)
+
+    def _remove(self, record: PeerRecord) -> Deferred[None]:
+        self._expire()
+        if self._pop(record) is not None:
+            self._announce(EventKind.LEFT, record)
+        return succeed(None)
+
+    def _forget(self, lease: Lease) -> None:
+        self._leases.discard(lease)
+
+    def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
+        return succeed(Snapshot(self._seq.get(namespace, 0), self._matching(namespace, glob)))
+
+    def _unwatch(self, subscription: Subscription) -> None:
+        self._watchers.get(subscription.namespace, set()).discard(subscription)
+
+    def _pop(self, record: PeerRecord) -> _Entry | None:
+        key = (record.namespace, record.name)
+        entries = self._names.get(key, {})
+        entry = entries.pop(record.instance, None)
+        if not entries:
+            self._names.pop(key, None)
+        return entry
+
+    def _announce(self, kind: EventKind, record: PeerRecord) -> None:
+        seq = self._seq[record.namespace] = self._seq.get(record.namespace, 0) + 1
+        for subscription in list(self._watchers.get(record.namespace, ())):
+            subscription.received(seq, kind, record)
+
+    def _expire(self) -> None:
+        """
+        Announce, once, every lease whose time is up.
+        """
+        now = self._clock.seconds()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, namespace, name, instance = heapq.heappop(self._deadlines)
+            entry = self._names.get((namespace, name), {}).get(instance)
+            if entry is not None and entry.expires <= now:
+                self._pop(entry.record)
+                self._announce(EventKind.TIMEDOUT, entry.record)
+
+    def _scheduleSweep(self) -> None:
+        if not self._deadlines:
+            return
+        when = self._deadlines[0][0]
+        if self._sweep is not None and self._sweep.active():
+            if self._sweep.getTime() <= when:
+                return
+            self._sweep.cancel()
+        self._sweep = self._clock.callLater(max(0.0, when - self._clock.seconds()), self._sweepNow)
+
+    def _sweepNow(self) -> None:
+        self._sweep = None
+        self._expire()
+        self._scheduleSweep()

@@ -1,0 +1,482 @@
+"""
+The Redis registry: records in Redis, events over pub/sub, leases timed by
+the Redis server's clock.
+
+Two connections per registry, each kept up by a L{ClientService}: one for
+commands, one for pub/sub (opened on the first watch). On every new command
+connection the live leases are written back at once; on every new pub/sub
+connection the channels are subscribed again and the watchers catch up
+(txredisapi does neither by itself). Every call has a deadline, so nothing
+waits forever on a Redis that is down or paused.
+
+Timeouts need no Redis configuration: each process with leases or watchers
+in a namespace runs a sweep at the namespace's next expiry, and the sweep
+announces each expired lease once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import txredisapi
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txmasse.errors import RegistryUnavailable
+from txmasse.records import Glob, PeerRecord, validateName
+from txmasse.registry import redis_scripts as scripts
+from txmasse.registry._base import Lease, Snapshot, Subscription, validateQuery, validateTTL
+from txmasse.registry.interface import EventKind, ILease, IRegistry, ISubscription, PeerEvent
+
+log = Logger()
+
+SWEEP_INTERVAL = 0.5
+"""Longest pause between two sweeps of a namespace, in seconds."""
+
+SWEEP_BATCH = 500
+
+
+def _prefix(namespace: str) -> str:
+    return f"masse:{{{namespace}}}:"
+
+
+class _Factory(Factory):
+    """
+    Builds txredisapi protocols for a L{ClientService}; remembers why the
+    last connection failed (e.g. a wrong password) for error messages.
+    """
+
+    isLazy = False
+
+    def __init__(
+        self,
+        protocolClass: type[txredisapi.BaseRedisProtocol],
+        password: str | None,
+        username: str | None,
+        db: int | None,
+    ):
+        self.protocolClass = protocolClass
+        self.password = password
+        self.username = username
+        self.db = db
+        self.lastError: str | None = None
+
+    def buildProtocol(self, addr: object) -> txredisapi.BaseRedisProtocol:
+        protocol = self.protocolClass(
+            charset=None,
+            password=self.password,
+            dbid=self.db,
+            convertNumbers=False,
+            username=self.username,
+        )
+        protocol.factory = self
+        return protocol
+
+    def stopTrying(self) -> None:
+        """
+        Called by txredisapi when AUTH or SELECT fail; the service retries.
+        """
+
+    def connectionError(self, message: str) -> None:
+        self.lastError = message
+
+
+def _whenReady(protocol: txredisapi.BaseRedisProtocol, factory: _Factory) -> Deferred[None]:
+    """
+    Fire when AUTH and SELECT are done, fail if the connection drops first.
+    """
+    ready: Deferred[None] = Deferred()
+
+    def connected(_: object) -> None:
+        if not ready.called:
+            factory.lastError = None
+            ready.callback(None)
+
+    def lost(_: object) -> None:
+        if not ready.called:
+            ready.errback(ConnectionError(factory.lastError or "connection lost"))
+
+    protocol.whenConnected().addCallback(connected)
+    protocol.whenDisconnected().addCallback(lost)
+    return ready
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    def connectionMade(self) -> Any:
+        self.channels: set[str] = set()
+        return super().connectionMade()
+
+    def messageReceived(self, pattern: object, channel: bytes, message: bytes) -> None:
+        self.factory.registry._received(channel, message)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@implementer(IRegistry)
+class RedisRegistry:
+    """
+    A registry kept in one Redis database.
+
+    @param url: the registry's URL without password, for messages.
+    @param timeout: deadline of every call, in seconds.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        endpoint: IStreamClientEndpoint,
+        url: str,
+        password: str | None = None,
+        username: str | None = None,
+        db: int | None = None,
+        timeout: float = 2.0,
+        grace: float = 3.0,
+    ):
+        self.url = url
+        self.closed = False
+        self._reactor = reactor
+        self._endpoint = endpoint
+        self._timeout = timeout
+        self._grace = grace
+        self._commandFactory = _Factory(txredisapi.RedisProtocol, password, username, db)
+        self._commands = self._service(self._commandFactory, self._commandsReady)
+        self._subscriberFactory = _Factory(_Subscriber, password, username, db)
+        self._subscriberFactory.registry = self  # type: ignore[attr-defined]
+        self._subscriber: ClientService | None = None
+        self._leases: set[Lease] = set()
+        self._leaseNamespaces: Counter[str] = Counter()
+        self._watchers: dict[str, set[Subscription]] = {}
+        self._sweeps: dict[str, IDelayedCall | None] = {}
+        self._commands.startService()
+
+    def __repr__(self) -> str:
+        return f"<RedisRegistry {self.url}>"
+
+    def _service(
+        self, factory: _Factory, prepare: Callable[[Any], Deferred[None]]
+    ) -> ClientService:
+        return ClientService(
+            self._endpoint,
+            factory,
+            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=1.0, factor=2.0),
+            clock=self._reactor,
+            prepareConnection=prepare,
+        )
+
+    # Calls with a deadline
+
+    def _unavailable(self, failure: Failure, what: str) -> Failure:
+        if failure.check(RegistryUnavailable):
+            return failure
+        if failure.check(DeferredTimeout, CancelledError):
+            reason = f"no answer within {self._timeout:g}s"
+        elif failure.check(txredisapi.RedisError, ConnectionError):
+            reason = failure.getErrorMessage()
+        else:
+            return failure
+        lastError = self._commandFactory.lastError
+        if lastError and lastError not in reason:
+            reason += f" (last connection error: {lastError})"
+        return Failure(RegistryUnavailable(f"registry {self.url}: {what} failed: {reason}"))
+
+    def _eval(self, what: str, script: str, *args: object) -> Deferred[Any]:
+        if self.closed:
+            return fail(RegistryUnavailable(f"registry {self.url} is closed"))
+        d: Deferred[Any] = self._commands.whenConnected()
+        d.addCallback(lambda protocol: protocol.eval(script, [], list(args)))
+        d.addTimeout(self._timeout, self._reactor)
+        return d.addErrback(self._unavailable, what)
+
+    # IRegistry
+
+    def register(self, record: PeerRecord, ttl: float) -> Deferred[ILease]:
+        try:
+            ttl = validateTTL(ttl)
+        except ValueError:
+            return fail()
+        lease = Lease(self, record, ttl, self._reactor)
+
+        def registered(_: None) -> ILease:
+            self._leases.add(lease)
+            self._leaseNamespaces[record.namespace] += 1
+            self._startSweeping(record.namespace)
+            lease.start()
+            return lease
+
+        return self._put(record, ttl).addCallback(registered)
+
+    def lookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
+        try:
+            validateQuery(namespace, name)
+        except ValueError:
+            return fail()
+        d = self._eval(f"lookup of {name!r}", scripts.LOOKUP, _prefix(namespace), name)
+        return d.addCallback(lambda reply: self._records(reply[1:], namespace, lambda n: n == name))
+
+    def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
+        try:
+            validateName(namespace, "namespace")
+            glob = Glob(pattern)
+        except ValueError:
+            return fail()
+        return self._snapshot(namespace, glob, ()).addCallback(lambda s: list(s.records))
+
+    def watch(
+        self, namespace: str, pattern: str, callback: Callable[[PeerEvent], object]
+    ) -> Deferred[ISubscription]:
+        try:
+            validateName(namespace, "namespace")
+            subscription = Subscription(
+                self, namespace, Glob(pattern), callback, self._reactor, self._grace
+            )
+        except ValueError:
+            return fail()
+        if self.closed:
+            return fail(RegistryUnavailable(f"registry {self.url} is closed"))
+        self._watchers.setdefault(namespace, set()).add(subscription)
+        self._startSweeping(namespace)
+
+        async def start() -> ISubscription:
+            try:
+                await self._subscribe(namespace)
+                await subscription.resync()
+            except BaseException:
+                subscription.stop()
+                raise
+            return subscription
+
+        return Deferred.fromCoroutine(start())
+
+    def close(self) -> Deferred[None]:
+        if self.closed:
+            return succeed(None)
+        for lease in list(self._leases):
+            lease.stop()
+        for subscriptions in list(self._watchers.values()):
+            for subscription in list(subscriptions):
+                subscription.stop()
+        for namespace in list(self._sweeps):
+            self._stopSweeping(namespace)
+        self.closed = True
+        services = [self._commands] + ([self._subscriber] if self._subscriber else [])
+        stopping = [service.stopService() for service in services]
+        return Deferred.fromCoroutine(_gather(stopping))
+
+    # The store, as leases and subscriptions use it
+
+    def _put(self, record: PeerRecord, ttl: float) -> Deferred[None]:
+        d = self._eval(
+            f"registration of {record.name!r}",
+            scripts.PUT,
+            _prefix(record.namespace),
+            record.name,
+            record.instance,
+            record.toJSON(),
+            int(ttl * 1000),
+        )
+        return d.addCallback(lambda _: None)
+
+    def _remove(self, record: PeerRecord) -> Deferred[None]:
+        d = self._eval(
+            f"release of {record.name!r}",
+            scripts.REMOVE,
+            _prefix(record.namespace),
+            record.name,
+            record.instance,
+        )
+        return d.addCallback(lambda _: None)
+
+    def _forget(self, lease: Lease) -> None:
+        if lease in self._leases:
+            self._leases.discard(lease)
+            self._leaseNamespaces[lease.record.namespace] -= 1
+
+    def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
+        d = self._eval(
+            f"find of {glob.pattern!r}",
+            scripts.FIND,
+            _prefix(namespace),
+            glob.prefix,
+            glob.luaPattern,
+            *known,
+        )
+
+        def parsed(reply: list[Any]) -> Snapshot:
+            seq, count = int(reply[0]), int(reply[1])
+            records = self._records(reply[2 : 2 + count], namespace, glob.matches)
+            gone = {}
+            for instance, kind in zip(known, reply[2 + count :], strict=False):
+                if kind in (b"left", b"timedout"):
+                    gone[instance] = EventKind(kind.decode())
+            return Snapshot(seq, records, gone)
+
+        return d.addCallback(parsed)
+
+    def _unwatch(self, subscription: Subscription) -> None:
+        namespace = subscription.namespace
+        subscriptions = self._watchers.get(namespace, set())
+        subscriptions.discard(subscription)
+        if subscriptions:
+            return
+        self._watchers.pop(namespace, None)
+        channel = _prefix(namespace) + "events"
+        if self._subscriber is not None and not self.closed:
+            d = self._subscriber.whenConnected()
+            d.addCallback(lambda protocol: _unsubscribe(protocol, channel))
+            d.addTimeout(self._timeout, self._reactor)
+            d.addErrback(lambda _: None)
+
+    def _records(
+        self, values: Sequence[Any], namespace: str, wanted: Callable[[str], bool]
+    ) -> list[PeerRecord]:
+        """
+        Parse records from the store, skipping (and logging) garbage and
+        records that claim another namespace or name than where they sit.
+        """
+        records = []
+        for value in values:
+            try:
+                record = PeerRecord.fromJSON(value)
+            except (ValueError, TypeError) as e:
+                log.warn(
+                    "registry {url}: skipping a bad record in namespace {ns}: {error}",
+                    url=self.url,
+                    ns=namespace,
+                    error=e,
+                )
+                continue
+            if record.namespace != namespace or not wanted(record.name):
+                log.warn(
+                    "registry {url}: skipping record {name} of namespace {other} "
+                    "stored under namespace {ns}",
+                    url=self.url,
+                    name=record.name,
+                    other=record.namespace,
+                    ns=namespace,
+                )
+                continue
+            records.append(record)
+        return records
+
+    # Connections
+
+    def _commandsReady(self, protocol: Any) -> Deferred[None]:
+        def reregister(_: None) -> None:
+            for lease in list(self._leases):
+                lease.refresh().addErrback(_logReregisterFailure, lease)
+
+        return _whenReady(protocol, self._commandFactory).addCallback(reregister)
+
+    def _subscribe(self, namespace: str) -> Deferred[None]:
+        channel = _prefix(namespace) + "events"
+        if self._subscriber is None:
+            self._subscriber = self._service(self._subscriberFactory, self._subscriberReady)
+            self._subscriber.startService()
+        d: Deferred[Any] = self._subscriber.whenConnected()
+
+        def subscribeOnce(protocol: Any) -> Deferred[None] | None:
+            if channel in protocol.channels:
+                return None
+            return _subscribe(protocol, channel)
+
+        d.addCallback(subscribeOnce)
+        d.addTimeout(self._timeout, self._reactor)
+        return d.addErrback(self._unavailable, f"subscription to namespace {namespace!r}")
+
+    def _subscriberReady(self, protocol: Any) -> Deferred[None]:
+        async def prepare() -> None:
+            await _whenReady(protocol, self._subscriberFactory)
+            for namespace in list(self._watchers):
+                await _subscribe(protocol, _prefix(namespace) + "events")
+            for subscriptions in list(self._watchers.values()):
+                for subscription in list(subscriptions):
+                    if not subscription._initial:
+                        subscription.resync()
+
+        return Deferred.fromCoroutine(prepare())
+
+    def _received(self, channel: bytes, message: bytes) -> None:
+        namespace = _text(channel)[len("masse:{") : -len("}:events")]
+        try:
+            seqText, kindText, data = message.split(b" ", 2)
+            seq, kind = int(seqText), EventKind(kindText.decode("ascii"))
+            record = PeerRecord.fromJSON(data)
+            if record.namespace != namespace:
+                raise ValueError(f"record of namespace {record.namespace!r}")
+        except (ValueError, TypeError, UnicodeDecodeError) as e:
+            log.warn(
+                "registry {url}: skipping a bad event in namespace {ns}: {error}",
+                url=self.url,
+                ns=namespace,
+                error=e,
+            )
+            return
+        for subscription in list(self._watchers.get(namespace, ())):
+            subscription.received(seq, kind, record)
+
+    # Sweeps: announce timeouts without keyspace notifications
+
+    def _startSweeping(self, namespace: str) -> None:
+        if namespace not in self._sweeps:
+            self._sweeps[namespace] = self._reactor.callLater(0, self._sweep, namespace)
+
+    def _stopSweeping(self, namespace: str) -> None:
+        call = self._sweeps.pop(namespace, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _sweep(self, namespace: str) -> None:
+        self._sweeps[namespace] = None
+        if not (self._leaseNamespaces[namespace] or self._watchers.get(namespace)):
+            self._sweeps.pop(namespace, None)
+            return
+
+        def scheduleNext(reply: Any) -> None:
+            delay = SWEEP_INTERVAL
+            if isinstance(reply, list) and int(reply[1]) >= 0:
+                delay = min(SWEEP_INTERVAL, int(reply[1]) / 1000 + 0.002)
+            if namespace in self._sweeps and not self.closed:
+                self._sweeps[namespace] = self._reactor.callLater(delay, self._sweep, namespace)
+
+        d = self._eval("sweep", scripts.SWEEP, _prefix(namespace), SWEEP_BATCH)
+        d.addErrback(_logSweepFailure)
+        d.addCallback(scheduleNext)
+
+
+def _logReregisterFailure(failure: Failure, lease: Lease) -> None:
+    log.warn(
+        "{lease}: could not register again: {error}", lease=lease, error=failure.getErrorMessage()
+    )
+
+
+def _logSweepFailure(failure: Failure) -> None:
+    log.debug("sweep failed: {error}", error=failure.getErrorMessage())
+
+
+def _subscribe(protocol: Any, channel: str) -> Deferred[None]:
+    def subscribed(_: object) -> None:
+        protocol.channels.add(channel)
+
+    d: Deferred[None] = protocol.subscribe(channel).addCallback(subscribed)
+    return d
+
+
+def _unsubscribe(protocol: Any, channel: str) -> Deferred[None]:
+    protocol.channels.discard(channel)
+    d: Deferred[None] = protocol.unsubscribe(channel)
+    return d
+
+
+async def _gather(deferreds: Sequence[Deferred[Any]]) -> None:
+    for d in deferreds:
+        await d

@@ -1,0 +1,174 @@
+"""
+The Lua scripts behind L{txmasse.registry.redis}: each registry operation is
+one script, so it is atomic and costs one round trip.
+
+Keys of namespace NS all start with C{masse:{NS}:} (the braces keep them in
+one Redis Cluster slot):
+
+  - C{n:NAME}: hash, instance id -> record JSON
+  - C{exp}: sorted set, C{NAME/INSTANCE} -> lease expiry (ms, server clock)
+  - C{names}: sorted set of the names that have instances, for prefix ranges
+  - C{seq}: number of the last event published on the channel C{events}
+  - C{gone} / C{gonet}: tombstones, instance id -> C{left} or C{timedout}
+    and when, kept ten minutes so a reconnecting watcher learns which it was
+
+Time comes from the Redis server (C{TIME}), never from the clients, so
+clocks that disagree cannot expire a lease early. An expired instance is
+removed and announced by the first script that meets it, in the same atomic
+step, so its timeout is announced exactly once.
+"""
+
+_COMMON = r"""
+local P = ARGV[1]
+local function nowMs()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function announce(kind, rec)
+  local seq = redis.call('INCR', P .. 'seq')
+  redis.call('PUBLISH', P .. 'events', seq .. ' ' .. kind .. ' ' .. rec)
+end
+local function drop(name, inst, kind, now)
+  local hkey = P .. 'n:' .. name
+  local rec = redis.call('HGET', hkey, inst)
+  redis.call('HDEL', hkey, inst)
+  redis.call('ZREM', P .. 'exp', name .. '/' .. inst)
+  if redis.call('EXISTS', hkey) == 0 then
+    redis.call('ZREM', P .. 'names', name)
+  end
+  if rec then
+    redis.call('HSET', P .. 'gone', inst, kind)
+    redis.call('ZADD', P .. 'gonet', now, inst)
+    announce(kind, rec)
+  end
+end
+local function expired(name, inst, now)
+  local score = redis.call('ZSCORE', P .. 'exp', name .. '/' .. inst)
+  return (not score) or tonumber(score) <= now
+end
+local function live(name, now, out)
+  local all = redis.call('HGETALL', P .. 'n:' .. name)
+  for i = 1, #all, 2 do
+    if expired(name, all[i], now) then
+      drop(name, all[i], 'timedout', now)
+    else
+      out[#out + 1] = all[i + 1]
+    end
+  end
+end
+"""
+
+# ARGV: prefix, name, instance, record JSON, ttl in ms.
+# Registers, heartbeats, updates, and writes back a record the store lost.
+PUT = (
+    _COMMON
+    + r"""
+local name, inst, rec, ttl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local now = nowMs()
+local hkey = P .. 'n:' .. name
+local old = redis.call('HGET', hkey, inst)
+if old and expired(name, inst, now) then
+  drop(name, inst, 'timedout', now)
+  old = false
+end
+redis.call('HSET', hkey, inst, rec)
+redis.call('ZADD', P .. 'exp', now + ttl, name .. '/' .. inst)
+redis.call('ZADD', P .. 'names', 0, name)
+redis.call('HDEL', P .. 'gone', inst)
+redis.call('ZREM', P .. 'gonet', inst)
+if not old then
+  announce('joined', rec)
+elseif old ~= rec then
+  announce('updated', rec)
+end
+return 1
+"""
+)
+
+# ARGV: prefix, name, instance. Releases a lease; late ones count as timed out.
+REMOVE = (
+    _COMMON
+    + r"""
+local name, inst = ARGV[2], ARGV[3]
+local now = nowMs()
+if redis.call('HEXISTS', P .. 'n:' .. name, inst) == 0 then
+  return 0
+end
+if expired(name, inst, now) then
+  drop(name, inst, 'timedout', now)
+else
+  drop(name, inst, 'left', now)
+end
+return 1
+"""
+)
+
+# ARGV: prefix, name. Returns {seq, record...}.
+LOOKUP = (
+    _COMMON
+    + r"""
+local now = nowMs()
+local out = {0}
+live(ARGV[2], now, out)
+out[1] = tonumber(redis.call('GET', P .. 'seq') or '0')
+return out
+"""
+)
+
+# ARGV: prefix, literal prefix of the pattern, Lua pattern, known instance...
+# Reads only the names under the literal prefix. Returns
+# {seq, record count, record..., tombstone of each known instance (or nil)}.
+FIND = (
+    _COMMON
+    + r"""
+local now = nowMs()
+local low, high = '-', '+'
+if ARGV[2] ~= '' then
+  low, high = '[' .. ARGV[2], '[' .. ARGV[2] .. '\255'
+end
+local records = {}
+for _, name in ipairs(redis.call('ZRANGEBYLEX', P .. 'names', low, high)) do
+  if string.find(name, ARGV[3]) then
+    live(name, now, records)
+  end
+end
+local out = {tonumber(redis.call('GET', P .. 'seq') or '0'), #records}
+for _, rec in ipairs(records) do
+  out[#out + 1] = rec
+end
+for i = 4, #ARGV do
+  out[#out + 1] = redis.call('HGET', P .. 'gone', ARGV[i])
+end
+return out
+"""
+)
+
+# ARGV: prefix, most to remove. Times out expired leases, trims old
+# tombstones. Returns {number timed out, ms until the next expiry or -1}.
+SWEEP = (
+    _COMMON
+    + r"""
+local now = nowMs()
+local limit = tonumber(ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', P .. 'exp', '-inf', now, 'LIMIT', 0, limit)
+for _, member in ipairs(due) do
+  local slash = string.find(member, '/', 1, true)
+  if slash then
+    drop(string.sub(member, 1, slash - 1), string.sub(member, slash + 1), 'timedout', now)
+  else
+    redis.call('ZREM', P .. 'exp', member)
+  end
+end
+local old = redis.call('ZRANGEBYSCORE', P .. 'gonet', '-inf', now - 600000, 'LIMIT', 0, limit)
+for _, inst in ipairs(old) do
+  redis.call('HDEL', P .. 'gone', inst)
+  redis.call('ZREM', P .. 'gonet', inst)
+end
+local first = redis.call('ZRANGE', P .. 'exp', 0, 0, 'WITHSCORES')
+local nextMs = -1
+if #first == 2 then
+  nextMs = math.max(0, tonumber(first[2]) - now)
+end
+return {#due, nextMs}
+"""
+)

@@ -1,0 +1,238 @@
+"""
+Registries named by URL, the defaults taken from the environment, and one
+shared connection per URL per process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+from txmasse.records import validateName
+from txmasse.registry.interface import IRegistry
+
+DEFAULT_REGISTRY = "redis://127.0.0.1:6379/0"
+DEFAULT_NAMESPACE = "default"
+DEFAULT_TIMEOUT = 2.0
+
+_SCHEMES = ("redis", "rediss", "redis+unix", "memory")
+_QUERY = {
+    "redis": {"timeout"},
+    "rediss": {"timeout", "ca", "cert", "key"},
+    "redis+unix": {"timeout", "db"},
+    "memory": set(),
+}
+
+_registries: dict[tuple[object, str], Any] = {}
+
+
+def defaultRegistryURL() -> str:
+    return os.environ.get("MASSE_REGISTRY") or DEFAULT_REGISTRY
+
+
+def defaultNamespace() -> str:
+    """
+    C{$MASSE_NAMESPACE}, else C{"default"}.
+    """
+    namespace = os.environ.get("MASSE_NAMESPACE") or DEFAULT_NAMESPACE
+    try:
+        return validateName(namespace, "namespace")
+    except ValueError as e:
+        raise ValueError(f"$MASSE_NAMESPACE: {e}") from None
+
+
+@attrs.frozen
+class RegistryURL:
+    """
+    A parsed registry URL.
+
+    @ivar display: the URL with its password replaced by C{***}, for logs
+        and messages.
+    """
+
+    scheme: str
+    display: str
+    host: str = ""
+    port: int = 6379
+    path: str = ""
+    db: int | None = None
+    username: str | None = attrs.field(default=None, repr=False)
+    password: str | None = attrs.field(default=None, repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+def _bad(url: str, part: str, why: str) -> ValueError:
+    return ValueError(f"invalid registry URL {_redact(url)!r}: {part} {why}")
+
+
+def _redact(url: str) -> str:
+    """
+    The URL without its password, even when it does not parse.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url[:200]
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        credentials, _, host = authority.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        authority = f"{user}:***@{host}" if ":" in credentials else f"***@{host}"
+    return f"{scheme}://{authority}{slash}{tail}"[:200]
+
+
+def parseRegistryURL(url: object) -> RegistryURL:
+    """
+    Parse and check a registry URL.
+
+    @raise ValueError: naming the part of the URL that is wrong.
+    """
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"invalid registry URL {url!r}: must be a non-empty string")
+    if len(url) > 2048 or not url.isprintable():
+        raise _bad(url, "the URL", "must be at most 2048 printable characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise _bad(url, "the address", f"does not parse: {e}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        raise _bad(url, f"scheme {parts.scheme!r}", f"is not one of {', '.join(_SCHEMES)}")
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in _QUERY[scheme]:
+            allowed = ", ".join(sorted(_QUERY[scheme])) or "none"
+            raise _bad(url, f"option {key!r}", f"is unknown (allowed: {allowed})")
+        query[key] = value
+    display = _redact(url)
+    options: dict[str, Any] = {"timeout": _timeout(url, query.get("timeout"))}
+    if parts.username is not None:
+        options["username"] = unquote(parts.username) or None
+    if parts.password is not None:
+        options["password"] = unquote(parts.password)
+    if scheme == "memory":
+        if parts.netloc or parts.path not in ("", "/"):
+            raise _bad(url, "memory://", "takes no host or path")
+        return RegistryURL(scheme, display)
+    if scheme == "redis+unix":
+        if parts.netloc or not parts.path:
+            raise _bad(url, "the socket path", "is missing (redis+unix:///path/to/redis.sock)")
+        db = _db(url, query.get("db"))
+        return RegistryURL(scheme, display, path=unquote(parts.path), db=db, **options)
+    if not parts.hostname:
+        raise _bad(url, "the host", "is missing")
+    db = _db(url, parts.path.lstrip("/") or None)
+    for key in ("ca", "cert", "key"):
+        if key in query:
+            options[key] = query[key]
+    if ("cert" in options) != ("key" in options):
+        raise _bad(url, "options cert and key", "go together")
+    return RegistryURL(
+        scheme,
+        display,
+        host=parts.hostname,
+        port=port if port is not None else 6379,
+        db=db,
+        **options,
+    )
+
+
+def _timeout(url: str, value: str | None) -> float:
+    if value is None:
+        return DEFAULT_TIMEOUT
+    try:
+        timeout = float(value)
+    except ValueError:
+        timeout = math.nan
+    if not (math.isfinite(timeout) and 0 < timeout <= 3600):
+        raise _bad(url, f"timeout {value!r}", "must be a number of seconds, 0 to 3600")
+    return timeout
+
+
+def _db(url: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) > 65535:
+        raise _bad(url, f"database {value!r}", "must be a whole number")
+    return int(value)
+
+
+def registryFromURL(reactor: IReactorTime, url: str | None = None) -> IRegistry:
+    """
+    The registry at C{url} (default C{$MASSE_REGISTRY}, else
+    C{redis://127.0.0.1:6379/0}), shared by every caller in this process
+    until it is closed.
+
+    @raise ValueError: if the URL is malformed, naming the bad part.
+    """
+    if url is None:
+        url = defaultRegistryURL()
+    key = (reactor, url)
+    registry = _registries.get(key)
+    if registry is None or registry.closed:
+        registry = _registries[key] = _build(reactor, parseRegistryURL(url))
+    return registry  # type: ignore[no-any-return]
+
+
+def _build(reactor: Any, parsed: RegistryURL) -> Any:
+    if parsed.scheme == "memory":
+        from txmasse.registry.memory import MemoryRegistry
+
+        return MemoryRegistry(reactor)
+    from txmasse.registry.redis import RedisRegistry
+
+    return RedisRegistry(
+        reactor,
+        _endpoint(reactor, parsed),
+        parsed.display,
+        password=parsed.password,
+        username=parsed.username,
+        db=parsed.db,
+        timeout=parsed.timeout,
+    )
+
+
+def _endpoint(reactor: Any, parsed: RegistryURL) -> Any:
+    from twisted.internet import endpoints
+
+    if parsed.scheme == "redis+unix":
+        return endpoints.UNIXClientEndpoint(reactor, parsed.path, timeout=parsed.timeout)
+    tcp = endpoints.HostnameEndpoint(reactor, parsed.host, parsed.port, timeout=parsed.timeout)
+    if parsed.scheme == "redis":
+        return tcp
+    return endpoints.wrapClientTLS(_tlsOptions(parsed), tcp)
+
+
+def _tlsOptions(parsed: RegistryURL) -> Any:
+    """
+    Verified TLS: the server's certificate must chain to C{ca} (else the
+    system's trust roots) and name the host.
+    """
+    from twisted.internet import ssl
+
+    def read(path: str, what: str) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise ValueError(f"registry URL {parsed.display!r}: cannot read {what}: {e}") from None
+
+    trustRoot: Any = ssl.platformTrust()
+    if parsed.ca:
+        trustRoot = ssl.Certificate.loadPEM(read(parsed.ca, "ca"))
+    clientCertificate = None
+    if parsed.cert and parsed.key:
+        clientCertificate = ssl.PrivateCertificate.loadPEM(
+            read(parsed.cert, "cert") + b"\n" + read(parsed.key, "key")
+        )
+    return ssl.optionsForClientTLS(
+        parsed.host, trustRoot=trustRoot, clientCertificate=clientCertificate
+    )
