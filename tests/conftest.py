@@ -71,13 +71,16 @@ class RedisServer:
     may stop, restart empty, kill, pause and resume.
     """
 
-    def __init__(self, directory: Path, extraArgs: tuple[str, ...] = ()):
+    def __init__(
+        self, directory: Path, extraArgs: tuple[str, ...] = (), password: str | None = None
+    ):
         self.executable = shutil.which("redis-server")
         if self.executable is None:
             pytest.fail(INSTALL_HINT, pytrace=False)
         self.directory = directory
         self.port = freePort()
         self.extraArgs = extraArgs
+        self.password = password
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -99,6 +102,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.directory),
+                *(("--requirepass", self.password) if self.password else ()),
                 *self.extraArgs,
             ],
             stdout=subprocess.DEVNULL,
@@ -139,8 +143,11 @@ class RedisServer:
         Run one command on a connection of its own (blocking; test use only).
         """
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-            s.sendall(_encode(*args))
             with s.makefile("rb") as f:
+                if self.password:
+                    s.sendall(_encode("AUTH", self.password))
+                    _read(f)
+                s.sendall(_encode(*args))
                 return _read(f)
 
     def commandCalls(self) -> dict[str, int]:

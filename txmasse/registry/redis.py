@@ -52,24 +52,29 @@ class _Factory(Factory):
     """
     Builds txredisapi protocols for a L{ClientService}; remembers why the
     last connection failed (e.g. a wrong password) for error messages.
+
+    @param prepare: run on each new connection once AUTH and SELECT are
+        done; the connection serves calls only after it succeeds.
     """
 
     isLazy = False
 
     def __init__(
         self,
-        protocolClass: type[txredisapi.BaseRedisProtocol],
+        protocolClass: Callable[..., Any],
+        prepare: Callable[[Any], Deferred[None]],
         password: str | None,
         username: str | None,
         db: int | None,
     ):
         self.protocolClass = protocolClass
+        self.prepare = prepare
         self.password = password
         self.username = username
         self.db = db
         self.lastError: str | None = None
 
-    def buildProtocol(self, addr: object) -> txredisapi.BaseRedisProtocol:
+    def buildProtocol(self, addr: object) -> Any:
         protocol = self.protocolClass(
             charset=None,
             password=self.password,
@@ -89,33 +94,68 @@ class _Factory(Factory):
         self.lastError = message
 
 
-def _whenReady(protocol: txredisapi.BaseRedisProtocol, factory: _Factory) -> Deferred[None]:
+class _ReadyMixin:
     """
-    Fire when AUTH and SELECT are done, fail if the connection drops first.
+    A connection that serves calls only once it is prepared.
+
+    The handshake (AUTH, SELECT, then the registry's own setup) happens
+    here rather than in L{ClientService}'s C{prepareConnection}: the service
+    cannot handle a connection lost while it is being prepared (it raises
+    C{NoTransition}), and a wrong password closes the connection just then.
     """
-    ready: Deferred[None] = Deferred()
 
-    def connected(_: object) -> None:
-        if not ready.called:
-            factory.lastError = None
-            ready.callback(None)
+    factory: _Factory
+    transport: Any
 
-    def lost(_: object) -> None:
-        if not ready.called:
-            ready.errback(ConnectionError(factory.lastError or "connection lost"))
+    def connectionMade(self) -> Any:
+        self.ready = False
+        self._readyWaiters: list[Deferred[Any]] = []
+        result = super().connectionMade()  # type: ignore[misc]
+        prepared = self.whenConnected().addCallback(lambda _: self.factory.prepare(self))
+        prepared.addCallbacks(self._prepared, self._notPrepared)
+        return result
 
-    protocol.whenConnected().addCallback(connected)
-    protocol.whenDisconnected().addCallback(lost)
-    return ready
+    def whenConnected(self) -> Deferred[Any]:
+        return super().whenConnected()  # type: ignore[misc,no-any-return]
+
+    def whenReady(self) -> Deferred[Any]:
+        if self.ready:
+            return succeed(self)
+        d: Deferred[Any] = Deferred()
+        self._readyWaiters.append(d)
+        return d
+
+    def _prepared(self, _: object) -> None:
+        self.factory.lastError = None
+        self.ready = True
+        waiters, self._readyWaiters = self._readyWaiters, []
+        for d in waiters:
+            d.callback(self)
+
+    def _notPrepared(self, failure: Failure) -> None:
+        self.factory.lastError = failure.getErrorMessage()
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.ready = False
+        waiters, self._readyWaiters = self._readyWaiters, []
+        error = ConnectionError(self.factory.lastError or "connection lost")
+        for d in waiters:
+            d.errback(error)
+        super().connectionLost(reason)  # type: ignore[misc]
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+class _Commands(_ReadyMixin, txredisapi.RedisProtocol):  # type: ignore[misc]
+    pass
+
+
+class _Subscriber(_ReadyMixin, txredisapi.SubscriberProtocol):  # type: ignore[misc]
     def connectionMade(self) -> Any:
         self.channels: set[str] = set()
         return super().connectionMade()
 
     def messageReceived(self, pattern: object, channel: bytes, message: bytes) -> None:
-        self.factory.registry._received(channel, message)
+        self.factory.registry._received(channel, message)  # type: ignore[attr-defined]
 
 
 def _text(value: object) -> str:
@@ -148,9 +188,11 @@ class RedisRegistry:
         self._endpoint = endpoint
         self._timeout = timeout
         self._grace = grace
-        self._commandFactory = _Factory(txredisapi.RedisProtocol, password, username, db)
-        self._commands = self._service(self._commandFactory, self._commandsReady)
-        self._subscriberFactory = _Factory(_Subscriber, password, username, db)
+        self._commandFactory = _Factory(_Commands, self._commandsReady, password, username, db)
+        self._commands = self._service(self._commandFactory)
+        self._subscriberFactory = _Factory(
+            _Subscriber, self._subscriberReady, password, username, db
+        )
         self._subscriberFactory.registry = self  # type: ignore[attr-defined]
         self._subscriber: ClientService | None = None
         self._leases: set[Lease] = set()
@@ -162,16 +204,20 @@ class RedisRegistry:
     def __repr__(self) -> str:
         return f"<RedisRegistry {self.url}>"
 
-    def _service(
-        self, factory: _Factory, prepare: Callable[[Any], Deferred[None]]
-    ) -> ClientService:
+    def _service(self, factory: _Factory) -> ClientService:
         return ClientService(
             self._endpoint,
             factory,
             retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=1.0, factor=2.0),
             clock=self._reactor,
-            prepareConnection=prepare,
         )
+
+    def _ready(self, service: ClientService) -> Deferred[Any]:
+        """
+        The connection of C{service} once it is prepared to serve calls.
+        """
+        d: Deferred[Any] = service.whenConnected()
+        return d.addCallback(lambda protocol: protocol.whenReady())
 
     # Calls with a deadline
 
@@ -189,11 +235,11 @@ class RedisRegistry:
             reason += f" (last connection error: {lastError})"
         return Failure(RegistryUnavailable(f"registry {self.url}: {what} failed: {reason}"))
 
-    def _eval(self, what: str, script: str, *args: object) -> Deferred[Any]:
+    def _eval(self, what: str, script: scripts.Script, *args: object) -> Deferred[Any]:
         if self.closed:
             return fail(RegistryUnavailable(f"registry {self.url} is closed"))
-        d: Deferred[Any] = self._commands.whenConnected()
-        d.addCallback(lambda protocol: protocol.eval(script, [], list(args)))
+        d = self._ready(self._commands)
+        d.addCallback(_evalsha, script, args)
         d.addTimeout(self._timeout, self._reactor)
         return d.addErrback(self._unavailable, what)
 
@@ -331,7 +377,7 @@ class RedisRegistry:
         self._watchers.pop(namespace, None)
         channel = _prefix(namespace) + "events"
         if self._subscriber is not None and not self.closed:
-            d = self._subscriber.whenConnected()
+            d = self._ready(self._subscriber)
             d.addCallback(lambda protocol: _unsubscribe(protocol, channel))
             d.addTimeout(self._timeout, self._reactor)
             d.addErrback(lambda _: None)
@@ -371,18 +417,20 @@ class RedisRegistry:
     # Connections
 
     def _commandsReady(self, protocol: Any) -> Deferred[None]:
-        def reregister(_: None) -> None:
+        async def prepare() -> None:
+            for script in scripts.ALL:
+                await protocol.execute_command("SCRIPT", "LOAD", script.source)
             for lease in list(self._leases):
                 lease.refresh().addErrback(_logReregisterFailure, lease)
 
-        return _whenReady(protocol, self._commandFactory).addCallback(reregister)
+        return Deferred.fromCoroutine(prepare())
 
     def _subscribe(self, namespace: str) -> Deferred[None]:
         channel = _prefix(namespace) + "events"
         if self._subscriber is None:
-            self._subscriber = self._service(self._subscriberFactory, self._subscriberReady)
+            self._subscriber = self._service(self._subscriberFactory)
             self._subscriber.startService()
-        d: Deferred[Any] = self._subscriber.whenConnected()
+        d = self._ready(self._subscriber)
 
         def subscribeOnce(protocol: Any) -> Deferred[None] | None:
             if channel in protocol.channels:
@@ -395,7 +443,6 @@ class RedisRegistry:
 
     def _subscriberReady(self, protocol: Any) -> Deferred[None]:
         async def prepare() -> None:
-            await _whenReady(protocol, self._subscriberFactory)
             for namespace in list(self._watchers):
                 await _subscribe(protocol, _prefix(namespace) + "events")
             for subscriptions in list(self._watchers.values()):
@@ -451,6 +498,20 @@ class RedisRegistry:
         d = self._eval("sweep", scripts.SWEEP, _prefix(namespace), SWEEP_BATCH)
         d.addErrback(_logSweepFailure)
         d.addCallback(scheduleNext)
+
+
+def _evalsha(protocol: Any, script: scripts.Script, args: Sequence[object]) -> Deferred[Any]:
+    """
+    Run a script by its digest, sending its source only if Redis lost it.
+    """
+
+    def reload(failure: Failure) -> Any:
+        if failure.check(txredisapi.ResponseError) and "NOSCRIPT" in str(failure.value):
+            return protocol.execute_command("EVAL", script.source, 0, *args)
+        return failure
+
+    d: Deferred[Any] = protocol.execute_command("EVALSHA", script.sha, 0, *args)
+    return d.addErrback(reload)
 
 
 def _logReregisterFailure(failure: Failure, lease: Lease) -> None:

@@ -18,6 +18,24 @@ removed and announced by the first script that meets it, in the same atomic
 step, so its timeout is announced exactly once.
 """
 
+import hashlib
+
+import attrs
+
+
+@attrs.frozen
+class Script:
+    """
+    A Lua script and the SHA1 digest that EVALSHA names it by.
+    """
+
+    source: str
+    sha: str = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
 _COMMON = r"""
 local P = ARGV[1]
 local function nowMs()
@@ -60,7 +78,7 @@ end
 
 # ARGV: prefix, name, instance, record JSON, ttl in ms.
 # Registers, heartbeats, updates, and writes back a record the store lost.
-PUT = (
+PUT = Script(
     _COMMON
     + r"""
 local name, inst, rec, ttl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
@@ -86,7 +104,7 @@ return 1
 )
 
 # ARGV: prefix, name, instance. Releases a lease; late ones count as timed out.
-REMOVE = (
+REMOVE = Script(
     _COMMON
     + r"""
 local name, inst = ARGV[2], ARGV[3]
@@ -104,7 +122,7 @@ return 1
 )
 
 # ARGV: prefix, name. Returns {seq, record...}.
-LOOKUP = (
+LOOKUP = Script(
     _COMMON
     + r"""
 local now = nowMs()
@@ -118,7 +136,7 @@ return out
 # ARGV: prefix, literal prefix of the pattern, Lua pattern, known instance...
 # Reads only the names under the literal prefix. Returns
 # {seq, record count, record..., tombstone of each known instance (or nil)}.
-FIND = (
+FIND = Script(
     _COMMON
     + r"""
 local now = nowMs()
@@ -145,7 +163,7 @@ return out
 
 # ARGV: prefix, most to remove. Times out expired leases, trims old
 # tombstones. Returns {number timed out, ms until the next expiry or -1}.
-SWEEP = (
+SWEEP = Script(
     _COMMON
     + r"""
 local now = nowMs()
@@ -172,3 +190,5 @@ end
 return {#due, nextMs}
 """
 )
+
+ALL = (PUT, REMOVE, LOOKUP, FIND, SWEEP)
