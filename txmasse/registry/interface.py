@@ -86,6 +86,7 @@ class IRegistry(Interface):
     """
 
     url: str = Attribute("The registry's URL, without any password.")
+    closed: bool = Attribute("Whether L{close} was called.")
 
     def register(record: PeerRecord, ttl: float) -> Deferred[ILease]:
         """

@@ -36,6 +36,7 @@ class MemoryRegistry:
     url = "memory://"
 
     def __init__(self, clock: IReactorTime):
+        self.closed = False
         self._clock = clock
         self._names: dict[tuple[str, str], dict[str, _Entry]] = {}
         self._seq: dict[str, int] = {}
@@ -84,6 +85,7 @@ class MemoryRegistry:
         return subscription.resync().addCallback(lambda _: subscription)
 
     def close(self) -> Deferred[None]:
+        self.closed = True
         for lease in list(self._leases):
             lease.stop()
         self._leases.clear()

@@ -1,0 +1,149 @@
+"""
+Leases and watchers over a scripted store: retries, catching up, and the
+exactly-once rules, step by step under a Clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+
+from tests.test_contract import Events, record
+from txmasse import RegistryUnavailable
+from txmasse.records import Glob, PeerRecord
+from txmasse.registry._base import Lease, Snapshot, Subscription
+from txmasse.registry.interface import EventKind
+
+
+@attrs.define
+class ScriptedStore:
+    """
+    A store whose answers the test sets.
+    """
+
+    failPuts: int = 0
+    puts: list[PeerRecord] = attrs.Factory(list)
+    snapshots: list[Deferred[Snapshot]] = attrs.Factory(list)
+
+    def _put(self, record: PeerRecord, ttl: float) -> Deferred[None]:
+        self.puts.append(record)
+        if self.failPuts:
+            self.failPuts -= 1
+            return fail(RegistryUnavailable("registry memory://: down"))
+        return succeed(None)
+
+    def _remove(self, record: PeerRecord) -> Deferred[None]:
+        return succeed(None)
+
+    def _forget(self, lease: Lease) -> None:
+        pass
+
+    def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
+        d: Deferred[Snapshot] = Deferred()
+        self.snapshots.append(d)
+        return d
+
+    def _unwatch(self, subscription: Subscription) -> None:
+        pass
+
+
+def test_failed_heartbeats_are_retried() -> None:
+    clock, store = Clock(), ScriptedStore(failPuts=2)
+    lease = Lease(store, record(), 3.0, clock)
+    lease.start()
+    clock.advance(1.0)
+    clock.advance(1.0)
+    assert lease._failing and lease._loop.running
+    clock.advance(1.0)
+    assert not lease._failing
+    assert len(store.puts) == 3
+
+
+def watching(store: ScriptedStore, clock: Clock, pattern: str = "*") -> tuple[Subscription, Events]:
+    events = Events()
+    subscription = Subscription(store, "dev", Glob(pattern), events, clock, grace=3.0)
+    subscription.resync()
+    return subscription, events
+
+
+def test_initial_snapshot_is_silent_and_buffered_events_apply_after_it() -> None:
+    clock, store = Clock(), ScriptedStore()
+    a, b, c = record("a"), record("b"), record("c")
+    subscription, events = watching(store, clock)
+    subscription.received(4, EventKind.JOINED, a)  # already in the snapshot (seq 5)
+    subscription.received(6, EventKind.LEFT, a)
+    subscription.received(7, EventKind.JOINED, c)
+    assert events == []
+    store.snapshots[0].callback(Snapshot(5, [a, b]))
+    assert events.kinds() == [("left", "a"), ("joined", "c")]
+    assert {r.name for r in subscription.peers} == {"b", "c"}
+
+
+def test_duplicates_are_absorbed() -> None:
+    clock, store = Clock(), ScriptedStore()
+    a = record("a")
+    subscription, events = watching(store, clock)
+    store.snapshots[0].callback(Snapshot(0, []))
+    for seq, kind in enumerate([EventKind.JOINED, EventKind.JOINED, EventKind.UPDATED]):
+        subscription.received(seq + 1, kind, a)
+    subscription.received(4, EventKind.TIMEDOUT, a)
+    subscription.received(5, EventKind.LEFT, a)
+    assert events.kinds() == [("joined", "a"), ("timedout", "a")]
+
+
+def test_catching_up_reports_what_was_missed_with_its_kind() -> None:
+    clock, store = Clock(), ScriptedStore()
+    a, b, c, d = record("a"), record("b"), record("c"), record("d")
+    subscription, events = watching(store, clock)
+    store.snapshots[0].callback(Snapshot(1, [a, b, c]))
+    subscription.resync()  # e.g. after a reconnect
+    b2 = attrs.evolve(b, metadata={"v": "2"})
+    gone = {a.instance: EventKind.LEFT, c.instance: EventKind.TIMEDOUT}
+    store.snapshots[1].callback(Snapshot(9, [b2, d], gone))
+    assert sorted(events.kinds()) == [
+        ("joined", "d"),
+        ("left", "a"),
+        ("timedout", "c"),
+        ("updated", "b"),
+    ]
+
+
+def test_lost_without_a_trace_gets_a_grace_period() -> None:
+    clock, store = Clock(), ScriptedStore()
+    a, b = record("a"), record("b")
+    subscription, events = watching(store, clock)
+    store.snapshots[0].callback(Snapshot(3, [a, b]))
+    subscription.resync()  # the store came back empty
+    store.snapshots[1].callback(Snapshot(0, []))
+    assert events == [] and len(subscription.peers) == 2
+    subscription.received(1, EventKind.JOINED, a)  # a's lease wrote it back
+    clock.advance(3.0)
+    store.snapshots[2].callback(Snapshot(1, [a]))
+    assert events.kinds() == [("timedout", "b")]
+    assert [r.name for r in subscription.peers] == ["a"]
+    clock.advance(10)
+    assert len(store.snapshots) == 3
+
+
+def test_failed_catch_up_is_retried_but_a_failed_start_fails() -> None:
+    clock, store = Clock(), ScriptedStore()
+    subscription, _ = watching(store, clock)
+    failures: list[object] = []
+    first = subscription.resync()
+    first.addErrback(failures.append)
+    store.snapshots[1].errback(RegistryUnavailable("down"))
+    assert len(failures) == 1  # the initial catch-up reports its failure
+    store.snapshots[0].callback(Snapshot(0, []))  # stale generation: ignored
+    again = subscription.resync()
+    store.snapshots[2].callback(Snapshot(0, [record("a")]))
+    assert again.called
+    subscription.resync()
+    store.snapshots[3].errback(RegistryUnavailable("down"))
+    clock.advance(1.0)
+    assert len(store.snapshots) == 5  # retried after a second
+    subscription.stop()
+    clock.advance(10)
+    assert len(store.snapshots) == 5

@@ -1,0 +1,89 @@
+"""
+Registry URLs: what parses, what is refused (naming the bad part), and
+that passwords never show.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import reactor
+
+from txmasse.registry import registryFromURL
+from txmasse.registry.url import defaultNamespace, defaultRegistryURL, parseRegistryURL
+
+
+@pytest.mark.parametrize(
+    "url, fields",
+    [
+        ("redis://127.0.0.1:6379/0", {"host": "127.0.0.1", "port": 6379, "db": 0}),
+        ("redis://db.example", {"host": "db.example", "port": 6379, "db": None}),
+        ("redis://[::1]:7000/3", {"host": "::1", "port": 7000, "db": 3}),
+        (
+            "redis://alice:p%40ss@h/1",
+            {"username": "alice", "password": "p@ss", "display": "redis://alice:***@h/1"},
+        ),
+        ("redis://:secret@h", {"username": None, "password": "secret"}),
+        ("redis://h?timeout=0.25", {"timeout": 0.25}),
+        ("rediss://h?ca=/tmp/ca.pem", {"scheme": "rediss", "ca": "/tmp/ca.pem"}),
+        ("redis+unix:///run/redis.sock?db=2", {"path": "/run/redis.sock", "db": 2}),
+        ("memory://", {"scheme": "memory"}),
+    ],
+)
+def test_good_urls(url: str, fields: dict[str, object]) -> None:
+    parsed = parseRegistryURL(url)
+    for name, value in fields.items():
+        assert getattr(parsed, name) == value
+    assert "secret" not in repr(parsed) and "p@ss" not in repr(parsed)
+
+
+@pytest.mark.parametrize(
+    "url, part",
+    [
+        ("", "non-empty"),
+        ("http://h", "scheme 'http'"),
+        ("h:6379", "scheme 'h'"),
+        ("redis://", "the host"),
+        ("redis://h:99999", "the address"),
+        ("redis://h:port", "the address"),
+        ("redis://h/x", "database 'x'"),
+        ("redis://h?timeout=-1", "timeout '-1'"),
+        ("redis://h?timeout=nan", "timeout 'nan'"),
+        ("redis://h?tls=1", "option 'tls'"),
+        ("redis+unix://", "socket path"),
+        ("memory://x", "memory://"),
+        ("rediss://h?cert=/a", "cert and key"),
+        ("redis://h\n", "printable"),
+    ],
+)
+def test_bad_urls_name_the_part(url: str, part: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parseRegistryURL(url)
+    assert part in str(caught.value)
+
+
+def test_password_hidden_in_errors() -> None:
+    with pytest.raises(ValueError) as caught:
+        parseRegistryURL("redis://bob:hunter2@h/notadb")
+    assert "hunter2" not in str(caught.value)
+    assert "bob:***@h" in str(caught.value)
+
+
+def test_defaults_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MASSE_REGISTRY")
+    assert defaultRegistryURL() == "redis://127.0.0.1:6379/0"
+    assert defaultNamespace() == "default"
+    monkeypatch.setenv("MASSE_REGISTRY", "memory://")
+    monkeypatch.setenv("MASSE_NAMESPACE", "prod")
+    assert defaultRegistryURL() == "memory://"
+    assert defaultNamespace() == "prod"
+    monkeypatch.setenv("MASSE_NAMESPACE", "no way")
+    with pytest.raises(ValueError, match=r"\$MASSE_NAMESPACE: invalid namespace 'no way'"):
+        defaultNamespace()
+
+
+def test_one_registry_per_url_until_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MASSE_REGISTRY", "memory://")
+    first = registryFromURL(reactor)
+    assert registryFromURL(reactor, "memory://") is first
+    first.close()
+    assert registryFromURL(reactor) is not first
