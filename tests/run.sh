@@ -17,5 +17,5 @@ venv="${TXMASSE_VENV:-.venv}"
     -e ".[test]" --config-settings editable_mode=compat
 
 "$venv/bin/ruff" check txmasse tests examples
-"$venv/bin/mypy" txmasse tests
+"$venv/bin/mypy" txmasse tests examples
 exec "$venv/bin/python" -m pytest "$@"

@@ -6,14 +6,13 @@ The registry contract: every backend must pass these, over the real reactor
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import pytest_twisted
 
 from tests.conftest import eventually, sleep
 from txmasse import EventKind, PeerEvent, PeerRecord
-from txmasse.registry._base import Lease
 from txmasse.registry.interface import ILease, IRegistry, ISubscription
 
 BACKENDS = pytest.mark.parametrize("make_registry", ["memory", "redis"], indirect=True)
@@ -132,7 +131,7 @@ async def test_timeout_announced_once_and_never_returned(make_registry: MakeRegi
     await looking.watch("dev", "db", second)
     lease = await peer.register(record(), 0.5)
     await eventually(lambda: len(first) == len(second) == 1)
-    cast(Lease, lease).stop()  # as if the process died: no more heartbeats, no release
+    lease.stop()  # as if the process died: no more heartbeats, no release
     await sleep(0.6)
     assert await looking.lookup("dev", "db") == []
     await eventually(lambda: len(first) == len(second) == 2)

@@ -60,6 +60,12 @@ class ILease(Interface):
         Stop the heartbeats and remove the record now; watchers see C{left}.
         """
 
+    def stop() -> None:
+        """
+        Stop the heartbeats but leave the record to expire after C{ttl}, as
+        if this process had died; watchers then see C{timedout}.
+        """
+
 
 class ISubscription(Interface):
     """
