@@ -100,6 +100,7 @@ async def test_redis_restarted_empty(redis_server: RedisServer, registries: Any)
         lambda: all(redis_server.command("HLEN", f"masse:{{dev}}:n:db-{i}") for i in range(3))
     )
     recovered = time.monotonic() - restarted
+    print(f"leases back {recovered:.3f}s after the restart")
     assert recovered < leases[0].interval, f"took {recovered:.2f}s"
 
     # The watcher's view matches the store again, without spurious events.
@@ -136,6 +137,7 @@ async def test_killed_peer_times_out(redis_server: RedisServer, registries: Any)
     killed = time.monotonic()
     await eventually(lambda: len(events) == 2, timeout=ttl + 3)
     detected = time.monotonic() - killed
+    print(f"timedout {detected:.3f}s after SIGKILL (ttl {ttl}s)")
     assert events.kinds() == [("joined", "victim"), ("timedout", "victim")]
     assert detected <= ttl + 1, f"timedout after {detected:.2f}s"
     assert await watcher.lookup("dev", "victim") == []

@@ -16,6 +16,7 @@ announces each expired lease once.
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -208,7 +209,9 @@ class RedisRegistry:
         return ClientService(
             self._endpoint,
             factory,
-            retryPolicy=backoffPolicy(initialDelay=0.05, maxDelay=1.0, factor=2.0),
+            retryPolicy=backoffPolicy(
+                initialDelay=0.05, maxDelay=1.0, factor=2.0, jitter=lambda: random.random() * 0.05
+            ),
             clock=self._reactor,
         )
 
