@@ -24,6 +24,7 @@ setup(
             "pytest>=8",
             "pytest-twisted>=1.14",
             "hypothesis>=6",
+            "cryptography>=42",
             "mypy>=1.10",
             "mypy-zope>=1.0.5",
             "ruff>=0.5",

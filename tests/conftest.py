@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -72,7 +73,11 @@ class RedisServer:
     """
 
     def __init__(
-        self, directory: Path, extraArgs: tuple[str, ...] = (), password: str | None = None
+        self,
+        directory: Path,
+        extraArgs: tuple[str, ...] = (),
+        password: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ):
         self.executable = shutil.which("redis-server")
         if self.executable is None:
@@ -81,19 +86,35 @@ class RedisServer:
         self.port = freePort()
         self.extraArgs = extraArgs
         self.password = password
+        self.tls = tls
+        self.socketPath = directory / "redis.sock"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def _portArgs(self) -> tuple[str, ...]:
+        if self.tls is None:
+            return ("--port", str(self.port))
+        cert, key, ca = self.tls
+        return (
+            "--port", "0",
+            "--tls-port", str(self.port),
+            "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(ca),
+            "--tls-auth-clients", "no",
+        )  # fmt: skip
+
     def start(self) -> None:
         assert self.executable is not None
         self.process = subprocess.Popen(
             [
                 self.executable,
-                "--port",
-                str(self.port),
+                *self._portArgs(),
+                "--unixsocket",
+                str(self.socketPath),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -142,7 +163,12 @@ class RedisServer:
         """
         Run one command on a connection of its own (blocking; test use only).
         """
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as plain:
+            s = plain
+            if self.tls is not None:
+                context = ssl.create_default_context(cafile=str(self.tls[2]))
+                context.check_hostname = False  # the tests check names; this only pings
+                s = context.wrap_socket(plain, server_hostname="127.0.0.1")
             with s.makefile("rb") as f:
                 if self.password:
                     s.sendall(_encode("AUTH", self.password))

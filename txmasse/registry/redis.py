@@ -138,6 +138,8 @@ class _ReadyMixin:
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
+        if not self.ready and self.factory.lastError is None:
+            self.factory.lastError = reason.getErrorMessage()
         self.ready = False
         waiters, self._readyWaiters = self._readyWaiters, []
         error = ConnectionError(self.factory.lastError or "connection lost")
@@ -157,6 +159,25 @@ class _Subscriber(_ReadyMixin, txredisapi.SubscriberProtocol):  # type: ignore[m
 
     def messageReceived(self, pattern: object, channel: bytes, message: bytes) -> None:
         self.factory.registry._received(channel, message)  # type: ignore[attr-defined]
+
+
+@implementer(IStreamClientEndpoint)
+class _RecordingEndpoint:
+    """
+    Remembers why the last connection attempt failed, for error messages.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, factory: _Factory):
+        self._endpoint = endpoint
+        self._factory = factory
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        def failed(failure: Failure) -> Failure:
+            self._factory.lastError = failure.getErrorMessage()
+            return failure
+
+        d: Deferred[Any] = self._endpoint.connect(protocolFactory)
+        return d.addErrback(failed)
 
 
 def _text(value: object) -> str:
@@ -207,7 +228,7 @@ class RedisRegistry:
 
     def _service(self, factory: _Factory) -> ClientService:
         return ClientService(
-            self._endpoint,
+            _RecordingEndpoint(self._endpoint, factory),
             factory,
             retryPolicy=backoffPolicy(
                 initialDelay=0.05, maxDelay=1.0, factor=2.0, jitter=lambda: random.random() * 0.05
