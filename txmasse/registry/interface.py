@@ -36,6 +36,16 @@ class PeerEvent:
     record: PeerRecord
 
 
+@attrs.frozen
+class LeaseStatus:
+    """
+    A live instance and how long its lease has left without a heartbeat.
+    """
+
+    record: PeerRecord
+    expiresIn: float
+
+
 class ILease(Interface):
     """
     A registration kept alive by heartbeats until released.
@@ -108,6 +118,11 @@ class IRegistry(Interface):
     def find(namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
         """
         Every live instance whose name matches the glob C{pattern}.
+        """
+
+    def leases(namespace: str, pattern: str) -> Deferred[list[LeaseStatus]]:
+        """
+        Like L{find}, with the seconds each lease has left: for monitoring.
         """
 
     def watch(

@@ -18,7 +18,14 @@ from zope.interface import implementer
 
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry._base import Lease, Snapshot, Subscription, validateQuery, validateTTL
-from txmasse.registry.interface import EventKind, ILease, IRegistry, ISubscription, PeerEvent
+from txmasse.registry.interface import (
+    EventKind,
+    ILease,
+    IRegistry,
+    ISubscription,
+    LeaseStatus,
+    PeerEvent,
+)
 
 
 @attrs.define
@@ -73,6 +80,14 @@ class MemoryRegistry:
             return fail()
         return succeed(list(self._matching(namespace, glob)))
 
+    def leases(self, namespace: str, pattern: str) -> Deferred[list[LeaseStatus]]:
+        try:
+            validateName(namespace, "namespace")
+            glob = Glob(pattern)
+        except ValueError:
+            return fail()
+        return succeed(self._statuses(namespace, glob))
+
     def watch(
         self, namespace: str, pattern: str, callback: Callable[[PeerEvent], object]
     ) -> Deferred[ISubscription]:
@@ -96,14 +111,18 @@ class MemoryRegistry:
             self._sweep.cancel()
         return succeed(None)
 
-    def _matching(self, namespace: str, glob: Glob) -> list[PeerRecord]:
+    def _statuses(self, namespace: str, glob: Glob) -> list[LeaseStatus]:
         self._expire()
+        now = self._clock.seconds()
         return [
-            entry.record
+            LeaseStatus(entry.record, entry.expires - now)
             for (ns, name), entries in self._names.items()
             if ns == namespace and glob.matches(name)
             for entry in entries.values()
         ]
+
+    def _matching(self, namespace: str, glob: Glob) -> list[PeerRecord]:
+        return [status.record for status in self._statuses(namespace, glob)]
 
     def _put(self, record: PeerRecord, ttl: float) -> Deferred[None]:
         self._expire()

@@ -35,7 +35,14 @@ from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry import redis_scripts as scripts
 from txmasse.registry._base import Lease, Snapshot, Subscription, validateQuery, validateTTL
-from txmasse.registry.interface import EventKind, ILease, IRegistry, ISubscription, PeerEvent
+from txmasse.registry.interface import (
+    EventKind,
+    ILease,
+    IRegistry,
+    ISubscription,
+    LeaseStatus,
+    PeerEvent,
+)
 
 log = Logger()
 
@@ -301,6 +308,31 @@ class RedisRegistry:
             return fail()
         return self._snapshot(namespace, glob, ()).addCallback(lambda s: list(s.records))
 
+    def leases(self, namespace: str, pattern: str) -> Deferred[list[LeaseStatus]]:
+        try:
+            validateName(namespace, "namespace")
+            glob = Glob(pattern)
+        except ValueError:
+            return fail()
+        d = self._eval(
+            f"listing of {pattern!r}",
+            scripts.LEASES,
+            _prefix(namespace),
+            glob.prefix,
+            glob.luaPattern,
+        )
+
+        def parsed(reply: list[Any]) -> list[LeaseStatus]:
+            count = int(reply[0])
+            statuses = []
+            for value, left in zip(reply[1 : 1 + count], reply[1 + count :], strict=True):
+                record = self._record(value, namespace, glob.matches)
+                if record is not None:
+                    statuses.append(LeaseStatus(record, int(left) / 1000))
+            return statuses
+
+        return d.addCallback(parsed)
+
     def watch(
         self, namespace: str, pattern: str, callback: Callable[[PeerEvent], object]
     ) -> Deferred[ISubscription]:
@@ -409,34 +441,37 @@ class RedisRegistry:
     def _records(
         self, values: Sequence[Any], namespace: str, wanted: Callable[[str], bool]
     ) -> list[PeerRecord]:
+        records = (self._record(value, namespace, wanted) for value in values)
+        return [record for record in records if record is not None]
+
+    def _record(
+        self, value: Any, namespace: str, wanted: Callable[[str], bool]
+    ) -> PeerRecord | None:
         """
-        Parse records from the store, skipping (and logging) garbage and
-        records that claim another namespace or name than where they sit.
+        Parse a record from the store, or skip (and log) garbage and records
+        that claim another namespace or name than where they sit.
         """
-        records = []
-        for value in values:
-            try:
-                record = PeerRecord.fromJSON(value)
-            except (ValueError, TypeError) as e:
-                log.warn(
-                    "registry {url}: skipping a bad record in namespace {ns}: {error}",
-                    url=self.url,
-                    ns=namespace,
-                    error=e,
-                )
-                continue
-            if record.namespace != namespace or not wanted(record.name):
-                log.warn(
-                    "registry {url}: skipping record {name} of namespace {other} "
-                    "stored under namespace {ns}",
-                    url=self.url,
-                    name=record.name,
-                    other=record.namespace,
-                    ns=namespace,
-                )
-                continue
-            records.append(record)
-        return records
+        try:
+            record = PeerRecord.fromJSON(value)
+        except (ValueError, TypeError) as e:
+            log.warn(
+                "registry {url}: skipping a bad record in namespace {ns}: {error}",
+                url=self.url,
+                ns=namespace,
+                error=e,
+            )
+            return None
+        if record.namespace != namespace or not wanted(record.name):
+            log.warn(
+                "registry {url}: skipping record {name} of namespace {other} "
+                "stored under namespace {ns}",
+                url=self.url,
+                name=record.name,
+                other=record.namespace,
+                ns=namespace,
+            )
+            return None
+        return record
 
     # Connections
 

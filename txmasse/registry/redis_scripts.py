@@ -64,13 +64,31 @@ local function expired(name, inst, now)
   local score = redis.call('ZSCORE', P .. 'exp', name .. '/' .. inst)
   return (not score) or tonumber(score) <= now
 end
-local function live(name, now, out)
+-- Appends the live records of name to out (and, given left, the ms each
+-- has left); times out the expired ones it meets.
+local function live(name, now, out, left)
   local all = redis.call('HGETALL', P .. 'n:' .. name)
   for i = 1, #all, 2 do
-    if expired(name, all[i], now) then
+    local score = redis.call('ZSCORE', P .. 'exp', name .. '/' .. all[i])
+    if (not score) or tonumber(score) <= now then
       drop(name, all[i], 'timedout', now)
     else
       out[#out + 1] = all[i + 1]
+      if left then
+        left[#left + 1] = tonumber(score) - now
+      end
+    end
+  end
+end
+-- Does live() for every name starting with prefix that matches pattern.
+local function matching(prefix, pattern, now, out, left)
+  local low, high = '-', '+'
+  if prefix ~= '' then
+    low, high = '[' .. prefix, '[' .. prefix .. '\255'
+  end
+  for _, name in ipairs(redis.call('ZRANGEBYLEX', P .. 'names', low, high)) do
+    if string.find(name, pattern) then
+      live(name, now, out, left)
     end
   end
 end
@@ -139,23 +157,32 @@ return out
 FIND = Script(
     _COMMON
     + r"""
-local now = nowMs()
-local low, high = '-', '+'
-if ARGV[2] ~= '' then
-  low, high = '[' .. ARGV[2], '[' .. ARGV[2] .. '\255'
-end
 local records = {}
-for _, name in ipairs(redis.call('ZRANGEBYLEX', P .. 'names', low, high)) do
-  if string.find(name, ARGV[3]) then
-    live(name, now, records)
-  end
-end
+matching(ARGV[2], ARGV[3], nowMs(), records)
 local out = {tonumber(redis.call('GET', P .. 'seq') or '0'), #records}
 for _, rec in ipairs(records) do
   out[#out + 1] = rec
 end
 for i = 4, #ARGV do
   out[#out + 1] = redis.call('HGET', P .. 'gone', ARGV[i])
+end
+return out
+"""
+)
+
+# ARGV: prefix, literal prefix of the pattern, Lua pattern. Returns
+# {record count, record..., ms left on each lease...}.
+LEASES = Script(
+    _COMMON
+    + r"""
+local records, left = {}, {}
+matching(ARGV[2], ARGV[3], nowMs(), records, left)
+local out = {#records}
+for _, rec in ipairs(records) do
+  out[#out + 1] = rec
+end
+for _, ms in ipairs(left) do
+  out[#out + 1] = ms
 end
 return out
 """
@@ -191,4 +218,4 @@ return {#due, nextMs}
 """
 )
 
-ALL = (PUT, REMOVE, LOOKUP, FIND, SWEEP)
+ALL = (PUT, REMOVE, LOOKUP, FIND, LEASES, SWEEP)

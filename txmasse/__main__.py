@@ -1,0 +1,7 @@
+"""
+python -m txmasse: the masse command.
+"""
+
+from txmasse.cli import main
+
+main()

@@ -1,0 +1,314 @@
+"""
+The C{masse} command: look into a registry from a shell, watch it, and
+reach or register peers by name.
+
+Exit status: 0 on success, 1 when the registry or the peer fails us, 2 for
+bad arguments. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TextIO
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txmasse.errors import MasseError, PeerNotFound
+from txmasse.records import PeerRecord, validateName
+from txmasse.registry import (
+    IRegistry,
+    LeaseStatus,
+    PeerEvent,
+    defaultNamespace,
+    defaultRegistryURL,
+    registryFromURL,
+)
+
+
+class UsageError(Exception):
+    """
+    Bad arguments: exit status 2.
+    """
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="masse",
+        description="Look into a txmasse registry, and reach peers by name.",
+        epilog="The registry defaults to $MASSE_REGISTRY, the namespace to $MASSE_NAMESPACE.",
+    )
+    parser.add_argument("--registry", metavar="URL", help="registry URL")
+    parser.add_argument("--ns", metavar="NAMESPACE", help="namespace")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    ls = commands.add_parser("ls", help="list live instances")
+    ls.add_argument("pattern", nargs="?", default="*", help="name glob (default *)")
+    ls.add_argument("--json", action="store_true", help="one JSON object a line")
+
+    watch = commands.add_parser("watch", help="print events until Ctrl-C")
+    watch.add_argument("pattern", nargs="?", default="*", help="name glob (default *)")
+    watch.add_argument("--json", action="store_true", help="one JSON object a line")
+
+    resolve = commands.add_parser("resolve", help="print the endpoints of a name")
+    resolve.add_argument("name")
+
+    connect = commands.add_parser("connect", help="stdin/stdout to a peer, by name")
+    connect.add_argument("name")
+    connect.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+
+    register = commands.add_parser("register", help="keep a name registered until stopped")
+    register.add_argument("name")
+    register.add_argument(
+        "--endpoint",
+        action="append",
+        required=True,
+        metavar="DESC",
+        help="client endpoint description, e.g. tcp:host=10.0.0.7:port=8080 (repeatable)",
+    )
+    register.add_argument("--ttl", type=float, default=10.0, help="lease seconds (default 10)")
+    register.add_argument(
+        "--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)"
+    )
+    for sub in (ls, watch, resolve, connect, register):
+        sub.error = parser.error  # type: ignore[method-assign]
+    return parser
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+def _recordJSON(record: PeerRecord) -> dict[str, Any]:
+    return {
+        "namespace": record.namespace,
+        "name": record.name,
+        "instance": record.instance,
+        "endpoints": list(record.endpoints),
+        "metadata": dict(record.metadata),
+        "host": record.host,
+        "registered": record.registered,
+    }
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+async def listPeers(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> None:
+    statuses: list[LeaseStatus] = await registry.leases(namespace, args.pattern)
+    statuses.sort(key=lambda s: (s.record.name, s.record.registered))
+    now = time.time()
+    if args.json:
+        for status in statuses:
+            line = {**_recordJSON(status.record), "expiresIn": round(status.expiresIn, 3)}
+            print(json.dumps(line, sort_keys=True), file=out)
+        return
+    rows = [["NAME", "INSTANCE", "ENDPOINTS", "AGE", "LEFT", "METADATA"]]
+    for status in statuses:
+        record = status.record
+        rows.append(
+            [
+                record.name,
+                record.instance[:12],
+                " ".join(record.endpoints),
+                _age(now - record.registered),
+                f"{status.expiresIn:.1f}s",
+                " ".join(f"{k}={v}" for k, v in sorted(record.metadata.items())),
+            ]
+        )
+    print(_table(rows), file=out)
+
+
+def _eventLine(event: PeerEvent, asJSON: bool) -> str:
+    record = event.record
+    if asJSON:
+        return json.dumps(
+            {"time": time.time(), "kind": str(event.kind), "record": _recordJSON(record)},
+            sort_keys=True,
+        )
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    return (
+        f"{stamp}Z {event.kind:<8} {record.namespace}/{record.name} "
+        f"{record.instance[:12]} {' '.join(record.endpoints)}"
+    )
+
+
+async def watchPeers(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> None:
+    def show(event: PeerEvent) -> None:
+        print(_eventLine(event, args.json), file=out, flush=True)
+
+    await registry.watch(namespace, args.pattern, show)
+    await Deferred()  # until Ctrl-C stops the reactor
+
+
+async def resolve(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> None:
+    validateName(args.name, "name")
+    records = await registry.lookup(namespace, args.name)
+    if not records:
+        raise PeerNotFound(
+            f"no live instance of {args.name!r} in namespace {namespace!r} "
+            f"of registry {registry.url}"
+        )
+    for record in records:
+        for endpoint in record.endpoints:
+            print(endpoint, file=out)
+
+
+@implementer(IHalfCloseableProtocol)
+class _Relay(Protocol):
+    """
+    Copies bytes from one transport to another; closing either end ends it.
+    """
+
+    def __init__(self, done: Deferred[None]):
+        self.done = done
+        self.peer: _Relay | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        """
+        Our input ended (e.g. stdin hit EOF): pass the half-close on.
+        """
+        if self.peer is not None and self.peer.transport is not None:
+            loseWrite = getattr(self.peer.transport, "loseWriteConnection", None)
+            if loseWrite is not None:
+                loseWrite()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self.done.called:
+            self.done.callback(None)
+
+
+async def connect(reactor: Any, registry: IRegistry, namespace: str, args: Any) -> None:
+    from twisted.internet.stdio import StandardIO
+
+    from txmasse.endpoints import MasseClientEndpoint
+
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UsageError(f"--timeout {args.timeout}: must be a positive number of seconds")
+    endpoint = MasseClientEndpoint(
+        reactor, args.name, namespace=namespace, registry=registry, timeout=args.timeout
+    )
+    done: Deferred[None] = Deferred()
+    remote = _Relay(done)
+    await endpoint.connect(Factory.forProtocol(lambda: remote))
+    local = _Relay(done)
+    local.peer, remote.peer = remote, local
+    StandardIO(local, reactor=reactor)
+    await done
+
+
+def _metadata(pairs: Sequence[str]) -> dict[str, str]:
+    metadata = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--meta {pair!r}: must be KEY=VALUE")
+        metadata[key] = value
+    return metadata
+
+
+async def register(reactor: Any, registry: IRegistry, namespace: str, args: Any) -> None:
+    try:
+        record = PeerRecord(namespace, args.name, args.endpoint, _metadata(args.meta))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    lease = await registry.register(record, args.ttl)
+    print(
+        f"registered {namespace}/{args.name} instance {record.instance} "
+        f"(ttl {args.ttl:g}s) in {registry.url}; Ctrl-C to release",
+        flush=True,
+    )
+    stopped: Deferred[None] = Deferred()
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: lease.release())
+    await stopped
+
+
+async def run(reactor: Any, args: Any, out: TextIO) -> None:
+    namespace = defaultNamespace() if args.ns is None else validateName(args.ns, "namespace")
+    url = defaultRegistryURL() if args.registry is None else args.registry
+    registry = registryFromURL(reactor, url)
+    try:
+        if args.command == "ls":
+            await listPeers(registry, namespace, args, out)
+        elif args.command == "watch":
+            await watchPeers(registry, namespace, args, out)
+        elif args.command == "resolve":
+            await resolve(registry, namespace, args, out)
+        elif args.command == "connect":
+            await connect(reactor, registry, namespace, args)
+        elif args.command == "register":
+            await register(reactor, registry, namespace, args)
+    finally:
+        await registry.close()
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> NoReturn:
+    """
+    Run the C{masse} command; exits with its status.
+    """
+    try:
+        args = _parser().parse_args(argv)
+    except UsageError as e:
+        _fail(f"masse: {e} (see masse --help)", 2)
+
+    status = 0
+
+    async def guarded(reactor: Any) -> None:
+        nonlocal status
+        try:
+            await run(reactor, args, out)
+        except UsageError as e:
+            print(f"masse: {e}", file=sys.stderr)
+            status = 2
+        except (MasseError, ValueError, OSError) as e:
+            print(f"masse: {e}", file=sys.stderr)
+            status = 1
+
+    _react(lambda reactor: Deferred.fromCoroutine(guarded(reactor)))
+    sys.exit(status)
+
+
+def _react(main: Callable[[Any], Deferred[None]]) -> None:
+    try:
+        task.react(main)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    print(message, file=sys.stderr)
+    sys.exit(status)
