@@ -7,6 +7,7 @@ from txmasse.registry.interface import (
     ILease,
     IRegistry,
     ISubscription,
+    LeaseStatus,
     PeerEvent,
 )
 from txmasse.registry.memory import MemoryRegistry
@@ -22,6 +23,7 @@ __all__ = [
     "ILease",
     "IRegistry",
     "ISubscription",
+    "LeaseStatus",
     "MemoryRegistry",
     "PeerEvent",
     "defaultNamespace",
