@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import pytest_twisted
@@ -213,7 +214,8 @@ def newRegistry(url: str, **options: Any) -> Any:
 def make_registry(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
     """
     Build registries of the kind the test is parametrised with, closed at the
-    end of the test. Memory registries share one store, as in one process.
+    end of the test. Memory registries share one store, as in one process;
+    SQLite registries share one file, each with a connection of its own.
     """
     made: list[Any] = []
     kind = request.param if hasattr(request, "param") else "redis"
@@ -222,6 +224,12 @@ def make_registry(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]
     def make(**options: Any) -> IRegistry:
         if kind == "memory":
             return memory
+        if kind == "sqlite":
+            # A new registry on the same file each time, as separate processes.
+            path = request.getfixturevalue("tmp_path") / "registry.db"
+            registry = newRegistry(f"sqlite://{quote(str(path))}?timeout=2", **options)
+            made.append(registry)
+            return registry  # type: ignore[no-any-return]
         server = request.getfixturevalue("redis_server")
         registry = newRegistry(server.url + "?timeout=2", **options)
         made.append(registry)

@@ -15,7 +15,7 @@ from tests.conftest import eventually, sleep
 from txmasse import EventKind, PeerEvent, PeerRecord
 from txmasse.registry.interface import ILease, IRegistry, ISubscription
 
-BACKENDS = pytest.mark.parametrize("make_registry", ["memory", "redis"], indirect=True)
+BACKENDS = pytest.mark.parametrize("make_registry", ["memory", "redis", "sqlite"], indirect=True)
 
 MakeRegistry = Callable[..., IRegistry]
 

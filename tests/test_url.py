@@ -27,6 +27,12 @@ from txmasse.registry.url import defaultNamespace, defaultRegistryURL, parseRegi
         ("rediss://h?ca=/tmp/ca.pem", {"scheme": "rediss", "ca": "/tmp/ca.pem"}),
         ("redis+unix:///run/redis.sock?db=2", {"path": "/run/redis.sock", "db": 2}),
         ("memory://", {"scheme": "memory"}),
+        ("sqlite:///var/lib/masse.db", {"scheme": "sqlite", "path": "/var/lib/masse.db"}),
+        ("sqlite:run/masse.db", {"path": "run/masse.db", "poll": None}),
+        (
+            "sqlite:///a%20b.db?timeout=0.5&poll=0.25",
+            {"path": "/a b.db", "timeout": 0.5, "poll": 0.25},
+        ),
     ],
 )
 def test_good_urls(url: str, fields: dict[str, object]) -> None:
@@ -53,6 +59,16 @@ def test_good_urls(url: str, fields: dict[str, object]) -> None:
         ("memory://x", "memory://"),
         ("rediss://h?cert=/a", "cert and key"),
         ("redis://h\n", "printable"),
+        ("sqlite://relative/masse.db", "a host"),
+        ("sqlite://u:secret@h/x.db", "a host"),
+        ("sqlite:", "the database path"),
+        ("sqlite:///", "the database path"),
+        ("sqlite:///tmp/", "the database path"),
+        ("sqlite::memory:", "memory://"),
+        ("sqlite:///x.db?poll=0", "poll '0'"),
+        ("sqlite:///x.db?poll=soon", "poll 'soon'"),
+        ("sqlite:///x.db?timeout=0", "timeout '0'"),
+        ("sqlite:///x.db?db=1", "option 'db'"),
     ],
 )
 def test_bad_urls_name_the_part(url: str, part: str) -> None:

@@ -11,6 +11,7 @@ from txmasse.registry.interface import (
     PeerEvent,
 )
 from txmasse.registry.memory import MemoryRegistry
+from txmasse.registry.sqlite import SQLiteRegistry
 from txmasse.registry.url import (
     defaultNamespace,
     defaultRegistryURL,
@@ -26,6 +27,7 @@ __all__ = [
     "LeaseStatus",
     "MemoryRegistry",
     "PeerEvent",
+    "SQLiteRegistry",
     "defaultNamespace",
     "defaultRegistryURL",
     "parseRegistryURL",

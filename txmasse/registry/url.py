@@ -20,11 +20,12 @@ DEFAULT_REGISTRY = "redis://127.0.0.1:6379/0"
 DEFAULT_NAMESPACE = "default"
 DEFAULT_TIMEOUT = 2.0
 
-_SCHEMES = ("redis", "rediss", "redis+unix", "memory")
+_SCHEMES = ("redis", "rediss", "redis+unix", "sqlite", "memory")
 _QUERY = {
     "redis": {"timeout"},
     "rediss": {"timeout", "ca", "cert", "key"},
     "redis+unix": {"timeout", "db"},
+    "sqlite": {"timeout", "poll"},
     "memory": set(),
 }
 
@@ -67,6 +68,7 @@ class RegistryURL:
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
+    poll: float | None = None
 
 
 def _bad(url: str, part: str, why: str) -> ValueError:
@@ -122,6 +124,8 @@ def parseRegistryURL(url: object) -> RegistryURL:
         if parts.netloc or parts.path not in ("", "/"):
             raise _bad(url, "memory://", "takes no host or path")
         return RegistryURL(scheme, display)
+    if scheme == "sqlite":
+        return _sqlite(url, parts.netloc, unquote(parts.path), query, options["timeout"])
     if scheme == "redis+unix":
         if parts.netloc or not parts.path:
             raise _bad(url, "the socket path", "is missing (redis+unix:///path/to/redis.sock)")
@@ -143,6 +147,32 @@ def parseRegistryURL(url: object) -> RegistryURL:
         db=db,
         **options,
     )
+
+
+def _sqlite(url: str, netloc: str, path: str, query: dict[str, str], timeout: float) -> RegistryURL:
+    """
+    C{sqlite:///abs/path.db} (absolute) or C{sqlite:rel/path.db} (relative
+    to the working directory).
+    """
+    if netloc:
+        raise _bad(
+            url,
+            "a host",
+            "is not allowed: use sqlite:///absolute/path.db or sqlite:relative/path.db",
+        )
+    if not path or path.endswith("/"):
+        raise _bad(url, "the database path", "is missing (sqlite:///absolute/path.db)")
+    if path == ":memory:":
+        raise _bad(url, "the database path", "':memory:' is not shared: use memory://")
+    poll = None
+    if "poll" in query:
+        try:
+            poll = float(query["poll"])
+        except ValueError:
+            poll = math.nan
+        if not (math.isfinite(poll) and 0.01 <= poll <= 60):
+            raise _bad(url, f"poll {query['poll']!r}", "must be a number of seconds, 0.01 to 60")
+    return RegistryURL("sqlite", _redact(url), path=path, timeout=timeout, poll=poll)
 
 
 def _timeout(url: str, value: str | None) -> float:
@@ -187,6 +217,16 @@ def _build(reactor: Any, parsed: RegistryURL) -> Any:
         from txmasse.registry.memory import MemoryRegistry
 
         return MemoryRegistry(reactor)
+    if parsed.scheme == "sqlite":
+        from txmasse.registry.sqlite import DEFAULT_POLL, SQLiteRegistry
+
+        return SQLiteRegistry(
+            reactor,
+            parsed.path,
+            url=parsed.display,
+            timeout=parsed.timeout,
+            poll=DEFAULT_POLL if parsed.poll is None else parsed.poll,
+        )
     from txmasse.registry.redis import RedisRegistry
 
     return RedisRegistry(
