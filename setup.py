@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
-    packages=find_packages(include=["txmasse", "txmasse.*"]),
+    packages=find_packages(include=["txmasse", "txmasse.*"]) + ["twisted.plugins"],
     package_data={"txmasse": ["py.typed"]},
     install_requires=[
         "twisted[tls]>=24.7",

@@ -1,0 +1,731 @@
+"""
+The C{masse:} endpoints: connect to a peer by name, listen under a name.
+
+A client endpoint asks the registry for the name at every C{connect()}, so
+L{ClientService} follows a peer that restarted elsewhere. A server endpoint
+listens on an ordinary inner endpoint and publishes the address it really
+got under a lease that lives as long as the listening port.
+
+L{parseClient} and L{parseServer} turn endpoint-string options into these
+classes; the C{masse} parsers in C{twisted/plugins/txmasse_plugins.py} call
+them, so C{clientFromString} and C{serverFromString} understand C{masse:}.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from random import Random
+from typing import Any
+
+import attrs
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import (
+    UNIXServerEndpoint,
+    clientFromString,
+    quoteStringArgument,
+    serverFromString,
+)
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+    IStreamClientEndpointStringParserWithReactor,
+    IStreamServerEndpoint,
+)
+from twisted.logger import Logger
+from twisted.plugin import getPlugins
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from txmasse.errors import MasseError, NoReachablePeer, PeerNotFound
+from txmasse.records import Glob, PeerRecord, localHostIdentity, validateName
+from txmasse.registry import (
+    ILease,
+    IRegistry,
+    defaultNamespace,
+    defaultRegistryURL,
+    parseRegistryURL,
+    registryFromURL,
+)
+from txmasse.registry._base import MAX_TTL, MIN_TTL
+from txmasse.wrappers import Wrapper, parseWrappers, stackFactory, unwrapProtocol
+
+log = Logger()
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_TTL = 10.0
+PICKS = ("random", "first", "roundrobin")
+
+CLIENT_OPTIONS = ("name", "ns", "registry", "timeout", "pick", "proto", "wrap")
+SERVER_OPTIONS = (
+    "name",
+    "ns",
+    "registry",
+    "listen",
+    "port",
+    "interface",
+    "advertise",
+    "ttl",
+    "unix",
+    "wrap",
+    "meta.KEY",
+)
+
+_HOST = re.compile(r"[A-Za-z0-9._:%-]{1,253}")
+
+
+# Checks shared by both endpoints
+
+
+def isGlob(name: str) -> bool:
+    """
+    Whether C{name} is a pattern (C{db-*}) rather than one name.
+    """
+    return any(char in name for char in "*?[")
+
+
+def _checkRegistry(registry: IRegistry | str | None) -> IRegistry | str:
+    """
+    The registry object, or a URL checked now and opened at each use.
+    """
+    if registry is None:
+        url = defaultRegistryURL()
+        try:
+            parseRegistryURL(url)
+        except ValueError as e:
+            raise ValueError(f"$MASSE_REGISTRY: {e}") from None
+        return url
+    if isinstance(registry, str):
+        parseRegistryURL(registry)
+        return registry
+    if not IRegistry.providedBy(registry):
+        raise ValueError(f"registry must be a URL or an IRegistry, not {registry!r}")
+    return registry
+
+
+def _openRegistry(reactor: Any, registry: IRegistry | str) -> IRegistry:
+    return registryFromURL(reactor, registry) if isinstance(registry, str) else registry
+
+
+def _checkWrappers(wrappers: Sequence[Wrapper]) -> tuple[Wrapper, ...]:
+    for wrapper in wrappers:
+        if not callable(wrapper):
+            raise ValueError(f"wrapper {wrapper!r} is not callable")
+    return tuple(wrappers)
+
+
+def _checkSeconds(option: str, value: object, low: float, high: float) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        shown = f"{value:g}" if isinstance(value, float | int) else repr(value)
+        raise ValueError(f"{option}={shown}: must be {low:g} to {high:g} seconds")
+    return float(value)
+
+
+def _knownTransports() -> set[str]:
+    """
+    Endpoint prefixes C{clientFromString} knows here, C{masse} aside.
+    """
+    known = {"tcp", "unix", "ssl"}
+    for parser in getPlugins(IStreamClientEndpointStringParserWithReactor):
+        known.add(str(parser.prefix).lower())
+    known.discard("masse")
+    return known
+
+
+def _transport(description: str) -> str:
+    return description.partition(":")[0].lower()
+
+
+# The client
+
+
+def _abort(protocol: IProtocol) -> None:
+    transport: Any = getattr(protocol, "transport", None)
+    if transport is not None:
+        transport.abortConnection()
+
+
+@attrs.define
+class _Progress:
+    """
+    What one C{connect()} tried, for its error message.
+    """
+
+    target: str
+    tried: list[str] = attrs.Factory(list)
+    doing: str = "waiting for the registry"
+    cancelled: bool = False
+
+    def timedOut(self, timeout: float) -> Failure:
+        done = f"tried {'; '.join(self.tried)}; " if self.tried else ""
+        return Failure(
+            NoReachablePeer(
+                f"no connection to {self.target} within {timeout:g}s: {done}gave up {self.doing}"
+            )
+        )
+
+
+@implementer(IStreamClientEndpoint)
+class MasseClientEndpoint:
+    """
+    Connects to a live instance of C{name} in C{namespace}, looked up in the
+    registry at every C{connect()}.
+
+    @param registry: an L{IRegistry}, or its URL (default C{$MASSE_REGISTRY}).
+    @param timeout: seconds for the whole connect, lookup included; L{None}
+        for no limit.
+    @param pick: which instance to try first: C{random}, C{first} (the
+        longest registered) or C{roundrobin}; the others follow in order.
+    @param proto: transports to accept, in order of preference (e.g.
+        C{["unix", "tcp"]}); L{None} for any, in the peer's order.
+    @param wrappers: protocol factory wrappers, the first nearest the wire.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        name: str,
+        namespace: str | None = None,
+        registry: IRegistry | str | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        pick: str = "random",
+        proto: Sequence[str] | None = None,
+        wrappers: Sequence[Wrapper] = (),
+    ):
+        if isinstance(name, str) and isGlob(name):
+            Glob(name)
+        else:
+            validateName(name, "name")
+        self.name = name
+        self.namespace = validateName(
+            defaultNamespace() if namespace is None else namespace, "namespace"
+        )
+        self.registry = _checkRegistry(registry)
+        self.timeout = None if timeout is None else _checkSeconds("timeout", timeout, 0.001, 1e6)
+        if pick not in PICKS:
+            raise ValueError(f"pick={pick!r}: must be one of {', '.join(PICKS)}")
+        self.pick = pick
+        self.proto = None if proto is None else self._checkProto(proto)
+        self.wrappers = _checkWrappers(wrappers)
+        self._reactor = reactor
+        self._random = Random()
+        self._turn = 0
+
+    def __repr__(self) -> str:
+        return f"<MasseClientEndpoint {self.namespace}/{self.name}>"
+
+    @staticmethod
+    def _checkProto(proto: Sequence[str]) -> tuple[str, ...]:
+        if isinstance(proto, str) or not proto:
+            raise ValueError(f"proto={proto!r}: must be a list of transports, e.g. unix,tcp")
+        known = _knownTransports()
+        for transport in proto:
+            if transport not in known:
+                raise ValueError(
+                    f"proto: unknown transport {transport!r} (known: {', '.join(sorted(known))})"
+                )
+        return tuple(proto)
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """
+        Resolve the name, then try each instance's endpoints in turn.
+
+        Fails with L{PeerNotFound}, L{NoReachablePeer} (also on timeout) or
+        the registry's L{txmasse.errors.RegistryUnavailable}. Cancelling
+        cancels the attempt in progress.
+        """
+        registry = self.registry
+        url = parseRegistryURL(registry).display if isinstance(registry, str) else registry.url
+        progress = _Progress(f"{self.name!r} in namespace {self.namespace!r} (registry {url})")
+        running = Deferred.fromCoroutine(self._connect(protocolFactory, progress))
+
+        def cancel(_: object) -> None:
+            progress.cancelled = True
+            running.cancel()
+
+        connecting: Deferred[IProtocol] = Deferred(cancel)
+
+        def relay(outcome: IProtocol | Failure) -> None:
+            if not connecting.called:
+                if isinstance(outcome, Failure):
+                    connecting.errback(outcome)
+                else:
+                    connecting.callback(outcome)
+            elif not isinstance(outcome, Failure):
+                _abort(outcome)  # connected just as the caller gave up
+
+        running.addBoth(relay)
+        if self.timeout is not None:
+            connecting.addTimeout(
+                self.timeout,
+                self._reactor,
+                onTimeoutCancel=lambda result, timeout: progress.timedOut(timeout),
+            )
+        return connecting
+
+    async def _connect(self, factory: IProtocolFactory, progress: _Progress) -> IProtocol:
+        """
+        Endpoints fail in their own ways when cancelled: report a
+        cancellation as L{CancelledError}, whatever was interrupted.
+        """
+        try:
+            return await self._tryAll(factory, progress)
+        except Exception:
+            if progress.cancelled:
+                raise CancelledError() from None
+            raise
+
+    async def _tryAll(self, factory: IProtocolFactory, progress: _Progress) -> IProtocol:
+        registry = _openRegistry(self._reactor, self.registry)
+        progress.target = f"{self.name!r} in namespace {self.namespace!r} (registry {registry.url})"
+        if isGlob(self.name):
+            records = await registry.find(self.namespace, self.name)
+        else:
+            records = await registry.lookup(self.namespace, self.name)
+        if not records:
+            what = "matches" if isGlob(self.name) else "is registered as"
+            raise PeerNotFound(
+                f"no peer {what} {self.name!r} in namespace {self.namespace!r} "
+                f"(registry {registry.url})"
+            )
+        wrapped = stackFactory(factory, self.wrappers)
+        here = localHostIdentity()
+        for record in self._order(records):
+            descriptions = self._usable(record, here)
+            if not descriptions:
+                progress.tried.append(
+                    f"instance {record.instance[:8]}: no endpoint this client accepts "
+                    f"among {list(record.endpoints)}"
+                )
+            for description in descriptions:
+                progress.doing = f"connecting to {description}"
+                try:
+                    endpoint = clientFromString(self._reactor, description)
+                    protocol = await endpoint.connect(wrapped)
+                except Exception as e:
+                    if progress.cancelled:
+                        raise
+                    why = str(e) or type(e).__name__
+                    progress.tried.append(f"{description}: {why}")
+                    log.info(
+                        "{target}: {description} failed ({why}); trying the next",
+                        target=progress.target,
+                        description=description,
+                        why=why,
+                    )
+                    continue
+                return self._unwrap(protocol)
+        raise NoReachablePeer(
+            f"could not reach {progress.target}: tried {'; '.join(progress.tried)}"
+        )
+
+    def _unwrap(self, protocol: IProtocol) -> IProtocol:
+        try:
+            return unwrapProtocol(protocol, len(self.wrappers))
+        except TypeError:
+            _abort(protocol)
+            raise
+
+    def _order(self, records: Sequence[PeerRecord]) -> list[PeerRecord]:
+        """
+        Instances in the order to try them, per C{pick}.
+        """
+        ordered = sorted(records, key=lambda record: (record.registered, record.instance))
+        if self.pick == "random":
+            self._random.shuffle(ordered)
+        elif self.pick == "roundrobin":
+            start = self._turn % len(ordered)
+            self._turn += 1
+            ordered = ordered[start:] + ordered[:start]
+        return ordered
+
+    def _usable(self, record: PeerRecord, here: str) -> list[str]:
+        """
+        The record's endpoints this client may try, best first: never
+        C{masse:} (no loops), C{unix:} only on the same host, only C{proto}.
+        """
+        usable = []
+        for description in record.endpoints:
+            transport = _transport(description)
+            if transport == "masse" or (transport == "unix" and record.host != here):
+                continue
+            if self.proto is None or transport in self.proto:
+                usable.append(description)
+        if self.proto is not None:
+            proto = self.proto
+            usable.sort(key=lambda description: proto.index(_transport(description)))
+        return usable
+
+
+# The server
+
+
+def _follow(deferred: Deferred[None]) -> Deferred[None]:
+    """
+    A new Deferred that fires when C{deferred} does, leaving it untouched.
+    """
+    follower: Deferred[None] = Deferred()
+
+    def relay(result: object) -> object:
+        if isinstance(result, Failure):
+            follower.errback(result)
+        else:
+            follower.callback(None)
+        return result
+
+    deferred.addBoth(relay)
+    return follower
+
+
+async def _stopAll(ports: Sequence[IListeningPort]) -> None:
+    for port in ports:
+        try:
+            stopping = port.stopListening()
+            if stopping is not None:
+                await stopping
+        except Exception:
+            log.failure("could not stop listening: {port!r}", port=port)
+
+
+@implementer(IListeningPort)
+class MasseListeningPort:
+    """
+    Listening under a name: C{stopListening()} withdraws the name (peers
+    see C{left}), then stops listening.
+
+    @ivar port: the inner endpoint's port; C{getHost()} is its address.
+    @ivar unixPort: the extra UNIX socket's port, if any.
+    @ivar lease: the registration.
+    """
+
+    def __init__(self, port: IListeningPort, unixPort: IListeningPort | None, lease: ILease):
+        self.port = port
+        self.unixPort = unixPort
+        self.lease = lease
+        self._stopping: Deferred[None] | None = None
+
+    def __repr__(self) -> str:
+        record = self.record
+        return f"<MasseListeningPort {record.namespace}/{record.name} {list(record.endpoints)}>"
+
+    @property
+    def record(self) -> PeerRecord:
+        return self.lease.record
+
+    def getHost(self) -> IAddress:
+        return self.port.getHost()
+
+    def startListening(self) -> None:
+        """
+        Nothing to do: C{listen()} fires with a port that already listens.
+        """
+
+    def stopListening(self) -> Deferred[None]:
+        if self._stopping is None:
+            self._stopping = Deferred.fromCoroutine(self._stop())
+        return _follow(self._stopping)
+
+    async def _stop(self) -> None:
+        try:
+            await self.lease.release()
+        except Exception as e:
+            log.warn(
+                "{port}: could not withdraw the name, it expires in {ttl}s: {error}",
+                port=self,
+                ttl=self.lease.ttl,
+                error=e,
+            )
+        await _stopAll([port for port in (self.unixPort, self.port) if port is not None])
+
+
+async def addressToward(reactor: Any, registryURL: str) -> str:
+    """
+    The local address the OS would use to reach the registry's host (what
+    its peers most likely reach us by); 127.0.0.1 for a local registry.
+    """
+    try:
+        host = parseRegistryURL(registryURL).host
+    except ValueError:
+        host = ""
+    if not host:
+        return "127.0.0.1"
+    address = host
+    if not (isIPAddress(host) or isIPv6Address(host)):
+        try:
+            address = await reactor.resolve(host)
+        except Exception as e:
+            raise MasseError(
+                f"cannot tell which address to advertise: resolving the registry host "
+                f"{host!r} failed ({e}); set advertise="
+            ) from None
+    family = socket.AF_INET6 if isIPv6Address(address) else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((address, 9))  # UDP: no packet is sent
+            return str(probe.getsockname()[0])
+    except OSError as e:
+        raise MasseError(
+            f"cannot tell which address to advertise: no route to the registry host "
+            f"{host!r} ({e}); set advertise="
+        ) from None
+
+
+@implementer(IStreamServerEndpoint)
+class MasseServerEndpoint:
+    """
+    Listens on C{endpoint} (default: TCP, any free port) and registers the
+    address it got as C{name} in C{namespace}, under a lease of C{ttl}
+    seconds kept alive while listening.
+
+    @param advertise: the host to publish for TCP; default: the interface
+        listened on, or, for a wildcard, the local address that routes to
+        the registry.
+    @param unixPath: also listen on this UNIX socket, and advertise it first
+        (clients on the same host prefer it).
+    @param wrappers: protocol factory wrappers, the first nearest the wire.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        name: str,
+        namespace: str | None = None,
+        registry: IRegistry | str | None = None,
+        endpoint: IStreamServerEndpoint | None = None,
+        advertise: str | None = None,
+        ttl: float = DEFAULT_TTL,
+        metadata: Mapping[str, str] | None = None,
+        unixPath: str | None = None,
+        wrappers: Sequence[Wrapper] = (),
+    ):
+        namespace = defaultNamespace() if namespace is None else namespace
+        metadata = {} if metadata is None else metadata
+        # A trial record checks name, namespace and metadata with the registry's rules.
+        PeerRecord(namespace, name, ["tcp:host=127.0.0.1:port=1"], metadata)
+        self.name = name
+        self.namespace = namespace
+        self.metadata = dict(metadata)
+        self.registry = _checkRegistry(registry)
+        if endpoint is None:
+            endpoint = serverFromString(reactor, "tcp:0")
+        if not IStreamServerEndpoint.providedBy(endpoint):
+            raise ValueError(f"endpoint {endpoint!r} is not an IStreamServerEndpoint")
+        self.endpoint = endpoint
+        if advertise is not None and (
+            not isinstance(advertise, str) or _HOST.fullmatch(advertise) is None
+        ):
+            raise ValueError(f"advertise={advertise!r}: must be a host name or IP address")
+        self.advertise = advertise
+        self.ttl = _checkSeconds("ttl", ttl, MIN_TTL, MAX_TTL)
+        if unixPath is not None and (not isinstance(unixPath, str) or not unixPath):
+            raise ValueError(f"unix={unixPath!r}: must be a socket path")
+        self.unixPath = None if unixPath is None else os.path.abspath(unixPath)
+        self.wrappers = _checkWrappers(wrappers)
+        self._reactor = reactor
+
+    def __repr__(self) -> str:
+        return f"<MasseServerEndpoint {self.namespace}/{self.name}>"
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """
+        Listen, then register the real address; if registering fails, stop
+        listening and fail.
+        """
+        return Deferred.fromCoroutine(self._listen(protocolFactory))
+
+    async def _listen(self, factory: IProtocolFactory) -> IListeningPort:
+        registry = _openRegistry(self._reactor, self.registry)
+        wrapped = stackFactory(factory, self.wrappers)
+        port: IListeningPort = await self.endpoint.listen(wrapped)
+        unixPort: IListeningPort | None = None
+        try:
+            if self.unixPath is not None:
+                unix = UNIXServerEndpoint(self._reactor, self.unixPath, wantPID=True)
+                unixPort = await unix.listen(wrapped)
+            ports = [p for p in (unixPort, port) if p is not None]
+            endpoints = [await self._describe(p.getHost(), registry) for p in ports]
+            record = PeerRecord(self.namespace, self.name, endpoints, self.metadata)
+            lease = await registry.register(record, self.ttl)
+        except BaseException:
+            await _stopAll([p for p in (unixPort, port) if p is not None])
+            raise
+        log.info(
+            "listening as {namespace}/{name} at {endpoints} (registry {url})",
+            namespace=self.namespace,
+            name=self.name,
+            endpoints=list(record.endpoints),
+            url=registry.url,
+        )
+        return MasseListeningPort(port, unixPort, lease)
+
+    async def _describe(self, address: IAddress, registry: IRegistry) -> str:
+        """
+        The client endpoint description that reaches C{address}.
+        """
+        if isinstance(address, UNIXAddress) and address.name:
+            return f"unix:path={quoteStringArgument(os.fsdecode(address.name))}"
+        if isinstance(address, IPv4Address | IPv6Address):
+            host = self.advertise
+            if host is None and address.host not in ("0.0.0.0", "::", ""):
+                host = address.host
+            if host is None:
+                host = await addressToward(self._reactor, registry.url)
+            return f"tcp:host={quoteStringArgument(host)}:port={address.port}"
+        raise MasseError(f"cannot advertise {address!r}: listen on TCP or a UNIX socket")
+
+
+# Endpoint strings
+
+
+def _bad(detail: str) -> ValueError:
+    return ValueError(f"invalid masse: endpoint: {detail}")
+
+
+def _takeName(args: Sequence[str], kwargs: dict[str, str]) -> str:
+    if len(args) > 1:
+        raise _bad(
+            f"unexpected part {args[1]!r}: give one name, then KEY=VALUE options "
+            "(escape ':' inside a value as '\\:')"
+        )
+    if args and "name" in kwargs:
+        raise _bad(f"name given twice ({args[0]!r} and name={kwargs['name']!r})")
+    name = args[0] if args else kwargs.pop("name", None)
+    if not name:
+        raise _bad("the name is missing (masse:NAME or masse:name=NAME)")
+    return name
+
+
+def _checkKeys(kwargs: Mapping[str, str], known: Sequence[str]) -> None:
+    for key in kwargs:
+        if key not in known and not ("meta.KEY" in known and key.startswith("meta.")):
+            raise _bad(f"unknown option {key!r} (known: {', '.join(known)})")
+
+
+def _number(option: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise _bad(f"{option}={text!r} is not a number") from None
+
+
+def _list(option: str, text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise _bad(f"{option}={text!r} has an empty item")
+    return items
+
+
+def _registryOption(kwargs: dict[str, str]) -> str | None:
+    url = kwargs.pop("registry", None)
+    if url is not None:
+        try:
+            parseRegistryURL(url)
+        except ValueError as e:
+            hint = "" if "://" in url else " (escape ':' inside registry= as '\\:')"
+            raise _bad(f"registry: {e}{hint}") from None
+    return url
+
+
+def _wrapOption(reactor: Any, kwargs: dict[str, str]) -> list[Wrapper]:
+    spec = kwargs.pop("wrap", None)
+    if spec is None:
+        return []
+    try:
+        return parseWrappers(reactor, spec)
+    except ValueError as e:
+        raise _bad(str(e)) from None
+
+
+def parseClient(reactor: Any, *args: str, **kwargs: str) -> MasseClientEndpoint:
+    """
+    A L{MasseClientEndpoint} from the parts of C{masse:NAME:KEY=VALUE...}.
+
+    @raise ValueError: naming the bad part.
+    """
+    _checkKeys(kwargs, CLIENT_OPTIONS)
+    name = _takeName(args, kwargs)
+    registry = _registryOption(kwargs)
+    wrappers = _wrapOption(reactor, kwargs)
+    timeout = _number("timeout", kwargs["timeout"]) if "timeout" in kwargs else DEFAULT_TIMEOUT
+    proto = _list("proto", kwargs["proto"]) if "proto" in kwargs else None
+    try:
+        return MasseClientEndpoint(
+            reactor,
+            name,
+            namespace=kwargs.get("ns"),
+            registry=registry,
+            timeout=timeout,
+            pick=kwargs.get("pick", "random"),
+            proto=proto,
+            wrappers=wrappers,
+        )
+    except ValueError as e:
+        raise _bad(str(e)) from None
+
+
+def parseServer(reactor: Any, *args: str, **kwargs: str) -> MasseServerEndpoint:
+    """
+    A L{MasseServerEndpoint} from the parts of C{masse:NAME:KEY=VALUE...}.
+
+    @raise ValueError: naming the bad part.
+    """
+    _checkKeys(kwargs, SERVER_OPTIONS)
+    name = _takeName(args, kwargs)
+    registry = _registryOption(kwargs)
+    wrappers = _wrapOption(reactor, kwargs)
+    metadata = {key[5:]: value for key, value in kwargs.items() if key.startswith("meta.")}
+    ttl = _number("ttl", kwargs["ttl"]) if "ttl" in kwargs else DEFAULT_TTL
+    try:
+        return MasseServerEndpoint(
+            reactor,
+            name,
+            namespace=kwargs.get("ns"),
+            registry=registry,
+            endpoint=_innerServer(reactor, kwargs),
+            advertise=kwargs.get("advertise"),
+            ttl=ttl,
+            metadata=metadata,
+            unixPath=kwargs.get("unix"),
+            wrappers=wrappers,
+        )
+    except ValueError as e:
+        raise _bad(str(e)) from None
+
+
+def _innerServer(reactor: Any, kwargs: Mapping[str, str]) -> IStreamServerEndpoint:
+    """
+    The endpoint to really listen on: C{listen=}, or C{port=}/C{interface=}.
+    """
+    listen = kwargs.get("listen")
+    port = kwargs.get("port")
+    interface = kwargs.get("interface")
+    if listen is not None and (port is not None or interface is not None):
+        raise _bad("give listen= or port=/interface=, not both")
+    if listen is None:
+        if port is not None and (not port.isdigit() or int(port) > 65535):
+            raise _bad(f"port={port!r} must be a whole number from 0 to 65535")
+        listen = f"tcp:{port or 0}"
+        if interface is not None:
+            if _HOST.fullmatch(interface) is None:
+                raise _bad(f"interface={interface!r} must be an IP address")
+            listen += f":interface={quoteStringArgument(interface)}"
+    if _transport(listen) == "masse":
+        raise _bad(f"listen={listen!r}: cannot listen on a masse: endpoint")
+    try:
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, listen)
+    except Exception as e:
+        raise _bad(f"listen={listen!r}: {e} (escape ':' as '\\:' inside listen=)") from None
+    return endpoint
