@@ -20,17 +20,23 @@ from txmasse import PeerEvent, PeerRecord, registryFromURL
 
 async def tour(reactor: object, url: str) -> None:
     registry = registryFromURL(reactor, url)  # type: ignore[arg-type]
+    seen: list[str] = []
+    bothJoined: Deferred[None] = Deferred()
     done: Deferred[None] = Deferred()
 
     def show(event: PeerEvent) -> None:
         record = event.record
         print(f"{event.kind:>8}  {record.namespace}/{record.name}  {record.endpoints[0]}")
+        seen.append(event.kind)
+        if seen.count("joined") == 2 and not bothJoined.called:
+            bothJoined.callback(None)
         if event.kind == "timedout":
             done.callback(None)
 
     watcher = await registry.watch("tour", "db-*", show)
     one = await registry.register(PeerRecord("tour", "db-1", ["tcp:host=10.0.0.7:port=4312"]), 1)
     two = await registry.register(PeerRecord("tour", "db-2", ["tcp:host=10.0.0.8:port=4312"]), 1)
+    await bothJoined  # events travel apart from calls: wait to see them
     found = await registry.lookup("tour", "db-1")
     print(f"  lookup  tour/db-1 -> {found[0].endpoints}")
     await one.release()

@@ -2,6 +2,7 @@
 txmasse: reach Twisted peers by name, not by address.
 """
 
+from txmasse.endpoints import MasseClientEndpoint, MasseListeningPort, MasseServerEndpoint
 from txmasse.errors import MasseError, NoReachablePeer, PeerNotFound, RegistryUnavailable
 from txmasse.records import NAME_RULE, Glob, PeerRecord, validateName
 from txmasse.registry import (
@@ -14,6 +15,8 @@ from txmasse.registry import (
     defaultNamespace,
     registryFromURL,
 )
+from txmasse.service import RegistryService
+from txmasse.wrappers import IMasseWrapper
 
 __version__ = "0.1.0"
 
@@ -22,14 +25,19 @@ __all__ = [
     "EventKind",
     "Glob",
     "ILease",
+    "IMasseWrapper",
     "IRegistry",
     "ISubscription",
+    "MasseClientEndpoint",
     "MasseError",
+    "MasseListeningPort",
+    "MasseServerEndpoint",
     "MemoryRegistry",
     "NoReachablePeer",
     "PeerEvent",
     "PeerNotFound",
     "PeerRecord",
+    "RegistryService",
     "RegistryUnavailable",
     "defaultNamespace",
     "registryFromURL",

@@ -1,0 +1,175 @@
+"""
+RegistryService, named peers as child services, and `twistd masse`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python import usage
+
+from tests.conftest import RedisServer, eventually, newRegistry
+from tests.test_contract import Events
+from txmasse.registry.memory import MemoryRegistry
+from txmasse.service import Options, RegistryService, loadFactory
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest_twisted.ensureDeferred
+async def test_registry_service_registers_and_releases_its_peers() -> None:
+    registry = MemoryRegistry(reactor)
+    events = Events()
+    await registry.watch("dev", "*", events)
+    service = RegistryService(registry)
+    service.addPeer("echo", Factory.forProtocol(Protocol), namespace="dev", ttl=5)
+    service.addPeer("web", Factory.forProtocol(Protocol), namespace="dev", metadata={"v": "1"})
+    service.startService()
+    await eventually(lambda: len(events) == 2)
+    (web,) = await registry.lookup("dev", "web")
+    assert web.metadata == {"v": "1"} and web.endpoints[0].startswith("tcp:host=127.0.0.1:port=")
+    await service.stopService()
+    assert sorted(events.kinds()) == [
+        ("joined", "echo"),
+        ("joined", "web"),
+        ("left", "echo"),
+        ("left", "web"),
+    ]
+    assert registry.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_peer_waits_for_the_registry(redis_server: RedisServer) -> None:
+    """
+    A peer started while the registry is down registers once it is back.
+    """
+    redis_server.stop()
+    registry = newRegistry(redis_server.url + "?timeout=0.3")
+    service = RegistryService(registry)
+    service.addPeer("late", Factory.forProtocol(Protocol), namespace="dev")
+    service.startService()
+    try:
+        await eventually(lambda: registry._commandFactory.lastError is not None)
+        redis_server.start()
+        await eventually(
+            lambda: redis_server.command("HLEN", "masse:{dev}:n:late") == 1, timeout=10
+        )
+    finally:
+        await service.stopService()
+    assert redis_server.command("HLEN", "masse:{dev}:n:late") == 0
+
+
+class NotAFactory:
+    pass
+
+
+def makeFactory() -> Factory:
+    return Factory.forProtocol(Protocol)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("nomodule_xyz:factory", "cannot import 'nomodule_xyz'"),
+        ("tests.test_service:nothing", "has no 'nothing'"),
+        ("tests.test_service", "must be MODULE:ATTRIBUTE"),
+        ("tests.test_service:NotAFactory", "not a protocol factory"),
+        ("tests.test_service:ROOT", "is not a protocol factory"),
+    ],
+)
+def test_bad_factories(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        loadFactory(spec)
+
+
+def test_good_factories() -> None:
+    for spec in (
+        "tests.test_service:makeFactory",
+        "examples.greeter:factory",
+        "twisted.internet.protocol:Protocol",
+    ):
+        assert IProtocolFactory.providedBy(loadFactory(spec))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "--name is required"),
+        (["--name", "x"], "--factory is required"),
+        (["--name", "bad name", "--factory", "examples.greeter:factory"], "invalid name"),
+        (
+            ["--name", "g", "--ns", "a/b", "--factory", "examples.greeter:factory"],
+            "invalid namespace",
+        ),
+        (["--name", "g", "--factory", "examples.greeter:factory", "--ttl", "-1"], "--ttl '-1'"),
+        (
+            ["--name", "g", "--factory", "examples.greeter:factory", "--registry", "x://"],
+            "scheme 'x'",
+        ),
+        (["--name", "g", "--factory", "examples.greeter:factory", "--meta", "nokey"], "KEY=VALUE"),
+    ],
+)
+def test_bad_options(args: list[str], message: str) -> None:
+    with pytest.raises(usage.UsageError, match=message):
+        Options().parseOptions(args)
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_masse(redis_server: RedisServer, tmp_path: Path) -> None:
+    """
+    twistd runs a factory as a named peer, from another directory; stopping
+    twistd releases the name (left, not timedout).
+    """
+    watcher = newRegistry(redis_server.url)
+    events = Events()
+    await watcher.watch("dev", "greeter", events)
+    twistd = Path(sys.executable).parent / "twistd"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [
+            str(twistd), "-n", "--pidfile=", "masse",
+            "--name", "greeter", "--ns", "dev", "--registry", redis_server.url,
+            "--factory", "examples.greeter:factory", "--meta", "lang=amp",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        await eventually(lambda: len(events) == 1, timeout=20)
+        assert events[0].kind == "joined" and events[0].record.metadata == {"lang": "amp"}
+        process.send_signal(signal.SIGTERM)
+        await eventually(lambda: len(events) == 2, timeout=10)
+        assert events[1].kind == "left"
+        assert process.wait(10) == -signal.SIGTERM  # twistd exits by the signal that stopped it
+    finally:
+        process.kill()
+        await watcher.close()
+
+
+def test_twistd_masse_usage_error(tmp_path: Path) -> None:
+    twistd = Path(sys.executable).parent / "twistd"
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(twistd), "-n", "masse", "--name", "g", "--factory", "nomodule_xyz:f"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "cannot import 'nomodule_xyz'" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert time.monotonic() - started < 30

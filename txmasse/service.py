@@ -1,0 +1,265 @@
+"""
+Services for applications, C{.tac} files and C{twistd masse}: a registry
+connection that owns the leases of the named peers below it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IProtocolFactory
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from txmasse.errors import MasseError
+from txmasse.records import validateName
+from txmasse.registry import IRegistry, defaultNamespace, parseRegistryURL, registryFromURL
+
+log = Logger()
+
+
+class NamedPeerService(Service):
+    """
+    Listens on an endpoint and keeps a name registered for it while running.
+
+    If the registry cannot be reached at start, it keeps trying (1 s, then
+    doubling up to 30 s) rather than running without a name. Stopping
+    releases the name at once: peers see C{left}.
+    """
+
+    def __init__(self, endpoint: Any, factory: IProtocolFactory, reactor: Any):
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self._reactor = reactor
+        self._retry: IDelayedCall | None = None
+        self._delay = 1.0
+        self._listening: Deferred[IListeningPort] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        self._retry = None
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._listened, self._failed)
+
+    def _listened(self, port: IListeningPort) -> None:
+        self._listening = None
+        self.port = port
+        self._delay = 1.0
+        log.info("{name} is listening on {address}", name=self.name, address=port.getHost())
+
+    def _failed(self, failure: Failure) -> None:
+        self._listening = None
+        if not self.running:
+            return
+        log.warn(
+            "{name}: could not listen and register, retrying in {delay:g}s: {error}",
+            name=self.name,
+            delay=self._delay,
+            error=failure.getErrorMessage(),
+        )
+        self._retry = self._reactor.callLater(self._delay, self._listen)
+        self._delay = min(self._delay * 2, 30.0)
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self._listening is not None:
+            self._listening.cancel()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        return port.stopListening()
+
+
+class RegistryService(MultiService):
+    """
+    Owns a registry connection and the leases of its named peers.
+
+    Add peers with L{addPeer}; stopping the service stops the peers (which
+    releases their names) and then closes the registry connection.
+
+    @param registry: an L{IRegistry}, or its URL (default C{$MASSE_REGISTRY}).
+    """
+
+    def __init__(self, registry: IRegistry | str | None = None, reactor: Any = None):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        if registry is None or isinstance(registry, str):
+            registry = registryFromURL(reactor, registry)
+        self.registry = registry
+
+    def addPeer(
+        self,
+        name: str,
+        factory: IProtocolFactory,
+        namespace: str | None = None,
+        listen: str = "tcp:0",
+        advertise: str | None = None,
+        ttl: float = 10.0,
+        metadata: Mapping[str, str] | None = None,
+        wrappers: Sequence[Any] = (),
+    ) -> NamedPeerService:
+        """
+        Serve C{factory} under C{name}: listen on C{listen} (a server endpoint
+        description) and register the address while running.
+        """
+        from twisted.internet.endpoints import serverFromString
+
+        from txmasse.endpoints import MasseServerEndpoint
+
+        namespace = defaultNamespace() if namespace is None else namespace
+        endpoint = MasseServerEndpoint(
+            self.reactor,
+            name,
+            namespace=namespace,
+            registry=self.registry,
+            endpoint=serverFromString(self.reactor, listen),
+            advertise=advertise,
+            ttl=ttl,
+            metadata=metadata,
+            wrappers=wrappers,
+        )
+        peer = NamedPeerService(endpoint, factory, self.reactor)
+        peer.setName(f"{namespace}/{name}")
+        peer.setServiceParent(self)
+        return peer
+
+    def stopService(self) -> Deferred[None]:
+        stopping: Deferred[None] = super().stopService()
+        return stopping.addCallback(lambda _: self.registry.close())
+
+
+def loadFactory(spec: str) -> IProtocolFactory:
+    """
+    Load C{MODULE:ATTR}: a protocol factory, a callable that returns one, or
+    a L{Protocol} subclass. The current directory is importable, as with
+    C{python -m}.
+
+    @raise ValueError: naming what is wrong with C{spec}.
+    """
+    module, sep, attribute = spec.partition(":")
+    if not (sep and module and attribute):
+        raise ValueError(f"--factory {spec!r}: must be MODULE:ATTRIBUTE, e.g. myapp.server:factory")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        loaded: Any = importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"--factory {spec!r}: cannot import {module!r}: {e}") from None
+    except Exception as e:
+        raise ValueError(f"--factory {spec!r}: importing {module!r} failed: {e!r}") from None
+    for part in attribute.split("."):
+        try:
+            loaded = getattr(loaded, part)
+        except AttributeError:
+            raise ValueError(f"--factory {spec!r}: {module!r} has no {attribute!r}") from None
+    if IProtocolFactory.providedBy(loaded):
+        return loaded
+    if isinstance(loaded, type) and issubclass(loaded, Protocol):
+        return Factory.forProtocol(loaded)
+    if callable(loaded):
+        try:
+            made = loaded()
+        except Exception as e:
+            raise ValueError(f"--factory {spec!r}: calling it failed: {e!r}") from None
+        if IProtocolFactory.providedBy(made):
+            return made
+        raise ValueError(f"--factory {spec!r}: returned {made!r}, not a protocol factory")
+    raise ValueError(f"--factory {spec!r}: {loaded!r} is not a protocol factory")
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd masse}.
+    """
+
+    synopsis = "--name NAME --factory MODULE:ATTR [options]"
+    longdesc = (
+        "Run any Twisted protocol factory as a peer reachable by name. Stopping "
+        "twistd releases the name at once."
+    )
+    optParameters = [
+        ["name", None, None, "Name to register under (required)."],
+        ["factory", None, None, "MODULE:ATTR: a protocol factory, or a callable returning one."],
+        ["ns", None, None, "Namespace (default $MASSE_NAMESPACE, else 'default')."],
+        ["registry", None, None, "Registry URL (default $MASSE_REGISTRY, else local Redis)."],
+        ["listen", None, "tcp:0", "Server endpoint description to listen on."],
+        ["advertise", None, None, "Host to publish (default: the address toward the registry)."],
+        ["ttl", None, "10", "Lease seconds."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["meta"] = {}
+
+    def opt_meta(self, pair: str) -> None:
+        """
+        KEY=VALUE metadata to publish (repeatable).
+        """
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise usage.UsageError(f"--meta {pair!r}: must be KEY=VALUE")
+        self["meta"][key] = value
+
+    def postOptions(self) -> None:
+        try:
+            for option in ("name", "factory"):
+                if self[option] is None:
+                    raise ValueError(f"--{option} is required")
+            validateName(self["name"], "name")
+            self["ns"] = defaultNamespace() if self["ns"] is None else self["ns"]
+            validateName(self["ns"], "namespace")
+            if self["registry"] is not None:
+                parseRegistryURL(self["registry"])
+            self["ttl"] = _seconds("--ttl", self["ttl"])
+            self["factory"] = loadFactory(self["factory"])
+        except (ValueError, MasseError) as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def _seconds(option: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{option} {text!r}: must be a positive number of seconds")
+    return value
+
+
+def makeService(options: Options) -> RegistryService:
+    """
+    The service C{twistd masse} runs.
+    """
+    service = RegistryService(options["registry"])
+    try:
+        service.addPeer(
+            options["name"],
+            options["factory"],
+            namespace=options["ns"],
+            listen=options["listen"],
+            advertise=options["advertise"],
+            ttl=options["ttl"],
+            metadata=options["meta"],
+        )
+    except (ValueError, MasseError) as e:
+        raise usage.UsageError(str(e)) from None
+    return service
