@@ -12,11 +12,12 @@ or without twistd:
 
 Then, from anywhere on the machine:
 
-    python -m examples.greeter call Alice      # prints: hi there, Alice
+    python -m examples.greeter call Alice      # prints: hi there, Alice (from pid ...)
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from twisted.internet import task
@@ -34,14 +35,16 @@ class Greet(amp.Command):
 class Greeter(amp.AMP):
     @Greet.responder
     def greet(self, name: str) -> dict[str, str]:
-        return {"greeting": f"hi there, {name}"}
+        return {"greeting": f"hi there, {name} (from pid {os.getpid()})"}
 
 
 factory = Factory.forProtocol(Greeter)
 
 
 async def serve(reactor: object) -> None:
-    port = await serverFromString(reactor, "masse:greeter").listen(factory)
+    port = await serverFromString(reactor, "masse:greeter:ttl=3").listen(factory)
+    # Release the name on a clean stop: peers see "left" at once.
+    reactor.addSystemEventTrigger("before", "shutdown", port.stopListening)  # type: ignore[attr-defined]
     print(f"greeter is listening on {port.getHost()}", flush=True)
     await Deferred()
 

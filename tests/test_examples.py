@@ -5,8 +5,10 @@ Every example runs as its docstring says.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,123 @@ def test_registry_tour(backend: str, request: pytest.FixtureRequest) -> None:
     lines = run("examples/registry_tour.py", url).splitlines()
     assert [line.split()[0] for line in lines] == ["joined", "joined", "lookup", "left", "timedout"]
     assert "tour/db-2" in lines[-1]
+
+
+class Background:
+    """
+    Example processes started for one test and stopped at its end.
+    """
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [*args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**self.env, **env},
+        )
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def background(tmp_path: Path) -> Iterator[Background]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MASSE_REGISTRY": f"sqlite://{tmp_path}/registry.db",
+        "MASSE_NAMESPACE": "dev",
+    }
+    processes = Background(env)
+    yield processes
+    processes.stop()
+
+
+def readUntil(process: subprocess.Popen[str], text: str) -> str:
+    assert process.stdout is not None
+    while True:
+        line = process.stdout.readline()
+        assert line, f"process ended before printing {text!r}"
+        if text in line:
+            return line
+
+
+def call(background: Background, *args: str, **env: str) -> str:
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**background.env, **env},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_demo(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.demo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    kinds = [line.split()[1] for line in result.stdout.splitlines() if "event:" in line]
+    assert kinds == ["joined", "joined", "timedout", "left"]
+    assert "hi there, Carol (from pid" in result.stdout
+    assert result.stdout.splitlines()[-1] == "done"
+
+
+def test_greeter_under_twistd(background: Background, redis_server: RedisServer) -> None:
+    twistd = str(Path(sys.executable).parent / "twistd")
+    peer = background.start(
+        twistd, "-n", "--pidfile=", "masse", "--name", "greeter",
+        "--factory", "examples.greeter:factory", MASSE_REGISTRY=redis_server.url,
+    )  # fmt: skip
+    readUntil(peer, "greeter is listening")
+    answer = call(
+        background, "-m", "examples.greeter", "call", "Alice", MASSE_REGISTRY=redis_server.url
+    )
+    assert answer.startswith("hi there, Alice (from pid ")
+
+
+def test_namespace_from_the_environment(background: Background) -> None:
+    for namespace in ("dev", "prod"):
+        server = background.start(
+            sys.executable, "-m", "examples.namespaces", "serve", MASSE_NAMESPACE=namespace
+        )
+        readUntil(server, "db-server-1")
+    for namespace in ("prod", "dev"):
+        answer = call(background, "-m", "examples.namespaces", "ask", MASSE_NAMESPACE=namespace)
+        assert answer.strip() == f"db-server-1 in {namespace}"
+
+
+def test_reconnecting_client_follows_a_restarted_peer(background: Background) -> None:
+    first = background.start(sys.executable, "-m", "examples.reconnecting", "serve")
+    readUntil(first, "ticker is listening")
+    follower = background.start(sys.executable, "-m", "examples.reconnecting", "follow")
+    readUntil(follower, f"from pid {first.pid}")
+    first.send_signal(signal.SIGKILL)
+    second = background.start(sys.executable, "-m", "examples.reconnecting", "serve")
+    readUntil(second, "ticker is listening")
+    readUntil(follower, f"from pid {second.pid}")
+
+
+def test_framing_wrapper_stack(background: Background) -> None:
+    server = background.start(sys.executable, "-m", "examples.framing", "serve")
+    readUntil(server, "shouter is listening")
+    answer = call(background, "-m", "examples.framing", "send", "hello", "world")
+    assert answer.strip() == "HELLO, WORLD"

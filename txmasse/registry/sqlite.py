@@ -568,8 +568,9 @@ class SQLiteRegistry:
         self._pollFailing = False
         self._shutdownTrigger: Any = None
         if IReactorCore.providedBy(reactor):
+            # "during", so that releases made "before" shutdown go through first.
             self._shutdownTrigger = IReactorCore(reactor).addSystemEventTrigger(
-                "before", "shutdown", self._shutdown
+                "during", "shutdown", self._shutdown
             )
 
     def __repr__(self) -> str:
