@@ -160,3 +160,28 @@ def test_framing_wrapper_stack(background: Background) -> None:
     readUntil(server, "shouter is listening")
     answer = call(background, "-m", "examples.framing", "send", "hello", "world")
     assert answer.strip() == "HELLO, WORLD"
+
+
+def test_tac_file_and_masse_connect(background: Background) -> None:
+    """
+    twistd -ny runs the .tac; masse connect reaches its echo peer by name;
+    stopping twistd releases both names.
+    """
+    twistd = str(Path(sys.executable).parent / "twistd")
+    peers = background.start(twistd, "-ny", "examples/peers.tac", "--pidfile=")
+    readUntil(peers, "greeter is listening")
+    listed = call(background, "-m", "txmasse", "ls")
+    assert [line.split()[0] for line in listed.splitlines()[1:]] == ["echo", "greeter"]
+    echoed = subprocess.run(
+        [sys.executable, "-m", "txmasse", "connect", "echo"],
+        input="hello by name\n",
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=background.env,
+    )
+    assert (echoed.returncode, echoed.stdout) == (0, "hello by name\n"), echoed.stderr
+    peers.send_signal(signal.SIGTERM)
+    peers.wait(10)
+    assert call(background, "-m", "txmasse", "ls", "--json") == ""

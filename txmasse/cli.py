@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
 from twisted.internet import task
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -67,7 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     resolve = commands.add_parser("resolve", help="print the endpoints of a name")
     resolve.add_argument("name")
 
-    connect = commands.add_parser("connect", help="stdin/stdout to a peer, by name")
+    connect = commands.add_parser(
+        "connect",
+        help="stdin/stdout to a peer, by name; end of input half-closes (like nc -N)",
+    )
     connect.add_argument("name")
     connect.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
 
@@ -183,11 +186,14 @@ async def resolve(registry: IRegistry, namespace: str, args: Any, out: TextIO) -
 @implementer(IHalfCloseableProtocol)
 class _Relay(Protocol):
     """
-    Copies bytes from one transport to another; closing either end ends it.
+    Copies bytes to C{peer}'s transport. Like netcat: when our input ends,
+    the peer's output is half-closed; when the remote end stops sending (or
+    either connection is lost), it is over.
     """
 
-    def __init__(self, done: Deferred[None]):
-        self.done = done
+    def __init__(self, remote: bool):
+        self.lost: Deferred[None] = Deferred()
+        self.remote = remote
         self.peer: _Relay | None = None
 
     def dataReceived(self, data: bytes) -> None:
@@ -195,10 +201,9 @@ class _Relay(Protocol):
             self.peer.transport.write(data)
 
     def readConnectionLost(self) -> None:
-        """
-        Our input ended (e.g. stdin hit EOF): pass the half-close on.
-        """
-        if self.peer is not None and self.peer.transport is not None:
+        if self.remote:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        elif self.peer is not None and self.peer.transport is not None:
             loseWrite = getattr(self.peer.transport, "loseWriteConnection", None)
             if loseWrite is not None:
                 loseWrite()
@@ -207,8 +212,7 @@ class _Relay(Protocol):
         pass
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self.done.called:
-            self.done.callback(None)
+        self.lost.callback(None)
 
 
 async def connect(reactor: Any, registry: IRegistry, namespace: str, args: Any) -> None:
@@ -221,13 +225,16 @@ async def connect(reactor: Any, registry: IRegistry, namespace: str, args: Any) 
     endpoint = MasseClientEndpoint(
         reactor, args.name, namespace=namespace, registry=registry, timeout=args.timeout
     )
-    done: Deferred[None] = Deferred()
-    remote = _Relay(done)
+    remote = _Relay(remote=True)
     await endpoint.connect(Factory.forProtocol(lambda: remote))
-    local = _Relay(done)
+    local = _Relay(remote=False)
     local.peer, remote.peer = remote, local
-    StandardIO(local, reactor=reactor)
-    await done
+    stdio = StandardIO(local, reactor=reactor)
+    await DeferredList([remote.lost, local.lost], fireOnOneCallback=True)
+    if remote.transport is not None:
+        remote.transport.loseConnection()
+    stdio.loseConnection()
+    await local.lost  # stdout has had everything the peer sent
 
 
 def _metadata(pairs: Sequence[str]) -> dict[str, str]:
