@@ -175,3 +175,16 @@ async def test_bad_arguments(make_registry: MakeRegistry, call: Any, message: st
     with pytest.raises(ValueError) as caught:
         await call(registry)
     assert message in str(caught.value)
+
+
+@BACKENDS
+@pytest_twisted.ensureDeferred
+async def test_leases_show_time_left(make_registry: MakeRegistry) -> None:
+    registry = make_registry()
+    await registry.register(record("db-1"), 5)
+    await registry.register(record("web"), 30)
+    (status,) = await registry.leases("dev", "db-*")
+    assert status.record.name == "db-1"
+    assert 4 < status.expiresIn <= 5
+    statuses = await registry.leases("dev", "*")
+    assert sorted(s.record.name for s in statuses) == ["db-1", "web"]

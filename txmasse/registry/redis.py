@@ -51,6 +51,8 @@ SWEEP_INTERVAL = 0.5
 
 SWEEP_BATCH = 500
 
+SQLITE_HINT = "for one machine without Redis, set MASSE_REGISTRY=sqlite:///path/to/registry.db"
+
 
 def _prefix(namespace: str) -> str:
     return f"masse:{{{namespace}}}:"
@@ -81,6 +83,7 @@ class _Factory(Factory):
         self.username = username
         self.db = db
         self.lastError: str | None = None
+        self.unreachable = False
 
     def buildProtocol(self, addr: object) -> Any:
         protocol = self.protocolClass(
@@ -181,10 +184,15 @@ class _RecordingEndpoint:
     def connect(self, protocolFactory: Any) -> Deferred[Any]:
         def failed(failure: Failure) -> Failure:
             self._factory.lastError = failure.getErrorMessage()
+            self._factory.unreachable = True
             return failure
 
+        def connected(protocol: Any) -> Any:
+            self._factory.unreachable = False
+            return protocol
+
         d: Deferred[Any] = self._endpoint.connect(protocolFactory)
-        return d.addErrback(failed)
+        return d.addCallbacks(connected, failed)
 
 
 def _text(value: object) -> str:
@@ -264,6 +272,8 @@ class RedisRegistry:
         lastError = self._commandFactory.lastError
         if lastError and lastError not in reason:
             reason += f" (last connection error: {lastError})"
+        if self._commandFactory.unreachable:
+            reason += f"; {SQLITE_HINT}"
         return Failure(RegistryUnavailable(f"registry {self.url}: {what} failed: {reason}"))
 
     def _eval(self, what: str, script: scripts.Script, *args: object) -> Deferred[Any]:
