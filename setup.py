@@ -19,6 +19,7 @@ setup(
         "zope.interface>=6",
         "attrs>=23.1",
     ],
+    entry_points={"console_scripts": ["masse = txmasse.cli:main"]},
     extras_require={
         "test": [
             "pytest>=8",
