@@ -17,7 +17,6 @@ announces each expired lease once.
 from __future__ import annotations
 
 import random
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,29 +24,24 @@ import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmasse.errors import RegistryUnavailable
-from txmasse.records import Glob, PeerRecord, validateName
+from txmasse.records import Glob, PeerRecord
 from txmasse.registry import redis_scripts as scripts
-from txmasse.registry._base import Lease, Snapshot, Subscription, validateQuery, validateTTL
+from txmasse.registry._base import Lease, Snapshot
+from txmasse.registry._shared import SharedStoreRegistry
 from txmasse.registry.interface import (
     EventKind,
-    ILease,
     IRegistry,
-    ISubscription,
     LeaseStatus,
-    PeerEvent,
 )
 
 log = Logger()
-
-SWEEP_INTERVAL = 0.5
-"""Longest pause between two sweeps of a namespace, in seconds."""
 
 SWEEP_BATCH = 500
 
@@ -200,7 +194,7 @@ def _text(value: object) -> str:
 
 
 @implementer(IRegistry)
-class RedisRegistry:
+class RedisRegistry(SharedStoreRegistry):
     """
     A registry kept in one Redis database.
 
@@ -219,12 +213,11 @@ class RedisRegistry:
         timeout: float = 2.0,
         grace: float = 3.0,
     ):
+        super().__init__(reactor, grace)
         self.url = url
-        self.closed = False
         self._reactor = reactor
         self._endpoint = endpoint
         self._timeout = timeout
-        self._grace = grace
         self._commandFactory = _Factory(_Commands, self._commandsReady, password, username, db)
         self._commands = self._service(self._commandFactory)
         self._subscriberFactory = _Factory(
@@ -232,10 +225,6 @@ class RedisRegistry:
         )
         self._subscriberFactory.registry = self  # type: ignore[attr-defined]
         self._subscriber: ClientService | None = None
-        self._leases: set[Lease] = set()
-        self._leaseNamespaces: Counter[str] = Counter()
-        self._watchers: dict[str, set[Subscription]] = {}
-        self._sweeps: dict[str, IDelayedCall | None] = {}
         self._commands.startService()
 
     def __repr__(self) -> str:
@@ -284,48 +273,15 @@ class RedisRegistry:
         d.addTimeout(self._timeout, self._reactor)
         return d.addErrback(self._unavailable, what)
 
-    # IRegistry
+    # SharedStoreRegistry
 
-    def register(self, record: PeerRecord, ttl: float) -> Deferred[ILease]:
-        try:
-            ttl = validateTTL(ttl)
-        except ValueError:
-            return fail()
-        lease = Lease(self, record, ttl, self._reactor)
-
-        def registered(_: None) -> ILease:
-            self._leases.add(lease)
-            self._leaseNamespaces[record.namespace] += 1
-            self._startSweeping(record.namespace)
-            lease.start()
-            return lease
-
-        return self._put(record, ttl).addCallback(registered)
-
-    def lookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
-        try:
-            validateQuery(namespace, name)
-        except ValueError:
-            return fail()
+    def _fetchLookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
         d = self._eval(f"lookup of {name!r}", scripts.LOOKUP, _prefix(namespace), name)
         return d.addCallback(lambda reply: self._records(reply[1:], namespace, lambda n: n == name))
 
-    def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
-        try:
-            validateName(namespace, "namespace")
-            glob = Glob(pattern)
-        except ValueError:
-            return fail()
-        return self._snapshot(namespace, glob, ()).addCallback(lambda s: list(s.records))
-
-    def leases(self, namespace: str, pattern: str) -> Deferred[list[LeaseStatus]]:
-        try:
-            validateName(namespace, "namespace")
-            glob = Glob(pattern)
-        except ValueError:
-            return fail()
+    def _fetchLeases(self, namespace: str, glob: Glob) -> Deferred[list[LeaseStatus]]:
         d = self._eval(
-            f"listing of {pattern!r}",
+            f"listing of {glob.pattern!r}",
             scripts.LEASES,
             _prefix(namespace),
             glob.prefix,
@@ -343,46 +299,25 @@ class RedisRegistry:
 
         return d.addCallback(parsed)
 
-    def watch(
-        self, namespace: str, pattern: str, callback: Callable[[PeerEvent], object]
-    ) -> Deferred[ISubscription]:
-        try:
-            validateName(namespace, "namespace")
-            subscription = Subscription(
-                self, namespace, Glob(pattern), callback, self._reactor, self._grace
-            )
-        except ValueError:
-            return fail()
-        if self.closed:
-            return fail(RegistryUnavailable(f"registry {self.url} is closed"))
-        self._watchers.setdefault(namespace, set()).add(subscription)
-        self._startSweeping(namespace)
+    def _listen(self, namespace: str) -> Deferred[None]:
+        return self._subscribe(namespace)
 
-        async def start() -> ISubscription:
-            try:
-                await self._subscribe(namespace)
-                await subscription.resync()
-            except BaseException:
-                subscription.stop()
-                raise
-            return subscription
+    def _unlisten(self, namespace: str) -> None:
+        channel = _prefix(namespace) + "events"
+        if self._subscriber is not None:
+            d = self._ready(self._subscriber)
+            d.addCallback(lambda protocol: _unsubscribe(protocol, channel))
+            d.addTimeout(self._timeout, self._reactor)
+            d.addErrback(lambda _: None)
 
-        return Deferred.fromCoroutine(start())
-
-    def close(self) -> Deferred[None]:
-        if self.closed:
-            return succeed(None)
-        for lease in list(self._leases):
-            lease.stop()
-        for subscriptions in list(self._watchers.values()):
-            for subscription in list(subscriptions):
-                subscription.stop()
-        for namespace in list(self._sweeps):
-            self._stopSweeping(namespace)
-        self.closed = True
+    def _disconnect(self) -> Deferred[None]:
         services = [self._commands] + ([self._subscriber] if self._subscriber else [])
         stopping = [service.stopService() for service in services]
         return Deferred.fromCoroutine(_gather(stopping))
+
+    def _sweepOnce(self, namespace: str) -> Deferred[float | None]:
+        d = self._eval("sweep", scripts.SWEEP, _prefix(namespace), SWEEP_BATCH)
+        return d.addCallback(lambda reply: None if int(reply[1]) < 0 else int(reply[1]) / 1000)
 
     # The store, as leases and subscriptions use it
 
@@ -408,11 +343,6 @@ class RedisRegistry:
         )
         return d.addCallback(lambda _: None)
 
-    def _forget(self, lease: Lease) -> None:
-        if lease in self._leases:
-            self._leases.discard(lease)
-            self._leaseNamespaces[lease.record.namespace] -= 1
-
     def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
         d = self._eval(
             f"find of {glob.pattern!r}",
@@ -433,20 +363,6 @@ class RedisRegistry:
             return Snapshot(seq, records, gone)
 
         return d.addCallback(parsed)
-
-    def _unwatch(self, subscription: Subscription) -> None:
-        namespace = subscription.namespace
-        subscriptions = self._watchers.get(namespace, set())
-        subscriptions.discard(subscription)
-        if subscriptions:
-            return
-        self._watchers.pop(namespace, None)
-        channel = _prefix(namespace) + "events"
-        if self._subscriber is not None and not self.closed:
-            d = self._ready(self._subscriber)
-            d.addCallback(lambda protocol: _unsubscribe(protocol, channel))
-            d.addTimeout(self._timeout, self._reactor)
-            d.addErrback(lambda _: None)
 
     def _records(
         self, values: Sequence[Any], namespace: str, wanted: Callable[[str], bool]
@@ -540,34 +456,6 @@ class RedisRegistry:
         for subscription in list(self._watchers.get(namespace, ())):
             subscription.received(seq, kind, record)
 
-    # Sweeps: announce timeouts without keyspace notifications
-
-    def _startSweeping(self, namespace: str) -> None:
-        if namespace not in self._sweeps:
-            self._sweeps[namespace] = self._reactor.callLater(0, self._sweep, namespace)
-
-    def _stopSweeping(self, namespace: str) -> None:
-        call = self._sweeps.pop(namespace, None)
-        if call is not None and call.active():
-            call.cancel()
-
-    def _sweep(self, namespace: str) -> None:
-        self._sweeps[namespace] = None
-        if not (self._leaseNamespaces[namespace] or self._watchers.get(namespace)):
-            self._sweeps.pop(namespace, None)
-            return
-
-        def scheduleNext(reply: Any) -> None:
-            delay = SWEEP_INTERVAL
-            if isinstance(reply, list) and int(reply[1]) >= 0:
-                delay = min(SWEEP_INTERVAL, int(reply[1]) / 1000 + 0.002)
-            if namespace in self._sweeps and not self.closed:
-                self._sweeps[namespace] = self._reactor.callLater(delay, self._sweep, namespace)
-
-        d = self._eval("sweep", scripts.SWEEP, _prefix(namespace), SWEEP_BATCH)
-        d.addErrback(_logSweepFailure)
-        d.addCallback(scheduleNext)
-
 
 def _evalsha(protocol: Any, script: scripts.Script, args: Sequence[object]) -> Deferred[Any]:
     """
@@ -587,10 +475,6 @@ def _logReregisterFailure(failure: Failure, lease: Lease) -> None:
     log.warn(
         "{lease}: could not register again: {error}", lease=lease, error=failure.getErrorMessage()
     )
-
-
-def _logSweepFailure(failure: Failure) -> None:
-    log.debug("sweep failed: {error}", error=failure.getErrorMessage())
 
 
 def _subscribe(protocol: Any, channel: str) -> Deferred[None]:

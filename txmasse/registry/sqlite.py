@@ -29,7 +29,6 @@ import os
 import sqlite3
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
@@ -50,15 +49,13 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from txmasse.errors import RegistryUnavailable
-from txmasse.records import Glob, PeerRecord, validateName
-from txmasse.registry._base import Lease, Snapshot, Subscription, validateQuery, validateTTL
+from txmasse.records import Glob, PeerRecord
+from txmasse.registry._base import Snapshot
+from txmasse.registry._shared import SharedStoreRegistry
 from txmasse.registry.interface import (
     EventKind,
-    ILease,
     IRegistry,
-    ISubscription,
     LeaseStatus,
-    PeerEvent,
 )
 
 log = Logger()
@@ -67,9 +64,6 @@ T = TypeVar("T")
 
 DEFAULT_POLL = 0.1
 """Seconds between two reads of new events by a watching process."""
-
-SWEEP_INTERVAL = 0.5
-"""Longest pause between two sweeps of a namespace, in seconds."""
 
 SWEEP_BATCH = 500
 
@@ -513,7 +507,7 @@ class _Database:
 
 
 @implementer(IRegistry)
-class SQLiteRegistry:
+class SQLiteRegistry(SharedStoreRegistry):
     """
     A registry kept in one SQLite database file.
 
@@ -544,33 +538,26 @@ class SQLiteRegistry:
         clock: IReactorTime | None = None,
         now: Callable[[], float] = time.time,
     ):
+        super().__init__(clock or reactor, grace)
         self.path = os.path.abspath(path)
         self.url = url or "sqlite://" + quote(self.path)
-        self.closed = False
         self._reactor = reactor
         self._threads = IReactorFromThreads(reactor)
-        self._clock = clock or reactor
         self._timeout = timeout
         self._pollInterval = poll
-        self._grace = grace
         self._db = _Database(self.path, now)
         self._db.deliver = self._fromThread
         self._pool = ThreadPool(1, 1, name=f"txmasse-sqlite {self.path}")
         self._pool.threadFactory = _daemonThread  # type: ignore[assignment]
         self._pool.start()
-        self._leases: set[Lease] = set()
-        self._leaseNamespaces: Counter[str] = Counter()
-        self._watchers: dict[str, set[Subscription]] = {}
-        self._sweeps: dict[str, IDelayedCall | None] = {}
         self._pollCall: IDelayedCall | None = None
         self._polling = False
         self._pollAgain = False
         self._pollFailing = False
         self._shutdownTrigger: Any = None
         if IReactorCore.providedBy(reactor):
-            # "during", so that releases made "before" shutdown go through first.
             self._shutdownTrigger = IReactorCore(reactor).addSystemEventTrigger(
-                "during", "shutdown", self._shutdown
+                "before", "shutdown", self._shutdown
             )
 
     def __repr__(self) -> str:
@@ -597,89 +584,27 @@ class SQLiteRegistry:
             return failure
         return Failure(RegistryUnavailable(f"registry {self.url}: {what} failed: {reason}"))
 
-    # IRegistry
+    # SharedStoreRegistry
 
-    def register(self, record: PeerRecord, ttl: float) -> Deferred[ILease]:
-        try:
-            ttl = validateTTL(ttl)
-        except ValueError:
-            return fail()
-        lease = Lease(self, record, ttl, self._clock)
-
-        def registered(_: None) -> ILease:
-            self._leases.add(lease)
-            self._leaseNamespaces[record.namespace] += 1
-            self._startSweeping(record.namespace)
-            lease.start()
-            return lease
-
-        return self._put(record, ttl).addCallback(registered)
-
-    def lookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
-        try:
-            validateQuery(namespace, name)
-        except ValueError:
-            return fail()
+    def _fetchLookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
         d = self._call(f"lookup of {name!r}", self._db.lookup, namespace, name)
         return d.addCallback(self._records, namespace)
 
-    def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
-        try:
-            validateName(namespace, "namespace")
-            glob = Glob(pattern)
-        except ValueError:
-            return fail()
-        d = self._call(f"find of {pattern!r}", self._db.find, namespace, glob)
+    def _fetchFind(self, namespace: str, glob: Glob) -> Deferred[list[PeerRecord]]:
+        d = self._call(f"find of {glob.pattern!r}", self._db.find, namespace, glob)
         return d.addCallback(self._records, namespace)
 
-    def leases(self, namespace: str, pattern: str) -> Deferred[list[LeaseStatus]]:
-        try:
-            validateName(namespace, "namespace")
-            glob = Glob(pattern)
-        except ValueError:
-            return fail()
-        d = self._call(f"listing of {pattern!r}", self._db.find, namespace, glob)
+    def _fetchLeases(self, namespace: str, glob: Glob) -> Deferred[list[LeaseStatus]]:
+        d = self._call(f"listing of {glob.pattern!r}", self._db.find, namespace, glob)
         return d.addCallback(self._statuses, namespace)
 
-    def watch(
-        self, namespace: str, pattern: str, callback: Callable[[PeerEvent], object]
-    ) -> Deferred[ISubscription]:
-        try:
-            validateName(namespace, "namespace")
-            subscription = Subscription(
-                self, namespace, Glob(pattern), callback, self._clock, self._grace
-            )
-        except ValueError:
-            return fail()
-        if self.closed:
-            return fail(RegistryUnavailable(f"registry {self.url} is closed"))
-        self._watchers.setdefault(namespace, set()).add(subscription)
-        self._startSweeping(namespace)
+    def _listen(self, namespace: str) -> Deferred[None]:
         self._schedulePoll()
+        return succeed(None)
 
-        async def start() -> ISubscription:
-            try:
-                await subscription.resync()
-            except BaseException:
-                subscription.stop()
-                raise
-            return subscription
-
-        return Deferred.fromCoroutine(start())
-
-    def close(self) -> Deferred[None]:
-        if self.closed:
-            return succeed(None)
-        for lease in list(self._leases):
-            lease.stop()
-        for subscriptions in list(self._watchers.values()):
-            for subscription in list(subscriptions):
-                subscription.stop()
-        for namespace in list(self._sweeps):
-            self._stopSweeping(namespace)
+    def _disconnect(self) -> Deferred[None]:
         if self._pollCall is not None and self._pollCall.active():
             self._pollCall.cancel()
-        self.closed = True
         if self._shutdownTrigger is not None:
             IReactorCore(self._reactor).removeSystemEventTrigger(self._shutdownTrigger)
             self._shutdownTrigger = None
@@ -693,9 +618,25 @@ class SQLiteRegistry:
 
         return d.addBoth(stopped)
 
+    def _sweepOnce(self, namespace: str) -> Deferred[float | None]:
+        def swept(result: tuple[float | None, int]) -> float | None:
+            untilNext, due = result
+            if due:
+                self._wrote(None)
+            return untilNext
+
+        return self._call("sweep", self._db.sweep, namespace).addCallback(swept)
+
     def _shutdown(self) -> Deferred[None]:
+        """
+        Close one turn after shutdown begins: the other "before shutdown"
+        triggers (e.g. services releasing their leases) have queued their
+        calls by then, and this thread runs calls in order.
+        """
         self._shutdownTrigger = None
-        return self.close()
+        closed: Deferred[None] = Deferred()
+        self._reactor.callLater(0, lambda: self.close().chainDeferred(closed))
+        return closed
 
     # The store, as leases and subscriptions use it
 
@@ -721,11 +662,6 @@ class SQLiteRegistry:
         )
         return d.addCallback(self._wrote)
 
-    def _forget(self, lease: Lease) -> None:
-        if lease in self._leases:
-            self._leases.discard(lease)
-            self._leaseNamespaces[lease.record.namespace] -= 1
-
     def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
         d = self._call(
             f"find of {glob.pattern!r}",
@@ -746,12 +682,6 @@ class SQLiteRegistry:
             return Snapshot(seq, self._records(rows, namespace), gone)
 
         return d.addCallback(parsed)
-
-    def _unwatch(self, subscription: Subscription) -> None:
-        subscriptions = self._watchers.get(subscription.namespace, set())
-        subscriptions.discard(subscription)
-        if not subscriptions:
-            self._watchers.pop(subscription.namespace, None)
 
     def _wrote(self, _: None) -> None:
         """
@@ -866,38 +796,3 @@ class SQLiteRegistry:
         self._polling = False
         again, self._pollAgain = self._pollAgain, False
         self._schedulePoll(now=again)
-
-    # Sweeps: time out expired leases
-
-    def _startSweeping(self, namespace: str) -> None:
-        if namespace not in self._sweeps:
-            self._sweeps[namespace] = self._clock.callLater(0, self._sweep, namespace)
-
-    def _stopSweeping(self, namespace: str) -> None:
-        call = self._sweeps.pop(namespace, None)
-        if call is not None and call.active():
-            call.cancel()
-
-    def _sweep(self, namespace: str) -> None:
-        self._sweeps[namespace] = None
-        if not (self._leaseNamespaces[namespace] or self._watchers.get(namespace)):
-            self._sweeps.pop(namespace, None)
-            return
-
-        def scheduleNext(result: tuple[float | None, int] | None) -> None:
-            untilNext, due = result or (None, 0)
-            delay = SWEEP_INTERVAL
-            if untilNext is not None:
-                delay = min(SWEEP_INTERVAL, untilNext + 0.002)
-            if due:
-                self._wrote(None)
-            if namespace in self._sweeps and not self.closed:
-                self._sweeps[namespace] = self._clock.callLater(delay, self._sweep, namespace)
-
-        d = self._call("sweep", self._db.sweep, namespace)
-        d.addErrback(_logSweepFailure)
-        d.addCallback(scheduleNext)
-
-
-def _logSweepFailure(failure: Failure) -> None:
-    log.debug("sweep failed: {error}", error=failure.getErrorMessage())

@@ -1,0 +1,215 @@
+"""
+What the registries whose store other processes share (Redis, SQLite) have
+in common: checking arguments, keeping leases and watchers, and sweeping
+expired leases. A backend supplies the store operations and a few hooks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from txmasse.errors import RegistryUnavailable
+from txmasse.records import Glob, PeerRecord, validateName
+from txmasse.registry._base import Lease, Snapshot, Subscription, validateQuery, validateTTL
+from txmasse.registry.interface import ILease, ISubscription, LeaseStatus, PeerEvent
+
+log = Logger()
+
+SWEEP_INTERVAL = 0.5
+"""Longest pause between two sweeps of a namespace, in seconds."""
+
+
+class SharedStoreRegistry:
+    """
+    The C{IRegistry} methods of a registry shared with other processes.
+
+    Every process with leases or watchers in a namespace sweeps it at its
+    next expiry (at least every L{SWEEP_INTERVAL} seconds), so timeouts are
+    announced without any help from the store's server.
+    """
+
+    url: str
+
+    def __init__(self, clock: IReactorTime, grace: float):
+        self.closed = False
+        self._clock = clock
+        self._grace = grace
+        self._leases: set[Lease] = set()
+        self._leaseNamespaces: Counter[str] = Counter()
+        self._watchers: dict[str, set[Subscription]] = {}
+        self._sweeps: dict[str, IDelayedCall | None] = {}
+
+    # What a backend provides
+
+    def _put(self, record: PeerRecord, ttl: float) -> Deferred[None]:
+        raise NotImplementedError
+
+    def _remove(self, record: PeerRecord) -> Deferred[None]:
+        raise NotImplementedError
+
+    def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
+        raise NotImplementedError
+
+    def _fetchLookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
+        raise NotImplementedError
+
+    def _fetchFind(self, namespace: str, glob: Glob) -> Deferred[list[PeerRecord]]:
+        return self._snapshot(namespace, glob, ()).addCallback(lambda s: list(s.records))
+
+    def _fetchLeases(self, namespace: str, glob: Glob) -> Deferred[list[LeaseStatus]]:
+        raise NotImplementedError
+
+    def _sweepOnce(self, namespace: str) -> Deferred[float | None]:
+        """
+        Time out the expired leases of C{namespace}; fire with the seconds
+        until its next expiry (L{None} if unknown).
+        """
+        raise NotImplementedError
+
+    def _listen(self, namespace: str) -> Deferred[None]:
+        """
+        Make sure the events of C{namespace} reach L{_watchers}.
+        """
+        raise NotImplementedError
+
+    def _unlisten(self, namespace: str) -> None:
+        """
+        The last watcher of C{namespace} stopped.
+        """
+
+    def _disconnect(self) -> Deferred[None]:
+        raise NotImplementedError
+
+    # IRegistry
+
+    def register(self, record: PeerRecord, ttl: float) -> Deferred[ILease]:
+        try:
+            ttl = validateTTL(ttl)
+        except ValueError:
+            return fail()
+        lease = Lease(self, record, ttl, self._clock)
+
+        def registered(_: None) -> ILease:
+            self._leases.add(lease)
+            self._leaseNamespaces[record.namespace] += 1
+            self._startSweeping(record.namespace)
+            lease.start()
+            return lease
+
+        return self._put(record, ttl).addCallback(registered)
+
+    def lookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
+        try:
+            validateQuery(namespace, name)
+        except ValueError:
+            return fail()
+        return self._fetchLookup(namespace, name)
+
+    def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
+        try:
+            validateName(namespace, "namespace")
+            glob = Glob(pattern)
+        except ValueError:
+            return fail()
+        return self._fetchFind(namespace, glob)
+
+    def leases(self, namespace: str, pattern: str) -> Deferred[list[LeaseStatus]]:
+        try:
+            validateName(namespace, "namespace")
+            glob = Glob(pattern)
+        except ValueError:
+            return fail()
+        return self._fetchLeases(namespace, glob)
+
+    def watch(
+        self, namespace: str, pattern: str, callback: Callable[[PeerEvent], object]
+    ) -> Deferred[ISubscription]:
+        try:
+            validateName(namespace, "namespace")
+            subscription = Subscription(
+                self, namespace, Glob(pattern), callback, self._clock, self._grace
+            )
+        except ValueError:
+            return fail()
+        if self.closed:
+            return fail(RegistryUnavailable(f"registry {self.url} is closed"))
+        self._watchers.setdefault(namespace, set()).add(subscription)
+        self._startSweeping(namespace)
+
+        async def start() -> ISubscription:
+            try:
+                await self._listen(namespace)
+                await subscription.resync()
+            except BaseException:
+                subscription.stop()
+                raise
+            return subscription
+
+        return Deferred.fromCoroutine(start())
+
+    def close(self) -> Deferred[None]:
+        if self.closed:
+            return succeed(None)
+        for lease in list(self._leases):
+            lease.stop()
+        for subscriptions in list(self._watchers.values()):
+            for subscription in list(subscriptions):
+                subscription.stop()
+        for namespace in list(self._sweeps):
+            self._stopSweeping(namespace)
+        self.closed = True
+        return self._disconnect()
+
+    # Leases and subscriptions
+
+    def _forget(self, lease: Lease) -> None:
+        if lease in self._leases:
+            self._leases.discard(lease)
+            self._leaseNamespaces[lease.record.namespace] -= 1
+
+    def _unwatch(self, subscription: Subscription) -> None:
+        namespace = subscription.namespace
+        subscriptions = self._watchers.get(namespace, set())
+        subscriptions.discard(subscription)
+        if not subscriptions:
+            self._watchers.pop(namespace, None)
+            if not self.closed:
+                self._unlisten(namespace)
+
+    # Sweeps
+
+    def _startSweeping(self, namespace: str) -> None:
+        if namespace not in self._sweeps:
+            self._sweeps[namespace] = self._clock.callLater(0, self._sweep, namespace)
+
+    def _stopSweeping(self, namespace: str) -> None:
+        call = self._sweeps.pop(namespace, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _sweep(self, namespace: str) -> None:
+        self._sweeps[namespace] = None
+        if not (self._leaseNamespaces[namespace] or self._watchers.get(namespace)):
+            self._sweeps.pop(namespace, None)
+            return
+
+        def scheduleNext(untilNext: float | None) -> None:
+            delay = SWEEP_INTERVAL
+            if untilNext is not None:
+                delay = min(SWEEP_INTERVAL, untilNext + 0.002)
+            if namespace in self._sweeps and not self.closed:
+                self._sweeps[namespace] = self._clock.callLater(delay, self._sweep, namespace)
+
+        d = self._sweepOnce(namespace)
+        d.addErrback(_logSweepFailure)
+        d.addCallback(scheduleNext)
+
+
+def _logSweepFailure(failure: Failure) -> None:
+    log.debug("sweep failed: {error}", error=failure.getErrorMessage())
