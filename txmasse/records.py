@@ -9,6 +9,7 @@ rest of txmasse can trust a L{PeerRecord} it holds.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import socket
@@ -121,12 +122,14 @@ def _readMachineId() -> str:
     return machineId if re.fullmatch(r"[0-9a-f]{32}", machineId) else ""
 
 
+@functools.cache
 def localHostIdentity() -> str:
     """
     Identify this machine: hostname plus machine id where the OS has one.
 
     Two processes with the same identity share a filesystem, so one may
-    reach the other over a UNIX socket.
+    reach the other over a UNIX socket. Read once per process: every
+    record and every connect asks.
     """
     hostname = re.sub(r"[^\x21-\x7e]", "_", socket.gethostname())[:200] or "localhost"
     machineId = _readMachineId()
