@@ -166,6 +166,43 @@ class SharedStoreRegistry:
         self.closed = True
         return self._disconnect()
 
+    # Reading the store
+
+    def _stored(
+        self,
+        data: object,
+        namespace: str,
+        glob: Glob | None = None,
+        name: str | None = None,
+        instance: str | None = None,
+    ) -> PeerRecord | None:
+        """
+        Parse a record read from the store where C{namespace}, C{glob},
+        C{name} and C{instance} say it sits, or skip it with a warning: it
+        may be garbage, or written by someone else where it does not belong.
+        """
+        try:
+            record = PeerRecord.fromJSON(data)  # type: ignore[arg-type]
+            if (
+                record.namespace != namespace
+                or (glob is not None and not glob.matches(record.name))
+                or name not in (None, record.name)
+                or instance not in (None, record.instance)
+            ):
+                raise ValueError(
+                    f"record of {record.namespace}/{record.name} instance "
+                    f"{record.instance} is stored in the wrong place"
+                )
+        except (ValueError, TypeError) as e:
+            log.warn(
+                "registry {url}: skipping a bad record in namespace {ns}: {error}",
+                url=self.url,
+                ns=namespace,
+                error=e,
+            )
+            return None
+        return record
+
     # Leases and subscriptions
 
     def _forget(self, lease: Lease) -> None:

@@ -277,7 +277,7 @@ class RedisRegistry(SharedStoreRegistry):
 
     def _fetchLookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
         d = self._eval(f"lookup of {name!r}", scripts.LOOKUP, _prefix(namespace), name)
-        return d.addCallback(lambda reply: self._records(reply[1:], namespace, lambda n: n == name))
+        return d.addCallback(lambda reply: self._records(reply[1:], namespace, name=name))
 
     def _fetchLeases(self, namespace: str, glob: Glob) -> Deferred[list[LeaseStatus]]:
         d = self._eval(
@@ -292,7 +292,7 @@ class RedisRegistry(SharedStoreRegistry):
             count = int(reply[0])
             statuses = []
             for value, left in zip(reply[1 : 1 + count], reply[1 + count :], strict=True):
-                record = self._record(value, namespace, glob.matches)
+                record = self._stored(value, namespace, glob)
                 if record is not None:
                     statuses.append(LeaseStatus(record, int(left) / 1000))
             return statuses
@@ -355,7 +355,7 @@ class RedisRegistry(SharedStoreRegistry):
 
         def parsed(reply: list[Any]) -> Snapshot:
             seq, count = int(reply[0]), int(reply[1])
-            records = self._records(reply[2 : 2 + count], namespace, glob.matches)
+            records = self._records(reply[2 : 2 + count], namespace, glob)
             gone = {}
             for instance, kind in zip(known, reply[2 + count :], strict=False):
                 if kind in (b"left", b"timedout"):
@@ -365,39 +365,14 @@ class RedisRegistry(SharedStoreRegistry):
         return d.addCallback(parsed)
 
     def _records(
-        self, values: Sequence[Any], namespace: str, wanted: Callable[[str], bool]
+        self,
+        values: Sequence[Any],
+        namespace: str,
+        glob: Glob | None = None,
+        name: str | None = None,
     ) -> list[PeerRecord]:
-        records = (self._record(value, namespace, wanted) for value in values)
+        records = (self._stored(value, namespace, glob, name) for value in values)
         return [record for record in records if record is not None]
-
-    def _record(
-        self, value: Any, namespace: str, wanted: Callable[[str], bool]
-    ) -> PeerRecord | None:
-        """
-        Parse a record from the store, or skip (and log) garbage and records
-        that claim another namespace or name than where they sit.
-        """
-        try:
-            record = PeerRecord.fromJSON(value)
-        except (ValueError, TypeError) as e:
-            log.warn(
-                "registry {url}: skipping a bad record in namespace {ns}: {error}",
-                url=self.url,
-                ns=namespace,
-                error=e,
-            )
-            return None
-        if record.namespace != namespace or not wanted(record.name):
-            log.warn(
-                "registry {url}: skipping record {name} of namespace {other} "
-                "stored under namespace {ns}",
-                url=self.url,
-                name=record.name,
-                other=record.namespace,
-                ns=namespace,
-            )
-            return None
-        return record
 
     # Connections
 

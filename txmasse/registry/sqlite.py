@@ -700,20 +700,8 @@ class SQLiteRegistry(SharedStoreRegistry):
         """
         statuses = []
         for name, instance, data, left in rows:
-            try:
-                record = PeerRecord.fromJSON(data)
-                if (record.namespace, record.name, record.instance) != (namespace, name, instance):
-                    raise ValueError(
-                        f"record of {record.namespace}/{record.name} instance "
-                        f"{record.instance} stored as {name!r} instance {instance!r}"
-                    )
-            except (ValueError, TypeError) as e:
-                log.warn(
-                    "registry {url}: skipping a bad record in namespace {ns}: {error}",
-                    url=self.url,
-                    ns=namespace,
-                    error=e,
-                )
+            record = self._stored(data, namespace, name=name, instance=instance)
+            if record is None:
                 continue
             statuses.append(LeaseStatus(record, left))
         return statuses
