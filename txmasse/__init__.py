@@ -4,6 +4,7 @@ txmasse: reach Twisted peers by name, not by address.
 
 from txmasse.endpoints import MasseClientEndpoint, MasseListeningPort, MasseServerEndpoint
 from txmasse.errors import MasseError, NoReachablePeer, PeerNotFound, RegistryUnavailable
+from txmasse.group import PeerGroup
 from txmasse.records import NAME_RULE, Glob, PeerRecord, validateName
 from txmasse.registry import (
     EventKind,
@@ -35,6 +36,7 @@ __all__ = [
     "MemoryRegistry",
     "NoReachablePeer",
     "PeerEvent",
+    "PeerGroup",
     "PeerNotFound",
     "PeerRecord",
     "RegistryService",

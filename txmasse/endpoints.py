@@ -247,10 +247,25 @@ class MasseClientEndpoint:
         the registry's L{txmasse.errors.RegistryUnavailable}. Cancelling
         cancels the attempt in progress.
         """
+        return self._start(protocolFactory, None)
+
+    def connectToRecord(
+        self, record: PeerRecord, protocolFactory: IProtocolFactory
+    ) -> Deferred[IProtocol]:
+        """
+        Connect to this one instance, already known (from a watch, say),
+        without a lookup; as L{connect} otherwise: its endpoints in turn,
+        this endpoint's C{proto}, wrappers and timeout.
+        """
+        return self._start(protocolFactory, [record])
+
+    def _start(
+        self, protocolFactory: IProtocolFactory, records: Sequence[PeerRecord] | None
+    ) -> Deferred[IProtocol]:
         registry = self.registry
         url = parseRegistryURL(registry).display if isinstance(registry, str) else registry.url
         progress = _Progress(f"{self.name!r} in namespace {self.namespace!r} (registry {url})")
-        running = Deferred.fromCoroutine(self._connect(protocolFactory, progress))
+        running = Deferred.fromCoroutine(self._connect(protocolFactory, progress, records))
 
         def cancel(_: object) -> None:
             progress.cancelled = True
@@ -276,24 +291,34 @@ class MasseClientEndpoint:
             )
         return connecting
 
-    async def _connect(self, factory: IProtocolFactory, progress: _Progress) -> IProtocol:
+    async def _connect(
+        self,
+        factory: IProtocolFactory,
+        progress: _Progress,
+        records: Sequence[PeerRecord] | None = None,
+    ) -> IProtocol:
         """
         Endpoints fail in their own ways when cancelled: report a
         cancellation as L{CancelledError}, whatever was interrupted.
         """
         try:
-            return await self._tryAll(factory, progress)
+            return await self._tryAll(factory, progress, records)
         except Exception:
             if progress.cancelled:
                 raise CancelledError() from None
             raise
 
-    async def _tryAll(self, factory: IProtocolFactory, progress: _Progress) -> IProtocol:
+    async def _tryAll(
+        self,
+        factory: IProtocolFactory,
+        progress: _Progress,
+        records: Sequence[PeerRecord] | None = None,
+    ) -> IProtocol:
         registry = _openRegistry(self._reactor, self.registry)
         progress.target = f"{self.name!r} in namespace {self.namespace!r} (registry {registry.url})"
-        if isGlob(self.name):
+        if records is None and isGlob(self.name):
             records = await registry.find(self.namespace, self.name)
-        else:
+        elif records is None:
             records = await registry.lookup(self.namespace, self.name)
         if not records:
             what = "matches" if isGlob(self.name) else "is registered as"

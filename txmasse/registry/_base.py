@@ -28,6 +28,9 @@ MAX_TTL = 24 * 60 * 60
 
 log = Logger()
 
+localInstances: set[str] = set()
+"""Instance ids this process registered and has not released: a group leaves them out."""
+
 
 def validateTTL(ttl: object) -> float:
     """
@@ -123,6 +126,10 @@ class Lease:
         return self.ttl / 3
 
     def start(self) -> None:
+        """
+        Begin heartbeating, once the record is registered.
+        """
+        localInstances.add(self.record.instance)
         self._loop.start(self.interval, now=False)
 
     def stop(self) -> None:
@@ -170,6 +177,7 @@ class Lease:
         if self._released:
             return succeed(None)
         self._released = True
+        localInstances.discard(self.record.instance)
         self.stop()
         self._store._forget(self)
         return self._store._remove(self.record)

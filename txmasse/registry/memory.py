@@ -58,9 +58,9 @@ class MemoryRegistry:
         except ValueError:
             return fail()
         lease = Lease(self, record, ttl, self._clock)
-        self._put(record, ttl)
         self._leases.add(lease)
-        lease.start()
+        lease.start()  # first: watchers hear of the record at once, and it is ours
+        self._put(record, ttl)
         return succeed(lease)
 
     def lookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
