@@ -188,3 +188,28 @@ async def test_leases_show_time_left(make_registry: MakeRegistry) -> None:
     assert 4 < status.expiresIn <= 5
     statuses = await registry.leases("dev", "*")
     assert sorted(s.record.name for s in statuses) == ["db-1", "web"]
+
+
+@BACKENDS
+@pytest_twisted.ensureDeferred
+async def test_usage_events_reach_only_watchers_that_ask(make_registry: MakeRegistry) -> None:
+    client, watching = make_registry(), make_registry()
+    db = record("db")
+    await watching.register(db, 5)
+    asked, plain = Events(), Events()
+    await watching.watch("dev", "d*", asked, usage=True)
+    await watching.watch("dev", "*", plain)
+    await client.report(PeerEvent(EventKind.CONNECTED, db, "host:42"))
+    await client.report(PeerEvent(EventKind.CONNECTED, record("web"), "host:42"))
+    await client.report(PeerEvent(EventKind.DISCONNECTED, db, "host:42"))
+    await eventually(lambda: len(asked) == 2)
+    assert [(e.kind, e.record, e.source) for e in asked] == [
+        ("connected", db, "host:42"),
+        ("disconnected", db, "host:42"),
+    ]
+    await sleep(0.3)
+    assert plain == [] and len(asked) == 2
+    with pytest.raises(ValueError, match="only connected/disconnected"):
+        await client.report(PeerEvent(EventKind.JOINED, db))
+    with pytest.raises(ValueError, match="invalid event source"):
+        await client.report(PeerEvent(EventKind.CONNECTED, db, "two words"))

@@ -574,7 +574,16 @@ class SilentRegistry:
     def leases(self, namespace: str, pattern: str) -> Deferred[Any]:
         return Deferred()
 
-    def watch(self, namespace: str, pattern: str, callback: Callable[..., object]) -> Deferred[Any]:
+    def watch(
+        self,
+        namespace: str,
+        pattern: str,
+        callback: Callable[..., object],
+        usage: bool = False,
+    ) -> Deferred[Any]:
+        return Deferred()
+
+    def report(self, event: Any) -> Deferred[None]:
         return Deferred()
 
     def close(self) -> Deferred[None]:

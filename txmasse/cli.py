@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("pattern", nargs="?", default="*", help="name glob (default *)")
     ls.add_argument("--json", action="store_true", help="one JSON object a line")
 
-    watch = commands.add_parser("watch", help="print events until Ctrl-C")
+    watch = commands.add_parser(
+        "watch", help="print events (and streams clients report) until Ctrl-C"
+    )
     watch.add_argument("pattern", nargs="?", default="*", help="name glob (default *)")
     watch.add_argument("--json", action="store_true", help="one JSON object a line")
 
@@ -151,14 +153,15 @@ async def listPeers(registry: IRegistry, namespace: str, args: Any, out: TextIO)
 def _eventLine(event: PeerEvent, asJSON: bool) -> str:
     record = event.record
     if asJSON:
-        return json.dumps(
-            {"time": time.time(), "kind": str(event.kind), "record": _recordJSON(record)},
-            sort_keys=True,
-        )
+        line = {"time": time.time(), "kind": str(event.kind), "record": _recordJSON(record)}
+        if event.source is not None:
+            line["source"] = event.source
+        return json.dumps(line, sort_keys=True)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    source = f" from {event.source}" if event.source is not None else ""
     return (
         f"{stamp}Z {event.kind:<8} {record.namespace}/{record.name} "
-        f"{record.instance[:12]} {' '.join(record.endpoints)}"
+        f"{record.instance[:12]} {' '.join(record.endpoints)}{source}"
     )
 
 
@@ -166,7 +169,7 @@ async def watchPeers(registry: IRegistry, namespace: str, args: Any, out: TextIO
     def show(event: PeerEvent) -> None:
         print(_eventLine(event, args.json), file=out, flush=True)
 
-    await registry.watch(namespace, args.pattern, show)
+    await registry.watch(namespace, args.pattern, show, usage=True)
     await Deferred()  # until Ctrl-C stops the reactor
 
 

@@ -17,7 +17,7 @@ import math
 import os
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from random import Random
 from typing import Any
 
@@ -40,16 +40,20 @@ from twisted.internet.interfaces import (
     IStreamClientEndpointStringParserWithReactor,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmasse.errors import MasseError, NoReachablePeer, PeerNotFound
 from txmasse.records import Glob, PeerRecord, localHostIdentity, validateName
 from txmasse.registry import (
+    EventKind,
     ILease,
     IRegistry,
+    PeerEvent,
     defaultNamespace,
     defaultRegistryURL,
     parseRegistryURL,
@@ -64,7 +68,7 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_TTL = 10.0
 PICKS = ("random", "first", "roundrobin")
 
-CLIENT_OPTIONS = ("name", "ns", "registry", "timeout", "pick", "proto", "wrap")
+CLIENT_OPTIONS = ("name", "ns", "registry", "timeout", "pick", "proto", "wrap", "report")
 SERVER_OPTIONS = (
     "name",
     "ns",
@@ -179,6 +183,40 @@ class _Progress:
 
 
 @implementer(IStreamClientEndpoint)
+class _Reporting(ProtocolWrapper):
+    """
+    Nearest the wire of a C{report=true} client: publishes C{connected}
+    once the stream is up and C{disconnected} when it ends.
+    """
+
+    _ended: Callable[[], object] | None = None
+
+    @staticmethod
+    def wrap(factory: IProtocolFactory) -> IProtocolFactory:
+        return _ReportingFactory(factory)
+
+    @staticmethod
+    def start(protocol: IProtocol, registry: IRegistry, record: PeerRecord) -> None:
+        source = f"{socket.gethostname()}:{os.getpid()}"
+
+        def publish(kind: EventKind) -> None:
+            d = registry.report(PeerEvent(kind, record, source))
+            d.addErrback(lambda f: log.warn("could not report {kind}: {f.value}", kind=kind, f=f))
+
+        publish(EventKind.CONNECTED)
+        if isinstance(protocol, _Reporting):
+            protocol._ended = lambda: publish(EventKind.DISCONNECTED)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._ended is not None:
+            self._ended()
+        super().connectionLost(reason)
+
+
+class _ReportingFactory(WrappingFactory):
+    protocol = _Reporting
+
+
 class MasseClientEndpoint:
     """
     Connects to a live instance of C{name} in C{namespace}, looked up in the
@@ -192,6 +230,8 @@ class MasseClientEndpoint:
     @param proto: transports to accept, in order of preference (e.g.
         C{["unix", "tcp"]}); L{None} for any, in the peer's order.
     @param wrappers: protocol factory wrappers, the first nearest the wire.
+    @param report: publish C{connected} and C{disconnected} events for each
+        stream (watchers see them with C{usage=True}); off, it costs nothing.
     """
 
     def __init__(
@@ -204,6 +244,7 @@ class MasseClientEndpoint:
         pick: str = "random",
         proto: Sequence[str] | None = None,
         wrappers: Sequence[Wrapper] = (),
+        report: bool = False,
     ):
         if isinstance(name, str) and isGlob(name):
             Glob(name)
@@ -220,6 +261,7 @@ class MasseClientEndpoint:
         self.pick = pick
         self.proto = None if proto is None else self._checkProto(proto)
         self.wrappers = _checkWrappers(wrappers)
+        self.report = bool(report)
         self._reactor = reactor
         self._random = Random()
         self._turn = 0
@@ -326,7 +368,8 @@ class MasseClientEndpoint:
                 f"no peer {what} {self.name!r} in namespace {self.namespace!r} "
                 f"(registry {registry.url})"
             )
-        wrapped = stackFactory(factory, self.wrappers)
+        stack = [_Reporting.wrap, *self.wrappers] if self.report else self.wrappers
+        wrapped = stackFactory(factory, stack)
         here = localHostIdentity()
         for record in self._order(records):
             descriptions = self._usable(record, here)
@@ -352,14 +395,16 @@ class MasseClientEndpoint:
                         why=why,
                     )
                     continue
-                return self._unwrap(protocol)
+                if self.report:
+                    _Reporting.start(protocol, registry, record)
+                return self._unwrap(protocol, len(stack))
         raise NoReachablePeer(
             f"could not reach {progress.target}: tried {'; '.join(progress.tried)}"
         )
 
-    def _unwrap(self, protocol: IProtocol) -> IProtocol:
+    def _unwrap(self, protocol: IProtocol, depth: int) -> IProtocol:
         try:
-            return unwrapProtocol(protocol, len(self.wrappers))
+            return unwrapProtocol(protocol, depth)
         except TypeError:
             _abort(protocol)
             raise
@@ -696,9 +741,18 @@ def parseClient(reactor: Any, *args: str, **kwargs: str) -> MasseClientEndpoint:
             pick=kwargs.get("pick", "random"),
             proto=proto,
             wrappers=wrappers,
+            report=_flag("report", kwargs.get("report", "false")),
         )
     except ValueError as e:
         raise _bad(str(e)) from None
+
+
+def _flag(option: str, text: str) -> bool:
+    if text.lower() in ("true", "yes", "1"):
+        return True
+    if text.lower() in ("false", "no", "0"):
+        return False
+    raise _bad(f"{option}={text!r}: must be true or false")
 
 
 def parseServer(reactor: Any, *args: str, **kwargs: str) -> MasseServerEndpoint:

@@ -9,6 +9,7 @@ some) lives here once, so every backend behaves the same.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -21,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmasse.records import Glob, PeerRecord, validateName
-from txmasse.registry.interface import EventKind, ILease, ISubscription, PeerEvent
+from txmasse.registry.interface import USAGE_KINDS, EventKind, ILease, ISubscription, PeerEvent
 
 MIN_TTL = 0.1
 MAX_TTL = 24 * 60 * 60
@@ -44,6 +45,22 @@ def validateTTL(ttl: object) -> float:
     ):
         raise ValueError(f"invalid ttl {ttl!r}: must be {MIN_TTL} to {MAX_TTL} seconds")
     return float(ttl)
+
+
+_SOURCE = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+def validateUsage(event: object) -> PeerEvent:
+    """
+    Return C{event} if it is a stream-use report that may be published.
+    """
+    if not isinstance(event, PeerEvent) or event.kind not in USAGE_KINDS:
+        raise ValueError(f"only connected/disconnected events can be reported, not {event!r}")
+    if not isinstance(event.source, str) or _SOURCE.fullmatch(event.source) is None:
+        raise ValueError(
+            f"invalid event source {event.source!r}: 1 to 255 printable characters, no spaces"
+        )
+    return event
 
 
 def validateQuery(namespace: object, name: object) -> None:
@@ -210,9 +227,11 @@ class Subscription:
         clock: IReactorTime,
         grace: float = 3.0,
         maxBuffered: int = 10_000,
+        usage: bool = False,
     ):
         self.namespace = namespace
         self.glob = glob
+        self.usage = usage
         self._store = store
         self._callback = callback
         self._clock = clock
@@ -253,6 +272,14 @@ class Subscription:
         if len(self._buffer) > self._maxBuffered:
             log.warn("{sub}: too many events while catching up; starting over", sub=self)
             self.resync()
+
+    def receivedUsage(self, event: PeerEvent) -> None:
+        """
+        A stream-use report: passed on as it comes, outside the view, to a
+        subscription that asked for them.
+        """
+        if self.usage and not self._stopped and self.glob.matches(event.record.name):
+            self._deliver(event)
 
     def resync(self) -> Deferred[None]:
         """
@@ -332,6 +359,8 @@ class Subscription:
             self._emit(kind, record)
 
     def _emit(self, kind: EventKind, record: PeerRecord) -> None:
-        event = PeerEvent(kind, record)
+        self._deliver(PeerEvent(kind, record))
+
+    def _deliver(self, event: PeerEvent) -> None:
         d = maybeDeferred(self._callback, event)
         d.addErrback(lambda f: log.failure("watch callback failed on {event}", f, event=event))

@@ -16,8 +16,15 @@ from twisted.python.failure import Failure
 
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord, validateName
-from txmasse.registry._base import Lease, Snapshot, Subscription, validateQuery, validateTTL
-from txmasse.registry.interface import ILease, ISubscription, LeaseStatus, PeerEvent
+from txmasse.registry._base import (
+    Lease,
+    Snapshot,
+    Subscription,
+    validateQuery,
+    validateTTL,
+    validateUsage,
+)
+from txmasse.registry.interface import EventKind, ILease, ISubscription, LeaseStatus, PeerEvent
 
 log = Logger()
 
@@ -69,6 +76,13 @@ class SharedStoreRegistry:
         """
         Time out the expired leases of C{namespace}; fire with the seconds
         until its next expiry (L{None} if unknown).
+        """
+        raise NotImplementedError
+
+    def _publishUsage(self, event: PeerEvent) -> Deferred[None]:
+        """
+        Send a checked C{connected}/C{disconnected} report to every process
+        watching the namespace.
         """
         raise NotImplementedError
 
@@ -127,13 +141,24 @@ class SharedStoreRegistry:
             return fail()
         return self._fetchLeases(namespace, glob)
 
+    def report(self, event: PeerEvent) -> Deferred[None]:
+        try:
+            validateUsage(event)
+        except ValueError:
+            return fail()
+        return self._publishUsage(event)
+
     def watch(
-        self, namespace: str, pattern: str, callback: Callable[[PeerEvent], object]
+        self,
+        namespace: str,
+        pattern: str,
+        callback: Callable[[PeerEvent], object],
+        usage: bool = False,
     ) -> Deferred[ISubscription]:
         try:
             validateName(namespace, "namespace")
             subscription = Subscription(
-                self, namespace, Glob(pattern), callback, self._clock, self._grace
+                self, namespace, Glob(pattern), callback, self._clock, self._grace, usage=usage
             )
         except ValueError:
             return fail()
@@ -202,6 +227,22 @@ class SharedStoreRegistry:
             )
             return None
         return record
+
+    def _usageReceived(self, namespace: str, kind: str, source: str, data: object) -> None:
+        """
+        A stream-use report read from the store: hand it to the watchers
+        that asked, or skip it with a warning if it is garbage.
+        """
+        record = self._stored(data, namespace)
+        if record is None:
+            return
+        try:
+            event = validateUsage(PeerEvent(EventKind(kind), record, source))
+        except ValueError as e:
+            log.warn("registry {url}: skipping a bad usage event: {error}", url=self.url, error=e)
+            return
+        for subscription in list(self._watchers.get(namespace, ())):
+            subscription.receivedUsage(event)
 
     # Leases and subscriptions
 

@@ -24,16 +24,26 @@ class EventKind(enum.StrEnum):
     LEFT = "left"
     TIMEDOUT = "timedout"
     UPDATED = "updated"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+USAGE_KINDS = (EventKind.CONNECTED, EventKind.DISCONNECTED)
+"""Stream-use events: reported by clients that opt in, not membership changes."""
 
 
 @attrs.frozen
 class PeerEvent:
     """
     Delivered to watchers: C{kind} happened to the instance C{record}.
+
+    @ivar source: for C{connected}/C{disconnected}, who opened the stream
+        to C{record} (C{HOST:PID} of the client); else L{None}.
     """
 
     kind: EventKind
     record: PeerRecord
+    source: str | None = None
 
 
 @attrs.frozen
@@ -126,14 +136,25 @@ class IRegistry(Interface):
         """
 
     def watch(
-        namespace: str, pattern: str, callback: Callable[[PeerEvent], object]
+        namespace: str,
+        pattern: str,
+        callback: Callable[[PeerEvent], object],
+        usage: bool = False,
     ) -> Deferred[ISubscription]:
         """
         Call C{callback} with a L{PeerEvent} each time an instance whose name
-        matches C{pattern} joins, leaves, times out or is updated.
+        matches C{pattern} joins, leaves, times out or is updated; with
+        C{usage}, also when a client reports a stream to it C{connected} or
+        C{disconnected}.
 
         Fires once the subscription is live; its C{peers} are then the
         matching instances, and every change after that is delivered once.
+        """
+
+    def report(event: PeerEvent) -> Deferred[None]:
+        """
+        Publish a C{connected} or C{disconnected} event about C{event.record}
+        to the watchers of its namespace that asked for usage events.
         """
 
     def close() -> Deferred[None]:

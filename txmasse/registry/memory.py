@@ -17,7 +17,14 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from txmasse.records import Glob, PeerRecord, validateName
-from txmasse.registry._base import Lease, Snapshot, Subscription, validateQuery, validateTTL
+from txmasse.registry._base import (
+    Lease,
+    Snapshot,
+    Subscription,
+    validateQuery,
+    validateTTL,
+    validateUsage,
+)
 from txmasse.registry.interface import (
     EventKind,
     ILease,
@@ -89,15 +96,30 @@ class MemoryRegistry:
         return succeed(self._statuses(namespace, glob))
 
     def watch(
-        self, namespace: str, pattern: str, callback: Callable[[PeerEvent], object]
+        self,
+        namespace: str,
+        pattern: str,
+        callback: Callable[[PeerEvent], object],
+        usage: bool = False,
     ) -> Deferred[ISubscription]:
         try:
             validateName(namespace, "namespace")
-            subscription = Subscription(self, namespace, Glob(pattern), callback, self._clock)
+            subscription = Subscription(
+                self, namespace, Glob(pattern), callback, self._clock, usage=usage
+            )
         except ValueError:
             return fail()
         self._watchers.setdefault(namespace, set()).add(subscription)
         return subscription.resync().addCallback(lambda _: subscription)
+
+    def report(self, event: PeerEvent) -> Deferred[None]:
+        try:
+            validateUsage(event)
+        except ValueError:
+            return fail()
+        for subscription in list(self._watchers.get(event.record.namespace, ())):
+            subscription.receivedUsage(event)
+        return succeed(None)
 
     def close(self) -> Deferred[None]:
         self.closed = True

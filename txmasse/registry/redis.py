@@ -39,6 +39,7 @@ from txmasse.registry.interface import (
     EventKind,
     IRegistry,
     LeaseStatus,
+    PeerEvent,
 )
 
 log = Logger()
@@ -302,6 +303,17 @@ class RedisRegistry(SharedStoreRegistry):
     def _listen(self, namespace: str) -> Deferred[None]:
         return self._subscribe(namespace)
 
+    def _publishUsage(self, event: PeerEvent) -> Deferred[None]:
+        if self.closed:
+            return fail(RegistryUnavailable(f"registry {self.url} is closed"))
+        channel = _prefix(event.record.namespace) + "events"
+        message = f"usage {event.kind} {event.source} ".encode() + event.record.toJSON()
+        d = self._ready(self._commands)
+        d.addCallback(lambda protocol: protocol.execute_command("PUBLISH", channel, message))
+        d.addTimeout(self._timeout, self._reactor)
+        d.addErrback(self._unavailable, f"report of {event.kind} to {event.record.name!r}")
+        return d.addCallback(lambda _: None)
+
     def _unlisten(self, namespace: str) -> None:
         channel = _prefix(namespace) + "events"
         if self._subscriber is not None:
@@ -414,6 +426,11 @@ class RedisRegistry(SharedStoreRegistry):
 
     def _received(self, channel: bytes, message: bytes) -> None:
         namespace = _text(channel)[len("masse:{") : -len("}:events")]
+        if message.startswith(b"usage "):
+            usage = message.split(b" ", 3)
+            if len(usage) == 4:
+                self._usageReceived(namespace, _text(usage[1]), _text(usage[2]), usage[3])
+            return
         try:
             seqText, kindText, data = message.split(b" ", 2)
             seq, kind = int(seqText), EventKind(kindText.decode("ascii"))

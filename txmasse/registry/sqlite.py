@@ -53,9 +53,11 @@ from txmasse.records import Glob, PeerRecord
 from txmasse.registry._base import Snapshot
 from txmasse.registry._shared import SharedStoreRegistry
 from txmasse.registry.interface import (
+    USAGE_KINDS,
     EventKind,
     IRegistry,
     LeaseStatus,
+    PeerEvent,
 )
 
 log = Logger()
@@ -332,6 +334,13 @@ class _Database:
 
     # Operations, each one or two transactions
 
+    def usage(self, ns: str, kind: str, source: str, data: str) -> None:
+        """
+        Record a stream-use report as an event, for watchers to poll.
+        """
+        with self._write() as c:
+            self._announce(c, ns, kind, f"{source} {data}", self.now())
+
     def put(self, ns: str, name: str, instance: str, data: str, ttl: float) -> None:
         now = self.now()
         with self._write() as c:
@@ -602,6 +611,18 @@ class SQLiteRegistry(SharedStoreRegistry):
         self._schedulePoll()
         return succeed(None)
 
+    def _publishUsage(self, event: PeerEvent) -> Deferred[None]:
+        record = event.record
+        d = self._call(
+            f"report of {event.kind} to {record.name!r}",
+            self._db.usage,
+            record.namespace,
+            str(event.kind),
+            event.source,
+            record.toJSON().decode("ascii"),
+        )
+        return d.addCallback(self._wrote)
+
     def _disconnect(self) -> Deferred[None]:
         if self._pollCall is not None and self._pollCall.active():
             self._pollCall.cancel()
@@ -719,6 +740,10 @@ class SQLiteRegistry(SharedStoreRegistry):
         for seq, namespace, kind, data in events:
             subscriptions = self._watchers.get(namespace)
             if not subscriptions:
+                continue
+            if kind in USAGE_KINDS:
+                source, _, recordData = str(data).partition(" ")
+                self._usageReceived(namespace, kind, source, recordData)
                 continue
             try:
                 eventKind = EventKind(kind)
