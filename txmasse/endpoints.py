@@ -182,7 +182,6 @@ class _Progress:
         )
 
 
-@implementer(IStreamClientEndpoint)
 class _Reporting(ProtocolWrapper):
     """
     Nearest the wire of a C{report=true} client: publishes C{connected}
@@ -217,6 +216,7 @@ class _ReportingFactory(WrappingFactory):
     protocol = _Reporting
 
 
+@implementer(IStreamClientEndpoint)
 class MasseClientEndpoint:
     """
     Connects to a live instance of C{name} in C{namespace}, looked up in the
