@@ -63,6 +63,7 @@ class _Factory(Factory):
     """
 
     isLazy = False
+    check: Callable[[Any], Deferred[None]] | None = None
 
     def __init__(
         self,
@@ -117,7 +118,10 @@ class _ReadyMixin:
         self.ready = False
         self._readyWaiters: list[Deferred[Any]] = []
         result = super().connectionMade()  # type: ignore[misc]
-        prepared = self.whenConnected().addCallback(lambda _: self.factory.prepare(self))
+        prepared, check = self.whenConnected(), self.factory.check
+        if check is not None:  # e.g. Sentinel's: refuse a replica
+            prepared.addCallback(lambda _: check(self))
+        prepared.addCallback(lambda _: self.factory.prepare(self))
         prepared.addCallbacks(self._prepared, self._notPrepared)
         return result
 
@@ -225,6 +229,8 @@ class RedisRegistry(SharedStoreRegistry):
             _Subscriber, self._subscriberReady, password, username, db
         )
         self._subscriberFactory.registry = self  # type: ignore[attr-defined]
+        check = getattr(endpoint, "checkConnection", None)
+        self._commandFactory.check = self._subscriberFactory.check = check
         self._subscriber: ClientService | None = None
         self._commands.startService()
 
@@ -457,6 +463,8 @@ def _evalsha(protocol: Any, script: scripts.Script, args: Sequence[object]) -> D
     def reload(failure: Failure) -> Any:
         if failure.check(txredisapi.ResponseError) and "NOSCRIPT" in str(failure.value):
             return protocol.execute_command("EVAL", script.source, 0, *args)
+        if failure.check(txredisapi.ResponseError) and "READONLY" in str(failure.value):
+            protocol.transport.loseConnection()  # a demoted master: reconnect to the new one
         return failure
 
     d: Deferred[Any] = protocol.execute_command("EVALSHA", script.sha, 0, *args)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -19,12 +20,15 @@ from txmasse.registry.interface import IRegistry
 DEFAULT_REGISTRY = "redis://127.0.0.1:6379/0"
 DEFAULT_NAMESPACE = "default"
 DEFAULT_TIMEOUT = 2.0
+DEFAULT_SENTINEL_PORT = 26379
+_MASTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
-_SCHEMES = ("redis", "rediss", "redis+unix", "sqlite", "memory")
+_SCHEMES = ("redis", "rediss", "redis+unix", "redis+sentinel", "sqlite", "memory")
 _QUERY = {
     "redis": {"timeout"},
     "rediss": {"timeout", "ca", "cert", "key"},
     "redis+unix": {"timeout", "db"},
+    "redis+sentinel": {"timeout"},
     "sqlite": {"timeout", "poll"},
     "memory": set(),
 }
@@ -69,6 +73,8 @@ class RegistryURL:
     cert: str | None = None
     key: str | None = None
     poll: float | None = None
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
 
 
 def _bad(url: str, part: str, why: str) -> ValueError:
@@ -102,7 +108,8 @@ def parseRegistryURL(url: object) -> RegistryURL:
         raise _bad(url, "the URL", "must be at most 2048 printable characters")
     try:
         parts = urlsplit(url)
-        port = parts.port
+        # A sentinel URL lists several host:port pairs, which urlsplit cannot read.
+        port = None if parts.scheme.lower() == "redis+sentinel" else parts.port
     except ValueError as e:
         raise _bad(url, "the address", f"does not parse: {e}") from None
     scheme = parts.scheme.lower()
@@ -131,6 +138,8 @@ def parseRegistryURL(url: object) -> RegistryURL:
             raise _bad(url, "the socket path", "is missing (redis+unix:///path/to/redis.sock)")
         db = _db(url, query.get("db"))
         return RegistryURL(scheme, display, path=unquote(parts.path), db=db, **options)
+    if scheme == "redis+sentinel":
+        return _sentinel(url, parts.netloc.rpartition("@")[2], parts.path, options)
     if not parts.hostname:
         raise _bad(url, "the host", "is missing")
     db = _db(url, parts.path.lstrip("/") or None)
@@ -173,6 +182,53 @@ def _sqlite(url: str, netloc: str, path: str, query: dict[str, str], timeout: fl
         if not (math.isfinite(poll) and 0.01 <= poll <= 60):
             raise _bad(url, f"poll {query['poll']!r}", "must be a number of seconds, 0.01 to 60")
     return RegistryURL("sqlite", _redact(url), path=path, timeout=timeout, poll=poll)
+
+
+def _sentinel(url: str, hosts: str, path: str, options: dict[str, Any]) -> RegistryURL:
+    """
+    C{redis+sentinel://[user:password@]host:port[,host:port...]/MASTER[/db]}:
+    the sentinels to ask, in order, where master C{MASTER} is now.
+    """
+    sentinels = []
+    for address in hosts.split(","):
+        host, port = _hostPort(url, address)
+        sentinels.append((host, port))
+    name, _, db = path.lstrip("/").partition("/")
+    name = unquote(name)
+    if not name:
+        raise _bad(url, "the master name", "is missing (redis+sentinel://host:26379/MASTER)")
+    if not _MASTER_NAME.fullmatch(name):
+        raise _bad(url, f"master name {name!r}", "must be letters, digits, '.', '_' or '-'")
+    return RegistryURL(
+        "redis+sentinel",
+        _redact(url),
+        sentinels=tuple(sentinels),
+        master=name,
+        db=_db(url, db or None),
+        **options,
+    )
+
+
+def _hostPort(url: str, address: str) -> tuple[str, int]:
+    """
+    One sentinel's C{host[:port]} or C{[ipv6][:port]}.
+    """
+    if address.startswith("["):
+        host, bracket, rest = address[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise _bad(url, f"sentinel address {address!r}", "does not parse")
+        portText = rest[1:] if rest else None
+    else:
+        host, colon, portText = address.partition(":")
+        if not colon:
+            portText = None
+    if not host:
+        raise _bad(url, f"sentinel address {address!r}", "has no host")
+    if portText is None:
+        return host, DEFAULT_SENTINEL_PORT
+    if not portText.isdigit() or not 0 < int(portText) < 65536:
+        raise _bad(url, f"sentinel port {portText!r}", "must be a number, 1 to 65535")
+    return host, int(portText)
 
 
 def _timeout(url: str, value: str | None) -> float:
@@ -245,6 +301,10 @@ def _endpoint(reactor: Any, parsed: RegistryURL) -> Any:
 
     if parsed.scheme == "redis+unix":
         return endpoints.UNIXClientEndpoint(reactor, parsed.path, timeout=parsed.timeout)
+    if parsed.scheme == "redis+sentinel":
+        from txmasse.registry.redis_sentinel import SentinelEndpoint
+
+        return SentinelEndpoint(reactor, parsed.sentinels, parsed.master, timeout=parsed.timeout)
     tcp = endpoints.HostnameEndpoint(reactor, parsed.host, parsed.port, timeout=parsed.timeout)
     if parsed.scheme == "redis":
         return tcp

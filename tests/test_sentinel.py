@@ -1,0 +1,240 @@
+"""
+The Redis registry behind Sentinel: a real failover (master killed, replica
+promoted), and the guards against a stale answer, with a fake sentinel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, ServerFactory
+
+from tests.conftest import RedisServer, _encode, eventually, newRegistry, sleep
+from tests.endpoint_helpers import portNumber
+from tests.test_contract import Events, record
+from txmasse import RegistryUnavailable
+from txmasse.registry.redis_sentinel import SentinelEndpoint
+
+MASTER = "m"
+
+
+class Sentinel(RedisServer):
+    """
+    A redis-server in sentinel mode watching C{master}, with a config file
+    of its own (sentinels rewrite it).
+    """
+
+    def __init__(self, directory: Path, master: RedisServer):
+        directory.mkdir()
+        super().__init__(directory)
+        self.config = directory / "sentinel.conf"
+        self.config.write_text(
+            f"sentinel monitor {MASTER} 127.0.0.1 {master.port} 2\n"
+            f"sentinel down-after-milliseconds {MASTER} 1000\n"
+            f"sentinel failover-timeout {MASTER} 5000\n"
+            f"sentinel parallel-syncs {MASTER} 1\n"
+        )
+
+    def _portArgs(self) -> tuple[str, ...]:
+        return (str(self.config), "--sentinel", "--port", str(self.port))
+
+    def master(self, field: str) -> str:
+        reply = self.command("SENTINEL", "master", MASTER)
+        fields = dict(zip(reply[::2], reply[1::2], strict=True))
+        return fields[field.encode()].decode()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, list[Sentinel]]]:
+    """
+    A master, its replica, and three sentinels that know them and each other.
+    """
+    (tmp_path / "master").mkdir()
+    (tmp_path / "replica").mkdir()
+    master = RedisServer(tmp_path / "master")
+    replica = RedisServer(
+        tmp_path / "replica", extraArgs=("--replicaof", "127.0.0.1", str(master.port))
+    )
+    sentinels = [Sentinel(tmp_path / f"sentinel-{i}", master) for i in range(3)]
+    servers = [master, replica, *sentinels]
+    try:
+        for server in servers:
+            server.start()
+        deadline = time.monotonic() + 20
+        while not _ready(replica, sentinels):
+            assert time.monotonic() < deadline, "the sentinels did not find each other"
+            time.sleep(0.1)
+        yield master, replica, sentinels
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _ready(replica: RedisServer, sentinels: list[Sentinel]) -> bool:
+    info = replica.command("INFO", "replication").decode()
+    return "master_link_status:up" in info and all(
+        s.master("num-other-sentinels") == "2" and s.master("num-slaves") == "1" for s in sentinels
+    )
+
+
+async def retried(call: Callable[[], Deferred[Any]], timeout: float = 10) -> Any:
+    """
+    The first result of C{call} that is not L{RegistryUnavailable}.
+    """
+    start = time.monotonic()
+    while True:
+        try:
+            return await call()
+        except RegistryUnavailable:
+            if time.monotonic() - start > timeout:
+                raise
+            await sleep(0.05)
+
+
+def _role(server: RedisServer) -> str:
+    return str(server.command("ROLE")[0].decode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_failover(cluster: tuple[RedisServer, RedisServer, list[Sentinel]]) -> None:
+    master, replica, sentinels = cluster
+    hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+    url = f"redis+sentinel://{hosts}/{MASTER}/0?timeout=2"
+    peer, watcher = newRegistry(url), newRegistry(url)
+    fresh = None
+    try:
+        for i in range(3):
+            await peer.register(record(f"db-{i}"), 10)
+        events = Events()
+        await watcher.watch("dev", "*", events)
+        # A dead sentinel first in the URL must not matter either.
+        sentinels[0].stop()
+
+        master.stop()
+        killed = time.monotonic()
+        found = await retried(lambda: peer.lookup("dev", "db-0"), timeout=30)
+        assert [r.name for r in found] == ["db-0"]
+        gap = time.monotonic() - killed
+        print(f"failover: first successful lookup {gap:.3f}s after the master was killed")
+        assert _role(replica) == "master"
+
+        # Leases are back in the new master, the watcher sees new events,
+        # and a new registry connects.
+        await eventually(
+            lambda: all(replica.command("HLEN", f"masse:{{dev}}:n:db-{i}") for i in range(3)),
+            timeout=10,
+        )
+        await peer.register(record("db-new"), 10)
+        await eventually(lambda: ("joined", "db-new") in events.kinds(), timeout=10)
+        fresh = newRegistry(url)
+        assert len(await fresh.find("dev", "db-*")) == 4
+    finally:
+        for registry in (peer, watcher, fresh):
+            if registry is not None:
+                await registry.close()
+
+
+class _FakeSentinel(Protocol):
+    factory: FakeSentinel
+
+    def dataReceived(self, data: bytes) -> None:
+        address = self.factory.address
+        assert self.transport is not None
+        self.transport.write(b"*-1\r\n" if address is None else _encode("127.0.0.1", address))
+
+
+class FakeSentinel(ServerFactory[_FakeSentinel]):
+    """
+    A sentinel that names whatever server the test says (C{address}, a
+    port), or none.
+    """
+
+    protocol = _FakeSentinel
+
+    def __init__(self) -> None:
+        self.address: int | None = None
+        self.port = 0
+
+
+@pytest.fixture
+def fakeSentinel() -> Iterator[FakeSentinel]:
+    factory = FakeSentinel()
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
+    factory.port = portNumber(port)
+    yield factory
+    pytest_twisted.blockon(port.stopListening())
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_answers(tmp_path: Path, fakeSentinel: FakeSentinel) -> None:
+    """
+    A replica named by a sentinel is refused; a master demoted under an
+    open connection (READONLY) is left for the one the sentinels name now.
+    """
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = RedisServer(tmp_path / "a"), RedisServer(tmp_path / "b")
+    a.start()
+    b.start()
+    # Each call's deadline (3 s) outlasts the longest retry delay (about 1 s).
+    registry = newRegistry(f"redis+sentinel://127.0.0.1:{fakeSentinel.port}/{MASTER}?timeout=3")
+    try:
+        with pytest.raises(RegistryUnavailable, match=f"does not know master '{MASTER}'"):
+            await registry.lookup("dev", "db")
+
+        b.command("REPLICAOF", "127.0.0.1", a.port)
+        fakeSentinel.address = b.port
+        with pytest.raises(RegistryUnavailable, match="is a replica"):
+            await registry.register(record("db"), 10)
+        assert b.command("DBSIZE") == 0
+
+        fakeSentinel.address = a.port
+        await retried(lambda: registry.register(record("db"), 60))
+        assert a.command("HLEN", "masse:{dev}:n:db") == 1
+
+        # Failover by hand: a becomes b's replica but keeps its clients, and
+        # the first write there is refused (not the lease's refresh: that is
+        # 20 s away).
+        b.command("REPLICAOF", "NO", "ONE")
+        a.command("REPLICAOF", "127.0.0.1", b.port)
+        fakeSentinel.address = b.port
+        first = registry.register(record("web"), 10)
+        with pytest.raises(RegistryUnavailable, match="READONLY"):
+            await first
+        await retried(lambda: registry.register(record("web"), 10))
+        assert b.command("HLEN", "masse:{dev}:n:web") == 1
+    finally:
+        await registry.close()
+        a.stop()
+        b.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_user_not_allowed_role(tmp_path: Path, fakeSentinel: FakeSentinel) -> None:
+    """
+    A user without @admin (so without ROLE) still connects.
+    """
+    server = RedisServer(tmp_path)
+    server.start()
+    server.command("ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all", "-@admin")
+    fakeSentinel.address = server.port
+    url = f"redis+sentinel://app:pw@127.0.0.1:{fakeSentinel.port}/{MASTER}?timeout=2"
+    registry = newRegistry(url)
+    try:
+        await registry.register(record("db"), 10)
+        assert server.command("HLEN", "masse:{dev}:n:db") == 1
+    finally:
+        await registry.close()
+        server.stop()
+
+
+def test_endpoint_repr() -> None:
+    endpoint = SentinelEndpoint(reactor, [("h", 1), ("::1", 2)], MASTER)
+    assert repr(endpoint) == "<SentinelEndpoint m via h:1,::1:2>"

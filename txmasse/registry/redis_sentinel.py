@@ -1,0 +1,231 @@
+"""
+Redis behind Sentinel: an endpoint that asks the sentinels where the master
+is each time it connects.
+
+L{RedisRegistry}'s L{ClientService} reconnects through this endpoint, so after
+a failover it reaches the new master with no help from the registry. A
+sentinel may still name a master that has just been demoted: each new
+connection checks C{ROLE} and refuses a replica, and the service tries again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+log = Logger()
+
+MAX_REPLY = 64 * 1024
+
+
+class _Incomplete(Exception):
+    """
+    More bytes are needed to read the reply.
+    """
+
+
+def _command(*args: str) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _parse(data: bytes, start: int = 0) -> tuple[Any, int]:
+    """
+    One RESP2 reply (error, integer, status, bulk string or array) at
+    C{start}, and where it ends.
+
+    @raise _Incomplete: if C{data} stops before the reply does.
+    @raise ValueError: if it is not a reply.
+    """
+    end = data.find(b"\r\n", start)
+    if end < 0:
+        raise _Incomplete()
+    kind, body, after = data[start : start + 1], data[start + 1 : end], end + 2
+    if kind in (b"+", b"-"):
+        return (body if kind == b"+" else RuntimeError(body.decode("utf-8", "replace"))), after
+    size = int(body)  # ValueError on garbage
+    if kind == b":":
+        return size, after
+    if kind == b"$":
+        if size < 0:
+            return None, after
+        if len(data) < after + size + 2:
+            raise _Incomplete()
+        return data[after : after + size], after + size + 2
+    if kind == b"*":
+        if size < 0:
+            return None, after
+        items = []
+        for _ in range(size):
+            item, after = _parse(data, after)
+            items.append(item)
+        return items, after
+    raise ValueError(f"not a Redis reply: {data[start:end][:40]!r}")
+
+
+class _Question(Protocol):
+    """
+    Send one command, read one reply, hang up.
+    """
+
+    def __init__(self, command: bytes):
+        self.command = command
+        self.buffer = b""
+        self.answer: Deferred[Any] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.command)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            reply, _ = _parse(self.buffer)
+        except _Incomplete:
+            if len(self.buffer) > MAX_REPLY:
+                self._done(Failure(ValueError("reply too long")))
+            return
+        except ValueError as e:
+            self._done(Failure(e))
+            return
+        self._done(reply)
+
+    def _done(self, result: object) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        if not self.answer.called:
+            if isinstance(result, Failure):
+                self.answer.errback(result)
+            else:
+                self.answer.callback(result)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self.answer.called:
+            self.answer.errback(reason)
+
+
+class NotMaster(ConnectionError):
+    """
+    The server a sentinel named is not (or no longer) the master.
+    """
+
+
+@implementer(IStreamClientEndpoint)
+class SentinelEndpoint:
+    """
+    Connects to the current master of C{master}, as the sentinels tell.
+
+    @param sentinels: C{(host, port)} of each sentinel, asked in turn until
+        one knows the master.
+    @param timeout: deadline for each sentinel's answer and for the
+        connection to the master, in seconds.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        sentinels: Sequence[tuple[str, int]],
+        master: str,
+        timeout: float = 2.0,
+    ):
+        self._reactor = reactor
+        self._sentinels = list(sentinels)
+        self._master = master
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        where = ",".join(f"{host}:{port}" for host, port in self._sentinels)
+        return f"<SentinelEndpoint {self._master} via {where}>"
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        return Deferred.fromCoroutine(self._connect(protocolFactory))
+
+    async def _connect(self, protocolFactory: Any) -> Any:
+        host, port = await self.masterAddress()
+        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
+        return await endpoint.connect(protocolFactory)
+
+    async def masterAddress(self) -> tuple[str, int]:
+        """
+        The master's address, from the first sentinel that knows it.
+
+        @raise ConnectionError: if none does, with each sentinel's reason.
+        """
+        reasons = []
+        for host, port in list(self._sentinels):
+            try:
+                reply = await self._ask(host, port)
+                if isinstance(reply, Exception):
+                    raise reply
+                if reply is None:
+                    raise LookupError(f"does not know master {self._master!r}")
+                masterHost, masterPort = reply[0].decode("ascii"), int(reply[1])
+            except Exception as e:  # any sentinel's failure: ask the next one
+                reasons.append(f"{host}:{port}: {_describe(e)}")
+                continue
+            if reasons:
+                # Ask a sentinel that answers first next time.
+                self._sentinels.remove((host, port))
+                self._sentinels.insert(0, (host, port))
+            return masterHost, masterPort
+        raise ConnectionError(f"no sentinel gave master {self._master!r}: {'; '.join(reasons)}")
+
+    async def _ask(self, host: str, port: int) -> Any:
+        question = _Question(
+            _command("SENTINEL", "get-master-addr-by-name", self._master),
+        )
+        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
+        d = connectProtocol(endpoint, question).addCallback(lambda _: question.answer)
+        d.addTimeout(self._timeout, self._reactor)
+        try:
+            return await d
+        finally:
+            if question.transport is not None:
+                question.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def checkConnection(self, protocol: Any) -> Deferred[None]:
+        """
+        Refuse a connection to a replica (a sentinel's stale answer), so
+        that nothing is written there; the registry reconnects.
+        """
+
+        def checked(reply: Any) -> None:
+            role = reply[0] if isinstance(reply, list) and reply else reply
+            if role != b"master":
+                log.info(
+                    "sentinel master {master!r}: {peer} is not the master (role {role!r}); "
+                    "asking the sentinels again",
+                    master=self._master,
+                    peer=protocol.transport.getPeer(),
+                    role=role,
+                )
+                raise NotMaster(f"the server named for master {self._master!r} is a replica")
+
+        def notAllowed(failure: Failure) -> None:
+            # ROLE is an @admin command: a restricted ACL user may not run
+            # it. Redis still refuses writes on a replica, and a READONLY
+            # reply drops the connection.
+            if "NOPERM" not in str(failure.value):
+                failure.raiseException()
+            log.info(
+                "sentinel master {master!r}: not allowed to check ROLE ({error}); "
+                "relying on READONLY replies",
+                master=self._master,
+                error=failure.getErrorMessage(),
+            )
+
+        d: Deferred[None] = protocol.execute_command("ROLE")
+        return d.addCallbacks(checked, notAllowed)
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) or type(error).__name__
