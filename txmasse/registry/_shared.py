@@ -24,7 +24,14 @@ from txmasse.registry._base import (
     validateTTL,
     validateUsage,
 )
-from txmasse.registry.interface import EventKind, ILease, ISubscription, LeaseStatus, PeerEvent
+from txmasse.registry.interface import (
+    USAGE_KINDS,
+    EventKind,
+    ILease,
+    ISubscription,
+    LeaseStatus,
+    PeerEvent,
+)
 
 log = Logger()
 
@@ -227,6 +234,30 @@ class SharedStoreRegistry:
             )
             return None
         return record
+
+    def _eventReceived(self, namespace: str, seq: int, kind: str, data: object) -> None:
+        """
+        A membership event read from the store: hand it to the watchers of
+        C{namespace}, or skip it with a warning if it is garbage.
+        """
+        try:
+            eventKind = EventKind(kind)
+            if eventKind in USAGE_KINDS:
+                raise ValueError("a usage kind where a membership event belongs")
+        except ValueError as e:
+            log.warn(
+                "registry {url}: skipping a bad event {seq} in namespace {ns}: {error}",
+                url=self.url,
+                seq=seq,
+                ns=namespace,
+                error=e,
+            )
+            return
+        record = self._stored(data, namespace)
+        if record is None:
+            return
+        for subscription in list(self._watchers.get(namespace, ())):
+            subscription.received(seq, eventKind, record)
 
     def _usageReceived(self, namespace: str, kind: str, source: str, data: object) -> None:
         """

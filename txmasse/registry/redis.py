@@ -437,22 +437,16 @@ class RedisRegistry(SharedStoreRegistry):
             if len(usage) == 4:
                 self._usageReceived(namespace, _text(usage[1]), _text(usage[2]), usage[3])
             return
-        try:
-            seqText, kindText, data = message.split(b" ", 2)
-            seq, kind = int(seqText), EventKind(kindText.decode("ascii"))
-            record = PeerRecord.fromJSON(data)
-            if record.namespace != namespace:
-                raise ValueError(f"record of namespace {record.namespace!r}")
-        except (ValueError, TypeError, UnicodeDecodeError) as e:
+        seqText, _, rest = message.partition(b" ")
+        kindText, _, data = rest.partition(b" ")
+        if not seqText.isdigit():
             log.warn(
-                "registry {url}: skipping a bad event in namespace {ns}: {error}",
+                "registry {url}: skipping an unnumbered event in namespace {ns}",
                 url=self.url,
                 ns=namespace,
-                error=e,
             )
             return
-        for subscription in list(self._watchers.get(namespace, ())):
-            subscription.received(seq, kind, record)
+        self._eventReceived(namespace, int(seqText), _text(kindText), data)
 
 
 def _evalsha(protocol: Any, script: scripts.Script, args: Sequence[object]) -> Deferred[Any]:

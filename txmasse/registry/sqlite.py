@@ -738,29 +738,13 @@ class SQLiteRegistry(SharedStoreRegistry):
 
     def _dispatch(self, events: list[_Event], gap: bool) -> None:
         for seq, namespace, kind, data in events:
-            subscriptions = self._watchers.get(namespace)
-            if not subscriptions:
+            if namespace not in self._watchers:
                 continue
             if kind in USAGE_KINDS:
                 source, _, recordData = str(data).partition(" ")
                 self._usageReceived(namespace, kind, source, recordData)
                 continue
-            try:
-                eventKind = EventKind(kind)
-                record = PeerRecord.fromJSON(data)
-                if record.namespace != namespace:
-                    raise ValueError(f"record of namespace {record.namespace!r}")
-            except (ValueError, TypeError) as e:
-                log.warn(
-                    "registry {url}: skipping bad event {seq} in namespace {ns}: {error}",
-                    url=self.url,
-                    seq=seq,
-                    ns=namespace,
-                    error=e,
-                )
-                continue
-            for subscription in list(subscriptions):
-                subscription.received(seq, eventKind, record)
+            self._eventReceived(namespace, seq, kind, data)
         if gap:
             log.info("registry {url}: events were pruned before we read them", url=self.url)
             for subscriptions in list(self._watchers.values()):
