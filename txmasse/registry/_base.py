@@ -63,6 +63,14 @@ def validateUsage(event: object) -> PeerEvent:
     return event
 
 
+def validateSearch(namespace: object, pattern: object) -> Glob:
+    """
+    Check a namespace and a name pattern; return the pattern compiled.
+    """
+    validateName(namespace, "namespace")
+    return Glob(pattern)  # type: ignore[arg-type]
+
+
 def validateQuery(namespace: object, name: object) -> None:
     validateName(namespace, "namespace")
     validateName(name, "name")

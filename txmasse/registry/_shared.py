@@ -15,12 +15,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txmasse.errors import RegistryUnavailable
-from txmasse.records import Glob, PeerRecord, validateName
+from txmasse.records import Glob, PeerRecord
 from txmasse.registry._base import (
     Lease,
     Snapshot,
     Subscription,
     validateQuery,
+    validateSearch,
     validateTTL,
     validateUsage,
 )
@@ -134,16 +135,14 @@ class SharedStoreRegistry:
 
     def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
         try:
-            validateName(namespace, "namespace")
-            glob = Glob(pattern)
+            glob = validateSearch(namespace, pattern)
         except ValueError:
             return fail()
         return self._fetchFind(namespace, glob)
 
     def leases(self, namespace: str, pattern: str) -> Deferred[list[LeaseStatus]]:
         try:
-            validateName(namespace, "namespace")
-            glob = Glob(pattern)
+            glob = validateSearch(namespace, pattern)
         except ValueError:
             return fail()
         return self._fetchLeases(namespace, glob)
@@ -163,9 +162,14 @@ class SharedStoreRegistry:
         usage: bool = False,
     ) -> Deferred[ISubscription]:
         try:
-            validateName(namespace, "namespace")
             subscription = Subscription(
-                self, namespace, Glob(pattern), callback, self._clock, self._grace, usage=usage
+                self,
+                namespace,
+                validateSearch(namespace, pattern),
+                callback,
+                self._clock,
+                self._grace,
+                usage=usage,
             )
         except ValueError:
             return fail()

@@ -16,12 +16,13 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
-from txmasse.records import Glob, PeerRecord, validateName
+from txmasse.records import Glob, PeerRecord
 from txmasse.registry._base import (
     Lease,
     Snapshot,
     Subscription,
     validateQuery,
+    validateSearch,
     validateTTL,
     validateUsage,
 )
@@ -81,16 +82,14 @@ class MemoryRegistry:
 
     def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
         try:
-            validateName(namespace, "namespace")
-            glob = Glob(pattern)
+            glob = validateSearch(namespace, pattern)
         except ValueError:
             return fail()
         return succeed(list(self._matching(namespace, glob)))
 
     def leases(self, namespace: str, pattern: str) -> Deferred[list[LeaseStatus]]:
         try:
-            validateName(namespace, "namespace")
-            glob = Glob(pattern)
+            glob = validateSearch(namespace, pattern)
         except ValueError:
             return fail()
         return succeed(self._statuses(namespace, glob))
@@ -103,9 +102,13 @@ class MemoryRegistry:
         usage: bool = False,
     ) -> Deferred[ISubscription]:
         try:
-            validateName(namespace, "namespace")
             subscription = Subscription(
-                self, namespace, Glob(pattern), callback, self._clock, usage=usage
+                self,
+                namespace,
+                validateSearch(namespace, pattern),
+                callback,
+                self._clock,
+                usage=usage,
             )
         except ValueError:
             return fail()
