@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -21,8 +22,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord, validateName
-from txmasse.registry.interface import USAGE_KINDS, EventKind, ILease, ISubscription, PeerEvent
+from txmasse.registry.interface import (
+    USAGE_KINDS,
+    EventKind,
+    ILease,
+    ISubscription,
+    PeerEvent,
+    StaleRecords,
+)
 
 MIN_TTL = 0.1
 MAX_TTL = 24 * 60 * 60
@@ -71,9 +80,60 @@ def validateSearch(namespace: object, pattern: object) -> Glob:
     return Glob(pattern)  # type: ignore[arg-type]
 
 
-def validateQuery(namespace: object, name: object) -> None:
+def validateQuery(namespace: object, name: object, stale: object = None) -> None:
     validateName(namespace, "namespace")
     validateName(name, "name")
+    if stale is not None and (
+        isinstance(stale, bool)
+        or not isinstance(stale, int | float)
+        or not math.isfinite(stale)
+        or stale < 0
+    ):
+        raise ValueError(f"invalid stale={stale!r}: must be a number of seconds, 0 or more")
+
+
+class LastAnswers:
+    """
+    The last answer to each recent lookup, so that C{lookup(stale=...)} can
+    fall back on it while the registry is unreachable.
+    """
+
+    def __init__(self, clock: IReactorTime, size: int = 1024):
+        self._clock = clock
+        self._size = size
+        self._answers: OrderedDict[tuple[str, str], tuple[float, list[PeerRecord]]] = (
+            OrderedDict()
+        )
+
+    def remember(self, records: list[PeerRecord], key: tuple[str, str]) -> list[PeerRecord]:
+        self._answers[key] = (self._clock.seconds(), records)
+        self._answers.move_to_end(key)
+        if len(self._answers) > self._size:
+            self._answers.popitem(last=False)
+        return records
+
+    def fallBack(
+        self, failure: Failure, key: tuple[str, str], stale: float
+    ) -> StaleRecords | Failure:
+        """
+        The last answer for C{key} if the lookup failed for want of the
+        registry and that answer is at most C{stale} seconds old.
+        """
+        if not failure.check(RegistryUnavailable) or key not in self._answers:
+            return failure
+        at, records = self._answers[key]
+        age = self._clock.seconds() - at
+        if age > stale:
+            return failure
+        reason = failure.getErrorMessage()
+        log.warn(
+            "lookup of {name!r} in namespace {ns!r} answered from a view {age:.1f}s old: {reason}",
+            name=key[1],
+            ns=key[0],
+            age=age,
+            reason=reason,
+        )
+        return StaleRecords(records, age, reason)
 
 
 @attrs.frozen
@@ -251,6 +311,7 @@ class Subscription:
         self._generation = 0
         self._initial = True
         self._stopped = False
+        self._connected = True
         self._pendingResync: IDelayedCall | None = None
 
     def __repr__(self) -> str:
@@ -259,6 +320,23 @@ class Subscription:
     @property
     def peers(self) -> list[PeerRecord]:
         return list(self._view.values())
+
+    @property
+    def synced(self) -> bool:
+        return self._connected and self._buffer is None and not self._stopped
+
+    def interrupted(self) -> None:
+        """
+        The store's notifications stopped reaching us: the view may miss
+        changes until the next L{resync}, or L{resumed} if none were lost.
+        """
+        self._connected = False
+
+    def resumed(self) -> None:
+        """
+        Notifications reach us again and none were lost on the way.
+        """
+        self._connected = True
 
     def stop(self) -> None:
         if self._stopped:
@@ -296,6 +374,7 @@ class Subscription:
         self._cancelPendingResync()
         self._generation += 1
         generation = self._generation
+        self._connected = True
         self._buffer = []
         return Deferred.fromCoroutine(self._catchUp(generation))
 

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry._base import (
+    LastAnswers,
     Lease,
     Snapshot,
     Subscription,
@@ -59,6 +60,7 @@ class SharedStoreRegistry:
         self._leaseNamespaces: Counter[str] = Counter()
         self._watchers: dict[str, set[Subscription]] = {}
         self._sweeps: dict[str, IDelayedCall | None] = {}
+        self._lastAnswers = LastAnswers(clock)
 
     # What a backend provides
 
@@ -126,12 +128,18 @@ class SharedStoreRegistry:
 
         return self._put(record, ttl).addCallback(registered)
 
-    def lookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
+    def lookup(
+        self, namespace: str, name: str, stale: float | None = None
+    ) -> Deferred[list[PeerRecord]]:
         try:
-            validateQuery(namespace, name)
+            validateQuery(namespace, name, stale)
         except ValueError:
             return fail()
-        return self._fetchLookup(namespace, name)
+        key = (namespace, name)
+        d = self._fetchLookup(namespace, name).addCallback(self._lastAnswers.remember, key)
+        if stale is not None:
+            d.addErrback(self._lastAnswers.fallBack, key, stale)
+        return d
 
     def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
         try:
@@ -278,6 +286,17 @@ class SharedStoreRegistry:
             return
         for subscription in list(self._watchers.get(namespace, ())):
             subscription.receivedUsage(event)
+
+    def _subscriptions(self) -> list[Subscription]:
+        return [s for subscriptions in self._watchers.values() for s in subscriptions]
+
+    def _eventsInterrupted(self) -> None:
+        """
+        Events may be missed from now on: no watcher's view is current
+        until it has caught up again.
+        """
+        for subscription in self._subscriptions():
+            subscription.interrupted()
 
     # Leases and subscriptions
 

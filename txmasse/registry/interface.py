@@ -56,6 +56,22 @@ class LeaseStatus:
     expiresIn: float
 
 
+class StaleRecords(list[PeerRecord]):
+    """
+    What C{lookup(..., stale=...)} fires with when the registry cannot
+    answer: the last answer it gave, C{age} seconds old, and why it is not
+    a fresh one.
+    """
+
+    def __init__(self, records: Sequence[PeerRecord], age: float, reason: str):
+        super().__init__(records)
+        self.age = age
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<StaleRecords age={self.age:.3f}s {list.__repr__(self)}>"
+
+
 class ILease(Interface):
     """
     A registration kept alive by heartbeats until released.
@@ -95,6 +111,10 @@ class ISubscription(Interface):
     peers: Sequence[PeerRecord] = Attribute(
         "The matching live instances as this watcher knows them now."
     )
+    synced: bool = Attribute(
+        "Whether C{peers} is known to be current: false from a lost connection "
+        "to the registry until the watcher has caught up again, and once stopped."
+    )
 
     def stop() -> None:
         """
@@ -120,9 +140,16 @@ class IRegistry(Interface):
         last heartbeat; the lease heartbeats by itself about every C{ttl}/3.
         """
 
-    def lookup(namespace: str, name: str) -> Deferred[list[PeerRecord]]:
+    def lookup(
+        namespace: str, name: str, stale: float | None = None
+    ) -> Deferred[list[PeerRecord]]:
         """
         Every live instance registered under C{name}.
+
+        @param stale: if the registry cannot answer, fire with the last
+            answer it gave for this name, if no older than C{stale} seconds,
+            as L{StaleRecords} (which says how old it is); by default a
+            lookup fails fast with L{txmasse.errors.RegistryUnavailable}.
         """
 
     def find(namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:

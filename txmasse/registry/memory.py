@@ -71,9 +71,14 @@ class MemoryRegistry:
         self._put(record, ttl)
         return succeed(lease)
 
-    def lookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
+    def lookup(
+        self, namespace: str, name: str, stale: float | None = None
+    ) -> Deferred[list[PeerRecord]]:
+        """
+        Never stale: this registry always answers.
+        """
         try:
-            validateQuery(namespace, name)
+            validateQuery(namespace, name, stale)
         except ValueError:
             return fail()
         self._expire()

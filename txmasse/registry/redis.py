@@ -169,6 +169,11 @@ class _Subscriber(_ReadyMixin, txredisapi.SubscriberProtocol):  # type: ignore[m
     def messageReceived(self, pattern: object, channel: bytes, message: bytes) -> None:
         self.factory.registry._received(channel, message)  # type: ignore[attr-defined]
 
+    def connectionLost(self, reason: Failure) -> None:
+        if self.ready:
+            self.factory.registry._eventsInterrupted()  # type: ignore[attr-defined]
+        super().connectionLost(reason)
+
 
 @implementer(IStreamClientEndpoint)
 class _RecordingEndpoint:
@@ -423,10 +428,9 @@ class RedisRegistry(SharedStoreRegistry):
         async def prepare() -> None:
             for namespace in list(self._watchers):
                 await _subscribe(protocol, _prefix(namespace) + "events")
-            for subscriptions in list(self._watchers.values()):
-                for subscription in list(subscriptions):
-                    if not subscription._initial:
-                        subscription.resync()
+            for subscription in self._subscriptions():
+                if not subscription._initial:
+                    subscription.resync()
 
         return Deferred.fromCoroutine(prepare())
 

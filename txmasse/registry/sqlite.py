@@ -747,10 +747,9 @@ class SQLiteRegistry(SharedStoreRegistry):
             self._eventReceived(namespace, seq, kind, data)
         if gap:
             log.info("registry {url}: events were pruned before we read them", url=self.url)
-            for subscriptions in list(self._watchers.values()):
-                for subscription in list(subscriptions):
-                    if not subscription._initial:
-                        subscription.resync()
+            for subscription in self._subscriptions():
+                if not subscription._initial:
+                    subscription.resync()
 
     def _schedulePoll(self, now: bool = False) -> None:
         if self.closed or not self._watchers:
@@ -776,6 +775,8 @@ class SQLiteRegistry(SharedStoreRegistry):
     def _polled(self, _: object) -> None:
         if self._pollFailing:
             log.info("registry {url}: reading events works again", url=self.url)
+            for subscription in self._subscriptions():
+                subscription.resumed()
         self._pollFailing = False
         self._pollDone()
 
@@ -786,6 +787,7 @@ class SQLiteRegistry(SharedStoreRegistry):
                 url=self.url,
                 error=failure.getErrorMessage(),
             )
+            self._eventsInterrupted()
         self._pollFailing = True
         self._pollDone()
 
