@@ -13,6 +13,7 @@ from txmasse.registry import (
     ISubscription,
     MemoryRegistry,
     PeerEvent,
+    StaleRecords,
     defaultNamespace,
     registryFromURL,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "PeerRecord",
     "RegistryService",
     "RegistryUnavailable",
+    "StaleRecords",
     "defaultNamespace",
     "registryFromURL",
     "validateName",

@@ -9,6 +9,7 @@ from txmasse.registry.interface import (
     ISubscription,
     LeaseStatus,
     PeerEvent,
+    StaleRecords,
 )
 from txmasse.registry.memory import MemoryRegistry
 from txmasse.registry.sqlite import SQLiteRegistry
@@ -28,6 +29,7 @@ __all__ = [
     "MemoryRegistry",
     "PeerEvent",
     "SQLiteRegistry",
+    "StaleRecords",
     "defaultNamespace",
     "defaultRegistryURL",
     "parseRegistryURL",
