@@ -16,6 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, ServerFactory
 
+from tests.certs import Authority
 from tests.conftest import RedisServer, _encode, eventually, newRegistry, sleep
 from tests.endpoint_helpers import portNumber
 from tests.test_contract import Events, record
@@ -31,19 +32,27 @@ class Sentinel(RedisServer):
     of its own (sentinels rewrite it).
     """
 
-    def __init__(self, directory: Path, master: RedisServer):
+    def __init__(
+        self,
+        directory: Path,
+        master: RedisServer,
+        quorum: int = 2,
+        password: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+    ):
         directory.mkdir()
-        super().__init__(directory)
+        super().__init__(directory, password=password, tls=tls)
         self.config = directory / "sentinel.conf"
         self.config.write_text(
-            f"sentinel monitor {MASTER} 127.0.0.1 {master.port} 2\n"
+            f"sentinel monitor {MASTER} 127.0.0.1 {master.port} {quorum}\n"
             f"sentinel down-after-milliseconds {MASTER} 1000\n"
             f"sentinel failover-timeout {MASTER} 5000\n"
             f"sentinel parallel-syncs {MASTER} 1\n"
         )
 
     def _portArgs(self) -> tuple[str, ...]:
-        return (str(self.config), "--sentinel", "--port", str(self.port))
+        tls = ("--tls-replication", "yes") if self.tls else ()
+        return (str(self.config), "--sentinel", *super()._portArgs(), *tls)
 
     def master(self, field: str) -> str:
         reply = self.command("SENTINEL", "master", MASTER)
@@ -244,3 +253,44 @@ async def test_user_not_allowed_role(tmp_path: Path, fakeSentinel: FakeSentinel)
 def test_endpoint_repr() -> None:
     endpoint = SentinelEndpoint(reactor, [("h", 1), ("::1", 2)], MASTER)
     assert repr(endpoint) == "<SentinelEndpoint m via h:1,::1:2>"
+
+
+@pytest_twisted.ensureDeferred
+async def test_sentinels_with_a_password_over_tls(tmp_path: Path) -> None:
+    """
+    rediss+sentinel: verified TLS to the sentinel and to the master, and
+    the sentinel's own password from sentinel_password=.
+    """
+    authority = Authority.create(tmp_path)
+    certificate = (*authority.issue("127.0.0.1"), authority.caPath)
+    (tmp_path / "master").mkdir()
+    master = RedisServer(tmp_path / "master", tls=certificate)
+    master.start()
+    sentinel = Sentinel(tmp_path / "sentinel", master, quorum=1, password="s3cret", tls=certificate)
+    sentinel.start()
+    where = f"127.0.0.1:{sentinel.port}/{MASTER}/0"
+    ca = f"ca={authority.caPath}"
+    good = newRegistry(f"rediss+sentinel://{where}?sentinel_password=s3cret&{ca}")
+    wrong = newRegistry(f"rediss+sentinel://{where}?sentinel_password=nope&{ca}&timeout=1")
+    stranger = Authority.create(tmp_path, name="stranger CA")
+    untrusted = newRegistry(
+        f"rediss+sentinel://{where}?sentinel_password=s3cret&ca={stranger.caPath}&timeout=1"
+    )
+    try:
+        lease = await good.register(record("db"), 10)
+        assert await good.lookup("dev", "db") == [lease.record]
+        assert master.command("HLEN", "masse:{dev}:n:db") == 1
+        assert "s3cret" not in good.url and "sentinel_password=***" in good.url
+
+        with pytest.raises(RegistryUnavailable) as caught:
+            await wrong.lookup("dev", "db")
+        assert "WRONGPASS" in str(caught.value) or "invalid password" in str(caught.value)
+        assert "nope" not in str(caught.value)
+
+        with pytest.raises(RegistryUnavailable, match="certificate verify failed"):
+            await untrusted.lookup("dev", "db")
+    finally:
+        for registry in (good, wrong, untrusted):
+            await registry.close()
+        sentinel.stop()
+        master.stop()

@@ -39,6 +39,17 @@ from txmasse.registry.url import defaultNamespace, defaultRegistryURL, parseRegi
             "redis+sentinel://u:secret@s1:26379/m",
             {"username": "u", "password": "secret", "master": "m", "db": None},
         ),
+        (
+            "rediss+sentinel://s1/m?ca=/ca.pem&sentinel_username=sam&sentinel_password=secret",
+            {
+                "scheme": "rediss+sentinel",
+                "ca": "/ca.pem",
+                "sentinelUsername": "sam",
+                "sentinelPassword": "secret",
+                "display": "rediss+sentinel://s1/m?ca=/ca.pem&sentinel_username=sam"
+                "&sentinel_password=***",
+            },
+        ),
         ("memory://", {"scheme": "memory"}),
         ("sqlite:///var/lib/masse.db", {"scheme": "sqlite", "path": "/var/lib/masse.db"}),
         ("sqlite:run/masse.db", {"path": "run/masse.db", "poll": None}),
@@ -83,6 +94,8 @@ def test_good_urls(url: str, fields: dict[str, object]) -> None:
         ("redis+sentinel://s1/m?ca=/x", "option 'ca'"),
         ("redis+sentinel://u:secret@s1:x/m", "sentinel port"),
         ("rediss://h?cert=/a", "cert and key"),
+        ("rediss+sentinel://s1/m?key=/a", "cert and key"),
+        ("redis://h?sentinel_password=secret", "option 'sentinel_password'"),
         ("redis://h\n", "printable"),
         ("sqlite://relative/masse.db", "a host"),
         ("sqlite://u:secret@h/x.db", "a host"),
@@ -107,6 +120,9 @@ def test_password_hidden_in_errors() -> None:
         parseRegistryURL("redis://bob:hunter2@h/notadb")
     assert "hunter2" not in str(caught.value)
     assert "bob:***@h" in str(caught.value)
+    with pytest.raises(ValueError) as caught:
+        parseRegistryURL("redis+sentinel://s1/m?sentinel_password=hunter2&x=1")
+    assert "hunter2" not in str(caught.value)
 
 
 def test_defaults_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

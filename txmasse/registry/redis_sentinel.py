@@ -10,12 +10,16 @@ connection checks C{ROLE} and refuses a replica, and the service tries again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -76,21 +80,26 @@ def _parse(data: bytes, start: int = 0) -> tuple[Any, int]:
 
 class _Question(Protocol):
     """
-    Send one command, read one reply, hang up.
+    Send a few commands at once, read their replies, hang up: the answer is
+    the first error among them, else the last reply.
     """
 
-    def __init__(self, command: bytes):
-        self.command = command
+    def __init__(self, *commands: bytes):
+        self.commands = commands
         self.buffer = b""
         self.answer: Deferred[Any] = Deferred()
 
     def connectionMade(self) -> None:
-        self.transport.write(self.command)  # type: ignore[union-attr]
+        self.transport.write(b"".join(self.commands))  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
+        replies: list[Any] = []
+        start = 0
         try:
-            reply, _ = _parse(self.buffer)
+            while len(replies) < len(self.commands):
+                reply, start = _parse(self.buffer, start)
+                replies.append(reply)
         except _Incomplete:
             if len(self.buffer) > MAX_REPLY:
                 self._done(Failure(ValueError("reply too long")))
@@ -98,7 +107,8 @@ class _Question(Protocol):
         except ValueError as e:
             self._done(Failure(e))
             return
-        self._done(reply)
+        errors = [reply for reply in replies if isinstance(reply, Exception)]
+        self._done(errors[0] if errors else replies[-1])
 
     def _done(self, result: object) -> None:
         self.transport.loseConnection()  # type: ignore[union-attr]
@@ -128,6 +138,11 @@ class SentinelEndpoint:
         one knows the master.
     @param timeout: deadline for each sentinel's answer and for the
         connection to the master, in seconds.
+    @param username: the sentinels' own ACL user, if any.
+    @param password: the sentinels' own password (C{requirepass}), if any;
+        the master's comes with the registry's connection.
+    @param tls: if given, speak TLS to the sentinels and the master, with
+        the client options it makes for the host reached.
     """
 
     def __init__(
@@ -136,11 +151,18 @@ class SentinelEndpoint:
         sentinels: Sequence[tuple[str, int]],
         master: str,
         timeout: float = 2.0,
+        username: str | None = None,
+        password: str | None = None,
+        tls: Callable[[str], IOpenSSLClientConnectionCreator] | None = None,
     ):
         self._reactor = reactor
         self._sentinels = list(sentinels)
         self._master = master
         self._timeout = timeout
+        self._auth: tuple[bytes, ...] = ()
+        if password is not None:
+            self._auth = (_command("AUTH", *((username,) if username else ()), password),)
+        self._tls = tls
 
     def __repr__(self) -> str:
         where = ",".join(f"{host}:{port}" for host, port in self._sentinels)
@@ -151,8 +173,13 @@ class SentinelEndpoint:
 
     async def _connect(self, protocolFactory: Any) -> Any:
         host, port = await self.masterAddress()
+        return await self._endpoint(host, port).connect(protocolFactory)
+
+    def _endpoint(self, host: str, port: int) -> IStreamClientEndpoint:
         endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
-        return await endpoint.connect(protocolFactory)
+        if self._tls is None:
+            return endpoint
+        return wrapClientTLS(self._tls(host), endpoint)
 
     async def masterAddress(self) -> tuple[str, int]:
         """
@@ -181,10 +208,10 @@ class SentinelEndpoint:
 
     async def _ask(self, host: str, port: int) -> Any:
         question = _Question(
-            _command("SENTINEL", "get-master-addr-by-name", self._master),
+            *self._auth, _command("SENTINEL", "get-master-addr-by-name", self._master)
         )
-        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
-        d = connectProtocol(endpoint, question).addCallback(lambda _: question.answer)
+        d = connectProtocol(self._endpoint(host, port), question)
+        d.addCallback(lambda _: question.answer)
         d.addTimeout(self._timeout, self._reactor)
         try:
             return await d

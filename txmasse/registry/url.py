@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -23,12 +24,24 @@ DEFAULT_TIMEOUT = 2.0
 DEFAULT_SENTINEL_PORT = 26379
 _MASTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
 
-_SCHEMES = ("redis", "rediss", "redis+unix", "redis+sentinel", "sqlite", "memory")
+_SCHEMES = (
+    "redis",
+    "rediss",
+    "redis+unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "sqlite",
+    "memory",
+)
+_SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+_TLS_OPTIONS = {"ca", "cert", "key"}
+_SENTINEL_OPTIONS = {"sentinel_username", "sentinel_password"}
 _QUERY = {
     "redis": {"timeout"},
-    "rediss": {"timeout", "ca", "cert", "key"},
+    "rediss": {"timeout", *_TLS_OPTIONS},
     "redis+unix": {"timeout", "db"},
-    "redis+sentinel": {"timeout"},
+    "redis+sentinel": {"timeout", *_SENTINEL_OPTIONS},
+    "rediss+sentinel": {"timeout", *_TLS_OPTIONS, *_SENTINEL_OPTIONS},
     "sqlite": {"timeout", "poll"},
     "memory": set(),
 }
@@ -75,25 +88,30 @@ class RegistryURL:
     poll: float | None = None
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str = ""
+    sentinelUsername: str | None = attrs.field(default=None, repr=False)
+    sentinelPassword: str | None = attrs.field(default=None, repr=False)
 
 
 def _bad(url: str, part: str, why: str) -> ValueError:
     return ValueError(f"invalid registry URL {_redact(url)!r}: {part} {why}")
 
 
+_QUERY_PASSWORD = re.compile(r"(?<=[?&]sentinel_password=)[^&#]*")
+
+
 def _redact(url: str) -> str:
     """
-    The URL without its password, even when it does not parse.
+    The URL without its passwords, even when it does not parse.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return url[:200]
+        return _QUERY_PASSWORD.sub("***", url)[:200]
     authority, slash, tail = rest.partition("/")
     if "@" in authority:
         credentials, _, host = authority.rpartition("@")
         user = credentials.split(":", 1)[0]
         authority = f"{user}:***@{host}" if ":" in credentials else f"***@{host}"
-    return f"{scheme}://{authority}{slash}{tail}"[:200]
+    return _QUERY_PASSWORD.sub("***", f"{scheme}://{authority}{slash}{tail}")[:200]
 
 
 def parseRegistryURL(url: object) -> RegistryURL:
@@ -109,7 +127,7 @@ def parseRegistryURL(url: object) -> RegistryURL:
     try:
         parts = urlsplit(url)
         # A sentinel URL lists several host:port pairs, which urlsplit cannot read.
-        port = None if parts.scheme.lower() == "redis+sentinel" else parts.port
+        port = None if parts.scheme.lower() in _SENTINEL_SCHEMES else parts.port
     except ValueError as e:
         raise _bad(url, "the address", f"does not parse: {e}") from None
     scheme = parts.scheme.lower()
@@ -138,16 +156,17 @@ def parseRegistryURL(url: object) -> RegistryURL:
             raise _bad(url, "the socket path", "is missing (redis+unix:///path/to/redis.sock)")
         db = _db(url, query.get("db"))
         return RegistryURL(scheme, display, path=unquote(parts.path), db=db, **options)
-    if scheme == "redis+sentinel":
-        return _sentinel(url, parts.netloc.rpartition("@")[2], parts.path, options)
+    for key in _TLS_OPTIONS & set(query):
+        options[key] = query[key]
+    if ("cert" in options) != ("key" in options):
+        raise _bad(url, "options cert and key", "go together")
+    if scheme in _SENTINEL_SCHEMES:
+        options["sentinelUsername"] = query.get("sentinel_username") or None
+        options["sentinelPassword"] = query.get("sentinel_password")
+        return _sentinel(url, scheme, parts.netloc.rpartition("@")[2], parts.path, options)
     if not parts.hostname:
         raise _bad(url, "the host", "is missing")
     db = _db(url, parts.path.lstrip("/") or None)
-    for key in ("ca", "cert", "key"):
-        if key in query:
-            options[key] = query[key]
-    if ("cert" in options) != ("key" in options):
-        raise _bad(url, "options cert and key", "go together")
     return RegistryURL(
         scheme,
         display,
@@ -184,10 +203,13 @@ def _sqlite(url: str, netloc: str, path: str, query: dict[str, str], timeout: fl
     return RegistryURL("sqlite", _redact(url), path=path, timeout=timeout, poll=poll)
 
 
-def _sentinel(url: str, hosts: str, path: str, options: dict[str, Any]) -> RegistryURL:
+def _sentinel(
+    url: str, scheme: str, hosts: str, path: str, options: dict[str, Any]
+) -> RegistryURL:
     """
     C{redis+sentinel://[user:password@]host:port[,host:port...]/MASTER[/db]}:
-    the sentinels to ask, in order, where master C{MASTER} is now.
+    the sentinels to ask, in order, where master C{MASTER} is now; with
+    C{rediss+sentinel}, over verified TLS to the sentinels and the master.
     """
     sentinels = []
     for address in hosts.split(","):
@@ -200,7 +222,7 @@ def _sentinel(url: str, hosts: str, path: str, options: dict[str, Any]) -> Regis
     if not _MASTER_NAME.fullmatch(name):
         raise _bad(url, f"master name {name!r}", "must be letters, digits, '.', '_' or '-'")
     return RegistryURL(
-        "redis+sentinel",
+        scheme,
         _redact(url),
         sentinels=tuple(sentinels),
         master=name,
@@ -301,20 +323,29 @@ def _endpoint(reactor: Any, parsed: RegistryURL) -> Any:
 
     if parsed.scheme == "redis+unix":
         return endpoints.UNIXClientEndpoint(reactor, parsed.path, timeout=parsed.timeout)
-    if parsed.scheme == "redis+sentinel":
+    if parsed.scheme in _SENTINEL_SCHEMES:
         from txmasse.registry.redis_sentinel import SentinelEndpoint
 
-        return SentinelEndpoint(reactor, parsed.sentinels, parsed.master, timeout=parsed.timeout)
+        return SentinelEndpoint(
+            reactor,
+            parsed.sentinels,
+            parsed.master,
+            timeout=parsed.timeout,
+            username=parsed.sentinelUsername,
+            password=parsed.sentinelPassword,
+            tls=_tlsOptions(parsed) if parsed.scheme == "rediss+sentinel" else None,
+        )
     tcp = endpoints.HostnameEndpoint(reactor, parsed.host, parsed.port, timeout=parsed.timeout)
     if parsed.scheme == "redis":
         return tcp
-    return endpoints.wrapClientTLS(_tlsOptions(parsed), tcp)
+    return endpoints.wrapClientTLS(_tlsOptions(parsed)(parsed.host), tcp)
 
 
-def _tlsOptions(parsed: RegistryURL) -> Any:
+def _tlsOptions(parsed: RegistryURL) -> Callable[[str], Any]:
     """
     Verified TLS: the server's certificate must chain to C{ca} (else the
-    system's trust roots) and name the host.
+    system's trust roots) and name the host it is reached by. Files are read
+    once, here; the result makes the options for one host.
     """
     from twisted.internet import ssl
 
@@ -333,6 +364,9 @@ def _tlsOptions(parsed: RegistryURL) -> Any:
         clientCertificate = ssl.PrivateCertificate.loadPEM(
             read(parsed.cert, "cert") + b"\n" + read(parsed.key, "key")
         )
-    return ssl.optionsForClientTLS(
-        parsed.host, trustRoot=trustRoot, clientCertificate=clientCertificate
-    )
+    def forHost(host: str) -> Any:
+        return ssl.optionsForClientTLS(
+            host, trustRoot=trustRoot, clientCertificate=clientCertificate
+        )
+
+    return forHost
