@@ -26,6 +26,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -101,6 +102,12 @@ class _Factory(Factory):
         self.lastError = message
 
 
+class _LostAlready(ConnectionError):
+    """
+    The service handed out a connection whose loss it has not yet heard of.
+    """
+
+
 class _ReadyMixin:
     """
     A connection that serves calls only once it is prepared.
@@ -115,7 +122,7 @@ class _ReadyMixin:
     transport: Any
 
     def connectionMade(self) -> Any:
-        self.ready = False
+        self.ready = self.lost = False
         self._readyWaiters: list[Deferred[Any]] = []
         result = super().connectionMade()  # type: ignore[misc]
         prepared, check = self.whenConnected(), self.factory.check
@@ -131,6 +138,8 @@ class _ReadyMixin:
     def whenReady(self) -> Deferred[Any]:
         if self.ready:
             return succeed(self)
+        if self.lost:  # the service has not heard yet
+            return fail(_LostAlready("connection lost"))
         d: Deferred[Any] = Deferred()
         self._readyWaiters.append(d)
         return d
@@ -149,7 +158,7 @@ class _ReadyMixin:
     def connectionLost(self, reason: Failure) -> None:
         if not self.ready and self.factory.lastError is None:
             self.factory.lastError = reason.getErrorMessage()
-        self.ready = False
+        self.ready, self.lost = False, True
         waiters, self._readyWaiters = self._readyWaiters, []
         error = ConnectionError(self.factory.lastError or "connection lost")
         for d in waiters:
@@ -280,10 +289,35 @@ class RedisRegistry(SharedStoreRegistry):
     def _eval(self, what: str, script: scripts.Script, *args: object) -> Deferred[Any]:
         if self.closed:
             return fail(RegistryUnavailable(f"registry {self.url} is closed"))
-        d = self._ready(self._commands)
-        d.addCallback(_evalsha, script, args)
+        d = Deferred.fromCoroutine(self._evalAgainIfLost(script, args))
         d.addTimeout(self._timeout, self._reactor)
         return d.addErrback(self._unavailable, what)
+
+    async def _evalAgainIfLost(self, script: scripts.Script, args: Sequence[object]) -> Any:
+        """
+        Run C{script} on the next ready connection. If the connection is lost
+        under it, or its server turns out to be a demoted master (READONLY),
+        run it again on the next one: every script is idempotent, and the
+        caller's deadline still bounds the whole.
+        """
+        while True:
+            try:
+                protocol = await self._ready(self._commands)
+                return await _evalsha(protocol, script, args)
+            except (_LostAlready, txredisapi.ConnectionError) as e:
+                error: Exception = e
+            except txredisapi.ResponseError as e:
+                if "READONLY" not in str(e):
+                    raise
+                error = e
+            if self.closed:
+                raise error
+            await deferLater(self._reactor, 0)  # let the service see the loss first
+            log.info(
+                "registry {url}: {error}; running the call again on a new connection",
+                url=self.url,
+                error=error,
+            )
 
     # SharedStoreRegistry
 
