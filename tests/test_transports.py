@@ -81,6 +81,29 @@ async def test_tls_refuses_a_certificate_for_another_host(tmp_path: Path) -> Non
         server.stop()
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+@pytest_twisted.ensureDeferred
+async def test_tls_refuses_a_certificate_without_subject_alt_name(
+    tmp_path: Path, host: str
+) -> None:
+    """
+    service-identity only logs this case and lets the connection through.
+    """
+    authority = Authority.create(tmp_path)
+    cert, key = authority.issue(host, sans=[])
+    server = RedisServer(tmp_path, tls=(cert, key, authority.caPath))
+    server.start()
+    registry = newRegistry(f"rediss://{host}:{server.port}/0?ca={authority.caPath}&timeout=1")
+    try:
+        with pytest.raises(RegistryUnavailable) as caught:
+            await registry.lookup("dev", "db")
+        assert "subjectAltName" in str(caught.value)
+        assert server.commandCalls().get("evalsha", 0) == 0
+    finally:
+        await registry.close()
+        server.stop()
+
+
 def test_unreadable_ca_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot read ca"):
         newRegistry(f"rediss://127.0.0.1:1/0?ca={tmp_path}/missing.pem")

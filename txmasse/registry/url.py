@@ -349,6 +349,8 @@ def _tlsOptions(parsed: RegistryURL) -> Callable[[str], Any]:
     """
     from twisted.internet import ssl
 
+    from txmasse.registry.tls import verifiedOptions
+
     def read(path: str, what: str) -> bytes:
         try:
             with open(path, "rb") as f:
@@ -365,8 +367,6 @@ def _tlsOptions(parsed: RegistryURL) -> Callable[[str], Any]:
             read(parsed.cert, "cert") + b"\n" + read(parsed.key, "key")
         )
     def forHost(host: str) -> Any:
-        return ssl.optionsForClientTLS(
-            host, trustRoot=trustRoot, clientCertificate=clientCertificate
-        )
+        return verifiedOptions(host, trustRoot, clientCertificate)
 
     return forHost
