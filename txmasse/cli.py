@@ -33,6 +33,7 @@ from txmasse.registry import (
     defaultRegistryURL,
     registryFromURL,
 )
+from txmasse.registry.signed import SignedRegistry
 
 
 class UsageError(Exception):
@@ -59,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     ls = commands.add_parser("ls", help="list live instances")
     ls.add_argument("pattern", nargs="?", default="*", help="name glob (default *)")
     ls.add_argument("--json", action="store_true", help="one JSON object a line")
+    ls.add_argument(
+        "--all",
+        action="store_true",
+        help="also the records a signed namespace ignores, flagged, and how many",
+    )
 
     watch = commands.add_parser(
         "watch", help="print events (and streams clients report) until Ctrl-C"
@@ -126,27 +132,68 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 
 
 async def listPeers(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> None:
+    if args.all:
+        await listAll(registry, namespace, args, out)
+        return
     statuses: list[LeaseStatus] = await registry.leases(namespace, args.pattern)
-    statuses.sort(key=lambda s: (s.record.name, s.record.registered))
+    _printLeases([(status, None) for status in statuses], args, out)
+
+
+async def listAll(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> None:
+    """
+    C{masse ls --all}: every lease, each with why a signed namespace
+    ignores it (or C{ok}), then how many it ignores.
+    """
+    signed = isinstance(registry, SignedRegistry) and registry.signs(namespace)
+    if isinstance(registry, SignedRegistry):
+        checked = await registry.audit(namespace, args.pattern)
+    else:
+        checked = [(status, None) for status in await registry.leases(namespace, args.pattern)]
+    _printLeases(checked, args, out, status="ok" if signed else "unsigned")
+    if not args.json:
+        rejected = sum(problem is not None for _, problem in checked)
+        if signed:
+            print(f"rejected in namespace {namespace}: {rejected}", file=out)
+        else:
+            print(f"namespace {namespace} is not signed", file=out)
+
+
+def _printLeases(
+    checked: list[tuple[LeaseStatus, str | None]],
+    args: Any,
+    out: TextIO,
+    status: str | None = None,
+) -> None:
+    """
+    The table (or JSON lines) of C{masse ls}; with C{status}, a STATUS
+    column says which leases are rejected and why (C{status} for the rest).
+    """
+    checked = sorted(checked, key=lambda c: (c[0].record.name, c[0].record.registered))
     now = time.time()
     if args.json:
-        for status in statuses:
-            line = {**_recordJSON(status.record), "expiresIn": round(status.expiresIn, 3)}
+        for lease, problem in checked:
+            line = {**_recordJSON(lease.record), "expiresIn": round(lease.expiresIn, 3)}
+            if status is not None:
+                line["rejected"] = problem
             print(json.dumps(line, sort_keys=True), file=out)
         return
     rows = [["NAME", "INSTANCE", "ENDPOINTS", "AGE", "LEFT", "METADATA"]]
-    for status in statuses:
-        record = status.record
+    if status is not None:
+        rows[0].append("STATUS")
+    for lease, problem in checked:
+        record = lease.record
         rows.append(
             [
                 record.name,
                 record.instance[:12],
                 " ".join(record.endpoints),
                 _age(now - record.registered),
-                f"{status.expiresIn:.1f}s",
+                f"{lease.expiresIn:.1f}s",
                 " ".join(f"{k}={v}" for k, v in sorted(record.metadata.items())),
             ]
         )
+        if status is not None:
+            rows[-1].append(status if problem is None else f"REJECTED: {problem}")
     print(_table(rows), file=out)
 
 
@@ -262,7 +309,11 @@ async def register(reactor: Any, registry: IRegistry, namespace: str, args: Any)
         flush=True,
     )
     stopped: Deferred[None] = Deferred()
-    reactor.addSystemEventTrigger("before", "shutdown", lambda: lease.release())
+    # Close the registry too before the reactor drops its connections: a TLS
+    # connection torn down by the shutdown itself logs an unhandled error.
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: lease.release().addBoth(lambda _: registry.close())
+    )
     await stopped
 
 

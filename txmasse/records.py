@@ -32,6 +32,8 @@ MAX_HOST_LENGTH = 255
 MAX_RECORD_BYTES = 32 * 1024
 _ENDPOINT = re.compile(r"[a-z][a-z0-9+.-]*:[\x20-\x7e]*")
 _HOST = re.compile(rf"[\x21-\x7e]{{1,{MAX_HOST_LENGTH}}}")
+MAX_SIGNATURE_LENGTH = 256
+_SIGNATURE = re.compile(rf"[A-Za-z0-9+/=_-]{{16,{MAX_SIGNATURE_LENGTH}}}")
 
 
 def _shown(value: object) -> str:
@@ -113,6 +115,14 @@ def _validateTime(instance: object, attribute: object, value: float) -> None:
         raise ValueError(f"invalid registration time {_shown(value)}")
 
 
+def _validateSignature(instance: object, attribute: object, value: str | None) -> None:
+    if value is not None and (not isinstance(value, str) or _SIGNATURE.fullmatch(value) is None):
+        raise ValueError(
+            f"invalid signature {_shown(value)}: must be 16 to {MAX_SIGNATURE_LENGTH} "
+            "hex or base64 characters"
+        )
+
+
 def _readMachineId() -> str:
     try:
         with open("/etc/machine-id", encoding="ascii") as f:
@@ -154,6 +164,9 @@ class PeerRecord:
     @ivar host: identity of the machine the peer runs on (see
         L{localHostIdentity}).
     @ivar registered: when the record was made, in seconds since the epoch.
+    @ivar signature: in a namespace with a shared secret, the HMAC that
+        L{txmasse.registry.signed.SignedRegistry} checks; else L{None}. Not
+        compared: records that say the same are equal however signed.
     """
 
     namespace: str = attrs.field(validator=_validateNamespace)
@@ -163,24 +176,25 @@ class PeerRecord:
     instance: str = attrs.field(factory=newInstanceId, validator=_validateInstance)
     host: str = attrs.field(factory=localHostIdentity, validator=_validateHost)
     registered: float = attrs.field(factory=time.time, validator=_validateTime)
+    signature: str | None = attrs.field(default=None, validator=_validateSignature, eq=False)
 
     def toJSON(self) -> bytes:
         """
-        Serialise, for the registry's store.
+        Serialise, for the registry's store; the signature only when set, so
+        that a record without one serialises as it always did.
         """
-        return json.dumps(
-            {
-                "ns": self.namespace,
-                "name": self.name,
-                "id": self.instance,
-                "ep": list(self.endpoints),
-                "meta": dict(self.metadata),
-                "host": self.host,
-                "t": self.registered,
-            },
-            separators=(",", ":"),
-            sort_keys=True,
-        ).encode("ascii")
+        fields: dict[str, object] = {
+            "ns": self.namespace,
+            "name": self.name,
+            "id": self.instance,
+            "ep": list(self.endpoints),
+            "meta": dict(self.metadata),
+            "host": self.host,
+            "t": self.registered,
+        }
+        if self.signature is not None:
+            fields["sig"] = self.signature
+        return json.dumps(fields, separators=(",", ":"), sort_keys=True).encode("ascii")
 
     @classmethod
     def fromJSON(cls, data: bytes | str) -> PeerRecord:
@@ -197,8 +211,10 @@ class PeerRecord:
         except (ValueError, UnicodeDecodeError) as e:
             raise ValueError(f"record is not JSON: {e}") from None
         expected = {"ns", "name", "id", "ep", "meta", "host", "t"}
-        if not isinstance(fields, dict) or set(fields) != expected:
-            raise ValueError(f"record must be an object with fields {sorted(expected)}")
+        if not isinstance(fields, dict) or set(fields) - {"sig"} != expected:
+            raise ValueError(
+                f"record must be an object with fields {sorted(expected)} (and maybe 'sig')"
+            )
         return cls(
             namespace=fields["ns"],
             name=fields["name"],
@@ -207,6 +223,7 @@ class PeerRecord:
             instance=fields["id"],
             host=fields["host"],
             registered=fields["t"],
+            signature=fields.get("sig"),
         )
 
 

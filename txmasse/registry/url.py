@@ -45,6 +45,8 @@ _QUERY = {
     "sqlite": {"timeout", "poll"},
     "memory": set(),
 }
+for _allowed in _QUERY.values():
+    _allowed.add("secrets")  # signed records, on every scheme: see registry/signed.py
 
 _registries: dict[tuple[object, str], Any] = {}
 
@@ -90,6 +92,7 @@ class RegistryURL:
     master: str = ""
     sentinelUsername: str | None = attrs.field(default=None, repr=False)
     sentinelPassword: str | None = attrs.field(default=None, repr=False)
+    secrets: str | None = attrs.field(default=None, repr=False)  # a path, shown in display
 
 
 def _bad(url: str, part: str, why: str) -> ValueError:
@@ -120,6 +123,16 @@ def parseRegistryURL(url: object) -> RegistryURL:
 
     @raise ValueError: naming the part of the URL that is wrong.
     """
+    parsed = _parse(url)
+    query = dict(parse_qsl(urlsplit(str(url)).query, keep_blank_values=True))
+    if "secrets" not in query:
+        return parsed
+    if not query["secrets"]:
+        raise _bad(str(url), "option secrets", "needs the path of a secrets file")
+    return attrs.evolve(parsed, secrets=query["secrets"])
+
+
+def _parse(url: object) -> RegistryURL:
     if not isinstance(url, str) or not url:
         raise ValueError(f"invalid registry URL {url!r}: must be a non-empty string")
     if len(url) > 2048 or not url.isprintable():
@@ -291,6 +304,20 @@ def registryFromURL(reactor: IReactorTime, url: str | None = None) -> IRegistry:
 
 
 def _build(reactor: Any, parsed: RegistryURL) -> Any:
+    """
+    The registry C{parsed} names; signing records where C{secrets=} or
+    C{$MASSE_SECRETS} name a secrets file.
+    """
+    path = parsed.secrets or os.environ.get("MASSE_SECRETS")
+    if not path:
+        return _backend(reactor, parsed)
+    from txmasse.registry.signed import SignedRegistry, loadSecrets
+
+    secrets = loadSecrets(path)  # first: a bad file leaves no connection behind
+    return SignedRegistry(_backend(reactor, parsed), secrets)
+
+
+def _backend(reactor: Any, parsed: RegistryURL) -> Any:
     if parsed.scheme == "memory":
         from txmasse.registry.memory import MemoryRegistry
 
