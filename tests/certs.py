@@ -87,7 +87,8 @@ class Authority:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         certificate = builder.sign(self.key, hashes.SHA256())
         stem = self.directory / f"{common}-{x509.random_serial_number() % 10**6}"
-        certPath, keyPath = stem.with_suffix(".crt"), stem.with_suffix(".key")
+        # Not with_suffix: a name such as db.t would lose its ".t..." part.
+        certPath, keyPath = Path(f"{stem}.crt"), Path(f"{stem}.key")
         certPath.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
         keyPath.write_bytes(_pem(key))
         return certPath, keyPath

@@ -564,7 +564,9 @@ class SilentRegistry:
     def register(self, record: PeerRecord, ttl: float) -> Deferred[Any]:
         return Deferred()
 
-    def lookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
+    def lookup(
+        self, namespace: str, name: str, stale: float | None = None
+    ) -> Deferred[list[PeerRecord]]:
         self.asked: Deferred[list[PeerRecord]] = Deferred()
         return self.asked
 

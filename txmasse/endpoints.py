@@ -27,7 +27,6 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import (
     UNIXServerEndpoint,
-    clientFromString,
     quoteStringArgument,
     serverFromString,
 )
@@ -48,6 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmasse.errors import MasseError, NoReachablePeer, PeerNotFound
+from txmasse.peertls import PeerTLS, peerClientEndpoint, tlsFromOptions
 from txmasse.records import Glob, PeerRecord, localHostIdentity, validateName
 from txmasse.registry import (
     EventKind,
@@ -60,6 +60,7 @@ from txmasse.registry import (
     registryFromURL,
 )
 from txmasse.registry._base import MAX_TTL, MIN_TTL
+from txmasse.resolver import Resolver, resolverFor
 from txmasse.wrappers import Wrapper, parseWrappers, stackFactory, unwrapProtocol
 
 log = Logger()
@@ -68,7 +69,21 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_TTL = 10.0
 PICKS = ("random", "first", "roundrobin")
 
-CLIENT_OPTIONS = ("name", "ns", "registry", "timeout", "pick", "proto", "wrap", "report")
+CLIENT_OPTIONS = (
+    "name",
+    "ns",
+    "registry",
+    "timeout",
+    "pick",
+    "proto",
+    "wrap",
+    "report",
+    "cache",
+    "tls",
+    "ca",
+    "cert",
+    "key",
+)
 SERVER_OPTIONS = (
     "name",
     "ns",
@@ -81,6 +96,9 @@ SERVER_OPTIONS = (
     "unix",
     "wrap",
     "meta.KEY",
+    "cert",
+    "key",
+    "ca",
 )
 
 _HOST = re.compile(r"[A-Za-z0-9._:%-]{1,253}")
@@ -232,6 +250,14 @@ class MasseClientEndpoint:
     @param wrappers: protocol factory wrappers, the first nearest the wire.
     @param report: publish C{connected} and C{disconnected} events for each
         stream (watchers see them with C{usage=True}); off, it costs nothing.
+    @param cache: resolve from this process's cache (L{txmasse.resolver})
+        while the registry's events keep it current, so a connect costs no
+        registry round trip; off, every C{connect()} asks the registry.
+    @param tls: require verified TLS (L{txmasse.peertls.PeerTLS}: the CA to
+        trust, a client certificate for mutual TLS): only C{tls:} endpoints
+        are used, each verified against its instance's C{NAME.NAMESPACE}.
+        Without it, C{tls:} endpoints are still verified, against the
+        system trust roots.
     """
 
     def __init__(
@@ -245,6 +271,8 @@ class MasseClientEndpoint:
         proto: Sequence[str] | None = None,
         wrappers: Sequence[Wrapper] = (),
         report: bool = False,
+        cache: bool = True,
+        tls: PeerTLS | None = None,
     ):
         if isinstance(name, str) and isGlob(name):
             Glob(name)
@@ -262,9 +290,20 @@ class MasseClientEndpoint:
         self.proto = None if proto is None else self._checkProto(proto)
         self.wrappers = _checkWrappers(wrappers)
         self.report = bool(report)
+        self.cache = bool(cache)
+        if tls is not None and not isinstance(tls, PeerTLS):
+            raise ValueError(f"tls={tls!r}: must be a PeerTLS")
+        if tls is not None and self.proto is not None and "tls" not in self.proto:
+            raise ValueError(f"proto={','.join(self.proto)}: TLS clients connect only by tls")
+        self.tls = tls
         self._reactor = reactor
         self._random = Random()
         self._turn = 0
+        # Parsed once: parsing costs as much as a loopback connect.
+        self._display = (
+            parseRegistryURL(self.registry).display if isinstance(self.registry, str) else ""
+        )
+        self._endpoints: dict[tuple[str, str], IStreamClientEndpoint] = {}
 
     def __repr__(self) -> str:
         return f"<MasseClientEndpoint {self.namespace}/{self.name}>"
@@ -305,7 +344,7 @@ class MasseClientEndpoint:
         self, protocolFactory: IProtocolFactory, records: Sequence[PeerRecord] | None
     ) -> Deferred[IProtocol]:
         registry = self.registry
-        url = parseRegistryURL(registry).display if isinstance(registry, str) else registry.url
+        url = self._display if isinstance(registry, str) else registry.url
         progress = _Progress(f"{self.name!r} in namespace {self.namespace!r} (registry {url})")
         running = Deferred.fromCoroutine(self._connect(protocolFactory, progress, records))
 
@@ -358,7 +397,12 @@ class MasseClientEndpoint:
     ) -> IProtocol:
         registry = _openRegistry(self._reactor, self.registry)
         progress.target = f"{self.name!r} in namespace {self.namespace!r} (registry {registry.url})"
-        if records is None and isGlob(self.name):
+        resolver = resolverFor(registry, self._reactor) if self.cache and records is None else None
+        cached = False
+        if resolver is not None:
+            resolution = await resolver.resolve(self.namespace, self.name)
+            records, cached = resolution.records, resolution.cached
+        elif records is None and isGlob(self.name):
             records = await registry.find(self.namespace, self.name)
         elif records is None:
             records = await registry.lookup(self.namespace, self.name)
@@ -371,7 +415,10 @@ class MasseClientEndpoint:
         stack = [_Reporting.wrap, *self.wrappers] if self.report else self.wrappers
         wrapped = stackFactory(factory, stack)
         here = localHostIdentity()
-        for record in self._order(records):
+        failed: set[str] = set()
+        pending = self._order(records)
+        while pending:
+            record = pending.pop(0)
             descriptions = self._usable(record, here)
             if not descriptions:
                 progress.tried.append(
@@ -379,9 +426,11 @@ class MasseClientEndpoint:
                     f"among {list(record.endpoints)}"
                 )
             for description in descriptions:
+                if description in failed:
+                    continue  # it failed in this connect, before the cache was refreshed
                 progress.doing = f"connecting to {description}"
                 try:
-                    endpoint = clientFromString(self._reactor, description)
+                    endpoint = self._endpointFor(description, record)
                     protocol = await endpoint.connect(wrapped)
                 except Exception as e:
                     if progress.cancelled:
@@ -394,6 +443,11 @@ class MasseClientEndpoint:
                         description=description,
                         why=why,
                     )
+                    failed.add(description)
+                    if cached and resolver is not None:
+                        cached = False  # stale: ask the registry, once, and go on with its answer
+                        pending = await self._resolveAgain(resolver, pending, progress)
+                        break
                     continue
                 if self.report:
                     _Reporting.start(protocol, registry, record)
@@ -401,6 +455,44 @@ class MasseClientEndpoint:
         raise NoReachablePeer(
             f"could not reach {progress.target}: tried {'; '.join(progress.tried)}"
         )
+
+    def _endpointFor(self, description: str, record: PeerRecord) -> IStreamClientEndpoint:
+        """
+        The endpoint for one of C{record}'s descriptions, built once and
+        reused: endpoints are reusable, and parsing a description costs
+        about as much as a loopback connect.
+        """
+        key = (description, record.name)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            if len(self._endpoints) >= 64:
+                self._endpoints.clear()
+            endpoint = peerClientEndpoint(self._reactor, description, record, self.tls)
+            self._endpoints[key] = endpoint
+        return endpoint
+
+    async def _resolveAgain(
+        self, resolver: Resolver, pending: list[PeerRecord], progress: _Progress
+    ) -> list[PeerRecord]:
+        """
+        After a cached instance failed: drop the name's cache entry and
+        return the registry's fresh answer (the rest of C{pending} if the
+        registry fails too).
+        """
+        resolver.forget(self.namespace, self.name)
+        progress.doing = "waiting for the registry"
+        try:
+            resolution = await resolver.resolve(self.namespace, self.name)
+        except Exception as e:
+            if progress.cancelled:
+                raise
+            log.info(
+                "{target}: could not resolve again ({error}); trying the cached instances left",
+                target=progress.target,
+                error=e,
+            )
+            return pending
+        return self._order(resolution.records)
 
     def _unwrap(self, protocol: IProtocol, depth: int) -> IProtocol:
         try:
@@ -566,6 +658,10 @@ class MasseServerEndpoint:
     @param unixPath: also listen on this UNIX socket, and advertise it first
         (clients on the same host prefer it).
     @param wrappers: protocol factory wrappers, the first nearest the wire.
+    @param tls: serve TLS with this certificate (L{txmasse.peertls.PeerTLS});
+        it must list C{NAME.NAMESPACE}. Its CA certificates, if any, must
+        sign every client's certificate (mutual TLS). Published as C{tls:};
+        TLS peers listen on TCP only (no UNIX sockets).
     """
 
     def __init__(
@@ -580,6 +676,7 @@ class MasseServerEndpoint:
         metadata: Mapping[str, str] | None = None,
         unixPath: str | None = None,
         wrappers: Sequence[Wrapper] = (),
+        tls: PeerTLS | None = None,
     ):
         namespace = defaultNamespace() if namespace is None else namespace
         metadata = {} if metadata is None else metadata
@@ -604,6 +701,13 @@ class MasseServerEndpoint:
             raise ValueError(f"unix={unixPath!r}: must be a socket path")
         self.unixPath = None if unixPath is None else os.path.abspath(unixPath)
         self.wrappers = _checkWrappers(wrappers)
+        if tls is not None:
+            if not isinstance(tls, PeerTLS):
+                raise ValueError(f"tls={tls!r}: must be a PeerTLS")
+            tls.checkServes(name, namespace)
+            if unixPath is not None:
+                raise ValueError("unix= cannot be used with TLS: TLS peers listen on TCP only")
+        self.tls = tls
         self._reactor = reactor
 
     def __repr__(self) -> str:
@@ -619,6 +723,8 @@ class MasseServerEndpoint:
     async def _listen(self, factory: IProtocolFactory) -> IListeningPort:
         registry = _openRegistry(self._reactor, self.registry)
         wrapped = stackFactory(factory, self.wrappers)
+        if self.tls is not None:
+            wrapped = self.tls.serverFactory(wrapped)
         port: IListeningPort = await self.endpoint.listen(wrapped)
         unixPort: IListeningPort | None = None
         try:
@@ -645,6 +751,8 @@ class MasseServerEndpoint:
         """
         The client endpoint description that reaches C{address}.
         """
+        if isinstance(address, UNIXAddress) and self.tls is not None:
+            raise MasseError(f"cannot advertise {address!r} for TLS: TLS peers listen on TCP")
         if isinstance(address, UNIXAddress) and address.name:
             return f"unix:path={quoteStringArgument(os.fsdecode(address.name))}"
         if isinstance(address, IPv4Address | IPv6Address):
@@ -653,15 +761,26 @@ class MasseServerEndpoint:
                 host = address.host
             if host is None:
                 host = await addressToward(self._reactor, registry.url)
-            return f"tcp:host={quoteStringArgument(host)}:port={address.port}"
+            scheme = "tcp" if self.tls is None else "tls"
+            return f"{scheme}:host={quoteStringArgument(host)}:port={address.port}"
         raise MasseError(f"cannot advertise {address!r}: listen on TCP or a UNIX socket")
 
 
 # Endpoint strings
 
 
-def _bad(detail: str) -> ValueError:
-    return ValueError(f"invalid masse: endpoint: {detail}")
+class _InvalidDescription(ValueError):
+    """
+    A C{masse:} description is wrong; the message names the part.
+    """
+
+
+def _bad(detail: str | ValueError) -> ValueError:
+    if isinstance(detail, _InvalidDescription):
+        return detail  # already says which part, prefixed
+    # One line: a control character in the description is shown escaped.
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(detail))
+    return _InvalidDescription(f"invalid masse: endpoint: {shown}")
 
 
 def _takeName(args: Sequence[str], kwargs: dict[str, str]) -> str:
@@ -716,7 +835,7 @@ def _wrapOption(reactor: Any, kwargs: dict[str, str]) -> list[Wrapper]:
     try:
         return parseWrappers(reactor, spec)
     except ValueError as e:
-        raise _bad(str(e)) from None
+        raise _bad(e) from None
 
 
 def parseClient(reactor: Any, *args: str, **kwargs: str) -> MasseClientEndpoint:
@@ -742,9 +861,11 @@ def parseClient(reactor: Any, *args: str, **kwargs: str) -> MasseClientEndpoint:
             proto=proto,
             wrappers=wrappers,
             report=_flag("report", kwargs.get("report", "false")),
+            cache=_flag("cache", kwargs.get("cache", "true")),
+            tls=tlsFromOptions(kwargs, server=False),
         )
     except ValueError as e:
-        raise _bad(str(e)) from None
+        raise _bad(e) from None
 
 
 def _flag(option: str, text: str) -> bool:
@@ -779,9 +900,10 @@ def parseServer(reactor: Any, *args: str, **kwargs: str) -> MasseServerEndpoint:
             metadata=metadata,
             unixPath=kwargs.get("unix"),
             wrappers=wrappers,
+            tls=tlsFromOptions(kwargs, server=True),
         )
     except ValueError as e:
-        raise _bad(str(e)) from None
+        raise _bad(e) from None
 
 
 def _innerServer(reactor: Any, kwargs: Mapping[str, str]) -> IStreamServerEndpoint:
