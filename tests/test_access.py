@@ -1,0 +1,400 @@
+"""
+Registry access: a Redis ACL user with the least privileges txmasse needs,
+wrong credentials, TLS with client certificates, and passwords that never
+show (not in logs, errors, reprs, nor the masse command's output).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from zope.interface import provider
+
+from tests.certs import Authority
+from tests.conftest import RedisServer, _encode, _read, eventually, newRegistry
+from tests.test_cli import background, masse
+from tests.test_contract import Events, record
+from txmasse import EventKind, PeerEvent, RegistryUnavailable
+from txmasse.registry.signed import SignedRegistry
+from txmasse.registry.url import parseRegistryURL
+
+ADMIN_PASSWORD = "admin-0f9e8d7c"
+PASSWORD = "Pw-s3cret-a1b2c3"
+"""The masse user's password: must never show anywhere."""
+
+MASSE_ACL = (
+    "resetkeys ~masse:* resetchannels &masse:* -@all "
+    "+select +script|load +evalsha +eval +publish +subscribe +unsubscribe "
+    "+time +get +incr +exists +hget +hset +hdel +hexists +hgetall "
+    "+zadd +zrem +zscore +zrange +zrangebylex +zrangebyscore"
+)
+"""All that txmasse needs of Redis: its own keys and channels, its scripts
+and the commands they run. The README's ACL line."""
+
+
+def aclServer(directory: Path, rules: str = MASSE_ACL, **options: Any) -> RedisServer:
+    """
+    A Redis whose default user is the admin (for the test's own commands)
+    and whose user C{masse} has C{rules}.
+    """
+    user = ("--user", "masse", "on", f">{PASSWORD}", *rules.split())
+    server = RedisServer(directory, extraArgs=user, password=ADMIN_PASSWORD, **options)
+    server.start()
+    return server
+
+
+@pytest.fixture
+def acl_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = aclServer(tmp_path)
+    yield server
+    server.stop()
+
+
+def masseURL(server: RedisServer, password: str = PASSWORD, user: str = "masse") -> str:
+    return f"redis://{user}:{password}@127.0.0.1:{server.port}/0"
+
+
+@pytest.fixture
+def logged() -> Iterator[list[LogEvent]]:
+    """
+    Every log event during the test.
+    """
+    events: list[LogEvent] = []
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
+def assertHidden(texts: list[str]) -> None:
+    for text in texts:
+        assert PASSWORD not in text, text
+
+
+def logText(events: list[LogEvent]) -> list[str]:
+    texts = []
+    for event in events:
+        texts.append(formatEvent(event))
+        texts.append(repr(event))
+        failure = event.get("log_failure")
+        if failure is not None:
+            texts.append(failure.getTraceback())
+    return texts
+
+
+# A restricted ACL user
+
+
+@pytest_twisted.ensureDeferred
+async def test_least_privileged_acl_user_can_do_everything(
+    acl_server: RedisServer, logged: list[LogEvent]
+) -> None:
+    url = masseURL(acl_server) + "?timeout=2"
+    peer, watcher = newRegistry(url), newRegistry(url)
+    try:
+        events = Events()
+        subscription = await watcher.watch("dev", "*", events, usage=True)
+        lease = await peer.register(record("db"), 30)
+        short = await peer.register(record("web"), 0.3)
+        await eventually(lambda: events.kinds() == [("joined", "db"), ("joined", "web")])
+        assert await watcher.lookup("dev", "db") == [lease.record]
+        assert sorted(r.name for r in await watcher.find("dev", "*")) == ["db", "web"]
+        assert len(await watcher.leases("dev", "d*")) == 1
+        await peer.report(PeerEvent(EventKind.CONNECTED, lease.record, "client:1"))
+        await lease.update(attrs.evolve(lease.record, metadata={"v": "2"}))
+        short.stop()  # times out: the sweep runs under the same ACL
+        await eventually(lambda: ("timedout", "web") in events.kinds(), timeout=3)
+        await lease.release()
+        await eventually(lambda: ("left", "db") in events.kinds())
+        assert [e.kind for e in events if e.record.name == "db"] == [
+            "joined",
+            "connected",
+            "updated",
+            "left",
+        ]
+        assert subscription.synced
+
+        # Reconnects (re-AUTH, script reload, resubscribe) work too.
+        seen = len(events)
+        acl_server.command("CLIENT", "KILL", "USER", "masse")
+        again = await peer.register(record("db"), 30)
+        await eventually(
+            lambda: any(e.kind == "joined" and e.record == again.record for e in events[seen:])
+        )
+        acl_server.command("SCRIPT", "FLUSH")  # lost scripts are sent again (EVAL)
+        assert await watcher.lookup("dev", "db") == [again.record]
+    finally:
+        await peer.close()
+        await watcher.close()
+    assert acl_server.command("ACL", "LOG") == [], "a command was denied"
+    keys = acl_server.command("KEYS", "*")
+    assert keys and all(key.startswith(b"masse:{dev}:") for key in keys)
+    assertHidden(logText(logged))
+
+
+def test_the_acl_confines_the_user(acl_server: RedisServer) -> None:
+    """
+    What the ACL line refuses: other keys, other channels, admin commands.
+    """
+
+    def asMasse(*args: object) -> Any:
+        with socket.create_connection(("127.0.0.1", acl_server.port), timeout=5) as s:
+            with s.makefile("rb") as f:
+                s.sendall(_encode("AUTH", "masse", PASSWORD))
+                assert _read(f) == "OK"
+                s.sendall(_encode(*args))
+                try:
+                    return _read(f)
+                except RuntimeError as e:
+                    return str(e)
+
+    assert asMasse("HSET", "masse:{dev}:n:db", "i", "x") == 1
+    for args in [
+        ("GET", "other"),
+        ("HGETALL", "session:1"),
+        ("PUBLISH", "other-channel", "x"),
+        ("EVAL", "return redis.call('GET', 'other')", 0),
+        ("KEYS", "*"),
+        ("FLUSHALL",),
+        ("CONFIG", "GET", "*"),
+        ("ACL", "LIST"),
+    ]:
+        assert str(asMasse(*args)).startswith(("NOPERM", "ERR")), args
+
+
+@pytest.mark.parametrize(
+    "user, password, expected",
+    [
+        ("masse", "wrong-pw-123", "WRONGPASS"),
+        ("nobody", PASSWORD, "WRONGPASS"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_wrong_user_or_password_is_a_clear_error(
+    acl_server: RedisServer, logged: list[LogEvent], user: str, password: str, expected: str
+) -> None:
+    url = masseURL(acl_server, password, user)
+    registry = newRegistry(url + "?timeout=0.5")
+    try:
+        with pytest.raises(RegistryUnavailable) as caught:
+            await registry.lookup("dev", "db")
+    finally:
+        await registry.close()
+    message = str(caught.value)
+    assert message.startswith(f"registry redis://{user}:***@127.0.0.1:{acl_server.port}/0")
+    assert "could not auth" in message and expected in message
+    assert password not in message and PASSWORD not in message
+    assertHidden(logText(logged))
+    assert all(password not in text for text in logText(logged))
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_permissions_are_named(tmp_path: Path, logged: list[LogEvent]) -> None:
+    server = aclServer(tmp_path, MASSE_ACL.replace("+evalsha ", ""))
+    registry = newRegistry(masseURL(server) + "?timeout=0.5")
+    try:
+        with pytest.raises(RegistryUnavailable) as caught:
+            await registry.lookup("dev", "db")
+    finally:
+        await registry.close()
+        server.stop()
+    message = str(caught.value)
+    assert "NOPERM" in message and "evalsha" in message, message
+    assertHidden([message, *logText(logged)])
+
+
+def test_password_hidden_in_reprs_and_endpoint_errors() -> None:
+    url = f"redis://masse:{PASSWORD}@127.0.0.1:1/0?timeout=0.5"
+    parsed = parseRegistryURL(url)
+    registry = newRegistry(url)
+    escaped = url.replace(":", "\\:")
+    client = clientFromString(reactor, f"masse:db:registry={escaped}")
+    server = serverFromString(reactor, f"masse:db:registry={escaped}")
+    try:
+        assertHidden([repr(parsed), str(parsed), parsed.display, repr(registry), registry.url])
+        assertHidden([repr(client), str(client), repr(server), str(server)])
+        for bad in (url.replace("/0?", "/x?"), url.replace("redis:", "http:")):
+            with pytest.raises(ValueError) as caught:
+                clientFromString(reactor, "masse:db:registry=" + bad.replace(":", "\\:"))
+            assertHidden([str(caught.value)])
+    finally:
+        registry.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="endpoints.py _takeName quotes a stray part of a half-escaped registry= "
+    "URL, password included: reported to the lead",
+)
+def test_password_hidden_when_a_registry_option_is_half_escaped() -> None:
+    half = f"masse:db:registry=redis\\://masse:{PASSWORD}@127.0.0.1\\:6379/0"
+    with pytest.raises(ValueError) as caught:
+        clientFromString(reactor, half)
+    assertHidden([str(caught.value)])
+
+
+def test_masse_command_never_shows_the_password(acl_server: RedisServer) -> None:
+    url = masseURL(acl_server)
+    registered = background(
+        "register", "web", "--endpoint", "tcp:host=127.0.0.1:port=8080", registry=url
+    )
+    watcher = background("watch", "--json", registry=url)
+    try:
+        assert registered.stdout is not None
+        first = registered.stdout.readline()
+        assert first.startswith("registered dev/web") and "masse:***@" in first, first
+        listed = masse("ls", "--all", registry=url)
+        assert listed.returncode == 0 and "web" in listed.stdout, listed.stderr
+        wrong = masse("ls", registry=masseURL(acl_server, "not-" + PASSWORD) + "?timeout=0.5")
+        assert wrong.returncode == 1 and "WRONGPASS" in wrong.stderr, wrong.stderr
+        unknown = masse("resolve", "nobody", registry=url)
+        assert "masse:***@" in unknown.stderr
+        registered.send_signal(signal.SIGTERM)
+        registered.wait(10)
+        rest, errors = registered.communicate(timeout=10)
+    finally:
+        registered.kill()
+        watcher.send_signal(signal.SIGTERM)
+        watched, watchErrors = watcher.communicate(timeout=10)
+    kinds = [json.loads(line)["kind"] for line in watched.splitlines()]
+    assert kinds[-1:] == ["left"], watched
+    assertHidden(
+        [
+            listed.stdout,
+            listed.stderr,
+            wrong.stdout,
+            wrong.stderr,
+            unknown.stderr,
+            first,
+            rest,
+            errors,
+            watched,
+            watchErrors,
+        ]
+    )
+
+
+# TLS with client certificates
+
+
+class MutualTLSRedis(RedisServer):
+    """
+    A Redis over TLS that requires a client certificate from the test CA.
+    """
+
+    def __init__(self, directory: Path, authority: Authority):
+        self.authority = authority
+        self.clientCert, self.clientKey = authority.issue("masse-client")
+        cert, key = authority.issue("127.0.0.1")
+        super().__init__(directory, tls=(cert, key, authority.caPath))
+
+    def _portArgs(self) -> tuple[str, ...]:
+        args = list(super()._portArgs())
+        args[args.index("--tls-auth-clients") + 1] = "yes"
+        return tuple(args)
+
+    def command(self, *args: object) -> Any:
+        context = ssl.create_default_context(cafile=str(self.authority.caPath))
+        context.load_cert_chain(str(self.clientCert), str(self.clientKey))
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as plain:
+            with context.wrap_socket(plain, server_hostname="127.0.0.1") as s:
+                with s.makefile("rb") as f:
+                    s.sendall(_encode(*args))
+                    return _read(f)
+
+
+@pytest.fixture
+def mutual_tls(tmp_path: Path) -> Iterator[MutualTLSRedis]:
+    server = MutualTLSRedis(tmp_path, Authority.create(tmp_path))
+    server.start()
+    yield server
+    server.stop()
+
+
+def tlsURL(server: MutualTLSRedis, **options: object) -> str:
+    query = "&".join(f"{k}={v}" for k, v in {"ca": server.authority.caPath, **options}.items())
+    return f"rediss://127.0.0.1:{server.port}/0?{query}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_with_a_client_certificate(mutual_tls: MutualTLSRedis) -> None:
+    url = tlsURL(mutual_tls, cert=mutual_tls.clientCert, key=mutual_tls.clientKey)
+    peer, watcher = newRegistry(url), newRegistry(url)
+    try:
+        events = Events()
+        await watcher.watch("dev", "*", events)
+        lease = await peer.register(record("db"), 5)
+        await eventually(lambda: events.kinds() == [("joined", "db")])
+        assert await watcher.lookup("dev", "db") == [lease.record]
+    finally:
+        await peer.close()
+        await watcher.close()
+
+
+@pytest.mark.parametrize(
+    "certificate, why",
+    [("none", "certificate required"), ("another CA", "unknown ca")],
+)
+@pytest_twisted.ensureDeferred
+async def test_tls_without_an_accepted_client_certificate_fails_clearly(
+    mutual_tls: MutualTLSRedis, tmp_path: Path, certificate: str, why: str
+) -> None:
+    options: dict[str, object] = {"timeout": 0.5}
+    if certificate == "another CA":
+        stranger = Authority.create(tmp_path / "..", name="stranger client CA")
+        cert, key = stranger.issue("masse-client")
+        options.update(cert=cert, key=key)
+    registry = newRegistry(tlsURL(mutual_tls, **options))
+    try:
+        with pytest.raises(RegistryUnavailable) as caught:
+            await registry.lookup("dev", "db")
+    finally:
+        await registry.close()
+    message = str(caught.value)
+    assert message.startswith(f"registry rediss://127.0.0.1:{mutual_tls.port}/0")
+    assert message.endswith(f"alert {why}')]"), message
+
+
+# Everything at once: the README's setup
+
+
+@pytest_twisted.ensureDeferred
+async def test_acl_user_over_mutual_tls_with_signed_records(tmp_path: Path) -> None:
+    authority = Authority.create(tmp_path)
+    server = MutualTLSRedis(tmp_path, authority)
+    server.extraArgs = ("--user", "masse", "on", f">{PASSWORD}", *MASSE_ACL.split())
+    server.start()
+    secrets = tmp_path / "masse.secrets"
+    secrets.write_text("dev 9f1c3e5a7b2d4f6e8a0c1e3b5d7f9a2c\n")
+    url = (
+        f"rediss://masse:{PASSWORD}@127.0.0.1:{server.port}/0?ca={authority.caPath}"
+        f"&cert={server.clientCert}&key={server.clientKey}&secrets={secrets}"
+    )
+    registry, forger = newRegistry(url), newRegistry(url)
+    try:
+        assert isinstance(registry, SignedRegistry) and isinstance(forger, SignedRegistry)
+        lease = await registry.register(record("db"), 5)
+        await forger.registry.register(record("db", port=6666), 5)
+        assert await registry.lookup("dev", "db") == [lease.record]
+        assert registry.rejected == {"dev": 1}
+        assert PASSWORD not in registry.url and PASSWORD not in repr(registry)
+    finally:
+        await registry.close()
+        await forger.close()
+        server.stop()
