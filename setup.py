@@ -30,6 +30,7 @@ setup(
             "mypy-zope>=1.0.5",
             "ruff>=0.5",
         ],
+        "bench": ["pyro5>=5.15", "matplotlib>=3.8"],
     },
     classifiers=[
         "Framework :: Twisted",

@@ -16,6 +16,6 @@ venv="${TXMASSE_VENV:-.venv}"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
     -e ".[test]" --config-settings editable_mode=compat
 
-"$venv/bin/ruff" check txmasse tests examples twisted
-"$venv/bin/mypy" txmasse tests examples twisted/plugins
+"$venv/bin/ruff" check txmasse tests examples twisted bench
+"$venv/bin/mypy" txmasse tests examples twisted/plugins bench
 exec "$venv/bin/python" -m pytest "$@"
