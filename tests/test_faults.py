@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import pytest_twisted
 from twisted.application.internet import ClientService
 from twisted.internet import reactor
@@ -512,15 +511,9 @@ async def test_cut_connections_lose_no_lease_and_repeat_no_event(
     assert errors == [], logs.formatted(errors)
 
 
-# Known bug, pinned: passes while the bug is there, fails once it is fixed.
+# A crashed lease stays dead.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Lease.stop() (txmasse/registry/_base.py) keeps the lease in the registry's "
-    "_leases, so the next reconnect writes a crashed lease back: joined again, timedout "
-    "again; the registry also holds every stopped lease forever",
-)
 @pytest_twisted.ensureDeferred
 async def test_stopped_lease_stays_dead_after_a_reconnect(redis_server: RedisServer) -> None:
     registry = newRegistry(redis_server.url + "?timeout=1")

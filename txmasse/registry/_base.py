@@ -198,6 +198,7 @@ class Lease:
         self.ttl = ttl
         self._store = store
         self._released = False
+        self._stopped = False
         self._failing = False
         self._loop = LoopingCall(self._heartbeat)
         self._loop.clock = clock
@@ -219,10 +220,13 @@ class Lease:
 
     def stop(self) -> None:
         """
-        Stop heartbeating without removing the record (it will expire).
+        Stop heartbeating without removing the record (it will expire), as
+        a crash would: the store no longer writes it back after an outage.
         """
+        self._stopped = True
         if self._loop.running:
             self._loop.stop()
+        self._store._forget(self)
 
     def _heartbeat(self) -> Deferred[None]:
         return self.refresh().addCallbacks(self._beatSucceeded, self._beatFailed)
@@ -243,7 +247,7 @@ class Lease:
         self._failing = True
 
     def refresh(self) -> Deferred[None]:
-        if self._released:
+        if self._released or self._stopped:
             return succeed(None)
         return self._store._put(self.record, self.ttl)
 
