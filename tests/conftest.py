@@ -5,6 +5,7 @@ registries to test, and a helper to wait for a condition.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -18,12 +19,19 @@ from urllib.parse import quote
 
 import pytest
 import pytest_twisted
+from hypothesis import settings
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from txmasse.registry.interface import IRegistry
 from txmasse.registry.memory import MemoryRegistry
 from txmasse.registry.url import _build, parseRegistryURL
+
+# The same examples on every run, so that a red run is a bug anyone can
+# reproduce, not a draw; HYPOTHESIS_PROFILE=explore searches afresh each run.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 INSTALL_HINT = (
     "redis-server is not installed: the tests need it. Install it with "
