@@ -237,15 +237,45 @@ def test_password_hidden_in_reprs_and_endpoint_errors() -> None:
         registry.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="endpoints.py _takeName quotes a stray part of a half-escaped registry= "
-    "URL, password included: reported to the lead",
-)
 def test_password_hidden_when_a_registry_option_is_half_escaped() -> None:
     half = f"masse:db:registry=redis\\://masse:{PASSWORD}@127.0.0.1\\:6379/0"
     with pytest.raises(ValueError) as caught:
         clientFromString(reactor, half)
+    assertHidden([str(caught.value)])
+
+
+@pytest.mark.parametrize("parse", [clientFromString, serverFromString])
+@pytest.mark.parametrize(
+    "description",
+    [
+        "masse:db:registry=redis\\://masse:{password}@127.0.0.1\\:6379/0",
+        "masse:name=db:registry=redis\\://masse:{password}@127.0.0.1\\:6379/0",
+        "masse:registry=redis\\://masse:{password}@127.0.0.1\\:6379/0",
+        "masse:db:registry=redis\\://masse:{password}@127.0.0.1:6379/0",
+        "masse:db:registry=redis\\://masse:x={password}@127.0.0.1\\:6379/0",
+        "masse:db:registry=redis\\://masse:x:{password}@127.0.0.1\\:6379/0",
+        "masse:db:registry=redis+sentinel\\://h\\:1/m?sentinel_password=x:{password}",
+    ],
+)
+def test_half_escaped_registry_says_so_without_the_password(parse: Any, description: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse(reactor, description.format(password=PASSWORD))
+    message = str(caught.value)
+    assertHidden([message])
+    assert "registry= was cut at an unescaped ':'" in message, message
+    assert "escape each ':' inside registry= as '\\:'" in message, message
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        "masse:db:listen=tcp\\:0\\:interface=redis\\://u\\:{password}@h",
+        "masse:db:meta.x=a:redis\\://u\\:{password}@h",
+    ],
+)
+def test_password_hidden_in_any_quoted_url(description: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        serverFromString(reactor, description.format(password=PASSWORD))
     assertHidden([str(caught.value)])
 
 

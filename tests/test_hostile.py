@@ -320,8 +320,6 @@ async def test_command_line_errors_are_one_usage_line(argv: list[str]) -> None:
     one-line message (status 1 or 2) may come out.
     """
     assume("-h" not in argv and not any(a.startswith("--h") for a in argv))
-    # A newline inside an argument is echoed raw: test_newline_in_an_argument_stays_on_one_line
-    assume(not any("\n" in a or "\r" in a for a in argv))
     try:
         args = cli._parser().parse_args(argv)
     except cli.UsageError:
@@ -336,7 +334,7 @@ async def test_command_line_errors_are_one_usage_line(argv: list[str]) -> None:
         try:
             parseRegistryURL(args.registry)
         except ValueError:
-            return  # the command says so in one line, with status 1
+            return  # the command says so in one line, with status 2
     if args.command not in ("ls", "resolve"):
         return  # they run until stopped
     args.registry = "memory://"
@@ -579,37 +577,62 @@ async def checkGarbage(
 # Known bugs, pinned (see the module docstring)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: twisted/plugins/txmasse_plugins.py passes options as **kwargs next to "
-    "'reactor', so masse:db:reactor=x raises TypeError, not ValueError",
-)
 @pytest.mark.parametrize("parse", [clientFromString, serverFromString])
-def test_reactor_option_is_a_valueerror(parse: Any) -> None:
-    with pytest.raises(ValueError, match="unknown option 'reactor'"):
-        parse(reactor, "masse:db:reactor=x")
+@pytest.mark.parametrize("option", ["reactor", "self", "args", "kwargs"])
+def test_reactor_option_is_a_valueerror(parse: Any, option: str) -> None:
+    with pytest.raises(ValueError, match=f"unknown option '{option}'"):
+        parse(reactor, f"masse:db:{option}=x")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: txmasse/registry/url.py _tlsOptions lets OpenSSL's error out for a ca/cert/key "
-    "file that is not PEM",
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ("ca={junk}", "ca={junk}: no PEM certificate in it"),
+        ("cert={junk}&key={key}", "cert={junk}: no PEM certificate in it"),
+        ("cert={cert}&key={junk}", "key={junk}: no PEM private key in it"),
+        ("cert={cert}&key={otherKey}", "key={otherKey} does not match the certificate"),
+        ("ca={ca}&cert={cert}&key={ca}", "key={ca}: no PEM private key in it"),
+    ],
 )
-def test_tls_files_that_are_not_pem_are_a_valueerror(tmp_path: Path) -> None:
+def test_tls_files_that_are_not_pem_are_a_valueerror(
+    tmp_path: Path, files: str, expected: str
+) -> None:
+    from tests.certs import Authority
+
+    authority = Authority.create(tmp_path)
+    cert, key = authority.issue("127.0.0.1")
+    _, otherKey = authority.issue("127.0.0.2")
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
-    with pytest.raises(ValueError, match="ca"):
-        registryFromURL(reactor, f"rediss://127.0.0.1:1/0?ca={junk}")
+    paths = {"junk": junk, "ca": authority.caPath, "cert": cert, "key": key, "otherKey": otherKey}
+    with pytest.raises(ValueError) as caught:
+        registryFromURL(reactor, f"rediss://127.0.0.1:1/0?{files.format(**paths)}")
+    message = str(caught.value)
+    assert message.startswith("registry URL 'rediss://127.0.0.1:1/0?"), message
+    assert expected.format(**paths) in message, message
+    assert "\n" not in message
+
+
+def test_tls_files_that_are_pem_make_a_registry(tmp_path: Path) -> None:
+    from tests.certs import Authority
+
+    authority = Authority.create(tmp_path)
+    cert, key = authority.issue("127.0.0.1")
+    registry = registryFromURL(
+        reactor, f"rediss://127.0.0.1:1/0?ca={authority.caPath}&cert={cert}&key={key}"
+    )
+    registry.close()
 
 
 DEEP = b"[" * 5_000  # under MAX_RECORD_BYTES, deeper than Python's recursion limit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: txmasse/records.py PeerRecord.fromJSON lets RecursionError out for deeply "
-    "nested JSON under 32 KB, so lookups fail and SQLite event polls die in the reactor",
-)
+@pytest.mark.parametrize("deep", [DEEP, DEEP.decode(), b'{"a":' * 5_000, b"[" * 30_000])
+def test_deeply_nested_json_is_a_valueerror(deep: bytes | str) -> None:
+    with pytest.raises(ValueError, match="record is not JSON: nested too deeply"):
+        PeerRecord.fromJSON(deep)
+
+
 @pytest.mark.parametrize("kind", ["redis", "sqlite"])
 @pytest_twisted.ensureDeferred
 async def test_deeply_nested_record_is_skipped(
@@ -720,11 +743,6 @@ async def test_wrong_redis_type_is_skipped(redis_server: RedisServer) -> None:
         await registry.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: txmasse/cli.py run() lets a bad --ns or pattern out as ValueError: exit "
-    "status 1, where the README says 2 for bad arguments",
-)
 def test_bad_namespace_is_a_usage_error() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "txmasse", "--registry", "memory://", "--ns", "bad ns", "ls"],
@@ -737,13 +755,37 @@ def test_bad_namespace_is_a_usage_error() -> None:
     assert result.returncode == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: txmasse/cli.py prints argparse's message as is, so an argument holding a "
-    "newline splits the one-line error",
-)
 def test_newline_in_an_argument_stays_on_one_line() -> None:
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit):
         cli.main(["ls", "a", "b\nc"], out=io.StringIO())
     assert len(stderr.getvalue().rstrip("\n").split("\n")) == 1, stderr.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--ns", "bad ns", "ls"], "invalid namespace 'bad ns'"),
+        (["ls", "a:b"], "invalid pattern 'a:b'"),
+        (["watch", "[x"], "invalid pattern '[x'"),
+        (["resolve", "db-*"], "invalid name 'db-*'"),
+        (["connect", "db:1"], "invalid name 'db:1'"),
+        (["connect", "db-[x"], "invalid pattern 'db-[x'"),
+        (["register", "bad name", "--endpoint", "tcp:host=a:port=1"], "invalid name 'bad name'"),
+        (["--registry", "http://u:secret@x", "ls"], "scheme 'http'"),
+    ],
+)
+def test_bad_names_patterns_and_urls_are_usage_errors(argv: list[str], message: str) -> None:
+    args = cli._parser().parse_args(argv)
+    with pytest.raises(cli.UsageError) as caught:
+        cli._checkArguments(args)
+    assert message in str(caught.value)
+    assert "secret" not in str(caught.value)
+
+
+def test_control_characters_in_an_error_are_escaped() -> None:
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exited:
+        cli.main(["ls", "a", "b\nc\r\x1b[2J"], out=io.StringIO())
+    assert exited.value.code == 2
+    assert "b\\nc\\r\\x1b[2J" in stderr.getvalue(), stderr.getvalue()

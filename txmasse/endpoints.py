@@ -60,6 +60,7 @@ from txmasse.registry import (
     registryFromURL,
 )
 from txmasse.registry._base import MAX_TTL, MIN_TTL
+from txmasse.registry.url import redactText, redactURL
 from txmasse.resolver import Resolver, resolverFor
 from txmasse.wrappers import Wrapper, parseWrappers, stackFactory, unwrapProtocol
 
@@ -778,9 +779,36 @@ class _InvalidDescription(ValueError):
 def _bad(detail: str | ValueError) -> ValueError:
     if isinstance(detail, _InvalidDescription):
         return detail  # already says which part, prefixed
-    # One line: a control character in the description is shown escaped.
+    # One line: a control character in the description is shown escaped;
+    # and no password, should a part quoted here hold a URL's.
     shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(detail))
-    return _InvalidDescription(f"invalid masse: endpoint: {shown}")
+    return _InvalidDescription(f"invalid masse: endpoint: {redactText(shown)}")
+
+
+def _isKnown(key: str, known: Sequence[str]) -> bool:
+    return key in known or ("meta.KEY" in known and key.startswith("meta."))
+
+
+def _checkRegistryCut(args: Sequence[str], kwargs: Mapping[str, str], known: Sequence[str]) -> None:
+    """
+    A C{registry=} URL with a C{:} left unescaped is cut there: the rest,
+    password included, lands in stray parts (or, past an C{=}, in unknown
+    options). Say so before any other check quotes one of those parts,
+    showing the URL put back together without its password.
+    """
+    url = kwargs.get("registry")
+    if url is None or "://" not in url:
+        return
+    stray = [part for i, part in enumerate(args) if i > 0 or "name" in kwargs or "@" in part]
+    stray += [f"{key}={value}" for key, value in kwargs.items() if not _isKnown(key, known)]
+    authority = url.partition("://")[2].partition("/")[0]
+    credentialsCut = "@" not in authority and any("@" in part for part in stray)
+    if credentialsCut or (stray and "password=" in url):
+        whole = redactURL(":".join([url, *stray]))
+        raise _bad(
+            f"registry= was cut at an unescaped ':' (the URL looks like {whole!r}): "
+            "escape each ':' inside registry= as '\\:'"
+        )
 
 
 def _takeName(args: Sequence[str], kwargs: dict[str, str]) -> str:
@@ -799,7 +827,7 @@ def _takeName(args: Sequence[str], kwargs: dict[str, str]) -> str:
 
 def _checkKeys(kwargs: Mapping[str, str], known: Sequence[str]) -> None:
     for key in kwargs:
-        if key not in known and not ("meta.KEY" in known and key.startswith("meta.")):
+        if not _isKnown(key, known):
             raise _bad(f"unknown option {key!r} (known: {', '.join(known)})")
 
 
@@ -838,12 +866,13 @@ def _wrapOption(reactor: Any, kwargs: dict[str, str]) -> list[Wrapper]:
         raise _bad(e) from None
 
 
-def parseClient(reactor: Any, *args: str, **kwargs: str) -> MasseClientEndpoint:
+def parseClient(reactor: Any, /, *args: str, **kwargs: str) -> MasseClientEndpoint:
     """
     A L{MasseClientEndpoint} from the parts of C{masse:NAME:KEY=VALUE...}.
 
     @raise ValueError: naming the bad part.
     """
+    _checkRegistryCut(args, kwargs, CLIENT_OPTIONS)
     _checkKeys(kwargs, CLIENT_OPTIONS)
     name = _takeName(args, kwargs)
     registry = _registryOption(kwargs)
@@ -876,12 +905,13 @@ def _flag(option: str, text: str) -> bool:
     raise _bad(f"{option}={text!r}: must be true or false")
 
 
-def parseServer(reactor: Any, *args: str, **kwargs: str) -> MasseServerEndpoint:
+def parseServer(reactor: Any, /, *args: str, **kwargs: str) -> MasseServerEndpoint:
     """
     A L{MasseServerEndpoint} from the parts of C{masse:NAME:KEY=VALUE...}.
 
     @raise ValueError: naming the bad part.
     """
+    _checkRegistryCut(args, kwargs, SERVER_OPTIONS)
     _checkKeys(kwargs, SERVER_OPTIONS)
     name = _takeName(args, kwargs)
     registry = _registryOption(kwargs)

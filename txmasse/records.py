@@ -210,6 +210,8 @@ class PeerRecord:
             fields: Any = json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise ValueError(f"record is not JSON: {e}") from None
+        except RecursionError:  # "[[[[...": small, but deeper than Python's stack
+            raise ValueError("record is not JSON: nested too deeply") from None
         expected = {"ns", "name", "id", "ep", "meta", "host", "t"}
         if not isinstance(fields, dict) or set(fields) - {"sig"} != expected:
             raise ValueError(

@@ -5,6 +5,12 @@ and C{serverFromString}.
 Twisted imports every module here when it scans for plugins, so this one
 imports only what declaring the parsers needs; txmasse itself (and its
 registry backends) load on first use.
+
+Twisted calls a parser with the reactor first, by position, and the
+description's options as keywords: so no parameter here or in
+C{parseClient}/C{parseServer} may be named like an option (C{self},
+C{reactor}); they are positional-only, and C{masse:db:reactor=x} is refused
+as an unknown option (a L{ValueError}), not a L{TypeError}.
 """
 
 from __future__ import annotations
@@ -30,10 +36,10 @@ class _MasseClientParser:
 
     prefix = "masse"
 
-    def parseStreamClient(self, reactor: Any, *args: Any, **kwargs: Any) -> IStreamClientEndpoint:
+    def parseStreamClient(self, /, *args: Any, **kwargs: Any) -> IStreamClientEndpoint:
         from txmasse.endpoints import parseClient
 
-        return parseClient(reactor, *args, **kwargs)
+        return parseClient(*args, **kwargs)
 
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)
@@ -44,10 +50,10 @@ class _MasseServerParser:
 
     prefix = "masse"
 
-    def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> IStreamServerEndpoint:
+    def parseStreamServer(self, /, *args: Any, **kwargs: Any) -> IStreamServerEndpoint:
         from txmasse.endpoints import parseServer
 
-        return parseServer(reactor, *args, **kwargs)
+        return parseServer(*args, **kwargs)
 
 
 masseClientParser = _MasseClientParser()

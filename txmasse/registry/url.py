@@ -104,17 +104,42 @@ _QUERY_PASSWORD = re.compile(r"(?<=[?&]sentinel_password=)[^&#]*")
 
 def _redact(url: str) -> str:
     """
-    The URL without its passwords, even when it does not parse.
+    The URL without its passwords, even when it does not parse, cut short
+    for a message.
+    """
+    return redactURL(url)[:200]
+
+
+def redactURL(url: str) -> str:
+    """
+    The URL without its passwords (C{user:***@}, C{sentinel_password=***}),
+    even when it does not parse.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return _QUERY_PASSWORD.sub("***", url)[:200]
+        return _QUERY_PASSWORD.sub("***", url)
     authority, slash, tail = rest.partition("/")
     if "@" in authority:
         credentials, _, host = authority.rpartition("@")
         user = credentials.split(":", 1)[0]
         authority = f"{user}:***@{host}" if ":" in credentials else f"***@{host}"
-    return _QUERY_PASSWORD.sub("***", f"{scheme}://{authority}{slash}{tail}")[:200]
+    return _QUERY_PASSWORD.sub("***", f"{scheme}://{authority}{slash}{tail}")
+
+
+_URL_IN_TEXT = re.compile(r"\S*://\S*")
+
+
+def redactText(text: str) -> str:
+    """
+    C{text} (a message) with every URL in it shown without its passwords;
+    the punctuation that closes a quoted URL is kept.
+    """
+
+    def redact(match: re.Match[str]) -> str:
+        url = match.group(0).rstrip("'\"),:;.")
+        return redactURL(url) + match.group(0)[len(url) :]
+
+    return _URL_IN_TEXT.sub(redact, text)
 
 
 def parseRegistryURL(url: object) -> RegistryURL:
@@ -373,26 +398,54 @@ def _tlsOptions(parsed: RegistryURL) -> Callable[[str], Any]:
     Verified TLS: the server's certificate must chain to C{ca} (else the
     system's trust roots) and name the host it is reached by. Files are read
     once, here; the result makes the options for one host.
-    """
-    from twisted.internet import ssl
 
+    @raise ValueError: naming the option and file when one cannot be read,
+        holds no PEM certificate or key, or the key does not match.
+    """
+    from OpenSSL import crypto
+    from twisted.internet import ssl
+    from twisted.internet.error import VerifyError
+
+    from txmasse.peertls import _certificates, _privateKey
     from txmasse.registry.tls import verifiedOptions
+
+    def bad(why: object) -> ValueError:
+        return ValueError(f"registry URL {parsed.display!r}: {why}")
 
     def read(path: str, what: str) -> bytes:
         try:
             with open(path, "rb") as f:
                 return f.read()
         except OSError as e:
-            raise ValueError(f"registry URL {parsed.display!r}: cannot read {what}: {e}") from None
+            raise bad(f"cannot read {what}: {e}") from None
+
+    def certificate(path: str, what: str) -> Any:
+        try:
+            first = _certificates(what, path, read(path, what))[0]
+        except ValueError as e:
+            raise bad(e) from None
+        return ssl.Certificate(crypto.X509.from_cryptography(first))
 
     trustRoot: Any = ssl.platformTrust()
     if parsed.ca:
-        trustRoot = ssl.Certificate.loadPEM(read(parsed.ca, "ca"))
+        trustRoot = certificate(parsed.ca, "ca")
     clientCertificate = None
     if parsed.cert and parsed.key:
-        clientCertificate = ssl.PrivateCertificate.loadPEM(
-            read(parsed.cert, "cert") + b"\n" + read(parsed.key, "key")
-        )
+        leaf = certificate(parsed.cert, "cert")
+        try:
+            key = _privateKey("key", parsed.key, read(parsed.key, "key"))
+        except ValueError as e:
+            raise bad(e) from None
+        if key is None:
+            raise bad(f"key={parsed.key}: no PEM private key in it")
+        keyPair = ssl.KeyPair(crypto.PKey.from_cryptography_key(key))
+        try:
+            clientCertificate = ssl.PrivateCertificate.fromCertificateAndKeyPair(leaf, keyPair)
+        except VerifyError:
+            raise bad(
+                f"key={parsed.key} does not match the certificate in cert={parsed.cert}"
+            ) from None
+
     def forHost(host: str) -> Any:
         return verifiedOptions(host, trustRoot, clientCertificate)
 
