@@ -24,13 +24,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmasse.errors import MasseError, PeerNotFound
-from txmasse.records import PeerRecord, validateName
+from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry import (
     IRegistry,
     LeaseStatus,
     PeerEvent,
     defaultNamespace,
     defaultRegistryURL,
+    parseRegistryURL,
     registryFromURL,
 )
 from txmasse.registry.signed import SignedRegistry
@@ -81,6 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     connect.add_argument("name")
     connect.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    connect.add_argument(
+        "--ca", metavar="PEM", help="connect only over TLS, verified against this CA"
+    )
+    connect.add_argument(
+        "--cert", metavar="PEM", help="client certificate over TLS (and its key, unless --key)"
+    )
+    connect.add_argument("--key", metavar="PEM", help="the client certificate's key")
+    connect.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect only over TLS, verified against the system trust roots",
+    )
 
     register = commands.add_parser("register", help="keep a name registered until stopped")
     register.add_argument("name")
@@ -269,11 +282,19 @@ async def connect(reactor: Any, registry: IRegistry, namespace: str, args: Any) 
     from twisted.internet.stdio import StandardIO
 
     from txmasse.endpoints import MasseClientEndpoint
+    from txmasse.peertls import tlsFromOptions
 
     if not (math.isfinite(args.timeout) and args.timeout > 0):
         raise UsageError(f"--timeout {args.timeout}: must be a positive number of seconds")
+    options = {key: getattr(args, key) for key in ("cert", "key", "ca") if getattr(args, key)}
+    if args.tls:
+        options["tls"] = "true"
+    try:
+        tls = tlsFromOptions(options, server=False)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     endpoint = MasseClientEndpoint(
-        reactor, args.name, namespace=namespace, registry=registry, timeout=args.timeout
+        reactor, args.name, namespace=namespace, registry=registry, timeout=args.timeout, tls=tls
     )
     remote = _Relay(remote=True)
     await endpoint.connect(Factory.forProtocol(lambda: remote))
@@ -317,9 +338,41 @@ async def register(reactor: Any, registry: IRegistry, namespace: str, args: Any)
     await stopped
 
 
+def _checkArguments(args: Any) -> tuple[str, str]:
+    """
+    The namespace and registry URL to use, once the arguments (and the
+    environment standing in for them) are checked, before anything opens.
+
+    @raise UsageError: naming the bad namespace, URL, name or pattern.
+    """
+    try:
+        namespace = defaultNamespace() if args.ns is None else validateName(args.ns, "namespace")
+        if args.registry is not None:
+            url = args.registry
+            parseRegistryURL(url)
+        else:
+            url = defaultRegistryURL()
+            try:
+                parseRegistryURL(url)
+            except ValueError as e:
+                raise ValueError(f"$MASSE_REGISTRY: {e}") from None
+        pattern = getattr(args, "pattern", None)
+        if pattern is not None:
+            Glob(pattern)
+        name = getattr(args, "name", None)
+        if name is not None:
+            # connect, like the masse: endpoint, takes a pattern too
+            if args.command == "connect" and any(char in name for char in "*?["):
+                Glob(name)
+            else:
+                validateName(name, "name")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return namespace, url
+
+
 async def run(reactor: Any, args: Any, out: TextIO) -> None:
-    namespace = defaultNamespace() if args.ns is None else validateName(args.ns, "namespace")
-    url = defaultRegistryURL() if args.registry is None else args.registry
+    namespace, url = _checkArguments(args)
     registry = registryFromURL(reactor, url)
     try:
         if args.command == "ls":
@@ -352,10 +405,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> NoRetur
         try:
             await run(reactor, args, out)
         except UsageError as e:
-            print(f"masse: {e}", file=sys.stderr)
+            print(_oneLine(f"masse: {e}"), file=sys.stderr)
             status = 2
         except (MasseError, ValueError, OSError) as e:
-            print(f"masse: {e}", file=sys.stderr)
+            print(_oneLine(f"masse: {e}"), file=sys.stderr)
             status = 1
 
     _react(lambda reactor: Deferred.fromCoroutine(guarded(reactor)))
@@ -370,6 +423,14 @@ def _react(main: Callable[[Any], Deferred[None]]) -> None:
             raise
 
 
+def _oneLine(message: str) -> str:
+    """
+    C{message} on one line: a newline or other control character (in an
+    argument argparse or an error quotes as is) is shown escaped.
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def _fail(message: str, status: int) -> NoReturn:
-    print(message, file=sys.stderr)
+    print(_oneLine(message), file=sys.stderr)
     sys.exit(status)

@@ -21,6 +21,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from txmasse.errors import MasseError
+from txmasse.peertls import PeerTLS, tlsFromOptions
 from txmasse.records import validateName
 from txmasse.registry import IRegistry, defaultNamespace, parseRegistryURL, registryFromURL
 
@@ -116,10 +117,13 @@ class RegistryService(MultiService):
         ttl: float = 10.0,
         metadata: Mapping[str, str] | None = None,
         wrappers: Sequence[Any] = (),
+        tls: PeerTLS | None = None,
     ) -> NamedPeerService:
         """
         Serve C{factory} under C{name}: listen on C{listen} (a server endpoint
-        description) and register the address while running.
+        description) and register the address while running; with C{tls},
+        serve TLS with a certificate for C{NAME.NAMESPACE} (see
+        L{txmasse.peertls}).
         """
         from twisted.internet.endpoints import serverFromString
 
@@ -136,6 +140,7 @@ class RegistryService(MultiService):
             ttl=ttl,
             metadata=metadata,
             wrappers=wrappers,
+            tls=tls,
         )
         peer = NamedPeerService(endpoint, factory, self.reactor)
         peer.setName(f"{namespace}/{name}")
@@ -204,6 +209,9 @@ class Options(usage.Options):
         ["listen", None, "tcp:0", "Server endpoint description to listen on."],
         ["advertise", None, None, "Host to publish (default: the address toward the registry)."],
         ["ttl", None, "10", "Lease seconds."],
+        ["cert", None, None, "Serve TLS with this PEM certificate (it must name NAME.NAMESPACE)."],
+        ["key", None, None, "The certificate's PEM key (default: the key in the --cert file)."],
+        ["ca", None, None, "With --cert: require client certificates signed by this CA."],
     ]
 
     def __init__(self) -> None:
@@ -230,6 +238,9 @@ class Options(usage.Options):
             if self["registry"] is not None:
                 parseRegistryURL(self["registry"])
             self["ttl"] = _seconds("--ttl", self["ttl"])
+            self["tls"] = tlsFromOptions(
+                {k: self[k] for k in ("cert", "key", "ca") if self[k] is not None}, server=True
+            )
             self["factory"] = loadFactory(self["factory"])
         except (ValueError, MasseError) as e:
             raise usage.UsageError(str(e)) from None
@@ -259,6 +270,7 @@ def makeService(options: Options) -> RegistryService:
             advertise=options["advertise"],
             ttl=options["ttl"],
             metadata=options["meta"],
+            tls=options["tls"],
         )
     except (ValueError, MasseError) as e:
         raise usage.UsageError(str(e)) from None
