@@ -5,8 +5,7 @@ and SQLite by someone else. Each gets a clear error (ValueError, a usage
 error) or is skipped with a logged warning; nothing raises anything else,
 nothing goes unhandled in the reactor, and good records keep being served.
 
-Known bugs are pinned at the end by tests marked C{xfail(strict=True)}: they
-pass while the bug is there and fail once it is fixed (then drop the mark).
+The bugs this found once are pinned at the end, each by its own test.
 """
 
 from __future__ import annotations
@@ -574,7 +573,7 @@ async def checkGarbage(
     assertNoErrors(logs)
 
 
-# Known bugs, pinned (see the module docstring)
+# Bugs found once, pinned
 
 
 @pytest.mark.parametrize("parse", [clientFromString, serverFromString])
@@ -661,11 +660,6 @@ async def test_deeply_nested_record_is_skipped(
     assertNoErrors(logs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: txmasse/registry/redis.py _received: int() of an event number over 4300 "
-    "digits raises ValueError inside the reactor",
-)
 @pytest_twisted.ensureDeferred
 async def test_event_with_a_huge_number_is_skipped(redis_server: RedisServer) -> None:
     registry = newRegistry(redis_server.url + "?timeout=2")
@@ -681,11 +675,6 @@ async def test_event_with_a_huge_number_is_skipped(redis_server: RedisServer) ->
     assertNoErrors(logs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: txmasse/registry/redis_scripts.py: a non-numeric seq key makes LOOKUP return "
-    "nothing (tonumber gives nil) and FIND's reply empty (IndexError in redis.py)",
-)
 @pytest_twisted.ensureDeferred
 async def test_garbage_event_counter_keeps_good_records_served(
     redis_server: RedisServer,
@@ -701,11 +690,6 @@ async def test_garbage_event_counter_keeps_good_records_served(
         await registry.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the Redis backend does not check that a record sits under its own name and "
-    "instance (SQLite does): the scripts return the JSON only, redis.py cannot tell",
-)
 @pytest_twisted.ensureDeferred
 async def test_misplaced_records_are_skipped(redis_server: RedisServer) -> None:
     registry = newRegistry(redis_server.url + "?timeout=2")
@@ -725,11 +709,6 @@ async def test_misplaced_records_are_skipped(redis_server: RedisServer) -> None:
         await registry.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="limitation: a key of the wrong Redis type under masse:{NS}:n:NAME makes every "
-    "find/watch of the namespace fail (WRONGTYPE) instead of skipping that name",
-)
 @pytest_twisted.ensureDeferred
 async def test_wrong_redis_type_is_skipped(redis_server: RedisServer) -> None:
     registry = newRegistry(redis_server.url + "?timeout=2")

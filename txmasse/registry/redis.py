@@ -47,6 +47,9 @@ log = Logger()
 
 SWEEP_BATCH = 500
 
+MAX_EVENT_NUMBER = 2**63 - 1
+"""Redis counts events with signed 64-bit integers: a number past this is garbage."""
+
 SQLITE_HINT = "for one machine without Redis, set MASSE_REGISTRY=sqlite:///path/to/registry.db"
 
 
@@ -212,6 +215,81 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _shown(value: object, limit: int = 40) -> str:
+    """
+    C{value} for a log line or error message, cut short if long.
+    """
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _eventNumber(value: object) -> int | None:
+    """
+    An event number as Redis writes it (what C{INCR} counts on from), or
+    L{None} for garbage: checked before L{int}, which refuses more than 4300
+    digits with an error.
+    """
+    if not isinstance(value, bytes) or not value.isdigit() or len(value) > 19:
+        return None
+    if value.startswith(b"0") and value != b"0":
+        return None
+    number = int(value)
+    return number if number <= MAX_EVENT_NUMBER else None
+
+
+class _BadReply(ValueError):
+    """
+    A script's reply is not what the script returns.
+    """
+
+
+class _Reply:
+    """
+    A script's reply, read from the front; anything missing or of the wrong
+    kind raises L{_BadReply}.
+    """
+
+    def __init__(self, reply: object):
+        if not isinstance(reply, list):
+            raise _BadReply(f"expected a list, got {_shown(reply)}")
+        self._items: list[Any] = reply
+        self._next = 0
+
+    def take(self, count: int, what: str) -> list[Any]:
+        items = self._items[self._next : self._next + count]
+        if len(items) < count:
+            raise _BadReply(f"{what}: {count} expected, {len(items)} found")
+        self._next += count
+        return items
+
+    def number(self, what: str) -> int:
+        (value,) = self.take(1, what)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _BadReply(f"{what}: {_shown(value)} is not a number")
+        return value
+
+    def count(self, what: str) -> int:
+        value = self.number(what)
+        if value < 0:
+            raise _BadReply(f"{what}: {value} is negative")
+        return value
+
+    def strings(self, count: int, what: str) -> list[bytes]:
+        values = self.take(count, what)
+        for value in values:
+            if not isinstance(value, bytes):
+                raise _BadReply(f"{what}: {_shown(value)} is not a string")
+        return values
+
+    def rest(self) -> list[Any]:
+        items, self._next = self._items[self._next :], len(self._items)
+        return items
+
+    def end(self) -> None:
+        if self._next != len(self._items):
+            raise _BadReply(f"{len(self._items) - self._next} unexpected items at the end")
+
+
 @implementer(IRegistry)
 class RedisRegistry(SharedStoreRegistry):
     """
@@ -293,6 +371,24 @@ class RedisRegistry(SharedStoreRegistry):
         d.addTimeout(self._timeout, self._reactor)
         return d.addErrback(self._unavailable, what)
 
+    def _query(
+        self, what: str, parse: Callable[[_Reply], Any], script: scripts.Script, *args: object
+    ) -> Deferred[Any]:
+        """
+        L{_eval}, then C{parse} the reply: one that is malformed (a script of
+        another version, or not ours) fails the call with a clear message.
+        """
+
+        def parsed(reply: object) -> Any:
+            try:
+                return parse(_Reply(reply))
+            except _BadReply as e:
+                raise RegistryUnavailable(
+                    f"registry {self.url}: {what} failed: unexpected reply from Redis: {e}"
+                ) from None
+
+        return self._eval(what, script, *args).addCallback(parsed)
+
     async def _evalAgainIfLost(self, script: scripts.Script, args: Sequence[object]) -> Any:
         """
         Run C{script} on the next ready connection. If the connection is lost
@@ -322,28 +418,32 @@ class RedisRegistry(SharedStoreRegistry):
     # SharedStoreRegistry
 
     def _fetchLookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
-        d = self._eval(f"lookup of {name!r}", scripts.LOOKUP, _prefix(namespace), name)
-        return d.addCallback(lambda reply: self._records(reply[1:], namespace, name=name))
+        def parse(reply: _Reply) -> list[PeerRecord]:
+            records = self._records(reply, namespace)
+            reply.end()
+            return [record for record in records if record is not None]
+
+        return self._query(f"lookup of {name!r}", parse, scripts.LOOKUP, _prefix(namespace), name)
 
     def _fetchLeases(self, namespace: str, glob: Glob) -> Deferred[list[LeaseStatus]]:
-        d = self._eval(
+        def parse(reply: _Reply) -> list[LeaseStatus]:
+            records = self._records(reply, namespace, glob)
+            lefts = [reply.number("ms left") for _ in records]
+            reply.end()
+            return [
+                LeaseStatus(record, left / 1000)
+                for record, left in zip(records, lefts, strict=True)
+                if record is not None
+            ]
+
+        return self._query(
             f"listing of {glob.pattern!r}",
+            parse,
             scripts.LEASES,
             _prefix(namespace),
             glob.prefix,
             glob.luaPattern,
         )
-
-        def parsed(reply: list[Any]) -> list[LeaseStatus]:
-            count = int(reply[0])
-            statuses = []
-            for value, left in zip(reply[1 : 1 + count], reply[1 + count :], strict=True):
-                record = self._stored(value, namespace, glob)
-                if record is not None:
-                    statuses.append(LeaseStatus(record, int(left) / 1000))
-            return statuses
-
-        return d.addCallback(parsed)
 
     def _listen(self, namespace: str) -> Deferred[None]:
         return self._subscribe(namespace)
@@ -373,8 +473,13 @@ class RedisRegistry(SharedStoreRegistry):
         return Deferred.fromCoroutine(_gather(stopping))
 
     def _sweepOnce(self, namespace: str) -> Deferred[float | None]:
-        d = self._eval("sweep", scripts.SWEEP, _prefix(namespace), SWEEP_BATCH)
-        return d.addCallback(lambda reply: None if int(reply[1]) < 0 else int(reply[1]) / 1000)
+        def parse(reply: _Reply) -> float | None:
+            reply.count("number timed out")
+            untilNext = reply.number("ms until the next expiry")
+            reply.end()
+            return None if untilNext < 0 else untilNext / 1000
+
+        return self._query("sweep", parse, scripts.SWEEP, _prefix(namespace), SWEEP_BATCH)
 
     # The store, as leases and subscriptions use it
 
@@ -401,8 +506,22 @@ class RedisRegistry(SharedStoreRegistry):
         return d.addCallback(lambda _: None)
 
     def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
-        d = self._eval(
+        def parse(reply: _Reply) -> Snapshot:
+            (counter,) = reply.take(1, "event counter")
+            seq = self._counter(counter, namespace)
+            records = [r for r in self._records(reply, namespace, glob) if r is not None]
+            tombstones = reply.rest()
+            if len(tombstones) != len(known):
+                raise _BadReply(f"{len(known)} tombstones expected, {len(tombstones)} found")
+            gone = {}
+            for instance, kind in zip(known, tombstones, strict=True):
+                if kind in (b"left", b"timedout"):
+                    gone[instance] = EventKind(kind.decode())
+            return Snapshot(seq, records, gone)
+
+        return self._query(
             f"find of {glob.pattern!r}",
+            parse,
             scripts.FIND,
             _prefix(namespace),
             glob.prefix,
@@ -410,26 +529,46 @@ class RedisRegistry(SharedStoreRegistry):
             *known,
         )
 
-        def parsed(reply: list[Any]) -> Snapshot:
-            seq, count = int(reply[0]), int(reply[1])
-            records = self._records(reply[2 : 2 + count], namespace, glob)
-            gone = {}
-            for instance, kind in zip(known, reply[2 + count :], strict=False):
-                if kind in (b"left", b"timedout"):
-                    gone[instance] = EventKind(kind.decode())
-            return Snapshot(seq, records, gone)
-
-        return d.addCallback(parsed)
-
     def _records(
-        self,
-        values: Sequence[Any],
-        namespace: str,
-        glob: Glob | None = None,
-        name: str | None = None,
-    ) -> list[PeerRecord]:
-        records = (self._stored(value, namespace, glob, name) for value in values)
-        return [record for record in records if record is not None]
+        self, reply: _Reply, namespace: str, glob: Glob | None = None
+    ) -> list[PeerRecord | None]:
+        """
+        Read the names a script skipped and the records it found (L{None}
+        for each one skipped here: garbage, or stored in the wrong place).
+        """
+        for name in reply.strings(reply.count("count of bad names"), "bad names"):
+            log.warn(
+                "registry {url}: skipping a bad entry in namespace {ns}: {key} is not a "
+                "hash of records",
+                url=self.url,
+                ns=namespace,
+                key=_shown(_prefix(namespace) + "n:" + _text(name), 80),
+            )
+        values = reply.strings(3 * reply.count("record count"), "records")
+        return [
+            self._stored(data, namespace, glob, name=_text(name), instance=_text(instance))
+            for name, instance, data in zip(values[::3], values[1::3], values[2::3], strict=True)
+        ]
+
+    def _counter(self, value: object, namespace: str) -> int:
+        """
+        The event counter FIND read; garbage counts as 0, with a warning
+        (the next event resets it, where the ACL allows SET).
+        """
+        if value is None:
+            return 0
+        seq = _eventNumber(value)
+        if seq is None:
+            shown = "a key of another type" if value == -1 else _shown(value)
+            log.warn(
+                "registry {url}: bad event counter in namespace {ns}: {value} is not an event "
+                "number; taking it as 0",
+                url=self.url,
+                ns=namespace,
+                value=shown,
+            )
+            return 0
+        return seq
 
     # Connections
 
@@ -477,14 +616,17 @@ class RedisRegistry(SharedStoreRegistry):
             return
         seqText, _, rest = message.partition(b" ")
         kindText, _, data = rest.partition(b" ")
-        if not seqText.isdigit():
+        seq = _eventNumber(seqText)
+        if seq is None:
             log.warn(
-                "registry {url}: skipping an unnumbered event in namespace {ns}",
+                "registry {url}: skipping a bad event in namespace {ns}: {number} is not "
+                "an event number",
                 url=self.url,
                 ns=namespace,
+                number=_shown(seqText),
             )
             return
-        self._eventReceived(namespace, int(seqText), _text(kindText), data)
+        self._eventReceived(namespace, seq, _text(kindText), data)
 
 
 def _evalsha(protocol: Any, script: scripts.Script, args: Sequence[object]) -> Deferred[Any]:

@@ -8,7 +8,8 @@ one Redis Cluster slot):
   - C{n:NAME}: hash, instance id -> record JSON
   - C{exp}: sorted set, C{NAME/INSTANCE} -> lease expiry (ms, server clock)
   - C{names}: sorted set of the names that have instances, for prefix ranges
-  - C{seq}: number of the last event published on the channel C{events}
+  - C{seq}: number of the last event published on the channel C{events};
+    one that is garbage starts again from 1 (readers take it as 0)
   - C{gone} / C{gonet}: tombstones, instance id -> C{left} or C{timedout}
     and when, kept ten minutes so a reconnecting watcher learns which it was
 
@@ -16,6 +17,11 @@ Time comes from the Redis server (C{TIME}), never from the clients, so
 clocks that disagree cannot expire a lease early. An expired instance is
 removed and announced by the first script that meets it, in the same atomic
 step, so its timeout is announced exactly once.
+
+Someone else may write garbage under these keys: a C{n:NAME} key that is
+not a hash is skipped (and reported, so the client can warn), and records
+go back with the name and instance they are stored under, so the client can
+skip one stored where it does not belong.
 """
 
 import hashlib
@@ -38,19 +44,56 @@ class Script:
 
 _COMMON = r"""
 local P = ARGV[1]
+local MAXSEQ = '9223372036854775807'
 local function nowMs()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- Runs command on the hash of name's records: true and its reply, or
+-- false if the key holds another type (written by someone else), so that
+-- one bad key does not fail every script that meets it.
+local function onRecords(name, command, ...)
+  local reply = redis.pcall(command, P .. 'n:' .. name, ...)
+  if type(reply) == 'table' and reply.err then
+    if string.find(reply.err, 'WRONGTYPE', 1, true) then
+      return false
+    end
+    error(reply)
+  end
+  return true, reply
+end
+-- Numbers events from 1. A counter that is garbage (not a count, another
+-- type, spent) starts again from 1; if it may not be reset (an ACL without
+-- SET), the event is numbered past every count, so that a watcher catching
+-- up applies it rather than lose it.
 local function announce(kind, rec)
-  local seq = redis.call('INCR', P .. 'seq')
+  local seq = redis.pcall('INCR', P .. 'seq')
+  if type(seq) ~= 'number' or seq < 1 then
+    if redis.pcall('SET', P .. 'seq', 1).ok then
+      seq = 1
+    else
+      seq = MAXSEQ
+    end
+  end
   redis.call('PUBLISH', P .. 'events', seq .. ' ' .. kind .. ' ' .. rec)
+end
+-- The event counter as stored (false if none), or -1 if the key holds
+-- another type: the client checks it.
+local function counter()
+  local seq = redis.pcall('GET', P .. 'seq')
+  if type(seq) == 'table' then
+    return -1
+  end
+  return seq
 end
 local function drop(name, inst, kind, now)
   local hkey = P .. 'n:' .. name
-  local rec = redis.call('HGET', hkey, inst)
-  redis.call('HDEL', hkey, inst)
   redis.call('ZREM', P .. 'exp', name .. '/' .. inst)
+  local isHash, rec = onRecords(name, 'HGET', inst)
+  if not isHash then
+    return
+  end
+  redis.call('HDEL', hkey, inst)
   if redis.call('EXISTS', hkey) == 0 then
     redis.call('ZREM', P .. 'names', name)
   end
@@ -64,15 +107,22 @@ local function expired(name, inst, now)
   local score = redis.call('ZSCORE', P .. 'exp', name .. '/' .. inst)
   return (not score) or tonumber(score) <= now
 end
--- Appends the live records of name to out (and, given left, the ms each
--- has left); times out the expired ones it meets.
-local function live(name, now, out, left)
-  local all = redis.call('HGETALL', P .. 'n:' .. name)
+-- Appends the live records of name to out, each as name, instance, JSON
+-- (and, given left, the ms each has left); times out the expired ones it
+-- meets. A name whose key is not a hash goes to bad instead.
+local function live(name, now, out, left, bad)
+  local isHash, all = onRecords(name, 'HGETALL')
+  if not isHash then
+    bad[#bad + 1] = name
+    return
+  end
   for i = 1, #all, 2 do
     local score = redis.call('ZSCORE', P .. 'exp', name .. '/' .. all[i])
     if (not score) or tonumber(score) <= now then
       drop(name, all[i], 'timedout', now)
     else
+      out[#out + 1] = name
+      out[#out + 1] = all[i]
       out[#out + 1] = all[i + 1]
       if left then
         left[#left + 1] = tonumber(score) - now
@@ -81,16 +131,30 @@ local function live(name, now, out, left)
   end
 end
 -- Does live() for every name starting with prefix that matches pattern.
-local function matching(prefix, pattern, now, out, left)
+local function matching(prefix, pattern, now, out, left, bad)
   local low, high = '-', '+'
   if prefix ~= '' then
     low, high = '[' .. prefix, '[' .. prefix .. '\255'
   end
   for _, name in ipairs(redis.call('ZRANGEBYLEX', P .. 'names', low, high)) do
     if string.find(name, pattern) then
-      live(name, now, out, left)
+      live(name, now, out, left, bad)
     end
   end
+end
+-- Appends to out the names live() skipped and the records it found, each
+-- list after its length: bad count, name..., record count, (name,
+-- instance, JSON)...
+local function listed(out, records, bad)
+  out[#out + 1] = #bad
+  for _, name in ipairs(bad) do
+    out[#out + 1] = name
+  end
+  out[#out + 1] = #records / 3
+  for _, value in ipairs(records) do
+    out[#out + 1] = value
+  end
+  return out
 end
 """
 
@@ -101,13 +165,16 @@ PUT = Script(
     + r"""
 local name, inst, rec, ttl = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local now = nowMs()
-local hkey = P .. 'n:' .. name
-local old = redis.call('HGET', hkey, inst)
+local isHash, old = onRecords(name, 'HGET', inst)
+if not isHash then
+  return redis.error_reply(
+    'ERR ' .. P .. 'n:' .. name .. ' is not a hash of records: cannot register there')
+end
 if old and expired(name, inst, now) then
   drop(name, inst, 'timedout', now)
   old = false
 end
-redis.call('HSET', hkey, inst, rec)
+redis.call('HSET', P .. 'n:' .. name, inst, rec)
 redis.call('ZADD', P .. 'exp', now + ttl, name .. '/' .. inst)
 redis.call('ZADD', P .. 'names', 0, name)
 redis.call('HDEL', P .. 'gone', inst)
@@ -127,7 +194,8 @@ REMOVE = Script(
     + r"""
 local name, inst = ARGV[2], ARGV[3]
 local now = nowMs()
-if redis.call('HEXISTS', P .. 'n:' .. name, inst) == 0 then
+local isHash, present = onRecords(name, 'HEXISTS', inst)
+if not isHash or present == 0 then
   return 0
 end
 if expired(name, inst, now) then
@@ -139,30 +207,27 @@ return 1
 """
 )
 
-# ARGV: prefix, name. Returns {seq, record...}.
+# ARGV: prefix, name. Returns {bad count, name..., record count,
+# (name, instance, record)...}.
 LOOKUP = Script(
     _COMMON
     + r"""
-local now = nowMs()
-local out = {0}
-live(ARGV[2], now, out)
-out[1] = tonumber(redis.call('GET', P .. 'seq') or '0')
-return out
+local records, bad = {}, {}
+live(ARGV[2], nowMs(), records, nil, bad)
+return listed({}, records, bad)
 """
 )
 
 # ARGV: prefix, literal prefix of the pattern, Lua pattern, known instance...
-# Reads only the names under the literal prefix. Returns
-# {seq, record count, record..., tombstone of each known instance (or nil)}.
+# Reads only the names under the literal prefix. Returns {event counter,
+# bad count, name..., record count, (name, instance, record)..., tombstone
+# of each known instance (or nil)}.
 FIND = Script(
     _COMMON
     + r"""
-local records = {}
-matching(ARGV[2], ARGV[3], nowMs(), records)
-local out = {tonumber(redis.call('GET', P .. 'seq') or '0'), #records}
-for _, rec in ipairs(records) do
-  out[#out + 1] = rec
-end
+local records, bad = {}, {}
+matching(ARGV[2], ARGV[3], nowMs(), records, nil, bad)
+local out = listed({counter()}, records, bad)
 for i = 4, #ARGV do
   out[#out + 1] = redis.call('HGET', P .. 'gone', ARGV[i])
 end
@@ -171,16 +236,14 @@ return out
 )
 
 # ARGV: prefix, literal prefix of the pattern, Lua pattern. Returns
-# {record count, record..., ms left on each lease...}.
+# {bad count, name..., record count, (name, instance, record)..., ms left
+# on each lease...}.
 LEASES = Script(
     _COMMON
     + r"""
-local records, left = {}, {}
-matching(ARGV[2], ARGV[3], nowMs(), records, left)
-local out = {#records}
-for _, rec in ipairs(records) do
-  out[#out + 1] = rec
-end
+local records, left, bad = {}, {}, {}
+matching(ARGV[2], ARGV[3], nowMs(), records, left, bad)
+local out = listed({}, records, bad)
 for _, ms in ipairs(left) do
   out[#out + 1] = ms
 end
