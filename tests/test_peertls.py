@@ -237,6 +237,27 @@ async def test_tls_peer_by_name_from_strings(certs: Certs) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_half_close_keeps_the_answer(
+    certs: Certs, memory: MemoryRegistry, ports: list[Any]
+) -> None:
+    """
+    Like TCP's half-close (C{nc -N}, C{masse connect}): a request, then
+    close_notify at once; the answer still arrives, then the close. Twisted's
+    TLS would cut the session (TCP half-close underneath) or drop the answer
+    (writes held for the next reactor turn, then discarded by the close).
+    """
+    cert, key = certs.issue("db.t")
+    await serve(ports, memory, PeerTLS.fromFiles(cert=cert, key=key))
+    endpoint = client(memory, PeerTLS.fromFiles(ca=certs.caPath))
+    for _ in range(10):
+        protocol: Any = await endpoint.connect(Factory.forProtocol(Collector))
+        protocol.transport.write(b"request")
+        protocol.transport.loseWriteConnection()
+        await protocol.lost
+        assert protocol.received == b"request"
+
+
+@pytest_twisted.ensureDeferred
 async def test_mutual_tls(certs: Certs, memory: MemoryRegistry, ports: list[Any]) -> None:
     """
     A server with ca= takes clients whose certificate that CA signed; its

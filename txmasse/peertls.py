@@ -338,7 +338,7 @@ class PeerTLS:
             caCerts=authorities or None,
             **self._pair(),
         )
-        return TLSMemoryBIOFactory(_prepared(options), False, _GateFactory(factory))
+        return _TLSFactory(_prepared(options), False, _GateFactory(factory))
 
     def clientCreator(self, expected: str) -> IOpenSSLClientConnectionCreator:
         """
@@ -353,6 +353,17 @@ class PeerTLS:
                 )
             self._clientOptions = _prepared(CertificateOptions(trustRoot=trust, **self._pair()))
         return _NameBoundCreator(self._clientOptions, expected, self.trustSource)
+
+
+class _TLSFactory(TLSMemoryBIOFactory):
+    """
+    TLS whose writes reach OpenSSL at once. Twisted's default transport
+    holds small writes until the next reactor turn, and drops them if the
+    peer's close_notify arrives first: a server answering a request that
+    came with the client's close would lose the answer.
+    """
+
+    protocol = TLSMemoryBIOProtocol
 
 
 def _prepared(options: CertificateOptions) -> CertificateOptions:
@@ -429,6 +440,28 @@ class _Gate(ProtocolWrapper):
     def dataReceived(self, data: bytes) -> None:
         if self._open:
             self.wrappedProtocol.dataReceived(data)
+
+    def loseWriteConnection(self) -> None:
+        """
+        End this side only, as TCP's half-close does: send TLS's
+        close_notify, and go on reading until the peer closes too.
+
+        Twisted's TLS has no half-close: the TCP one underneath (which a
+        wrapper would otherwise reach) cuts the TLS session short, and
+        C{loseConnection} discards the peer's answer.
+        """
+        tls: Any = self.transport
+        if tls.disconnecting or getattr(tls, "_appSendBuffer", None):
+            tls.loseConnection()  # writes still queued: closes once they are out
+            return
+        connection = tls.getHandle()
+        try:
+            connection.shutdown()
+            alert = connection.bio_read(2**15)
+        except SSL.Error:
+            tls.loseConnection()
+            return
+        tls.transport.write(alert)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._open:
@@ -611,7 +644,7 @@ class PeerTLSClientEndpoint:
 
         ready: Deferred[IProtocol] = Deferred(abort)
         gate = _GateFactory(protocolFactory, _checkPeer(self.expected), ready, repr(self.expected))
-        tls = TLSMemoryBIOFactory(self.tls.clientCreator(self.expected), True, gate)
+        tls = _TLSFactory(self.tls.clientCreator(self.expected), True, gate)
         tcp = HostnameEndpoint(self.reactor, self.host, self.port)
         return Deferred.fromCoroutine(self._connect(tcp, tls, ready))
 
