@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.certs import Authority
 from tests.conftest import RedisServer
 from tests.test_access import MASSE_ACL
 
@@ -97,3 +98,22 @@ def test_twistd_masse_tls_options_are_checked(option: str, tmp_path: Path) -> No
         assert f"cert={missing}: cannot read it" in output
     else:
         assert "need cert=" in output
+
+
+def test_twistd_masse_refuses_a_certificate_for_another_name(tmp_path: Path) -> None:
+    cert, key = Authority.create(tmp_path).issue("other.default")
+    twistd = Path(sys.executable).parent / "twistd"
+    result = subprocess.run(
+        [
+            str(twistd), "-n", "masse", "--name", "echo", "--ns", "default",
+            "--factory", "twisted.protocols.wire:Echo", "--cert", str(cert), "--key", str(key),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Traceback" not in output
+    assert "its certificate is for 'other.default', not 'echo.default'" in output

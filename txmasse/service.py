@@ -241,6 +241,8 @@ class Options(usage.Options):
             self["tls"] = tlsFromOptions(
                 {k: self[k] for k in ("cert", "key", "ca") if self[k] is not None}, server=True
             )
+            if self["tls"] is not None:
+                self["tls"].checkServes(self["name"], self["ns"])
             self["factory"] = loadFactory(self["factory"])
         except (ValueError, MasseError) as e:
             raise usage.UsageError(str(e)) from None
