@@ -184,7 +184,7 @@ async def test_event_numbers_past_what_redis_counts_are_skipped(
         b"junk",
         [],
         [b"1"],
-        [0, 1, b"db"],  # a record cut short
+        [0, 2, b"1:2:dbi1{}"],  # a record missing
         [0, 0, b"extra"],
         [-1, 0],
         [1, 7, 0],  # a bad name that is not a string

@@ -17,6 +17,7 @@ announces each expired lease once.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -235,6 +236,24 @@ def _eventNumber(value: object) -> int | None:
         return None
     number = int(value)
     return number if number <= MAX_EVENT_NUMBER else None
+
+
+_PLACED = re.compile(rb"(\d{1,6}):(\d{1,6}):")
+
+
+def _placed(value: bytes) -> tuple[bytes, str, str]:
+    """
+    A record as the scripts return it, C{"#NAME:#INSTANCE:" NAME INSTANCE
+    JSON}: its JSON, and the name and instance it is stored under (empty
+    for garbage, which then fails the placement check).
+    """
+    lengths = _PLACED.match(value)
+    if lengths is None:
+        return value, "", ""
+    start, nameLength, instanceLength = lengths.end(), int(lengths[1]), int(lengths[2])
+    name = value[start : start + nameLength]
+    instance = value[start + nameLength : start + nameLength + instanceLength]
+    return value[start + nameLength + instanceLength :], _text(name), _text(instance)
 
 
 class _BadReply(ValueError):
@@ -536,19 +555,20 @@ class RedisRegistry(SharedStoreRegistry):
         Read the names a script skipped and the records it found (L{None}
         for each one skipped here: garbage, or stored in the wrong place).
         """
-        for name in reply.strings(reply.count("count of bad names"), "bad names"):
+        for bad in reply.strings(reply.count("count of bad names"), "bad names"):
             log.warn(
                 "registry {url}: skipping a bad entry in namespace {ns}: {key} is not a "
                 "hash of records",
                 url=self.url,
                 ns=namespace,
-                key=_shown(_prefix(namespace) + "n:" + _text(name), 80),
+                key=_shown(_prefix(namespace) + "n:" + _text(bad), 80),
             )
-        values = reply.strings(3 * reply.count("record count"), "records")
-        return [
-            self._stored(data, namespace, glob, name=_text(name), instance=_text(instance))
-            for name, instance, data in zip(values[::3], values[1::3], values[2::3], strict=True)
-        ]
+        values = reply.strings(reply.count("record count"), "records")
+        records = []
+        for value in values:
+            data, name, instance = _placed(value)
+            records.append(self._stored(data, namespace, glob, name=name, instance=instance))
+        return records
 
     def _counter(self, value: object, namespace: str) -> int:
         """

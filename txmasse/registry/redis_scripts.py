@@ -107,9 +107,11 @@ local function expired(name, inst, now)
   local score = redis.call('ZSCORE', P .. 'exp', name .. '/' .. inst)
   return (not score) or tonumber(score) <= now
 end
--- Appends the live records of name to out, each as name, instance, JSON
--- (and, given left, the ms each has left); times out the expired ones it
--- meets. A name whose key is not a hash goes to bad instead.
+-- Appends the live records of name to out, each as one string saying
+-- where it is stored: "#NAME:#INSTANCE:" (their lengths), NAME, INSTANCE,
+-- then the JSON (one reply item a record: each item costs the client more
+-- than its bytes). Given left, also the ms each has left. Times out the
+-- expired ones it meets. A name whose key is not a hash goes to bad instead.
 local function live(name, now, out, left, bad)
   local isHash, all = onRecords(name, 'HGETALL')
   if not isHash then
@@ -121,9 +123,7 @@ local function live(name, now, out, left, bad)
     if (not score) or tonumber(score) <= now then
       drop(name, all[i], 'timedout', now)
     else
-      out[#out + 1] = name
-      out[#out + 1] = all[i]
-      out[#out + 1] = all[i + 1]
+      out[#out + 1] = #name .. ':' .. #all[i] .. ':' .. name .. all[i] .. all[i + 1]
       if left then
         left[#left + 1] = tonumber(score) - now
       end
@@ -143,14 +143,13 @@ local function matching(prefix, pattern, now, out, left, bad)
   end
 end
 -- Appends to out the names live() skipped and the records it found, each
--- list after its length: bad count, name..., record count, (name,
--- instance, JSON)...
+-- list after its length: bad count, name..., record count, record...
 local function listed(out, records, bad)
   out[#out + 1] = #bad
   for _, name in ipairs(bad) do
     out[#out + 1] = name
   end
-  out[#out + 1] = #records / 3
+  out[#out + 1] = #records
   for _, value in ipairs(records) do
     out[#out + 1] = value
   end
@@ -208,7 +207,7 @@ return 1
 )
 
 # ARGV: prefix, name. Returns {bad count, name..., record count,
-# (name, instance, record)...}.
+# placed record...}.
 LOOKUP = Script(
     _COMMON
     + r"""
@@ -220,7 +219,7 @@ return listed({}, records, bad)
 
 # ARGV: prefix, literal prefix of the pattern, Lua pattern, known instance...
 # Reads only the names under the literal prefix. Returns {event counter,
-# bad count, name..., record count, (name, instance, record)..., tombstone
+# bad count, name..., record count, placed record..., tombstone
 # of each known instance (or nil)}.
 FIND = Script(
     _COMMON
@@ -236,7 +235,7 @@ return out
 )
 
 # ARGV: prefix, literal prefix of the pattern, Lua pattern. Returns
-# {bad count, name..., record count, (name, instance, record)..., ms left
+# {bad count, name..., record count, placed record..., ms left
 # on each lease...}.
 LEASES = Script(
     _COMMON

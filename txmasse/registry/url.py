@@ -406,7 +406,7 @@ def _tlsOptions(parsed: RegistryURL) -> Callable[[str], Any]:
     from twisted.internet import ssl
     from twisted.internet.error import VerifyError
 
-    from txmasse.peertls import _certificates, _privateKey
+    from txmasse.peertls import _certificates, _privateKey, _read
     from txmasse.registry.tls import verifiedOptions
 
     def bad(why: object) -> ValueError:
@@ -414,10 +414,9 @@ def _tlsOptions(parsed: RegistryURL) -> Callable[[str], Any]:
 
     def read(path: str, what: str) -> bytes:
         try:
-            with open(path, "rb") as f:
-                return f.read()
-        except OSError as e:
-            raise bad(f"cannot read {what}: {e}") from None
+            return _read(what, path)
+        except ValueError as e:
+            raise bad(e) from None
 
     def certificate(path: str, what: str) -> Any:
         try:
