@@ -77,16 +77,18 @@ def test_signed_and_tls_session_works_as_written(
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("option", ["--cert", "--key", "--ca"])
-def test_twistd_masse_tls_options_are_checked(option: str, tmp_path: Path) -> None:
-    missing = str(tmp_path / "missing.pem")
+def refusedTwistdMasse(directory: Path, *options: str) -> str:
+    """
+    Run C{twistd masse} serving an echo as C{echo}, which must refuse
+    C{options} with a usage message, not a traceback; return its output.
+    """
     twistd = Path(sys.executable).parent / "twistd"
     result = subprocess.run(
         [
-            str(twistd), "-n", "masse", "--name", "echo",
-            "--factory", "twisted.protocols.wire:Echo", option, missing,
+            str(twistd), "-n", "masse", "--name", "echo", "--ns", "default",
+            "--factory", "twisted.protocols.wire:Echo", *options,
         ],
-        cwd=tmp_path,
+        cwd=directory,
         capture_output=True,
         text=True,
         timeout=60,
@@ -94,6 +96,13 @@ def test_twistd_masse_tls_options_are_checked(option: str, tmp_path: Path) -> No
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Traceback" not in output
+    return output
+
+
+@pytest.mark.parametrize("option", ["--cert", "--key", "--ca"])
+def test_twistd_masse_tls_options_are_checked(option: str, tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    output = refusedTwistdMasse(tmp_path, option, missing)
     if option == "--cert":
         assert f"cert={missing}: cannot read it" in output
     else:
@@ -102,18 +111,5 @@ def test_twistd_masse_tls_options_are_checked(option: str, tmp_path: Path) -> No
 
 def test_twistd_masse_refuses_a_certificate_for_another_name(tmp_path: Path) -> None:
     cert, key = Authority.create(tmp_path).issue("other.default")
-    twistd = Path(sys.executable).parent / "twistd"
-    result = subprocess.run(
-        [
-            str(twistd), "-n", "masse", "--name", "echo", "--ns", "default",
-            "--factory", "twisted.protocols.wire:Echo", "--cert", str(cert), "--key", str(key),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )  # fmt: skip
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "Traceback" not in output
+    output = refusedTwistdMasse(tmp_path, "--cert", str(cert), "--key", str(key))
     assert "its certificate is for 'other.default', not 'echo.default'" in output

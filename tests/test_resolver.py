@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import TCP4ServerEndpoint, clientFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
@@ -24,7 +24,7 @@ from zope.interface import implementer
 from tests.conftest import RedisServer, eventually
 from tests.endpoint_helpers import Collector, Echo, Recording, quote
 from txmasse.endpoints import MasseClientEndpoint, MasseListeningPort, MasseServerEndpoint
-from txmasse.errors import RegistryUnavailable
+from txmasse.errors import NoReachablePeer, RegistryUnavailable
 from txmasse.records import PeerRecord
 from txmasse.registry import (
     ILease,
@@ -332,6 +332,47 @@ async def test_warm_connects_ask_nothing(memory: Counting, ports: list[IListenin
     for _ in range(3):
         await echoes(uncached)
     assert memory.calls == {"lookup": 4, "watch": 1}
+
+
+@implementer(IStreamClientEndpoint)
+class Hanging:
+    """
+    An endpoint whose connection attempts never finish until cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        def cancel(_: object) -> None:
+            self.cancelled += 1
+
+        return Deferred(cancel)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_warm_connect_times_out_and_cancels(
+    memory: Counting, ports: list[IListeningPort]
+) -> None:
+    """
+    A warm connect tries the cache's first choice straight away: its
+    timeout and its cancellation still reach that attempt.
+    """
+    await listen(ports, memory)
+    client = MasseClientEndpoint(reactor, "echo", "t", registry=memory, timeout=0.2)
+    await echoes(client)
+    await warmed(memory)
+    hanging = Hanging()
+    client._endpointFor = lambda description, record: hanging  # type: ignore[method-assign]
+    with pytest.raises(NoReachablePeer, match=r"within 0.2s: gave up connecting to tcp:"):
+        await client.connect(Factory.forProtocol(Collector))
+    assert hanging.cancelled == 1
+    attempt = client.connect(Factory.forProtocol(Collector))
+    attempt.cancel()
+    with pytest.raises(CancelledError):
+        await attempt
+    assert hanging.cancelled == 2
+    assert memory.calls == {"lookup": 1, "watch": 1}  # both were warm: no registry call
 
 
 @pytest_twisted.ensureDeferred

@@ -105,7 +105,7 @@ async def test_tls_refuses_a_certificate_without_subject_alt_name(
 
 
 def test_unreadable_ca_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="ca=.*: cannot read it"):
+    with pytest.raises(ValueError, match=r"ca=.*: cannot read it"):
         newRegistry(f"rediss://127.0.0.1:1/0?ca={tmp_path}/missing.pem")
 
 

@@ -191,6 +191,7 @@ class _Progress:
     tried: list[str] = attrs.Factory(list)
     doing: str = "waiting for the registry"
     cancelled: bool = False
+    expired: bool = False
 
     def timedOut(self, timeout: float) -> Failure:
         done = f"tried {'; '.join(self.tried)}; " if self.tried else ""
@@ -347,44 +348,113 @@ class MasseClientEndpoint:
         registry = self.registry
         url = self._display if isinstance(registry, str) else registry.url
         progress = _Progress(f"{self.name!r} in namespace {self.namespace!r} (registry {url})")
-        running = Deferred.fromCoroutine(self._connect(protocolFactory, progress, records))
+        stack = [_Reporting.wrap, *self.wrappers] if self.report else self.wrappers
+        wrapped, depth = stackFactory(protocolFactory, stack), len(stack)
+        attempts: list[Deferred[Any]] = []  # the last one is in progress
 
         def cancel(_: object) -> None:
             progress.cancelled = True
-            running.cancel()
+            attempts[-1].cancel()
 
         connecting: Deferred[IProtocol] = Deferred(cancel)
+        timeout = self.timeout
+        # One delayed call rather than Deferred.addTimeout: a third of what
+        # a warm connect costs beyond the TCP connect itself.
+        timer = None if timeout is None else self._reactor.callLater(timeout, lambda: expire())
+
+        def expire() -> None:
+            progress.expired = True
+            cancel(None)
+            if not connecting.called:  # the attempt ignored its cancellation
+                connecting.errback(progress.timedOut(timeout or 0))
 
         def relay(outcome: IProtocol | Failure) -> None:
+            if timer is not None and timer.active():
+                timer.cancel()
             if not connecting.called:
                 if isinstance(outcome, Failure):
-                    connecting.errback(outcome)
+                    connecting.errback(
+                        progress.timedOut(timeout or 0) if progress.expired else outcome
+                    )
                 else:
                     connecting.callback(outcome)
             elif not isinstance(outcome, Failure):
                 _abort(outcome)  # connected just as the caller gave up
 
-        running.addBoth(relay)
-        if self.timeout is not None:
-            connecting.addTimeout(
-                self.timeout,
-                self._reactor,
-                onTimeoutCancel=lambda result, timeout: progress.timedOut(timeout),
+        def tryAll(staleFailed: str | None) -> None:
+            running = Deferred.fromCoroutine(
+                self._connect(wrapped, depth, progress, records, staleFailed)
             )
+            attempts.append(running)
+            running.addBoth(relay)
+
+        first = self._warmFirst() if records is None else None
+        if first is None:
+            tryAll(None)
+            return connecting
+
+        # Warm: the cache's first choice, straight away, without the
+        # coroutine; if it fails, the full search starts from there.
+        cachedRegistry, record, description, endpoint = first
+
+        def succeeded(protocol: IProtocol) -> None:
+            try:
+                application = self._connected(protocol, cachedRegistry, record, depth)
+            except Exception:
+                relay(Failure())
+                return
+            relay(application)
+
+        def failed(failure: Failure) -> None:
+            if progress.cancelled:
+                relay(Failure(CancelledError()))
+                return
+            self._attemptFailed(progress, description, failure.value)
+            tryAll(description)
+
+        progress.doing = f"connecting to {description}"
+        attempt = endpoint.connect(wrapped)
+        attempts.append(attempt)
+        attempt.addCallbacks(succeeded, failed)
         return connecting
+
+    def _warmFirst(
+        self,
+    ) -> tuple[IRegistry, PeerRecord, str, IStreamClientEndpoint] | None:
+        """
+        The registry, instance, description and endpoint that a connect
+        tries first, when the cache answers and that first choice is clear;
+        else L{None}, and the full search decides (and reports why).
+        """
+        if not self.cache:
+            return None
+        try:
+            registry = _openRegistry(self._reactor, self.registry)
+            records = resolverFor(registry, self._reactor).cached(self.namespace, self.name)
+            if not records:
+                return None
+            record = self._order(records)[0]
+            descriptions = self._usable(record, localHostIdentity())
+            if not descriptions:
+                return None
+            return registry, record, descriptions[0], self._endpointFor(descriptions[0], record)
+        except Exception:
+            return None  # the full search meets it again, and fails with it
 
     async def _connect(
         self,
-        factory: IProtocolFactory,
+        wrapped: IProtocolFactory,
+        depth: int,
         progress: _Progress,
-        records: Sequence[PeerRecord] | None = None,
+        records: Sequence[PeerRecord] | None,
+        staleFailed: str | None,
     ) -> IProtocol:
         """
         Endpoints fail in their own ways when cancelled: report a
         cancellation as L{CancelledError}, whatever was interrupted.
         """
         try:
-            return await self._tryAll(factory, progress, records)
+            return await self._tryAll(wrapped, depth, progress, records, staleFailed)
         except Exception:
             if progress.cancelled:
                 raise CancelledError() from None
@@ -392,32 +462,44 @@ class MasseClientEndpoint:
 
     async def _tryAll(
         self,
-        factory: IProtocolFactory,
+        wrapped: IProtocolFactory,
+        depth: int,
         progress: _Progress,
-        records: Sequence[PeerRecord] | None = None,
+        records: Sequence[PeerRecord] | None,
+        staleFailed: str | None,
     ) -> IProtocol:
+        """
+        Resolve (unless given C{records}), then try each instance's
+        endpoints in turn. C{staleFailed}: a cached endpoint that just
+        failed; the cache entry is dropped and the registry asked again.
+        """
         registry = _openRegistry(self._reactor, self.registry)
         progress.target = f"{self.name!r} in namespace {self.namespace!r} (registry {registry.url})"
         resolver = resolverFor(registry, self._reactor) if self.cache and records is None else None
         cached = False
-        if resolver is not None:
-            resolution = await resolver.resolve(self.namespace, self.name)
-            records, cached = resolution.records, resolution.cached
-        elif records is None and isGlob(self.name):
-            records = await registry.find(self.namespace, self.name)
-        elif records is None:
-            records = await registry.lookup(self.namespace, self.name)
-        if not records:
-            what = "matches" if isGlob(self.name) else "is registered as"
-            raise PeerNotFound(
-                f"no peer {what} {self.name!r} in namespace {self.namespace!r} "
-                f"(registry {registry.url})"
-            )
-        stack = [_Reporting.wrap, *self.wrappers] if self.report else self.wrappers
-        wrapped = stackFactory(factory, stack)
-        here = localHostIdentity()
         failed: set[str] = set()
-        pending = self._order(records)
+        if resolver is not None and staleFailed is not None:
+            failed.add(staleFailed)
+            stale = self._order(resolver.cached(self.namespace, self.name) or ())
+            pending = await self._resolveAgain(resolver, stale, progress)
+        else:
+            if resolver is not None:
+                records = resolver.cached(self.namespace, self.name)
+                cached = records is not None
+                if records is None:
+                    records = (await resolver.resolve(self.namespace, self.name)).records
+            elif records is None and isGlob(self.name):
+                records = await registry.find(self.namespace, self.name)
+            elif records is None:
+                records = await registry.lookup(self.namespace, self.name)
+            if not records:
+                what = "matches" if isGlob(self.name) else "is registered as"
+                raise PeerNotFound(
+                    f"no peer {what} {self.name!r} in namespace {self.namespace!r} "
+                    f"(registry {registry.url})"
+                )
+            pending = self._order(records)
+        here = localHostIdentity()
         while pending:
             record = pending.pop(0)
             descriptions = self._usable(record, here)
@@ -436,26 +518,40 @@ class MasseClientEndpoint:
                 except Exception as e:
                     if progress.cancelled:
                         raise
-                    why = str(e) or type(e).__name__
-                    progress.tried.append(f"{description}: {why}")
-                    log.info(
-                        "{target}: {description} failed ({why}); trying the next",
-                        target=progress.target,
-                        description=description,
-                        why=why,
-                    )
+                    self._attemptFailed(progress, description, e)
                     failed.add(description)
                     if cached and resolver is not None:
                         cached = False  # stale: ask the registry, once, and go on with its answer
                         pending = await self._resolveAgain(resolver, pending, progress)
                         break
                     continue
-                if self.report:
-                    _Reporting.start(protocol, registry, record)
-                return self._unwrap(protocol, len(stack))
+                return self._connected(protocol, registry, record, depth)
         raise NoReachablePeer(
             f"could not reach {progress.target}: tried {'; '.join(progress.tried)}"
         )
+
+    def _attemptFailed(
+        self, progress: _Progress, description: str, error: BaseException | None
+    ) -> None:
+        why = (str(error) or type(error).__name__) if error is not None else "failed"
+        progress.tried.append(f"{description}: {why}")
+        log.info(
+            "{target}: {description} failed ({why}); trying the next",
+            target=progress.target,
+            description=description,
+            why=why,
+        )
+
+    def _connected(
+        self, protocol: IProtocol, registry: IRegistry, record: PeerRecord, depth: int
+    ) -> IProtocol:
+        """
+        The application's protocol, once connected to C{record}: reported
+        (with C{report}), unwrapped from the C{depth} wrappers.
+        """
+        if self.report:
+            _Reporting.start(protocol, registry, record)
+        return self._unwrap(protocol, depth)
 
     def _endpointFor(self, description: str, record: PeerRecord) -> IStreamClientEndpoint:
         """

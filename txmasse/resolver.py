@@ -123,14 +123,25 @@ class Resolver:
         a pattern): from memory when a synced watch holds some, else from
         the registry, after which a watch starts in the background.
         """
+        records = self.cached(namespace, name)
+        if records is not None:
+            return succeed(Resolution(records, cached=True))
+        return Deferred.fromCoroutine(self._ask(namespace, name))
+
+    def cached(self, namespace: str, name: str) -> Sequence[PeerRecord] | None:
+        """
+        The instances of C{name} from memory, if a synced watch holds some;
+        else L{None}: then L{resolve} asks the registry.
+        """
         key = (namespace, name)
         entry = self._entries.get(key)
-        if entry is not None:
-            records = entry.records()
-            if records is not None and not self.registry.closed:
-                self._entries.move_to_end(key)
-                return succeed(Resolution(records, cached=True))
-        return Deferred.fromCoroutine(self._ask(namespace, name))
+        if entry is None:
+            return None
+        records = entry.records()
+        if records is None or self.registry.closed:
+            return None
+        self._entries.move_to_end(key)
+        return records
 
     def isWarm(self, namespace: str, name: str) -> bool:
         """
