@@ -40,6 +40,7 @@ from txmasse.peertls import (
 )
 from txmasse.records import PeerRecord
 from txmasse.registry import IRegistry, MemoryRegistry, registryFromURL
+from txmasse.resolver import resolverFor
 
 # Fixtures
 
@@ -422,6 +423,34 @@ async def test_client_reaches_the_genuine_peer_among_impostors(
             await hangUp(protocol)
     assert connectedTo(fooled) == [] and plain.built == []
     assert len(served.built) == 9
+
+
+@pytest_twisted.ensureDeferred
+async def test_plain_instances_beside_tls_ones_cost_a_tls_client_nothing(
+    certs: Certs, memory: MemoryRegistry, ports: list[Any]
+) -> None:
+    """
+    During a move to TLS, plain instances share the name: a TLS client
+    skips them outright, so its cache stays warm (no lookup per connect).
+    """
+    plain = Recording(Echo)
+    await impostor(ports, memory, plain, scheme="tcp")  # registered first: tried first
+    await serve(ports, memory, PeerTLS.fromFiles(*certs.issue("db.t")))
+    lookups: list[str] = []
+    real = memory.lookup
+
+    def counted(namespace: str, name: str, stale: float | None = None) -> Any:
+        lookups.append(name)
+        return real(namespace, name, stale)
+
+    memory.lookup = counted  # type: ignore[method-assign]
+    endpoint = client(memory, PeerTLS.fromFiles(ca=certs.caPath), pick="first")
+    resolver = resolverFor(memory, reactor)
+    for _ in range(4):
+        protocol: Any = await endpoint.connect(Factory.forProtocol(Seeing))
+        await hangUp(protocol)
+        await eventually(lambda: resolver.isWarm("t", "db"))
+    assert lookups == ["db"] and plain.built == []
 
 
 @pytest_twisted.ensureDeferred

@@ -17,7 +17,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import TCP4ServerEndpoint, clientFromString
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs, formatEvent
 from zope.interface import implementer
 
@@ -373,6 +373,33 @@ async def test_a_warm_connect_times_out_and_cancels(
         await attempt
     assert hanging.cancelled == 2
     assert memory.calls == {"lookup": 1, "watch": 1}  # both were warm: no registry call
+
+
+@implementer(IStreamClientEndpoint)
+class Raising:
+    """
+    An endpoint that raises instead of returning a Deferred.
+    """
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        raise OSError("no such thing")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_warm_endpoint_that_raises_fails_the_connect_cleanly(
+    memory: Counting, ports: list[IListeningPort]
+) -> None:
+    await listen(ports, memory)
+    client = MasseClientEndpoint(reactor, "echo", "t", registry=memory, timeout=0.2)
+    await echoes(client)
+    await warmed(memory)
+    client._endpointFor = lambda description, record: Raising()  # type: ignore[method-assign]
+    with capturedLogs() as events:
+        attempt = client.connect(Factory.forProtocol(Collector))  # does not raise
+        with pytest.raises(NoReachablePeer, match="no such thing"):
+            await attempt
+        await deferLater(reactor, 0.3, lambda: None)  # past the timeout: nothing fires
+    assert [e for e in events if e.get("isError") or e.get("log_failure")] == []
 
 
 @pytest_twisted.ensureDeferred

@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.endpoints import (
     UNIXServerEndpoint,
     quoteStringArgument,
@@ -47,7 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmasse.errors import MasseError, NoReachablePeer, PeerNotFound
-from txmasse.peertls import PeerTLS, peerClientEndpoint, tlsFromOptions
+from txmasse.peertls import PeerTLS, certificateName, peerClientEndpoint, tlsFromOptions
 from txmasse.records import Glob, PeerRecord, localHostIdentity, validateName
 from txmasse.registry import (
     EventKind,
@@ -413,7 +413,7 @@ class MasseClientEndpoint:
             tryAll(description)
 
         progress.doing = f"connecting to {description}"
-        attempt = endpoint.connect(wrapped)
+        attempt = maybeDeferred(endpoint.connect, wrapped)  # an endpoint may raise at once
         attempts.append(attempt)
         attempt.addCallbacks(succeeded, failed)
         return connecting
@@ -504,9 +504,12 @@ class MasseClientEndpoint:
             record = pending.pop(0)
             descriptions = self._usable(record, here)
             if not descriptions:
+                why = "no endpoint this client accepts"
+                if self.tls is not None:
+                    expected = certificateName(record.name, record.namespace)
+                    why = f"refused: not TLS, and this client requires TLS to {expected!r}"
                 progress.tried.append(
-                    f"instance {record.instance[:8]}: no endpoint this client accepts "
-                    f"among {list(record.endpoints)}"
+                    f"instance {record.instance[:8]}: {why} among {list(record.endpoints)}"
                 )
             for description in descriptions:
                 if description in failed:
@@ -614,13 +617,16 @@ class MasseClientEndpoint:
     def _usable(self, record: PeerRecord, here: str) -> list[str]:
         """
         The record's endpoints this client may try, best first: never
-        C{masse:} (no loops), C{unix:} only on the same host, only C{proto}.
+        C{masse:} (no loops), C{unix:} only on the same host, only C{proto},
+        only C{tls:} for a TLS client.
         """
         usable = []
         for description in record.endpoints:
             transport = _transport(description)
             if transport == "masse" or (transport == "unix" and record.host != here):
                 continue
+            if self.tls is not None and transport != "tls":
+                continue  # a TLS client never falls back to plain streams
             if self.proto is None or transport in self.proto:
                 usable.append(description)
         if self.proto is not None:
