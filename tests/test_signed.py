@@ -247,6 +247,30 @@ async def test_a_forged_update_counts_as_leaving(signing: Any) -> None:
 
 @BACKENDS
 @pytest_twisted.ensureDeferred
+async def test_a_copy_with_a_bad_signature_hides_the_peer_only_until_its_heartbeat(
+    signing: Any,
+) -> None:
+    """
+    The same record with a wrong signature, written before a watcher
+    starts: that watcher ignores it; the real peer's heartbeat restores the
+    signature, which the watcher hears as C{joined} (records equal but for
+    their signature are news).
+    """
+    peer, store = signing()
+    watcher, _ = signing()
+    lease = await peer.register(record("db"), 30)
+    good = lease.record
+    await store._put(attrs.evolve(good, signature="0" * 64), 30)
+    events = Events()
+    subscription = await watcher.watch("dev", "db", events)
+    assert subscription.peers == []
+    await lease.refresh()
+    await eventually(lambda: events.kinds() == [("joined", "db")])
+    assert subscription.peers == [good]
+
+
+@BACKENDS
+@pytest_twisted.ensureDeferred
 async def test_signed_and_unsigned_namespaces_side_by_side(signing: Any) -> None:
     registry, store = signing(f"# only dev is signed\n\ndev {SECRET}\n")
     assert registry.signs("dev") and not registry.signs("prod")

@@ -72,7 +72,9 @@ class _Entry:
         The instances to connect to from memory, or L{None} to ask the registry.
         """
         subscription = self.subscription
-        if subscription is None or not subscription.synced:
+        # A registry of someone else's that does not say whether its watch
+        # is current is never served from memory.
+        if subscription is None or not getattr(subscription, "synced", False):
             return None
         return subscription.peers or None  # an empty answer is not cached
 

@@ -440,8 +440,8 @@ class Subscription:
         known = self._view.get(instance)
         if kind in (EventKind.JOINED, EventKind.UPDATED):
             self._suspects.discard(instance)
-            if known == record:
-                return
+            if known == record and known.signature == record.signature:
+                return  # (a new signature is news: a signed watch may now accept it)
             self._view[instance] = record
             self._emit(EventKind.UPDATED if known is not None else EventKind.JOINED, record)
         elif known is not None:

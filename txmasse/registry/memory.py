@@ -163,7 +163,7 @@ class MemoryRegistry:
         heapq.heappush(self._deadlines, (expires, record.namespace, record.name, record.instance))
         if old is None:
             self._announce(EventKind.JOINED, record)
-        elif old.record != record:
+        elif old.record != record or old.record.signature != record.signature:
             self._announce(EventKind.UPDATED, record)
         self._scheduleSweep()
         return succeed(None)

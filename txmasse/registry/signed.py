@@ -271,7 +271,12 @@ class SignedRegistry:
     def lookup(
         self, namespace: str, name: str, stale: float | None = None
     ) -> Deferred[list[PeerRecord]]:
-        d = self.registry.lookup(namespace, name, stale=stale)
+        # Only with stale=: a registry of someone else's may not take it.
+        d = (
+            self.registry.lookup(namespace, name)
+            if stale is None
+            else self.registry.lookup(namespace, name, stale=stale)
+        )
         if self._key(namespace) is None:
             return d
         return d.addCallback(lambda records: self._kept(records))
