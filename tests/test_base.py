@@ -147,3 +147,36 @@ def test_failed_catch_up_is_retried_but_a_failed_start_fails() -> None:
     subscription.stop()
     clock.advance(10)
     assert len(store.snapshots) == 5
+
+
+def test_a_catch_up_while_notifications_are_down_is_not_current() -> None:
+    """
+    A resync of the view's own (after the grace period, say) while the
+    store's notifications are down leaves the view unsynced; only the
+    store's reconnect makes it current again.
+    """
+    clock, store = Clock(), ScriptedStore()
+    a = record("a")
+    subscription, _ = watching(store, clock)
+    store.snapshots[0].callback(Snapshot(1, [a]))
+    assert subscription.synced
+    subscription.interrupted()
+    subscription.resync()
+    store.snapshots[1].callback(Snapshot(1, [a]))
+    assert not subscription.synced
+    subscription.reconnected()
+    store.snapshots[2].callback(Snapshot(1, [a]))
+    assert subscription.synced
+
+
+def test_a_reconnect_during_the_first_snapshot_catches_up_after_it() -> None:
+    clock, store = Clock(), ScriptedStore()
+    a, b = record("a"), record("b")
+    subscription, events = watching(store, clock)
+    subscription.interrupted()
+    subscription.reconnected()  # before the first snapshot is in
+    store.snapshots[0].callback(Snapshot(1, [a]))
+    assert not subscription.synced and len(store.snapshots) == 2
+    store.snapshots[1].callback(Snapshot(2, [a, b]))  # b joined while we were away
+    assert subscription.synced
+    assert events.kinds() == [("joined", "b")]

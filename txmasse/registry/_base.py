@@ -314,6 +314,7 @@ class Subscription:
         self._buffer: list[tuple[int, EventKind, PeerRecord]] | None = []
         self._generation = 0
         self._initial = True
+        self._againAfterStart = False
         self._stopped = False
         self._connected = True
         self._pendingResync: IDelayedCall | None = None
@@ -341,6 +342,18 @@ class Subscription:
         Notifications reach us again and none were lost on the way.
         """
         self._connected = True
+
+    def reconnected(self) -> None:
+        """
+        Notifications reach us again, some maybe lost on the way: catch up
+        (a watch interrupted while taking its first snapshot takes one more
+        after it).
+        """
+        if self._initial:
+            self._againAfterStart = not self._connected
+            return
+        self._connected = True
+        self.resync()
 
     def stop(self) -> None:
         if self._stopped:
@@ -378,7 +391,6 @@ class Subscription:
         self._cancelPendingResync()
         self._generation += 1
         generation = self._generation
-        self._connected = True
         self._buffer = []
         return Deferred.fromCoroutine(self._catchUp(generation))
 
@@ -413,7 +425,10 @@ class Subscription:
         for seq, kind, record in buffered:
             if seq > snapshot.seq:
                 self._apply(kind, record)
-        if self._suspects:
+        if self._againAfterStart:
+            self._againAfterStart = False
+            self.reconnected()
+        elif self._suspects:
             self._pendingResync = self._clock.callLater(self._grace, self.resync)
 
     def _reconcile(self, current: dict[str, PeerRecord], gone: dict[str, EventKind]) -> None:

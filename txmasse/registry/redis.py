@@ -622,8 +622,7 @@ class RedisRegistry(SharedStoreRegistry):
             for namespace in list(self._watchers):
                 await _subscribe(protocol, _prefix(namespace) + "events")
             for subscription in self._subscriptions():
-                if not subscription._initial:
-                    subscription.resync()
+                subscription.reconnected()
 
         return Deferred.fromCoroutine(prepare())
 

@@ -608,6 +608,8 @@ class SQLiteRegistry(SharedStoreRegistry):
         return d.addCallback(self._statuses, namespace)
 
     def _listen(self, namespace: str) -> Deferred[None]:
+        if self._pollFailing:
+            self._eventsInterrupted()  # the new watch too is not current until polls work
         self._schedulePoll()
         return succeed(None)
 
