@@ -428,3 +428,27 @@ async def test_acl_user_over_mutual_tls_with_signed_records(tmp_path: Path) -> N
         await registry.close()
         await forger.close()
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://masse:Pw-s3cret/a1b2c3@127.0.0.1:6379/0",  # '/' unencoded
+        "redis://masse:Pw-s3cret?a1b2c3@127.0.0.1:6379/0",  # '?' unencoded
+        "redis://masse:Pw-s3cret#a1b2c3@127.0.0.1:6379/0",  # '#' unencoded
+        "redis://masse:Pw-s3cret-a1b2c3@127.0.0.1:port/0",  # a bad port beside it
+        "redis+sentinel://h:26379/m?sentinel%5Fpassword=Pw-s3cret-a1b2c3",
+        "redis+sentinel://h:26379/m?sentinel_p%61ssword=Pw-s3cret-a1b2c3",
+    ],
+)
+def test_password_hidden_when_the_url_is_malformed(url: str) -> None:
+    """
+    A password that breaks the URL's syntax, or an option name written
+    percent-encoded, is an error that shows neither the password nor a
+    piece of it.
+    """
+    with pytest.raises(ValueError) as caught:
+        parseRegistryURL(url)
+    message = str(caught.value)
+    for piece in ("Pw-s3cret", "a1b2c3"):
+        assert piece not in message, message

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -99,7 +99,21 @@ def _bad(url: str, part: str, why: str) -> ValueError:
     return ValueError(f"invalid registry URL {_redact(url)!r}: {part} {why}")
 
 
-_QUERY_PASSWORD = re.compile(r"(?<=[?&]sentinel_password=)[^&#]*")
+def _redactQuery(url: str) -> str:
+    """
+    C{url} with the value of its C{sentinel_password} option hidden, even
+    with the option's name percent-encoded.
+    """
+    base, question, query = url.partition("?")
+    if not question:
+        return url
+    pieces = []
+    for piece in query.split("&"):
+        name, equals, _ = piece.partition("=")
+        if equals and unquote_plus(name) == "sentinel_password":
+            piece = f"{name}=***"
+        pieces.append(piece)
+    return base + "?" + "&".join(pieces)
 
 
 def _redact(url: str) -> str:
@@ -117,13 +131,13 @@ def redactURL(url: str) -> str:
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return _QUERY_PASSWORD.sub("***", url)
-    authority, slash, tail = rest.partition("/")
-    if "@" in authority:
-        credentials, _, host = authority.rpartition("@")
+        return _redactQuery(url)
+    if "@" in rest:
+        # Up to the last '@': a password may hold '/', '?' or '#' unencoded.
+        credentials, _, rest = rest.rpartition("@")
         user = credentials.split(":", 1)[0]
-        authority = f"{user}:***@{host}" if ":" in credentials else f"***@{host}"
-    return _QUERY_PASSWORD.sub("***", f"{scheme}://{authority}{slash}{tail}")
+        rest = (f"{user}:***@" if ":" in credentials else "***@") + rest
+    return _redactQuery(f"{scheme}://{rest}")
 
 
 _URL_IN_TEXT = re.compile(r"\S*://\S*")
@@ -167,11 +181,21 @@ def _parse(url: object) -> RegistryURL:
         # A sentinel URL lists several host:port pairs, which urlsplit cannot read.
         port = None if parts.scheme.lower() in _SENTINEL_SCHEMES else parts.port
     except ValueError as e:
-        raise _bad(url, "the address", f"does not parse: {e}") from None
+        # urllib's words may quote a piece of the password: not with credentials.
+        why = "does not parse" + (
+            " (percent-encode ':', '/', '?', '#' and '@' in a user or password)"
+            if "@" in url
+            else f": {e}"
+        )
+        raise _bad(url, "the address", why) from None
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         raise _bad(url, f"scheme {parts.scheme!r}", f"is not one of {', '.join(_SCHEMES)}")
     query: dict[str, str] = {}
+    for raw in parts.query.split("&"):
+        name = raw.partition("=")[0]
+        if unquote_plus(name) != name:  # else sentinel%5Fpassword= would be shown
+            raise _bad(url, f"option {_redact(name)!r}", "must not be percent-encoded")
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key not in _QUERY[scheme]:
             allowed = ", ".join(sorted(_QUERY[scheme])) or "none"
