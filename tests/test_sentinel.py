@@ -224,6 +224,16 @@ async def test_stale_answers(tmp_path: Path, fakeSentinel: FakeSentinel) -> None
         await registry.register(record("web"), 10)
         assert b.command("HLEN", "masse:{dev}:n:web") == 1
         assert a.command("INFO", "errorstats").decode().count("READONLY") > readonlyBefore
+
+        # Back again, with the scripts gone from the demoted one: EVALSHA
+        # finds none (NOSCRIPT), EVAL is refused (READONLY), and that too
+        # sends the call to the new master.
+        a.command("REPLICAOF", "NO", "ONE")
+        b.command("REPLICAOF", "127.0.0.1", a.port)
+        b.command("SCRIPT", "FLUSH")
+        fakeSentinel.address = a.port
+        await registry.register(record("api"), 10)
+        assert a.command("HLEN", "masse:{dev}:n:api") == 1
     finally:
         await registry.close()
         a.stop()

@@ -656,12 +656,15 @@ def _evalsha(protocol: Any, script: scripts.Script, args: Sequence[object]) -> D
     def reload(failure: Failure) -> Any:
         if failure.check(txredisapi.ResponseError) and "NOSCRIPT" in str(failure.value):
             return protocol.execute_command("EVAL", script.source, 0, *args)
+        return failure
+
+    def demoted(failure: Failure) -> Failure:
         if failure.check(txredisapi.ResponseError) and "READONLY" in str(failure.value):
             protocol.transport.loseConnection()  # a demoted master: reconnect to the new one
         return failure
 
     d: Deferred[Any] = protocol.execute_command("EVALSHA", script.sha, 0, *args)
-    return d.addErrback(reload)
+    return d.addErrback(reload).addErrback(demoted)  # READONLY from EVALSHA or EVAL
 
 
 def _logReregisterFailure(failure: Failure, lease: Lease) -> None:
