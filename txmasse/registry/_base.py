@@ -106,7 +106,7 @@ class LastAnswers:
         )
 
     def remember(self, records: list[PeerRecord], key: tuple[str, str]) -> list[PeerRecord]:
-        self._answers[key] = (self._clock.seconds(), records)
+        self._answers[key] = (self._clock.seconds(), list(records))  # the caller may change its own
         self._answers.move_to_end(key)
         if len(self._answers) > self._size:
             self._answers.popitem(last=False)
