@@ -23,6 +23,10 @@ from hypothesis import settings
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+# One RESP client for the bench and the tests; re-exported for the tests.
+from bench.redis import _encode as _encode
+from bench.redis import _read as _read
+from bench.redis import freePort as freePort
 from txmasse.registry.interface import IRegistry
 from txmasse.registry.memory import MemoryRegistry
 from txmasse.registry.url import _build, parseRegistryURL
@@ -38,41 +42,6 @@ INSTALL_HINT = (
     "'apt-get install -y redis-server' (the README's test command does this), "
     "or put a redis-server on PATH."
 )
-
-
-def freePort() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _encode(*args: object) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
-def _read(f: Any) -> Any:
-    line = f.readline()
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest.decode()
-    if kind == b"-":
-        raise RuntimeError(rest.decode())
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        n = int(rest)
-        if n < 0:
-            return None
-        data = f.read(n + 2)[:-2]
-        return data
-    if kind == b"*":
-        n = int(rest)
-        return None if n < 0 else [_read(f) for _ in range(n)]
-    raise RuntimeError(f"bad reply {line!r}")
 
 
 class RedisServer:
