@@ -21,6 +21,7 @@ import pytest
 import pytest_twisted
 from hypothesis import settings
 from twisted.internet import reactor
+from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 
 # One RESP client for the bench and the tests; re-exported for the tests.
@@ -242,3 +243,14 @@ def _no_shared_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     monkeypatch.setenv("MASSE_REGISTRY", "redis://127.0.0.1:1/0?timeout=0.5")
     monkeypatch.delenv("MASSE_NAMESPACE", raising=False)
+
+
+@pytest.fixture
+def ports() -> Iterator[list[IListeningPort]]:
+    """
+    Listening ports to stop at the end of the test.
+    """
+    made: list[IListeningPort] = []
+    yield made
+    for port in made:
+        pytest_twisted.blockon(port.stopListening())

@@ -76,17 +76,6 @@ def redis_url(redis_server: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def ports() -> Iterator[list[IListeningPort]]:
-    """
-    Listening ports to stop at the end of the test.
-    """
-    made: list[IListeningPort] = []
-    yield made
-    for port in made:
-        pytest_twisted.blockon(port.stopListening())
-
-
-@pytest.fixture
 def peers() -> Iterator[list[Any]]:
     """
     Peer processes, killed at the end of the test if still running.

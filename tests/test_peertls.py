@@ -85,14 +85,6 @@ def memory() -> Iterator[MemoryRegistry]:
     pytest_twisted.blockon(registry.close())
 
 
-@pytest.fixture
-def ports() -> Iterator[list[IListeningPort]]:
-    made: list[IListeningPort] = []
-    yield made
-    for port in made:
-        pytest_twisted.blockon(port.stopListening())
-
-
 class Seeing(Collector):
     """
     Notes the peer's certificate when connected: the application must only

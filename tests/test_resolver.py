@@ -265,14 +265,6 @@ def memory() -> Iterator[Counting]:
     pytest_twisted.blockon(registry.close())
 
 
-@pytest.fixture
-def ports() -> Iterator[list[IListeningPort]]:
-    made: list[IListeningPort] = []
-    yield made
-    for port in made:
-        pytest_twisted.blockon(port.stopListening())
-
-
 async def listen(ports: list[IListeningPort], registry: IRegistry, ttl: float = 10) -> Any:
     endpoint = MasseServerEndpoint(
         reactor,
