@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import re
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +25,6 @@ from typing import Any
 import pytest_twisted
 from twisted.application.internet import ClientService
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString, quoteStringArgument
 from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
@@ -37,8 +34,6 @@ from zope.interface import provider
 from examples.group_rpc import Hello
 from tests.conftest import RedisServer, eventually, newRegistry, sleep
 from tests.endpoint_helpers import (
-    REPO,
-    ChildProcess,
     Collector,
     Recording,
     peerEnvironment,
@@ -46,6 +41,7 @@ from tests.endpoint_helpers import (
     spawnPeer,
 )
 from tests.test_contract import Events, record
+from tests.test_group import Workers, gather
 from txmasse import MasseClientEndpoint, PeerGroup, RegistryUnavailable, registryFromURL
 from txmasse.registry.interface import EventKind, PeerEvent
 
@@ -122,42 +118,6 @@ def byInstance(events: list[PeerEvent]) -> dict[str, list[str]]:
     for event in events:
         log.setdefault(event.record.instance, []).append(str(event.kind))
     return log
-
-
-class Workers:
-    """
-    AMP workers (C{tests/group_peer.py}), each in a process of its own.
-    """
-
-    def __init__(self, url: str, ttl: float):
-        self.url = url
-        self.ttl = ttl
-        self.running: list[ChildProcess] = []
-
-    async def start(self, name: str) -> tuple[ChildProcess, str]:
-        process = ChildProcess()
-        args = [sys.executable, "-m", "tests.group_peer", self.url, NS, name, str(self.ttl)]
-        env = peerEnvironment(self.url)
-        reactor.spawnProcess(process, sys.executable, args, env=env, path=str(REPO))
-        self.running.append(process)
-        # The whole line: the pipe may deliver it in pieces.
-        def line() -> re.Match[bytes] | None:
-            return re.search(rb"registered (\S+)\n", process.output)
-
-        await eventually(lambda: line() is not None or not process.running, 30)
-        registered = line()
-        assert registered is not None, process.output.decode()
-        return process, registered.group(1).decode()
-
-    async def stopAll(self) -> None:
-        for process in self.running:
-            process.signal("KILL")
-        for process in self.running:
-            await process.ended
-
-
-async def gather(coroutines: list[Any]) -> list[Any]:
-    return await gatherResults([Deferred.fromCoroutine(c) for c in coroutines])
 
 
 # Redis killed for 5 s, started empty

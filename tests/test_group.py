@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -321,10 +322,15 @@ class Workers:
         args = [sys.executable, "-m", "tests.group_peer", self.url, NS, name, str(self.ttl), *mode]
         reactor.spawnProcess(process, sys.executable, args, env=self.env, path=str(ROOT))
         self.running.append(process)
-        await eventually(lambda: b"registered " in process.output or not process.running, 30)
-        line = process.output.split(b"registered ", 1)
-        assert len(line) == 2, process.output.decode()
-        return process, line[1].split()[0].decode()
+
+        # The whole line: the pipe may deliver it in pieces.
+        def line() -> re.Match[bytes] | None:
+            return re.search(rb"registered (\S+)\n", process.output)
+
+        await eventually(lambda: line() is not None or not process.running, 30)
+        registered = line()
+        assert registered is not None, process.output.decode()
+        return process, registered.group(1).decode()
 
     async def stopAll(self) -> None:
         for process in self.running:
