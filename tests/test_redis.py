@@ -176,6 +176,36 @@ async def test_paused_redis_fails_calls_within_deadline(
 
 
 @pytest_twisted.ensureDeferred
+async def test_registration_without_an_answer_is_taken_back(
+    redis_server: RedisServer, registries: Any
+) -> None:
+    """
+    A registration that ran out of time, or that its caller cancelled, may
+    still reach Redis: it is taken back, not left to time out unowned.
+    """
+    peer, watcher = registries(redis_server.url + "?timeout=0.3"), registries()
+    events = Events()
+    await watcher.watch("dev", "*", events)
+    assert await peer.lookup("dev", "ghost") == []  # connected and ready
+    redis_server.pause()
+    try:
+        with pytest.raises(RegistryUnavailable, match=r"no answer within 0\.3s"):
+            await peer.register(record("ghost"), 5)
+        cancelled = peer.register(record("ghost"), 5)
+        cancelled.cancel()
+        with pytest.raises(RegistryUnavailable):
+            await cancelled
+    finally:
+        redis_server.resume()
+    # Sent after both registrations on the same connection: runs after them,
+    # and after the removals that take them back.
+    assert await peer.lookup("dev", "ghost") == []
+    assert redis_server.command("EXISTS", "masse:{dev}:n:ghost") == 0
+    await eventually(lambda: len(events) == 4)
+    assert events.kinds() == [("joined", "ghost"), ("left", "ghost")] * 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_dropped_connections_lose_nothing(redis_server: RedisServer, registries: Any) -> None:
     peer, watcher = registries(), registries()
     lease = await peer.register(record("db"), 2)

@@ -56,17 +56,44 @@ async def test_peer_waits_for_the_registry(redis_server: RedisServer) -> None:
     redis_server.stop()
     registry = newRegistry(redis_server.url + "?timeout=0.3")
     service = RegistryService(registry)
-    service.addPeer("late", Factory.forProtocol(Protocol), namespace="dev")
+    peer = service.addPeer("late", Factory.forProtocol(Protocol), namespace="dev")
     service.startService()
     try:
         await eventually(lambda: registry._commandFactory.lastError is not None)
         redis_server.start()
-        await eventually(
-            lambda: redis_server.command("HLEN", "masse:{dev}:n:late") == 1, timeout=10
-        )
+        await eventually(lambda: peer.port is not None, timeout=10)
+        assert redis_server.command("HLEN", "masse:{dev}:n:late") == 1
     finally:
         await service.stopService()
     assert redis_server.command("HLEN", "masse:{dev}:n:late") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_peer_stopped_while_registering_leaves_nothing(redis_server: RedisServer) -> None:
+    """
+    Stopping a peer whose registration has no answer yet takes it back:
+    watchers see it leave, not time out a lease nobody keeps.
+    """
+    watcher = newRegistry(redis_server.url)
+    events = Events()
+    await watcher.watch("dev", "*", events)
+    registry = newRegistry(redis_server.url + "?timeout=0.3")
+    assert await registry.lookup("dev", "late") == []  # connected and ready
+    service = RegistryService(registry)
+    peer = service.addPeer("late", Factory.forProtocol(Protocol), namespace="dev", ttl=30)
+    redis_server.pause()
+    try:
+        service.startService()
+        await eventually(lambda: bool(registry._registering))  # sent, and waiting
+        await service.stopService()
+        assert peer.port is None
+    finally:
+        redis_server.resume()
+    try:
+        await eventually(lambda: len(events) == 2)
+        assert events.kinds() == [("joined", "late"), ("left", "late")]
+    finally:
+        await watcher.close()
 
 
 class NotAFactory:

@@ -55,11 +55,14 @@ class NamedPeerService(Service):
         self._listening = self.endpoint.listen(self.factory)
         self._listening.addCallbacks(self._listened, self._failed)
 
-    def _listened(self, port: IListeningPort) -> None:
+    def _listened(self, port: IListeningPort) -> Deferred[None] | None:
         self._listening = None
+        if not self.running:  # stopped while registering: cancelling came too late
+            return port.stopListening()
         self.port = port
         self._delay = 1.0
         log.info("{name} is listening on {address}", name=self.name, address=port.getHost())
+        return None
 
     def _failed(self, failure: Failure) -> None:
         self._listening = None
@@ -79,7 +82,10 @@ class NamedPeerService(Service):
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         if self._listening is not None:
-            self._listening.cancel()
+            # Fires once the attempt closed its ports and took back its record.
+            listening: Deferred[Any] = self._listening
+            listening.cancel()
+            return listening
         port, self.port = self.port, None
         if port is None:
             return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -61,6 +61,8 @@ class SharedStoreRegistry:
         self._watchers: dict[str, set[Subscription]] = {}
         self._sweeps: dict[str, IDelayedCall | None] = {}
         self._lastAnswers = LastAnswers(clock)
+        self._registering: set[Deferred[None]] = set()
+        self._undoing: set[Deferred[None]] = set()
 
     # What a backend provides
 
@@ -120,13 +122,44 @@ class SharedStoreRegistry:
         lease = Lease(self, record, ttl, self._clock)
 
         def registered(_: None) -> ILease:
+            self._registering.discard(putting)
             self._leases.add(lease)
             self._leaseNamespaces[record.namespace] += 1
             self._startSweeping(record.namespace)
             lease.start()
             return lease
 
-        return self._put(record, ttl).addCallback(registered)
+        def failed(failure: Failure) -> Failure:
+            self._registering.discard(putting)
+            self._undo(record)
+            return failure
+
+        putting = self._put(record, ttl)
+        self._registering.add(putting)
+        return putting.addCallbacks(registered, failed)
+
+    def _undo(self, record: PeerRecord) -> None:
+        """
+        Take back a registration that failed: a call that ran out of time or
+        was cancelled may still have reached the store, and would otherwise
+        leave a record nobody keeps alive (announced as C{joined}, then
+        C{timedout}). L{close} waits for it.
+        """
+        undoing = self._remove(record)
+        self._undoing.add(undoing)
+
+        def done(result: object) -> None:
+            self._undoing.discard(undoing)
+            if isinstance(result, Failure):
+                log.debug(
+                    "registry {url}: could not take back the failed registration of"
+                    " {name!r} (if it reached the store, it times out): {error}",
+                    url=self.url,
+                    name=record.name,
+                    error=result.getErrorMessage(),
+                )
+
+        undoing.addBoth(done)
 
     def lookup(
         self, namespace: str, name: str, stale: float | None = None
@@ -200,6 +233,8 @@ class SharedStoreRegistry:
     def close(self) -> Deferred[None]:
         if self.closed:
             return succeed(None)
+        for putting in list(self._registering):
+            putting.cancel()  # and take it back
         for lease in list(self._leases):
             lease.stop()
         for subscriptions in list(self._watchers.values()):
@@ -208,7 +243,8 @@ class SharedStoreRegistry:
         for namespace in list(self._sweeps):
             self._stopSweeping(namespace)
         self.closed = True
-        return self._disconnect()
+        undoing = DeferredList(list(self._undoing), consumeErrors=True)
+        return undoing.addCallback(lambda _: self._disconnect())
 
     # Reading the store
 
@@ -345,3 +381,4 @@ class SharedStoreRegistry:
 
 def _logSweepFailure(failure: Failure) -> None:
     log.debug("sweep failed: {error}", error=failure.getErrorMessage())
+
