@@ -63,10 +63,21 @@ def test_the_log_check_catches_what_it_must() -> None:
         ("joined", "c"), ("left", "c"), ("updated", "c"),  # after close
         ("joined", "d"), ("left", "d"),  # died, yet left
         ("joined", "x"),  # never registered
+        ("joined", "f"), ("joined", "f"), ("timedout", "f"),  # joined twice
+        ("joined", "g"), ("left", "g"), ("joined", "g"), ("left", "g"),  # back after left
     ]  # fmt: skip
+    truth |= {"f": "died", "g": "released"}
     violations = checkLog("w", log, truth).violations
-    assert len(violations) == 6, violations  # closing twice is also an event after the close
-    for words in ("closed 2 times", "before joined", "after it closed", "died but left"):
+    assert len(violations) == 8, violations  # g: joined, then left, after it left
+    for words in (
+        "a: left after it left",
+        "b: timedout before joined",
+        "c: updated after it left",
+        "d: died but left",
+        "never registered: x",
+        "f: joined again while joined",
+        "g: joined again while left",
+    ):
         assert any(words in v for v in violations), words
     assert checkLog("w", [("joined", "a")], {"a": "released"}).violations == [
         "w: a: never closed (['joined'], released)"
@@ -75,3 +86,11 @@ def test_the_log_check_catches_what_it_must() -> None:
     fine = [("joined", "a"), ("updated", "a"), ("timedout", "a"), ("joined", "e")]
     result = checkLog("w", fine, {"a": "released", "e": "unsure"})
     assert result.violations == [] and result.lateReleases == 1
+    # Timed out while its heartbeat was late, written back, then released or died.
+    late = [("joined", "a"), ("timedout", "a"), ("joined", "a"), ("left", "a")]
+    late += [("joined", "d"), ("timedout", "d"), ("joined", "d"), ("timedout", "d")]
+    result = checkLog("w", late, {"a": "released", "d": "died"})
+    assert result.violations == [] and result.rewritten == 2 and result.lateReleases == 0
+    assert checkLog("w", late[:3], {"a": "released"}).violations == [
+        "w: a: never closed (['joined', 'timedout', 'joined'], released)"
+    ]
