@@ -115,6 +115,26 @@ async def test_watch_sees_joined_updated_left(make_registry: MakeRegistry) -> No
 
 @BACKENDS
 @pytest_twisted.ensureDeferred
+async def test_no_update_after_release_or_stop(make_registry: MakeRegistry) -> None:
+    """
+    Updating a lease that is gone is a mistake to hear about, not a no-op.
+    """
+    registry = make_registry()
+    for end in ("release", "stop"):
+        lease = await registry.register(record(), 5)
+        if end == "release":
+            await lease.release()
+        else:
+            lease.stop()
+        changed = record(instance=lease.record.instance, metadata={"v": "2"})
+        state = "released" if end == "release" else "stopped"
+        with pytest.raises(ValueError, match=f"is {state}: register the record again"):
+            lease.update(changed)
+        assert lease.record.metadata == {}
+
+
+@BACKENDS
+@pytest_twisted.ensureDeferred
 async def test_heartbeats_keep_a_lease_alive(make_registry: MakeRegistry) -> None:
     registry = make_registry()
     await registry.register(record(), 0.3)

@@ -259,6 +259,9 @@ class Lease:
             old.instance,
         ):
             raise ValueError("an update must keep the record's namespace, name and instance")
+        if self._released or self._stopped:
+            state = "released" if self._released else "stopped"
+            raise ValueError(f"{self!r} is {state}: register the record again")
         self.record = record
         return self.refresh()
 

@@ -88,7 +88,8 @@ class ILease(Interface):
     def update(record: PeerRecord) -> Deferred[None]:
         """
         Replace the record (same namespace, name and instance); watchers see
-        C{updated}.
+        C{updated}. Raises C{ValueError} once the lease is released or
+        stopped.
         """
 
     def release() -> Deferred[None]:
