@@ -409,6 +409,24 @@ async def test_pick_strategies(memory: MemoryRegistry, ports: list[IListeningPor
 
 
 @pytest_twisted.ensureDeferred
+async def test_roundrobin_passes_a_dead_instance_s_turn_to_the_next(
+    memory: MemoryRegistry, ports: list[IListeningPort]
+) -> None:
+    """
+    An instance that died silently (its lease lives on) keeps its place in
+    the rotation; its turns go to the next instance, and the turns after
+    them go on as before.
+    """
+    a, b, c = await threeServers(memory, ports)
+    dead = next(p for p in ports if isinstance(p, MasseListeningPort) and portNumber(p) == b)
+    ports.remove(dead)
+    dead.lease.stop()
+    await dead.port.stopListening()
+    roundrobin = MasseClientEndpoint(reactor, "echo", "t", registry=memory, pick="roundrobin")
+    assert await peerPorts(roundrobin, 6) == [a, c, c, a, c, c]
+
+
+@pytest_twisted.ensureDeferred
 async def test_glob_name_picks_among_matches(
     memory: MemoryRegistry, ports: list[IListeningPort]
 ) -> None:

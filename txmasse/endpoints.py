@@ -480,7 +480,7 @@ class MasseClientEndpoint:
         failed: set[str] = set()
         if resolver is not None and staleFailed is not None:
             failed.add(staleFailed)
-            stale = self._order(resolver.cached(self.namespace, self.name) or ())
+            stale = self._order(resolver.cached(self.namespace, self.name) or (), again=True)
             pending = await self._resolveAgain(resolver, stale, progress)
         else:
             if resolver is not None:
@@ -592,7 +592,7 @@ class MasseClientEndpoint:
                 error=e,
             )
             return pending
-        return self._order(resolution.records)
+        return self._order(resolution.records, again=True)
 
     def _unwrap(self, protocol: IProtocol, depth: int) -> IProtocol:
         try:
@@ -601,16 +601,19 @@ class MasseClientEndpoint:
             _abort(protocol)
             raise
 
-    def _order(self, records: Sequence[PeerRecord]) -> list[PeerRecord]:
+    def _order(self, records: Sequence[PeerRecord], again: bool = False) -> list[PeerRecord]:
         """
-        Instances in the order to try them, per C{pick}.
+        Instances in the order to try them, per C{pick}; C{again}: ordering
+        afresh within the same connect, which keeps its C{roundrobin} turn
+        (else a dead instance would hand every turn after it to one peer).
         """
         ordered = sorted(records, key=lambda record: (record.registered, record.instance))
         if self.pick == "random":
             self._random.shuffle(ordered)
-        elif self.pick == "roundrobin":
-            start = self._turn % len(ordered)
-            self._turn += 1
+        elif self.pick == "roundrobin" and ordered:
+            if not again:
+                self._turn += 1
+            start = (self._turn - 1) % len(ordered)
             ordered = ordered[start:] + ordered[:start]
         return ordered
 
