@@ -66,7 +66,7 @@ async def measureConnects(
 ) -> dict[str, list[float]]:
     """
     Samples (seconds) per variant: C{raw}, C{nocache}, C{miss}, C{warm},
-    C{get}, and C{pyro} if C{pyroURI}.
+    C{get}, C{byhand} (a lookup, then C{raw}), and C{pyro} if C{pyroURI}.
     """
     registry = registryFromURL(reactor, url)
     resolver = resolverFor(registry, reactor)
@@ -95,6 +95,13 @@ async def measureConnects(
         await redis.get("bench")
         return time.perf_counter() - start
 
+    async def byHand() -> float:
+        # The floor of any connect that asks a registry first: txmasse's own
+        # lookup, then the raw endpoint, with no name layer in between.
+        start = time.perf_counter()
+        await registry.lookup(namespace, "echo")
+        return time.perf_counter() - start + await echoOnce(raw)
+
     api: Any = importlib.import_module("Pyro5.api") if pyroURI is not None else None
 
     async def pyro() -> float:
@@ -111,6 +118,7 @@ async def measureConnects(
         "miss": miss,
         "warm": lambda: echoOnce(cached),
         "get": get,
+        "byhand": byHand,
     }
     if pyroURI is not None:
         variants["pyro"] = pyro

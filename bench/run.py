@@ -132,8 +132,31 @@ def connectRows(s: dict[str, list[float]]) -> list[Row]:
                 number=cold,
             )
         )
+    byHand, cold = p50(s["byhand"]), p50(s["nocache"])
+    rows.append(
+        Row(
+            "connect",
+            "by hand: lookup(), then raw TCP",
+            p50p99(s["byhand"]),
+            f"raw {micros(raw)} + GET {micros(get)}",
+            (byHand - raw) / get,
+            f"raw + {(byHand - raw) / get:.2f}x GET",
+            number=byHand,
+        )
+    )
+    rows.append(
+        Row(
+            "connect",
+            "masse: cold against by hand",
+            micros(cold),
+            f"by hand {micros(byHand)}",
+            cold / byHand,
+            f"{cold / byHand:.3f}x",
+            number=cold,
+        )
+    )
     if "pyro" in s:
-        pyro, cold = p50(s["pyro"]), p50(s["nocache"])
+        pyro = p50(s["pyro"])
         rows.append(
             Row(
                 "connect",

@@ -43,6 +43,18 @@ def test_record_round_trip_and_immutability() -> None:
     assert record.instance != PeerRecord("dev", "db", ["tcp:host=a:port=1"]).instance
 
 
+def test_parsing_is_remembered_for_the_same_bytes_but_never_for_garbage() -> None:
+    data = PeerRecord("dev", "db", ["tcp:host=a:port=1"]).toJSON()
+    assert PeerRecord.fromJSON(data) is PeerRecord.fromJSON(data)  # immutable: safe to share
+    metadata = {f"k{i}": "v" * 1000 for i in range(3)}
+    big = PeerRecord("dev", "db", ["tcp:host=a:port=1"], metadata).toJSON()
+    assert PeerRecord.fromJSON(big) == PeerRecord.fromJSON(big)
+    garbage = data.replace(b'"db"', b'"d*b"')
+    for _ in range(2):
+        with pytest.raises(ValueError, match="invalid name"):
+            PeerRecord.fromJSON(garbage)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

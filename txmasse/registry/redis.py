@@ -343,6 +343,7 @@ class RedisRegistry(SharedStoreRegistry):
         check = getattr(endpoint, "checkConnection", None)
         self._commandFactory.check = self._subscriberFactory.check = check
         self._subscriber: ClientService | None = None
+        self._readyCommands: Any = None
         self._commands.startService()
 
     def __repr__(self) -> str:
@@ -386,9 +387,24 @@ class RedisRegistry(SharedStoreRegistry):
     def _eval(self, what: str, script: scripts.Script, *args: object) -> Deferred[Any]:
         if self.closed:
             return fail(RegistryUnavailable(f"registry {self.url} is closed"))
-        d = Deferred.fromCoroutine(self._evalAgainIfLost(script, args))
+        protocol = self._readyCommands
+        if protocol is not None and protocol.ready:
+            # The usual case, kept short: a lookup is one round trip, and
+            # the service's state machine and a coroutine cost a third of it.
+            d = _evalsha(protocol, script, args)
+            d.addErrback(self._evalAgain, script, args)
+        else:
+            d = Deferred.fromCoroutine(self._evalAgainIfLost(script, args))
         d.addTimeout(self._timeout, self._reactor)
         return d.addErrback(self._unavailable, what)
+
+    def _evalAgain(
+        self, failure: Failure, script: scripts.Script, args: Sequence[object]
+    ) -> Failure | Deferred[Any]:
+        error = failure.value
+        if not isinstance(error, Exception) or not _lostOrDemoted(error):
+            return failure
+        return Deferred.fromCoroutine(self._evalAgainIfLost(script, args, error))
 
     def _query(
         self, what: str, parse: Callable[[_Reply], Any], script: scripts.Script, *args: object
@@ -408,31 +424,32 @@ class RedisRegistry(SharedStoreRegistry):
 
         return self._eval(what, script, *args).addCallback(parsed)
 
-    async def _evalAgainIfLost(self, script: scripts.Script, args: Sequence[object]) -> Any:
+    async def _evalAgainIfLost(
+        self, script: scripts.Script, args: Sequence[object], lost: Exception | None = None
+    ) -> Any:
         """
         Run C{script} on the next ready connection. If the connection is lost
-        under it, or its server turns out to be a demoted master (READONLY),
-        run it again on the next one: every script is idempotent, and the
-        caller's deadline still bounds the whole.
+        under it (or was, C{lost}), or its server turns out to be a demoted
+        master (READONLY), run it again on the next one: every script is
+        idempotent, and the caller's deadline still bounds the whole.
         """
         while True:
+            if lost is not None:
+                if self.closed:
+                    raise lost
+                await deferLater(self._reactor, 0)  # let the service see the loss first
+                log.info(
+                    "registry {url}: {error}; running the call again on a new connection",
+                    url=self.url,
+                    error=lost,
+                )
             try:
                 protocol = await self._ready(self._commands)
                 return await _evalsha(protocol, script, args)
-            except (_LostAlready, txredisapi.ConnectionError) as e:
-                error: Exception = e
-            except txredisapi.ResponseError as e:
-                if "READONLY" not in str(e):
+            except Exception as e:
+                if not _lostOrDemoted(e):
                     raise
-                error = e
-            if self.closed:
-                raise error
-            await deferLater(self._reactor, 0)  # let the service see the loss first
-            log.info(
-                "registry {url}: {error}; running the call again on a new connection",
-                url=self.url,
-                error=error,
-            )
+                lost = e
 
     # SharedStoreRegistry
 
@@ -593,6 +610,8 @@ class RedisRegistry(SharedStoreRegistry):
     # Connections
 
     def _commandsReady(self, protocol: Any) -> Deferred[None]:
+        self._readyCommands = protocol  # serves calls once ready (and until lost)
+
         async def prepare() -> None:
             for script in scripts.ALL:
                 await protocol.execute_command("SCRIPT", "LOAD", script.source)
@@ -646,6 +665,16 @@ class RedisRegistry(SharedStoreRegistry):
             )
             return
         self._eventReceived(namespace, seq, _text(kindText), data)
+
+
+def _lostOrDemoted(error: Exception) -> bool:
+    """
+    Whether a call failed because its connection is gone, or its server is
+    a demoted master: it may run again on the next connection.
+    """
+    if isinstance(error, txredisapi.ResponseError):
+        return "READONLY" in str(error)
+    return isinstance(error, _LostAlready | txredisapi.ConnectionError)
 
 
 def _evalsha(protocol: Any, script: scripts.Script, args: Sequence[object]) -> Deferred[Any]:
