@@ -194,7 +194,7 @@ async def test_registration_without_an_answer_is_taken_back(
             await peer.register(record("ghost"), 5)
         cancelled = peer.register(record("ghost"), 5)
         cancelled.cancel()
-        with pytest.raises(RegistryUnavailable):
+        with pytest.raises(RegistryUnavailable, match="registration of 'ghost' failed: cancelled"):
             await cancelled
     finally:
         redis_server.resume()

@@ -371,7 +371,9 @@ class RedisRegistry(SharedStoreRegistry):
     def _unavailable(self, failure: Failure, what: str) -> Failure:
         if failure.check(RegistryUnavailable):
             return failure
-        if failure.check(DeferredTimeout, CancelledError):
+        if failure.check(CancelledError):
+            reason = "cancelled before its answer"
+        elif failure.check(DeferredTimeout):
             reason = f"no answer within {self._timeout:g}s"
         elif failure.check(txredisapi.RedisError, ConnectionError):
             reason = failure.getErrorMessage()

@@ -583,7 +583,9 @@ class SQLiteRegistry(SharedStoreRegistry):
         return d.addErrback(self._unavailable, what)
 
     def _unavailable(self, failure: Failure, what: str) -> Failure:
-        if failure.check(DeferredTimeout, CancelledError, _Late):
+        if failure.check(CancelledError):
+            reason = "cancelled before its answer"
+        elif failure.check(DeferredTimeout, _Late):
             reason = f"no answer within {self._timeout:g}s"
         elif failure.check(sqlite3.Error, DatabaseRefused, OSError):
             reason = failure.getErrorMessage()
