@@ -143,21 +143,14 @@ class SharedStoreRegistry:
         Take back a registration that failed: a call that ran out of time or
         was cancelled may still have reached the store, and would otherwise
         leave a record nobody keeps alive (announced as C{joined}, then
-        C{timedout}). L{close} waits for it.
+        C{timedout}). L{close} waits for it. If this fails too, the store is
+        unreachable: the registration never got there, or times out there.
         """
         undoing = self._remove(record)
         self._undoing.add(undoing)
 
-        def done(result: object) -> None:
+        def done(_: object) -> None:
             self._undoing.discard(undoing)
-            if isinstance(result, Failure):
-                log.debug(
-                    "registry {url}: could not take back the failed registration of"
-                    " {name!r} (if it reached the store, it times out): {error}",
-                    url=self.url,
-                    name=record.name,
-                    error=result.getErrorMessage(),
-                )
 
         undoing.addBoth(done)
 
