@@ -23,7 +23,7 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from zope.interface import provider
 
 from tests.certs import Authority
-from tests.conftest import RedisServer, _encode, _read, eventually, newRegistry
+from tests.conftest import RedisServer, _encode, _read, eventually, freePort, newRegistry
 from tests.test_cli import background, masse
 from tests.test_contract import Events, record
 from txmasse import EventKind, PeerEvent, RegistryUnavailable
@@ -202,6 +202,24 @@ async def test_wrong_user_or_password_is_a_clear_error(
     assert password not in message and PASSWORD not in message
     assertHidden(logText(logged))
     assert all(password not in text for text in logText(logged))
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_retries_name_the_registry_without_its_password(
+    logged: list[LogEvent],
+) -> None:
+    port = freePort()
+    registry = newRegistry(f"redis://masse:{PASSWORD}@127.0.0.1:{port}/0?timeout=1")
+    try:
+        with pytest.raises(RegistryUnavailable, match="Connection refused"):
+            await registry.lookup("dev", "db")
+    finally:
+        await registry.close()
+    retries = [text for text in map(formatEvent, logged) if "Scheduling retry" in text]
+    assert retries, [formatEvent(e) for e in logged]
+    shown = f"<Redis at redis://masse:***@127.0.0.1:{port}/0?timeout=1>"
+    assert all(shown in text for text in retries), retries
+    assertHidden(logText(logged))
 
 
 @pytest_twisted.ensureDeferred

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet import reactor
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 
+from txmasse._tcp import tcpEndpoint
 from txmasse.registry import registryFromURL
-from txmasse.registry.url import defaultNamespace, defaultRegistryURL, parseRegistryURL
+from txmasse.registry.url import _endpoint, defaultNamespace, defaultRegistryURL, parseRegistryURL
 
 
 @pytest.mark.parametrize(
@@ -144,3 +146,24 @@ def test_one_registry_per_url_until_closed(monkeypatch: pytest.MonkeyPatch) -> N
     assert registryFromURL(reactor, "memory://") is first
     first.close()
     assert registryFromURL(reactor) is not first
+
+
+@pytest.mark.parametrize(
+    "host, kind",
+    [
+        ("127.0.0.1", TCP4ClientEndpoint),
+        ("::1", TCP6ClientEndpoint),
+        ("localhost", HostnameEndpoint),
+        ("db.example", HostnameEndpoint),
+    ],
+)
+def test_ip_addresses_are_connected_to_directly(host: str, kind: type) -> None:
+    """
+    HostnameEndpoint reports a refused connection only 0.3 s later, when
+    its next attempt would be due; an IP address needs no resolution.
+    """
+    endpoint = tcpEndpoint(reactor, host, 6379, timeout=2)
+    assert type(endpoint) is kind
+    assert endpoint._timeout == 2  # type: ignore[attr-defined]
+    redisHost = f"[{host}]" if ":" in host else host
+    assert type(_endpoint(reactor, parseRegistryURL(f"redis://{redisHost}:6379"))) is kind

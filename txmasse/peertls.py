@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from OpenSSL import SSL, crypto
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import (
     IHandshakeListener,
@@ -53,6 +53,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
+from txmasse._tcp import tcpEndpoint
 from txmasse.errors import MasseError
 from txmasse.records import PeerRecord
 
@@ -645,11 +646,11 @@ class PeerTLSClientEndpoint:
         ready: Deferred[IProtocol] = Deferred(abort)
         gate = _GateFactory(protocolFactory, _checkPeer(self.expected), ready, repr(self.expected))
         tls = _TLSFactory(self.tls.clientCreator(self.expected), True, gate)
-        tcp = HostnameEndpoint(self.reactor, self.host, self.port)
+        tcp = tcpEndpoint(self.reactor, self.host, self.port)
         return Deferred.fromCoroutine(self._connect(tcp, tls, ready))
 
     async def _connect(
-        self, tcp: HostnameEndpoint, tls: TLSMemoryBIOFactory, ready: Deferred[IProtocol]
+        self, tcp: IStreamClientEndpoint, tls: TLSMemoryBIOFactory, ready: Deferred[IProtocol]
     ) -> IProtocol:
         await tcp.connect(tls)
         return await ready

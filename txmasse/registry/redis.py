@@ -194,9 +194,13 @@ class _RecordingEndpoint:
     Remembers why the last connection attempt failed, for error messages.
     """
 
-    def __init__(self, endpoint: IStreamClientEndpoint, factory: _Factory):
+    def __init__(self, endpoint: IStreamClientEndpoint, factory: _Factory, url: str):
         self._endpoint = endpoint
         self._factory = factory
+        self._url = url
+
+    def __repr__(self) -> str:  # in ClientService's log lines
+        return f"<Redis at {self._url}>"
 
     def connect(self, protocolFactory: Any) -> Deferred[Any]:
         def failed(failure: Failure) -> Failure:
@@ -351,7 +355,7 @@ class RedisRegistry(SharedStoreRegistry):
 
     def _service(self, factory: _Factory) -> ClientService:
         return ClientService(
-            _RecordingEndpoint(self._endpoint, factory),
+            _RecordingEndpoint(self._endpoint, factory, self.url),
             factory,
             retryPolicy=backoffPolicy(
                 initialDelay=0.05, maxDelay=1.0, factor=2.0, jitter=lambda: random.random() * 0.05

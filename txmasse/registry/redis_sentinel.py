@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import connectProtocol, wrapClientTLS
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IReactorTime,
@@ -24,6 +24,8 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from txmasse._tcp import tcpEndpoint
 
 log = Logger()
 
@@ -176,7 +178,7 @@ class SentinelEndpoint:
         return await self._endpoint(host, port).connect(protocolFactory)
 
     def _endpoint(self, host: str, port: int) -> IStreamClientEndpoint:
-        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
+        endpoint = tcpEndpoint(self._reactor, host, port, timeout=self._timeout)
         if self._tls is None:
             return endpoint
         return wrapClientTLS(self._tls(host), endpoint)

@@ -397,6 +397,8 @@ def _backend(reactor: Any, parsed: RegistryURL) -> Any:
 def _endpoint(reactor: Any, parsed: RegistryURL) -> Any:
     from twisted.internet import endpoints
 
+    from txmasse._tcp import tcpEndpoint
+
     if parsed.scheme == "redis+unix":
         return endpoints.UNIXClientEndpoint(reactor, parsed.path, timeout=parsed.timeout)
     if parsed.scheme in _SENTINEL_SCHEMES:
@@ -411,7 +413,7 @@ def _endpoint(reactor: Any, parsed: RegistryURL) -> Any:
             password=parsed.sentinelPassword,
             tls=_tlsOptions(parsed) if parsed.scheme == "rediss+sentinel" else None,
         )
-    tcp = endpoints.HostnameEndpoint(reactor, parsed.host, parsed.port, timeout=parsed.timeout)
+    tcp = tcpEndpoint(reactor, parsed.host, parsed.port, timeout=parsed.timeout)
     if parsed.scheme == "redis":
         return tcp
     return endpoints.wrapClientTLS(_tlsOptions(parsed)(parsed.host), tcp)
