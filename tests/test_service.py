@@ -10,18 +10,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.python import usage
 
 from tests.conftest import RedisServer, eventually, newRegistry
 from tests.test_contract import Events
 from txmasse.registry.memory import MemoryRegistry
-from txmasse.service import Options, RegistryService, loadFactory
+from txmasse.service import NamedPeerService, Options, RegistryService, loadFactory
 
 ROOT = Path(__file__).parent.parent
 
@@ -94,6 +97,74 @@ async def test_peer_stopped_while_registering_leaves_nothing(redis_server: Redis
         assert events.kinds() == [("joined", "late"), ("left", "late")]
     finally:
         await watcher.close()
+
+
+class _Attempts:
+    """
+    An endpoint whose listen() attempts end when the test says; a cancelled
+    one goes on until then, as MasseServerEndpoint's does while it closes
+    its ports.
+    """
+
+    def __init__(self) -> None:
+        self.attempts: list[tuple[Deferred[Any], Deferred[Any]]] = []
+
+    def listen(self, factory: object) -> Deferred[Any]:
+        waiting: Deferred[Any] = Deferred()
+        late: Deferred[Any] = Deferred()
+        self.attempts.append((waiting, late))
+
+        async def attempt() -> Any:
+            try:
+                return await waiting
+            except CancelledError:
+                return await late
+
+        return Deferred.fromCoroutine(attempt())
+
+
+class _Port:
+    def __init__(self) -> None:
+        self.listening = True
+
+    def stopListening(self) -> None:
+        self.listening = False
+
+    def getHost(self) -> str:
+        return "here"
+
+
+def test_a_peer_restarted_while_its_last_attempt_ends_keeps_one_port() -> None:
+    endpoint = _Attempts()
+    peer = NamedPeerService(endpoint, Factory.forProtocol(Protocol), Clock())
+    peer.startService()
+    stopping = peer.stopService()
+    assert stopping is not None
+    stopped: list[object] = []
+    stopping.addBoth(stopped.append)
+    assert stopped == []  # waits for the attempt
+    peer.startService()
+    (_, first), (second, _) = endpoint.attempts
+    late, current = _Port(), _Port()
+    first.callback(late)  # the stopped attempt listened after all: closed at once
+    assert not late.listening and stopped == [None] and peer.port is None
+    second.callback(current)
+    assert peer.port is current and current.listening
+    peer.stopService()
+    assert not current.listening and peer.port is None
+
+
+def test_a_failed_attempt_of_a_stopped_peer_schedules_nothing() -> None:
+    endpoint, clock = _Attempts(), Clock()
+    peer = NamedPeerService(endpoint, Factory.forProtocol(Protocol), clock)
+    peer.startService()
+    peer.stopService()
+    peer.startService()
+    (_, first), _ = endpoint.attempts
+    first.errback(RuntimeError("registry gone"))  # the stopped one's
+    assert clock.getDelayedCalls() == [] and peer._listening is not None
+    endpoint.attempts[1][0].errback(RuntimeError("registry gone"))  # the current one's
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [1.0]  # retries
 
 
 class NotAFactory:

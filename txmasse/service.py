@@ -52,22 +52,26 @@ class NamedPeerService(Service):
 
     def _listen(self) -> None:
         self._retry = None
-        self._listening = self.endpoint.listen(self.factory)
-        self._listening.addCallbacks(self._listened, self._failed)
+        attempt = self._listening = self.endpoint.listen(self.factory)
+        attempt.addCallbacks(
+            self._listened, self._failed, callbackArgs=(attempt,), errbackArgs=(attempt,)
+        )
 
-    def _listened(self, port: IListeningPort) -> Deferred[None] | None:
-        self._listening = None
-        if not self.running:  # stopped while registering: cancelling came too late
+    def _listened(
+        self, port: IListeningPort, attempt: Deferred[IListeningPort]
+    ) -> Deferred[None] | None:
+        if attempt is not self._listening:  # stopped meanwhile; cancelling came too late
             return port.stopListening()
+        self._listening = None
         self.port = port
         self._delay = 1.0
         log.info("{name} is listening on {address}", name=self.name, address=port.getHost())
         return None
 
-    def _failed(self, failure: Failure) -> None:
-        self._listening = None
-        if not self.running:
+    def _failed(self, failure: Failure, attempt: Deferred[IListeningPort]) -> None:
+        if attempt is not self._listening:  # stopped meanwhile
             return
+        self._listening = None
         log.warn(
             "{name}: could not listen and register, retrying in {delay:g}s: {error}",
             name=self.name,
@@ -81,11 +85,12 @@ class NamedPeerService(Service):
         super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
-        if self._listening is not None:
-            # Fires once the attempt closed its ports and took back its record.
-            listening: Deferred[Any] = self._listening
-            listening.cancel()
-            return listening
+        attempt, self._listening = self._listening, None
+        if attempt is not None:
+            # Fires once the attempt closed its ports and started taking
+            # back its record (RegistryService's close waits for that).
+            attempt.cancel()
+            return attempt.addCallback(lambda _: None)
         port, self.port = self.port, None
         if port is None:
             return None
