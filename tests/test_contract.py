@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from tests.conftest import eventually, sleep
-from txmasse import EventKind, PeerEvent, PeerRecord
+from txmasse import EventKind, PeerEvent, PeerRecord, RegistryUnavailable
 from txmasse.registry.interface import ILease, IRegistry, ISubscription
 
 BACKENDS = pytest.mark.parametrize("make_registry", ["memory", "redis", "sqlite"], indirect=True)
@@ -131,6 +133,28 @@ async def test_no_update_after_release_or_stop(make_registry: MakeRegistry) -> N
         with pytest.raises(ValueError, match=f"is {state}: register the record again"):
             lease.update(changed)
         assert lease.record.metadata == {}
+
+
+@pytest.mark.parametrize("make_registry", ["redis", "sqlite"], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_close_cancels_registrations_and_closes_once(make_registry: MakeRegistry) -> None:
+    """
+    close() cancels a registration in flight; closing again from its
+    errback neither closes twice nor fails.
+    """
+    registry = make_registry()
+    registering = registry.register(record(), 5)
+    again: list[Deferred[None]] = []
+
+    def closeAgain(failure: Failure) -> None:
+        again.append(registry.close())
+
+    registering.addErrback(closeAgain)
+    await registry.close()
+    assert len(again) == 1
+    await again[0]
+    with pytest.raises(RegistryUnavailable, match="closed"):
+        await registry.lookup("dev", "db")
 
 
 @BACKENDS

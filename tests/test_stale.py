@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
@@ -50,6 +50,12 @@ async def test_stale_lookup_answers_from_the_last_good_view(
     assert list(answer) == [lease.record]
     assert 0 < answer.age < 60
     assert "127.0.0.1" in answer.reason
+
+    # A caller that gives up gets its cancellation, not an old answer.
+    cancelled = registry.lookup("dev", "db", stale=60)
+    cancelled.cancel()
+    with pytest.raises(CancelledError):
+        await cancelled
 
     # Only as stale as allowed, and only for names it has seen.
     with pytest.raises(RegistryUnavailable):

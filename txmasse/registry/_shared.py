@@ -61,6 +61,7 @@ class SharedStoreRegistry:
         self._watchers: dict[str, set[Subscription]] = {}
         self._sweeps: dict[str, IDelayedCall | None] = {}
         self._lastAnswers = LastAnswers(clock)
+        self._closing = False
         self._registering: set[Deferred[None]] = set()
         self._undoing: set[Deferred[None]] = set()
 
@@ -224,8 +225,9 @@ class SharedStoreRegistry:
         return Deferred.fromCoroutine(start())
 
     def close(self) -> Deferred[None]:
-        if self.closed:
+        if self.closed or self._closing:
             return succeed(None)
+        self._closing = True  # calls still go out until closed: the undos need them
         for putting in list(self._registering):
             putting.cancel()  # and take it back
         for lease in list(self._leases):
@@ -374,4 +376,3 @@ class SharedStoreRegistry:
 
 def _logSweepFailure(failure: Failure) -> None:
     log.debug("sweep failed: {error}", error=failure.getErrorMessage())
-

@@ -23,7 +23,7 @@ from typing import Any
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -375,9 +375,7 @@ class RedisRegistry(SharedStoreRegistry):
     def _unavailable(self, failure: Failure, what: str) -> Failure:
         if failure.check(RegistryUnavailable):
             return failure
-        if failure.check(CancelledError):
-            reason = "cancelled before its answer"
-        elif failure.check(DeferredTimeout):
+        if failure.check(DeferredTimeout):
             reason = f"no answer within {self._timeout:g}s"
         elif failure.check(txredisapi.RedisError, ConnectionError):
             reason = failure.getErrorMessage()
@@ -397,7 +395,7 @@ class RedisRegistry(SharedStoreRegistry):
         if protocol is not None and protocol.ready:
             # The usual case, kept short: a lookup is one round trip, and
             # the service's state machine and a coroutine cost a third of it.
-            d = _evalsha(protocol, script, args)
+            d = maybeDeferred(_evalsha, protocol, script, args)
             d.addErrback(self._evalAgain, script, args)
         else:
             d = Deferred.fromCoroutine(self._evalAgainIfLost(script, args))

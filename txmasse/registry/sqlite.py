@@ -34,7 +34,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -583,9 +583,7 @@ class SQLiteRegistry(SharedStoreRegistry):
         return d.addErrback(self._unavailable, what)
 
     def _unavailable(self, failure: Failure, what: str) -> Failure:
-        if failure.check(CancelledError):
-            reason = "cancelled before its answer"
-        elif failure.check(DeferredTimeout, _Late):
+        if failure.check(DeferredTimeout, _Late):
             reason = f"no answer within {self._timeout:g}s"
         elif failure.check(sqlite3.Error, DatabaseRefused, OSError):
             reason = failure.getErrorMessage()
