@@ -57,6 +57,7 @@ from txmasse.endpoints import MasseClientEndpoint, MasseListeningPort, MasseServ
 from txmasse.errors import NoReachablePeer, PeerNotFound, RegistryUnavailable
 from txmasse.records import PeerRecord, localHostIdentity
 from txmasse.registry import EventKind, IRegistry, MemoryRegistry, PeerEvent, registryFromURL
+from txmasse.resolver import resolverFor
 
 # Fixtures
 
@@ -424,6 +425,35 @@ async def test_roundrobin_passes_a_dead_instance_s_turn_to_the_next(
     await maybeDeferred(dead.port.stopListening)  # the lease stays
     roundrobin = MasseClientEndpoint(reactor, "echo", "t", registry=memory, pick="roundrobin")
     assert await peerPorts(roundrobin, 6) == [a, c, c, a, c, c]
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_roundrobin_connects_each_keep_their_turn(
+    memory: MemoryRegistry, ports: list[IListeningPort]
+) -> None:
+    """
+    A connect that meets a dead instance finds another from its own turn,
+    not from the turns that connects started meanwhile have taken.
+    """
+    servers = []
+    for i in range(4):
+        server = await listen(ports, memory)
+        await server.lease.update(attrs.evolve(server.record, registered=1000.0 + i))
+        servers.append(server)
+    a, _, c, d = (portNumber(server) for server in servers)
+    dead = servers[1]
+    ports.remove(dead)
+    dead.lease.stop()
+    await maybeDeferred(dead.port.stopListening)  # the lease stays
+    client = MasseClientEndpoint(reactor, "echo", "t", registry=memory, pick="roundrobin")
+    assert await peerPorts(client, 1) == [a]
+    resolver = resolverFor(memory, reactor)
+    await eventually(lambda: resolver.isWarm("t", "echo"))
+    connecting = [client.connect(Factory.forProtocol(Collector)) for _ in range(4)]
+    protocols = [await attempt for attempt in connecting]
+    assert [peerPort(protocol) for protocol in protocols] == [c, c, d, a]
+    for protocol in protocols:
+        await close(protocol)
 
 
 @pytest_twisted.ensureDeferred

@@ -192,6 +192,7 @@ class _Progress:
     doing: str = "waiting for the registry"
     cancelled: bool = False
     expired: bool = False
+    turn: int | None = None  # with pick=roundrobin, once this connect has taken one
 
     def timedOut(self, timeout: float) -> Failure:
         done = f"tried {'; '.join(self.tried)}; " if self.tried else ""
@@ -388,7 +389,7 @@ class MasseClientEndpoint:
             attempts.append(running)
             running.addBoth(relay)
 
-        first = self._warmFirst() if records is None else None
+        first = self._warmFirst(progress) if records is None else None
         if first is None:
             tryAll(None)
             return connecting
@@ -419,7 +420,7 @@ class MasseClientEndpoint:
         return connecting
 
     def _warmFirst(
-        self,
+        self, progress: _Progress
     ) -> tuple[IRegistry, PeerRecord, str, IStreamClientEndpoint] | None:
         """
         The registry, instance, description and endpoint that a connect
@@ -433,7 +434,7 @@ class MasseClientEndpoint:
             records = resolverFor(registry, self._reactor).cached(self.namespace, self.name)
             if not records:
                 return None
-            record = self._order(records)[0]
+            record = self._order(records, progress)[0]
             descriptions = self._usable(record, localHostIdentity())
             if not descriptions:
                 return None
@@ -480,7 +481,7 @@ class MasseClientEndpoint:
         failed: set[str] = set()
         if resolver is not None and staleFailed is not None:
             failed.add(staleFailed)
-            stale = self._order(resolver.cached(self.namespace, self.name) or (), again=True)
+            stale = self._order(resolver.cached(self.namespace, self.name) or (), progress)
             pending = await self._resolveAgain(resolver, stale, progress)
         else:
             if resolver is not None:
@@ -498,7 +499,7 @@ class MasseClientEndpoint:
                     f"no peer {what} {self.name!r} in namespace {self.namespace!r} "
                     f"(registry {registry.url})"
                 )
-            pending = self._order(records)
+            pending = self._order(records, progress)
         here = localHostIdentity()
         while pending:
             record = pending.pop(0)
@@ -592,7 +593,7 @@ class MasseClientEndpoint:
                 error=e,
             )
             return pending
-        return self._order(resolution.records, again=True)
+        return self._order(resolution.records, progress)
 
     def _unwrap(self, protocol: IProtocol, depth: int) -> IProtocol:
         try:
@@ -601,19 +602,21 @@ class MasseClientEndpoint:
             _abort(protocol)
             raise
 
-    def _order(self, records: Sequence[PeerRecord], again: bool = False) -> list[PeerRecord]:
+    def _order(self, records: Sequence[PeerRecord], progress: _Progress) -> list[PeerRecord]:
         """
-        Instances in the order to try them, per C{pick}; C{again}: ordering
-        afresh within the same connect, which keeps its C{roundrobin} turn
-        (else a dead instance would hand every turn after it to one peer).
+        Instances in the order to try them, per C{pick}. With C{roundrobin},
+        each connect takes one turn and keeps it however often it orders
+        the instances again (else a dead instance would hand every turn
+        after it to one peer, and concurrent connects would skip some).
         """
         ordered = sorted(records, key=lambda record: (record.registered, record.instance))
         if self.pick == "random":
             self._random.shuffle(ordered)
         elif self.pick == "roundrobin" and ordered:
-            if not again:
+            if progress.turn is None:
+                progress.turn = self._turn
                 self._turn += 1
-            start = (self._turn - 1) % len(ordered)
+            start = progress.turn % len(ordered)
             ordered = ordered[start:] + ordered[:start]
         return ordered
 
