@@ -28,6 +28,7 @@ from twisted.internet.task import deferLater
 from bench.redis import _encode as _encode
 from bench.redis import _read as _read
 from bench.redis import freePort as freePort
+from txmasse.errors import RegistryUnavailable
 from txmasse.registry.interface import IRegistry
 from txmasse.registry.memory import MemoryRegistry
 from txmasse.registry.url import _build, parseRegistryURL
@@ -186,6 +187,20 @@ def newRegistry(url: str, **options: Any) -> Any:
     for name, value in options.items():
         setattr(registry, name, value)
     return registry
+
+
+async def lookupFailure(url: str) -> str:
+    """
+    The message of the L{RegistryUnavailable} a lookup through a new
+    registry at C{url} fails with (the registry is closed after).
+    """
+    registry = newRegistry(url)
+    try:
+        with pytest.raises(RegistryUnavailable) as caught:
+            await registry.lookup("dev", "db")
+    finally:
+        await registry.close()
+    return str(caught.value)
 
 
 @pytest.fixture

@@ -23,10 +23,18 @@ from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublish
 from zope.interface import provider
 
 from tests.certs import Authority
-from tests.conftest import RedisServer, _encode, _read, eventually, freePort, newRegistry
+from tests.conftest import (
+    RedisServer,
+    _encode,
+    _read,
+    eventually,
+    freePort,
+    lookupFailure,
+    newRegistry,
+)
 from tests.test_cli import background, masse
 from tests.test_contract import Events, record
-from txmasse import EventKind, PeerEvent, RegistryUnavailable
+from txmasse import EventKind, PeerEvent
 from txmasse.registry.signed import SignedRegistry
 from txmasse.registry.url import parseRegistryURL
 
@@ -189,14 +197,7 @@ def test_the_acl_confines_the_user(acl_server: RedisServer) -> None:
 async def test_wrong_user_or_password_is_a_clear_error(
     acl_server: RedisServer, logged: list[LogEvent], user: str, password: str, expected: str
 ) -> None:
-    url = masseURL(acl_server, password, user)
-    registry = newRegistry(url + "?timeout=0.5")
-    try:
-        with pytest.raises(RegistryUnavailable) as caught:
-            await registry.lookup("dev", "db")
-    finally:
-        await registry.close()
-    message = str(caught.value)
+    message = await lookupFailure(masseURL(acl_server, password, user) + "?timeout=0.5")
     assert message.startswith(f"registry redis://{user}:***@127.0.0.1:{acl_server.port}/0")
     assert "could not auth" in message and expected in message
     assert password not in message and PASSWORD not in message
@@ -209,12 +210,8 @@ async def test_connection_retries_name_the_registry_without_its_password(
     logged: list[LogEvent],
 ) -> None:
     port = freePort()
-    registry = newRegistry(f"redis://masse:{PASSWORD}@127.0.0.1:{port}/0?timeout=1")
-    try:
-        with pytest.raises(RegistryUnavailable, match="Connection refused"):
-            await registry.lookup("dev", "db")
-    finally:
-        await registry.close()
+    message = await lookupFailure(f"redis://masse:{PASSWORD}@127.0.0.1:{port}/0?timeout=1")
+    assert "Connection refused" in message
     retries = [text for text in map(formatEvent, logged) if "Scheduling retry" in text]
     assert retries, [formatEvent(e) for e in logged]
     shown = f"<Redis at redis://masse:***@127.0.0.1:{port}/0?timeout=1>"
@@ -225,14 +222,10 @@ async def test_connection_retries_name_the_registry_without_its_password(
 @pytest_twisted.ensureDeferred
 async def test_missing_permissions_are_named(tmp_path: Path, logged: list[LogEvent]) -> None:
     server = aclServer(tmp_path, MASSE_ACL.replace("+evalsha ", ""))
-    registry = newRegistry(masseURL(server) + "?timeout=0.5")
     try:
-        with pytest.raises(RegistryUnavailable) as caught:
-            await registry.lookup("dev", "db")
+        message = await lookupFailure(masseURL(server) + "?timeout=0.5")
     finally:
-        await registry.close()
         server.stop()
-    message = str(caught.value)
     assert "NOPERM" in message and "evalsha" in message, message
     assertHidden([message, *logText(logged)])
 
@@ -408,13 +401,7 @@ async def test_tls_without_an_accepted_client_certificate_fails_clearly(
         stranger = Authority.create(tmp_path / "..", name="stranger client CA")
         cert, key = stranger.issue("masse-client")
         options.update(cert=cert, key=key)
-    registry = newRegistry(tlsURL(mutual_tls, **options))
-    try:
-        with pytest.raises(RegistryUnavailable) as caught:
-            await registry.lookup("dev", "db")
-    finally:
-        await registry.close()
-    message = str(caught.value)
+    message = await lookupFailure(tlsURL(mutual_tls, **options))
     assert message.startswith(f"registry rediss://127.0.0.1:{mutual_tls.port}/0")
     assert message.endswith(f"alert {why}')]"), message
 

@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 
 from tests.certs import Authority
-from tests.conftest import RedisServer, newRegistry
+from tests.conftest import RedisServer, lookupFailure, newRegistry
 from tests.test_contract import record
 from txmasse import RegistryUnavailable
 
@@ -57,13 +57,7 @@ async def test_tls_refuses_a_server_from_another_ca(
     server, _ = tls_server
     stranger = Authority.create(tmp_path / "..", name="stranger CA")
     url = f"rediss://127.0.0.1:{server.port}/0?ca={stranger.caPath}&timeout=1"
-    registry = newRegistry(url)
-    try:
-        with pytest.raises(RegistryUnavailable) as caught:
-            await registry.lookup("dev", "db")
-    finally:
-        await registry.close()
-    assert "certificate verify failed" in str(caught.value)
+    assert "certificate verify failed" in await lookupFailure(url)
 
 
 @pytest_twisted.ensureDeferred
@@ -72,12 +66,9 @@ async def test_tls_refuses_a_certificate_for_another_host(tmp_path: Path) -> Non
     cert, key = authority.issue("redis.example.com")
     server = RedisServer(tmp_path, tls=(cert, key, authority.caPath))
     server.start()
-    registry = newRegistry(f"rediss://127.0.0.1:{server.port}/0?ca={authority.caPath}&timeout=1")
     try:
-        with pytest.raises(RegistryUnavailable):
-            await registry.lookup("dev", "db")
+        await lookupFailure(f"rediss://127.0.0.1:{server.port}/0?ca={authority.caPath}&timeout=1")
     finally:
-        await registry.close()
         server.stop()
 
 
