@@ -242,8 +242,8 @@ _REMEMBERED_SIZE = 2048
 def _parseRemembered(data: bytes | str) -> PeerRecord:
     """
     Records are immutable, and a registry returns the same bytes for one
-    until it changes: parsing each once makes a lookup a third cheaper.
-    Errors are not remembered (garbage is parsed, and refused, each time).
+    until it changes: each is parsed and validated once, not on every
+    lookup. Errors are not remembered (garbage is refused each time).
     """
     return PeerRecord._parse(data)
 
