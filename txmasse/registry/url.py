@@ -32,7 +32,10 @@ _SCHEMES = (
     "rediss+sentinel",
     "sqlite",
     "memory",
+    "etcd",
+    "etcds",
 )
+_ETCD_SCHEMES = ("etcd", "etcds")  # parsed and opened by txmasse.registry.etcd
 _SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 _TLS_OPTIONS = {"ca", "cert", "key"}
 _SENTINEL_OPTIONS = {"sentinel_username", "sentinel_password"}
@@ -93,6 +96,7 @@ class RegistryURL:
     sentinelUsername: str | None = attrs.field(default=None, repr=False)
     sentinelPassword: str | None = attrs.field(default=None, repr=False)
     secrets: str | None = attrs.field(default=None, repr=False)  # a path, shown in display
+    backend: Any = attrs.field(default=None, repr=False)  # a backend's own parse of the URL
 
 
 def _bad(url: str, part: str, why: str) -> ValueError:
@@ -110,7 +114,7 @@ def _redactQuery(url: str) -> str:
     pieces = []
     for piece in query.split("&"):
         name, equals, _ = piece.partition("=")
-        if equals and unquote_plus(name) == "sentinel_password":
+        if equals and unquote_plus(name) in ("sentinel_password", "password"):
             piece = f"{name}=***"
         pieces.append(piece)
     return base + "?" + "&".join(pieces)
@@ -176,6 +180,19 @@ def _parse(url: object) -> RegistryURL:
         raise ValueError(f"invalid registry URL {url!r}: must be a non-empty string")
     if len(url) > 2048 or not url.isprintable():
         raise _bad(url, "the URL", "must be at most 2048 printable characters")
+    if url.partition("://")[0].lower() in _ETCD_SCHEMES:
+        from txmasse.registry.etcd_url import parseURL
+
+        etcd = parseURL(url)
+        first = etcd.endpoints[0]
+        return RegistryURL(
+            etcd.scheme,
+            etcd.display,
+            host=first[0],
+            port=first[1],
+            timeout=etcd.timeout,
+            backend=etcd,
+        )
     try:
         parts = urlsplit(url)
         # A sentinel URL lists several host:port pairs, which urlsplit cannot read.
@@ -367,6 +384,10 @@ def _build(reactor: Any, parsed: RegistryURL) -> Any:
 
 
 def _backend(reactor: Any, parsed: RegistryURL) -> Any:
+    if parsed.scheme in _ETCD_SCHEMES:
+        from txmasse.registry.etcd import fromURL
+
+        return fromURL(reactor, parsed.backend)
     if parsed.scheme == "memory":
         from txmasse.registry.memory import MemoryRegistry
 
