@@ -177,6 +177,23 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """
+    One etcd member for the whole run; each test keeps to a key prefix of
+    its own (see make_registry).
+    """
+    from tests.etcd_helpers import EtcdCluster
+
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+_etcdPrefixes = iter(range(1, 1_000_000))
+
+
 def newRegistry(url: str, **options: Any) -> Any:
     """
     A registry of its own (not the per-process shared one), for tests that
@@ -213,6 +230,7 @@ def make_registry(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]
     made: list[Any] = []
     kind = request.param if hasattr(request, "param") else "redis"
     memory = MemoryRegistry(reactor)
+    prefix = next(_etcdPrefixes)  # etcd registries of one test share a key prefix
 
     def make(**options: Any) -> IRegistry:
         if kind == "memory":
@@ -221,6 +239,11 @@ def make_registry(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]
             # A new registry on the same file each time, as separate processes.
             path = request.getfixturevalue("tmp_path") / "registry.db"
             registry = newRegistry(f"sqlite://{quote(str(path))}?timeout=2", **options)
+            made.append(registry)
+            return registry  # type: ignore[no-any-return]
+        if kind == "etcd":
+            url = request.getfixturevalue("etcd_server").url + f"/test{prefix}?timeout=2"
+            registry = newRegistry(url, **options)
             made.append(registry)
             return registry  # type: ignore[no-any-return]
         server = request.getfixturevalue("redis_server")

@@ -17,7 +17,9 @@ from tests.conftest import eventually, sleep
 from txmasse import EventKind, PeerEvent, PeerRecord, RegistryUnavailable
 from txmasse.registry.interface import ILease, IRegistry, ISubscription
 
-BACKENDS = pytest.mark.parametrize("make_registry", ["memory", "redis", "sqlite"], indirect=True)
+BACKENDS = pytest.mark.parametrize(
+    "make_registry", ["memory", "redis", "sqlite", "etcd"], indirect=True
+)
 
 MakeRegistry = Callable[..., IRegistry]
 
@@ -135,7 +137,7 @@ async def test_no_update_after_release_or_stop(make_registry: MakeRegistry) -> N
         assert lease.record.metadata == {}
 
 
-@pytest.mark.parametrize("make_registry", ["redis", "sqlite"], indirect=True)
+@pytest.mark.parametrize("make_registry", ["redis", "sqlite", "etcd"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_close_cancels_registrations_and_closes_once(make_registry: MakeRegistry) -> None:
     """

@@ -189,9 +189,26 @@ class EtcdClient:
             # The usual case, kept short: one attempt on the member that answered last.
             start = self._reactor.seconds()
             index = self.current
-            d = self._attempt(index, path, data, self._attemptTimeout(self.timeout))
-            d.addErrback(self._again, index, path, data, what, start)
-            return d
+            attempt = self._attempt(index, path, data, self._attemptTimeout(self.timeout))
+            cancelled: list[bool] = []
+
+            def cancel(_: object) -> None:
+                cancelled.append(True)
+                attempt.cancel()
+
+            outer: Deferred[dict[str, Any]] = Deferred(cancel)
+
+            def passOn(result: object) -> None:
+                if cancelled:
+                    return  # cancel() fails outer with CancelledError
+                if isinstance(result, Failure):
+                    outer.errback(result)
+                else:
+                    outer.callback(result)  # type: ignore[arg-type]
+
+            attempt.addErrback(self._again, index, path, data, what, start, cancelled)
+            attempt.addBoth(passOn)
+            return outer
         return Deferred.fromCoroutine(self._calls(path, data, what, self._reactor.seconds()))
 
     def _attemptTimeout(self, remaining: float) -> float:
@@ -200,9 +217,16 @@ class EtcdClient:
         return min(remaining, self.timeout / 2)
 
     def _again(
-        self, failure: Failure, index: int, path: str, data: bytes, what: str, start: float
+        self,
+        failure: Failure,
+        index: int,
+        path: str,
+        data: bytes,
+        what: str,
+        start: float,
+        cancelled: list[bool],
     ) -> Deferred[dict[str, Any]] | Failure:
-        if not self._retryable(failure, index):
+        if cancelled or not self._retryable(failure, index):
             return self._unavailable(failure, what)
         return Deferred.fromCoroutine(
             self._calls(path, data, what, start, tried=1, lastError=failure)
@@ -242,6 +266,8 @@ class EtcdClient:
         Whether the call may be made again (on the next member); moves on
         to the next member when this one could not answer.
         """
+        if failure.check(CancelledError):
+            return False  # by the caller (a timeout of ours is a TimeoutError)
         if failure.check(EtcdError):
             code = failure.value.code  # type: ignore[union-attr]
             if code in AUTH_CODES and self._user is not None:
@@ -262,7 +288,7 @@ class EtcdClient:
         return self.bases[index].decode().partition("://")[2]
 
     def _unavailable(self, failure: Failure, what: str, timedOut: bool = False) -> Failure:
-        if failure.check(RegistryUnavailable):
+        if failure.check(RegistryUnavailable, CancelledError):
             return failure
         if failure.check(EtcdError) and not timedOut:
             error = failure.value

@@ -1,0 +1,201 @@
+"""
+etcd members of the tests' own (Debian's etcd-server), on free loopback
+ports: one alone, or three in a cluster that tests may kill, pause and
+restart.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.redis import freePort
+
+INSTALL_HINT = (
+    "etcd is not installed: the etcd tests need it. Install it with "
+    "'apt-get install -y etcd-server' (tests/run.sh does this), or put an etcd on PATH."
+)
+
+
+def etcdExecutable() -> str:
+    executable = shutil.which("etcd")
+    if executable is None:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    return executable
+
+
+def gateway(port: int, path: str, body: dict[str, Any], timeout: float = 5) -> Any:
+    """
+    One call to a member's JSON gateway (blocking; test use only).
+    """
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def b64(text: str | bytes) -> str:
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+class EtcdMember:
+    """
+    One etcd process with its data directory and ports.
+    """
+
+    def __init__(self, directory: Path, name: str, clientPort: int, peerPort: int):
+        self.directory = directory
+        self.name = name
+        self.clientPort = clientPort
+        self.peerPort = peerPort
+        self.process: subprocess.Popen[bytes] | None = None
+        self.cluster = f"{name}=http://127.0.0.1:{peerPort}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.clientPort}"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = open(self.directory / "etcd.log", "ab")
+        client = f"http://127.0.0.1:{self.clientPort}"
+        peer = f"http://127.0.0.1:{self.peerPort}"
+        self.process = subprocess.Popen(
+            [
+                etcdExecutable(),
+                "--name", self.name,
+                "--data-dir", str(self.directory / "data"),
+                "--listen-client-urls", client,
+                "--advertise-client-urls", client,
+                "--listen-peer-urls", peer,
+                "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", self.cluster,
+                "--initial-cluster-state", "new",
+                "--initial-cluster-token", "txmasse-tests",
+                "--heartbeat-interval", "50",
+                "--election-timeout", "500",
+                "--logger", "zap",
+                "--log-level", "warn",
+                "--log-outputs", "stderr",
+            ],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        log.close()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+    def status(self) -> Any:
+        return gateway(self.clientPort, "/v3/maintenance/status", {}, timeout=1)
+
+    def healthy(self) -> bool:
+        """
+        Whether this member serves linearizable reads (it has a leader).
+        """
+        try:
+            gateway(self.clientPort, "/v3/kv/range", {"key": b64("health")}, timeout=1)
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+        return True
+
+
+class EtcdCluster:
+    """
+    C{size} members on loopback; a cluster of one serves the contract tests.
+    """
+
+    def __init__(self, directory: Path, size: int = 1):
+        etcdExecutable()
+        self.members = [
+            EtcdMember(directory / f"m{i}", f"m{i}", freePort(), freePort()) for i in range(size)
+        ]
+        cluster = ",".join(member.cluster for member in self.members)
+        for member in self.members:
+            member.cluster = cluster
+
+    @property
+    def url(self) -> str:
+        return "etcd://" + ",".join(member.address for member in self.members)
+
+    def start(self) -> None:
+        for member in self.members:
+            if member.process is None:
+                member.start()
+        self.waitHealthy()
+
+    def waitHealthy(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        for member in self.members:
+            while not member.healthy():
+                if member.process is not None and member.process.poll() is not None:
+                    log = (member.directory / "etcd.log").read_text()[-2000:]
+                    raise RuntimeError(f"etcd {member.name} exited: {log}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"etcd {member.name} not healthy within {timeout}s")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.kill()
+
+    def leader(self) -> EtcdMember:
+        """
+        The member that leads now (every member must agree).
+        """
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                ids = {m.status()["header"]["member_id"]: m for m in self.members if m.process}
+                leaders = {m.status()["leader"] for m in self.members if m.process}
+                if len(leaders) == 1 and (leader := leaders.pop()) in ids:
+                    return ids[leader]
+            except (OSError, ValueError, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster agrees on no leader")
+            time.sleep(0.05)
+
+    def put(self, key: str, value: bytes | str) -> None:
+        port = next(m.clientPort for m in self.members if m.process)
+        gateway(port, "/v3/kv/put", {"key": b64(key), "value": b64(value)})
+
+    def keys(self, prefix: str) -> dict[str, Any]:
+        """
+        Every key under C{prefix}, with its value decoded and its lease id.
+        """
+        port = next(m.clientPort for m in self.members if m.process)
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        reply = gateway(port, "/v3/kv/range", {"key": b64(prefix), "range_end": b64(end)})
+        return {
+            base64.b64decode(kv["key"]).decode(): (
+                base64.b64decode(kv.get("value", "")),
+                kv.get("lease"),
+            )
+            for kv in reply.get("kvs", [])
+        }
