@@ -228,7 +228,7 @@ async def test_garbage_in_etcd_is_skipped_with_a_warning(
     events = Events()
     await registry.watch("dev", "*", events, usage=True)
     misplaced = record("db", instance="elsewhere1")
-    garbage = {
+    garbage: dict[str, bytes | str] = {
         f"{prefix}/dev/r/db/x1": b"not json",
         f"{prefix}/dev/r/db/x2": b'{"v": 1}',
         f"{prefix}/dev/r/db/x3": misplaced.toJSON(),
