@@ -178,19 +178,29 @@ class EtcdCluster:
         for member in self.members:
             member.kill()
 
+    def leaderNow(self) -> EtcdMember | None:
+        """
+        The member that leads, if the running members agree on one.
+        """
+        try:
+            statuses = [(m, m.status()) for m in self.members if m.process]
+        except (OSError, ValueError):
+            return None
+        ids = {status["header"]["member_id"]: m for m, status in statuses}
+        leaders = {status.get("leader") for _, status in statuses}
+        if len(leaders) == 1 and (leader := leaders.pop()) in ids:
+            return ids[leader]
+        return None
+
     def leader(self) -> EtcdMember:
         """
-        The member that leads now (every member must agree).
+        The member that leads now (waiting, blocking, for one).
         """
         deadline = time.monotonic() + 10
         while True:
-            try:
-                ids = {m.status()["header"]["member_id"]: m for m in self.members if m.process}
-                leaders = {m.status()["leader"] for m in self.members if m.process}
-                if len(leaders) == 1 and (leader := leaders.pop()) in ids:
-                    return ids[leader]
-            except (OSError, ValueError, KeyError):
-                pass
+            leader = self.leaderNow()
+            if leader is not None:
+                return leader
             if time.monotonic() > deadline:
                 raise RuntimeError("the cluster agrees on no leader")
             time.sleep(0.05)

@@ -279,7 +279,7 @@ class EtcdClient:
             pass
         elif not failure.check(Exception) or failure.check(ValueError, TypeError):
             return False
-        self.lastError = f"{self.memberName(index)}: {_reason(failure)}"
+        self.lastError = f"{self.memberName(index)}: {reason(failure)}"
         if self.current == index:
             self.current = (index + 1) % len(self.bases)
         return True
@@ -294,10 +294,10 @@ class EtcdClient:
             error = failure.value
             if error.code not in RETRY_CODES:  # type: ignore[union-attr]
                 return failure
-        reason = _reason(failure)
+        why = reason(failure)
         if timedOut:
-            reason = f"no answer within {self.timeout:g}s (last error: {self.lastError or reason})"
-        return Failure(RegistryUnavailable(f"registry {self.url}: {what} failed: {reason}"))
+            why = f"no answer within {self.timeout:g}s (last error: {self.lastError or why})"
+        return Failure(RegistryUnavailable(f"registry {self.url}: {what} failed: {why}"))
 
     def _headers(self) -> Headers:
         headers = Headers({b"Content-Type": [b"application/json"]})
@@ -365,14 +365,13 @@ class EtcdClient:
         path: str,
         body: dict[str, Any],
         received: Callable[[dict[str, Any]], None],
-    ) -> Deferred[Deferred[None]]:
+    ) -> Deferred[Stream]:
         """
         Open a streaming call (a watch) on member C{index}: C{received} is
-        called with each message; fires, once the member answers, with a
-        Deferred that fires when the stream ends (cancel it to close).
+        called with each message; fires once the member answers.
         """
 
-        async def open() -> Deferred[None]:
+        async def open() -> Stream:
             if self._user is not None and self._token is None:
                 await self._authenticate(index, self.timeout)
             response = await self._http.post(
@@ -385,10 +384,9 @@ class EtcdClient:
                 reply = await _readReply(response)
                 error = _error(reply)
                 raise error or _BadReply(f"HTTP {response.code}")
-            ended: Deferred[None] = Deferred(lambda _: lines.close())
-            lines = _Lines(received, ended)
+            lines = _Lines(received)
             response.deliverBody(lines)
-            return ended
+            return Stream(lines)
 
         d = Deferred.fromCoroutine(open())
         d.addTimeout(self.timeout, self._reactor)
@@ -406,13 +404,13 @@ def _exception(failure: Failure) -> BaseException:
     return error
 
 
-def _reason(failure: Failure) -> str:
+def reason(failure: Failure) -> str:
     if failure.check(DeferredTimeout, CancelledError):
         return "no answer in time"
     error = failure.value
     reasons = getattr(error, "reasons", None)  # ResponseNeverReceived and friends
     if reasons:
-        return "; ".join(_reason(r) for r in reasons if isinstance(r, Failure))[:300]
+        return "; ".join(reason(r) for r in reasons if isinstance(r, Failure))[:300]
     return (failure.getErrorMessage() or type(error).__name__)[:300]
 
 
@@ -452,14 +450,27 @@ class _Body(Protocol):
             self._done.errback(reason)
 
 
+class Stream:
+    """
+    An open streaming call: C{ended} fires when it ends; L{close} ends it.
+    """
+
+    def __init__(self, lines: _Lines):
+        self._lines = lines
+        self.ended = lines.ended
+
+    def close(self) -> None:
+        self._lines.close()
+
+
 class _Lines(Protocol):
     """
     A streaming reply: one JSON message a line.
     """
 
-    def __init__(self, received: Callable[[dict[str, Any]], None], ended: Deferred[None]):
+    def __init__(self, received: Callable[[dict[str, Any]], None]):
         self._received = received
-        self._ended = ended
+        self.ended: Deferred[None] = Deferred()
         self._buffer = b""
         self._closed = False
 
@@ -493,5 +504,6 @@ class _Lines(Protocol):
                 log.failure("etcd stream: handling a message failed")
 
     def connectionLost(self, reason: Failure = _DONE) -> None:
-        if not self._ended.called:
-            self._ended.callback(None)
+        self._closed = True
+        if not self.ended.called:
+            self.ended.callback(None)

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txmasse.errors import RegistryUnavailable
-from txmasse.registry.etcd_client import b64, number, prefixEnd, unb64
+from txmasse.registry.etcd_client import Stream, b64, number, prefixEnd, reason, unb64
 from txmasse.registry.interface import EventKind
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class NamespaceWatch:
         self._resuming = False
         self._fresh = False
         self._waiters: list[Deferred[None]] = []
-        self._stream: Deferred[Any] | None = None
+        self._stream: Deferred[Stream] | Stream | None = None
         self._member = 0
         self._retry: IDelayedCall | None = None
         self._createdBy: IDelayedCall | None = None
@@ -137,12 +137,12 @@ class NamespaceWatch:
         self._createdBy = self._reactor.callLater(self._client.timeout, self._notCreated)
         d.addCallbacks(self._opened, self._lost, callbackArgs=(d,), errbackArgs=(d,))
 
-    def _opened(self, ended: Deferred[None], opening: Deferred[Any]) -> None:
+    def _opened(self, stream: Stream, opening: Deferred[Stream]) -> None:
         if self._stream is not opening:
-            ended.cancel()
+            stream.close()
             return
-        self._stream = ended
-        ended.addBoth(self._lost, ended)
+        self._stream = stream
+        stream.ended.addBoth(self._lost, stream)
 
     def _notCreated(self) -> None:
         self._createdBy = None
@@ -151,11 +151,14 @@ class NamespaceWatch:
 
     def _abort(self) -> None:
         stream, self._stream = self._stream, None
-        if stream is not None:
+        if isinstance(stream, Stream):
+            stream.close()
+        elif stream is not None:
             stream.cancel()
+        if stream is not None:
             self._lost(Failure(ConnectionError("closed")), None)
 
-    def _lost(self, result: object, stream: Deferred[Any] | None) -> None:
+    def _lost(self, result: object, stream: Deferred[Stream] | Stream | None) -> None:
         if stream is not None and stream is not self._stream:
             return  # an older stream, already replaced
         if isinstance(result, Failure) and not result.check(ConnectionError):
@@ -198,7 +201,7 @@ class NamespaceWatch:
 
         def failed(failure: Failure) -> None:
             if self._live and self._member == member:
-                self._lastError = failure.getErrorMessage()
+                self._lastError = reason(failure)
                 log.info(
                     "{watch}: member {member} does not answer ({error}); moving the watch",
                     watch=self,
