@@ -10,6 +10,7 @@ import base64
 import json
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -34,16 +35,28 @@ def etcdExecutable() -> str:
     return executable
 
 
-def gateway(port: int, path: str, body: dict[str, Any], timeout: float = 5) -> Any:
+def gateway(
+    port: int,
+    path: str,
+    body: dict[str, Any],
+    timeout: float = 5,
+    ca: Path | None = None,
+    token: str | None = None,
+) -> Any:
     """
-    One call to a member's JSON gateway (blocking; test use only).
+    One call to a member's JSON gateway (blocking; test use only), over
+    TLS checked against C{ca} if given.
     """
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = token
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
+        f"{'https' if ca else 'http'}://127.0.0.1:{port}{path}",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
+        headers=headers,
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    context = ssl.create_default_context(cafile=str(ca)) if ca else None
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
         return json.loads(response.read())
 
 
@@ -56,7 +69,17 @@ class EtcdMember:
     One etcd process with its data directory and ports.
     """
 
-    def __init__(self, directory: Path, name: str, clientPort: int, peerPort: int):
+    def __init__(
+        self,
+        directory: Path,
+        name: str,
+        clientPort: int,
+        peerPort: int,
+        tls: tuple[Path, Path, Path] | None = None,
+        extraArgs: tuple[str, ...] = (),
+    ):
+        self.tls = tls  # certificate, key, and the CA that signed them
+        self.extraArgs = extraArgs
         self.directory = directory
         self.name = name
         self.clientPort = clientPort
@@ -71,7 +94,10 @@ class EtcdMember:
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         log = open(self.directory / "etcd.log", "ab")
-        client = f"http://127.0.0.1:{self.clientPort}"
+        client = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.clientPort}"
+        tlsArgs = (
+            ("--cert-file", str(self.tls[0]), "--key-file", str(self.tls[1])) if self.tls else ()
+        )
         peer = f"http://127.0.0.1:{self.peerPort}"
         self.process = subprocess.Popen(
             [
@@ -104,6 +130,8 @@ class EtcdMember:
                 "warn",
                 "--log-outputs",
                 "stderr",
+                *tlsArgs,
+                *self.extraArgs,
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -126,14 +154,20 @@ class EtcdMember:
         self.process.send_signal(signal.SIGCONT)
 
     def status(self) -> Any:
-        return gateway(self.clientPort, "/v3/maintenance/status", {}, timeout=1)
+        return gateway(self.clientPort, "/v3/maintenance/status", {}, timeout=1, ca=self.ca)
+
+    @property
+    def ca(self) -> Path | None:
+        return self.tls[2] if self.tls else None
 
     def healthy(self) -> bool:
         """
         Whether this member serves linearizable reads (it has a leader).
         """
         try:
-            gateway(self.clientPort, "/v3/kv/range", {"key": b64("health")}, timeout=1)
+            gateway(self.clientPort, "/v3/kv/range", {"key": b64("health")}, 1, self.ca)
+        except urllib.error.HTTPError as e:
+            return e.code == 401  # auth enabled: it answers
         except (OSError, ValueError, urllib.error.URLError):
             return False
         return True
@@ -144,18 +178,27 @@ class EtcdCluster:
     C{size} members on loopback; a cluster of one serves the contract tests.
     """
 
-    def __init__(self, directory: Path, size: int = 1):
+    def __init__(
+        self,
+        directory: Path,
+        size: int = 1,
+        tls: tuple[Path, Path, Path] | None = None,
+        extraArgs: tuple[str, ...] = (),
+    ):
         etcdExecutable()
         self.members = [
-            EtcdMember(directory / f"m{i}", f"m{i}", freePort(), freePort()) for i in range(size)
+            EtcdMember(directory / f"m{i}", f"m{i}", freePort(), freePort(), tls, extraArgs)
+            for i in range(size)
         ]
+        self.tls = tls
         cluster = ",".join(member.cluster for member in self.members)
         for member in self.members:
             member.cluster = cluster
 
     @property
     def url(self) -> str:
-        return "etcd://" + ",".join(member.address for member in self.members)
+        scheme = "etcds" if self.tls else "etcd"
+        return f"{scheme}://" + ",".join(member.address for member in self.members)
 
     def start(self) -> None:
         for member in self.members:

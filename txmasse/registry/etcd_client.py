@@ -18,6 +18,7 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
@@ -247,8 +248,11 @@ class EtcdClient:
                 failure = lastError or Failure(DeferredTimeout())
                 raise _exception(self._unavailable(failure, what, timedOut=True))
             if tried and tried % len(self.bases) == 0:
+                # Every member failed fast: pause a little before the next round.
                 await deferLater(self._reactor, min(0.05, remaining))
                 remaining = start + self.timeout - self._reactor.seconds()
+                if remaining <= 0:
+                    continue
             index = self.current
             try:
                 if self._user is not None and self._token is None:
@@ -279,7 +283,9 @@ class EtcdClient:
             pass
         elif not failure.check(Exception) or failure.check(ValueError, TypeError):
             return False
-        self.lastError = f"{self.memberName(index)}: {reason(failure)}"
+        why = reason(failure)
+        if why != NO_ANSWER or not self.lastError:  # keep what says more
+            self.lastError = f"{self.memberName(index)}: {why}"
         if self.current == index:
             self.current = (index + 1) % len(self.bases)
         return True
@@ -321,6 +327,7 @@ class EtcdClient:
         if error is not None:
             raise error
         self.current = index
+        self.lastError = None
         return reply
 
     async def _authenticate(self, index: int, remaining: float) -> None:
@@ -344,6 +351,12 @@ class EtcdClient:
         if not isinstance(token, str) or not token:
             raise _BadReply("authentication gave no token")
         self._token = token
+
+    def tokenRejected(self) -> None:
+        """
+        etcd refused our token (expired): get a new one on the next call.
+        """
+        self._token = None
 
     def member(self, index: int, path: str, body: dict[str, Any]) -> Deferred[dict[str, Any]]:
         """
@@ -383,6 +396,8 @@ class EtcdClient:
             if response.code != 200:
                 reply = await _readReply(response)
                 error = _error(reply)
+                if error is not None and error.code in AUTH_CODES:
+                    self.tokenRejected()
                 raise error or _BadReply(f"HTTP {response.code}")
             lines = _Lines(received)
             response.deliverBody(lines)
@@ -404,9 +419,15 @@ def _exception(failure: Failure) -> BaseException:
     return error
 
 
+NO_ANSWER = "no answer in time"
+
+
 def reason(failure: Failure) -> str:
-    if failure.check(DeferredTimeout, CancelledError):
-        return "no answer in time"
+    """
+    Why a call failed, in a few words.
+    """
+    if failure.check(DeferredTimeout, CancelledError, ConnectingCancelledError):
+        return NO_ANSWER
     error = failure.value
     reasons = getattr(error, "reasons", None)  # ResponseNeverReceived and friends
     if reasons:

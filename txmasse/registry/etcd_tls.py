@@ -50,8 +50,9 @@ def policyFor(parsed: EtcdURL) -> VerifiedPolicy:
 
     trustRoot: Any = ssl.platformTrust()
     if parsed.ca:
+        pem = read("ca", parsed.ca)
         try:
-            trustRoot = ssl.Certificate.loadPEM(read("ca", parsed.ca))
+            trustRoot = ssl.Certificate.loadPEM(pem)
         except Exception:
             raise bad(f"ca={parsed.ca}: no PEM certificate in it") from None
     clientCertificate = None

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txmasse.errors import RegistryUnavailable
-from txmasse.registry.etcd_client import Stream, b64, number, prefixEnd, reason, unb64
+from txmasse.registry.etcd_client import AUTH_CODES, Stream, b64, number, prefixEnd, reason, unb64
 from txmasse.registry.interface import EventKind
 
 if TYPE_CHECKING:
@@ -220,6 +220,8 @@ class NamespaceWatch:
         result = message.get("result")
         if not isinstance(result, dict):
             error = message.get("error", message)
+            if isinstance(error, dict) and error.get("grpc_code") in AUTH_CODES:
+                self._client.tokenRejected()
             self._lastError = str(error)[:200]
             log.warn("{watch}: the stream failed: {error}", watch=self, error=self._lastError)
             self._abort()
