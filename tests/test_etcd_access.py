@@ -60,7 +60,7 @@ async def test_etcds_verified_with_the_ca(tls_etcd: EtcdCluster, authority: Auth
     try:
         lease = await registry.register(record(), 5)
         assert await registry.lookup("dev", "db") == [lease.record]
-        seen = []
+        seen: list[object] = []
         await registry.watch("dev", "*", seen.append)
         assert len(seen) == 0
     finally:
