@@ -171,7 +171,10 @@ class EtcdClient:
         self._user = user
         self._password = password
         self._token: str | None = None
-        self._headersFor = (None, Headers({b"Content-Type": [b"application/json"]}))
+        self._headersFor: tuple[str | None, Headers] = (
+            None,
+            Headers({b"Content-Type": [b"application/json"]}),
+        )
         self._authenticating: Deferred[None] | None = None
         self.closed = False
         self.lastError: str | None = None
