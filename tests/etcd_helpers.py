@@ -146,8 +146,24 @@ class EtcdMember:
             self.process = None
 
     def pause(self) -> None:
+        """
+        SIGSTOP, and wait until every thread has stopped.
+        """
         assert self.process is not None
         self.process.send_signal(signal.SIGSTOP)
+        tasks = Path(f"/proc/{self.process.pid}/task")
+
+        def running(task: Path) -> bool:
+            try:
+                return (task / "stat").read_text().rpartition(")")[2].split()[0] not in "Tt"
+            except OSError:  # the thread is gone
+                return False
+
+        deadline = time.monotonic() + 5
+        while any(running(task) for task in tasks.iterdir()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd {self.name} did not stop")
+            time.sleep(0.001)
 
     def resume(self) -> None:
         assert self.process is not None

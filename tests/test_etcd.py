@@ -8,16 +8,22 @@ cluster are in test_etcd_faults.py.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.endpoints import clientFromString, quoteStringArgument, serverFromString
+from twisted.internet.protocol import Factory
 from twisted.logger import capturedLogs, formatEvent
 
 from bench.redis import freePort
 from tests.conftest import eventually, lookupFailure, newRegistry, sleep
+from tests.endpoint_helpers import Collector, Echo
 from tests.etcd_helpers import EtcdCluster, b64, gateway
 from txmasse import EventKind, PeerEvent, PeerRecord, RegistryUnavailable
 from txmasse.registry.etcd import EtcdRegistry
@@ -272,3 +278,54 @@ async def test_find_reads_only_the_literal_prefix(etcd: Callable[..., EtcdRegist
     await registry.lookup("dev", "web")
     prefix = registry.testPrefix  # type: ignore[attr-defined]
     assert [a["key"] for a in asked] == [b64(f"{prefix}/dev/r/db-"), b64(f"{prefix}/dev/r/web/")]
+
+
+# From endpoint strings
+
+
+@pytest_twisted.ensureDeferred
+async def test_endpoint_strings_reach_a_peer_by_name_through_etcd(
+    etcd_server: EtcdCluster,
+) -> None:
+    url = quoteStringArgument(f"{etcd_server.url}/strings?timeout=2")
+    server = serverFromString(reactor, f"masse:echo:ns=t:registry={url}:interface=127.0.0.1")
+    port = await server.listen(Factory.forProtocol(Echo))
+    try:
+        client = clientFromString(reactor, f"masse:echo:ns=t:registry={url}")
+        protocol = await client.connect(Factory.forProtocol(Collector))
+        assert protocol.transport is not None
+        protocol.transport.write(b"by name, through etcd")
+        await eventually(lambda: protocol.received == b"by name, through etcd")
+        protocol.transport.loseConnection()
+        await protocol.lost
+    finally:
+        await port.stopListening()
+        await registryFromURL(reactor, f"{etcd_server.url}/strings?timeout=2").close()
+
+
+def test_masse_command_lists_through_etcd(etcd_server: EtcdCluster) -> None:
+    url = f"{etcd_server.url}/command?timeout=2"
+    registered = subprocess.Popen(
+        [sys.executable, "-m", "txmasse", "--registry", url, "--ns", "t", "register", "web",
+         "--endpoint", "tcp:host=127.0.0.1:port=8080"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            listed = subprocess.run(
+                [sys.executable, "-m", "txmasse", "--registry", url, "--ns", "t", "ls"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            assert listed.returncode == 0, listed.stderr
+            if "web" in listed.stdout:
+                break
+            assert registered.poll() is None and time.monotonic() < deadline, listed
+            time.sleep(0.1)
+        assert "tcp:host=127.0.0.1:port=8080" in listed.stdout
+    finally:
+        registered.kill()
+        registered.wait()

@@ -509,7 +509,7 @@ class EtcdRegistry:
         async def remove() -> None:
             await self._withMarkerLease(txn, what)
             if held is not None:
-                self._revoke(held.leaseID)
+                await self._revoke(held.leaseID)  # now, not at its expiry
 
         return Deferred.fromCoroutine(remove())
 

@@ -250,7 +250,9 @@ class EtcdClient:
     ) -> dict[str, Any]:
         while True:
             remaining = start + self.timeout - self._reactor.seconds()
-            if remaining <= 0 or self.closed:
+            if self.closed:
+                raise RegistryUnavailable(f"registry {self.url} is closed")
+            if remaining <= 0:
                 failure = lastError or Failure(DeferredTimeout())
                 raise _exception(self._unavailable(failure, what, timedOut=True))
             if tried and tried % len(self.bases) == 0:
