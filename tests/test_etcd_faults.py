@@ -97,12 +97,13 @@ async def test_leader_killed_under_live_leases_and_a_watcher(
 
     killed = time.monotonic()
     leader.kill()  # changes during the election, while the watcher's stream is lost
-    await leases[0].release()
-    late = await peer.register(record("late"), ttl)
+    for lease in leases[:5]:
+        await lease.release()
+    late = [await peer.register(record(f"late-{i}"), ttl) for i in range(5)]
     written = time.monotonic() - killed
-    await eventually(lambda: len(events) == 22)
+    await eventually(lambda: len(events) == 30)
     print(
-        f"etcd leader killed: release + register done {written:.3f}s later, "
+        f"etcd leader killed: 5 releases + 5 registrations done {written:.3f}s later, "
         f"watcher caught up {time.monotonic() - killed:.3f}s later"
     )
     assert cluster.leaderNow() not in (None, leader)
@@ -110,10 +111,12 @@ async def test_leader_killed_under_live_leases_and_a_watcher(
 
     found = await peer.find("dev", "*")
     assert sorted(r.name for r in found) == sorted(
-        [lease.record.name for lease in leases[1:]] + [late.record.name]
+        [lease.record.name for lease in leases[5:] + late]
     )
     assert sorted(events.kinds()) == sorted(
-        [("joined", f"svc-{i}") for i in range(20)] + [("left", "svc-0"), ("joined", "late")]
+        [("joined", f"svc-{i}") for i in range(20)]
+        + [("left", f"svc-{i}") for i in range(5)]
+        + [("joined", f"late-{i}") for i in range(5)]
     )
     await assertViewIsStore(subscription, peer)
 

@@ -34,6 +34,7 @@ from twisted.internet.defer import (
     Deferred,
     DeferredList,
     DeferredLock,
+    DeferredSemaphore,
     fail,
     gatherResults,
     succeed,
@@ -141,12 +142,14 @@ class EtcdRegistry:
         self._leases: set[Lease] = set()
         self._held: dict[str, _Held] = {}
         self._granting: dict[str, Deferred[None]] = {}
+        self._wanted: set[str] = set()  # instances registered, not yet released or stopped
         self._expiries: dict[str, IDelayedCall] = {}
         self._watchers: dict[str, set[Subscription]] = {}
         self._streams: dict[str, NamespaceWatch] = {}
         self._lastAnswers = LastAnswers(reactor)
         self._marker: tuple[int, float] | None = None
         self._markerLock = DeferredLock()
+        self._askers = DeferredSemaphore(16)  # lease/timetolive calls at once, in leases()
         self._registering: set[Deferred[None]] = set()
         self._undoing: set[Deferred[None]] = set()
         self._closing = False
@@ -205,6 +208,7 @@ class EtcdRegistry:
         if self.closed or self._closing:
             return fail(RegistryUnavailable(f"registry {self.url} is closed"))
         lease = Lease(self, record, ttl, self._reactor)
+        self._wanted.add(record.instance)
 
         def registered(_: None) -> ILease:
             self._registering.discard(putting)
@@ -283,8 +287,11 @@ class EtcdRegistry:
             held = self._held.get(record.instance)
             if held is not None and held.leaseID == leaseID:
                 return succeed(LeaseStatus(record, max(0.0, held.beat + held.ttl - now)))
-            d = self._call(
-                "/v3/lease/timetolive", {"ID": str(leaseID)}, f"listing of {glob.pattern!r}"
+            d = self._askers.run(
+                self._call,
+                "/v3/lease/timetolive",
+                {"ID": str(leaseID)},
+                f"listing of {glob.pattern!r}",
             )
             return d.addCallback(
                 lambda reply: LeaseStatus(record, float(max(0, number(reply.get("TTL")))))
@@ -394,26 +401,30 @@ class EtcdRegistry:
             return self._grant(record, ttl, value, what)
         sent = self._reactor.seconds()
         if held.value != value:
-            d = self._txnPut(record, value, held.leaseID, what)
+            d = self._txnPut(record, value, held.leaseID, what, update=True)
         else:
-            d = self._call("/v3/lease/keepalive", {"ID": str(held.leaseID)}, what)
-            d.addCallback(_keptAlive)
+            d = self._call("/v3/lease/keepalive", {"ID": str(held.leaseID)}, what).addCallback(
+                _keptAlive
+            )
 
         def done(_: object) -> None:
             held.value = value
             held.beat = sent
 
-        def lost(failure: Failure) -> Deferred[None] | Failure:
+        def lost(failure: Failure) -> Deferred[None] | Failure | None:
             if failure.check(_LeaseGone) or (
                 failure.check(EtcdError) and failure.value.code == NOT_FOUND  # type: ignore[union-attr]
             ):
+                if self._held.get(record.instance) is not held:
+                    return None  # released or stopped meanwhile, or granted again
+                del self._held[record.instance]
+                if record.instance not in self._wanted:
+                    return None
                 log.info(
                     "{url}: the etcd lease of {record} is gone; registering it again",
                     url=self.url,
                     record=record.name,
                 )
-                if self._held.get(record.instance) is held:
-                    del self._held[record.instance]
                 return self._grant(record, ttl, value, what)
             return failure
 
@@ -426,6 +437,9 @@ class EtcdRegistry:
             leaseID = number(reply.get("ID"))
             if leaseID <= 0:
                 raise RegistryUnavailable(f"registry {self.url}: {what} failed: no lease granted")
+            if record.instance not in self._wanted:  # released or stopped meanwhile
+                self._revoke(leaseID)
+                return
             held = _Held(leaseID, self._recordKey(record), value, ttl, sent)
             self._held[record.instance] = held
             try:
@@ -447,28 +461,37 @@ class EtcdRegistry:
         return d.addBoth(finished)
 
     def _txnPut(
-        self, record: PeerRecord, value: bytes, leaseID: int, what: str
-    ) -> Deferred[dict[str, Any]]:
+        self, record: PeerRecord, value: bytes, leaseID: int, what: str, update: bool = False
+    ) -> Deferred[None]:
         """
         Write the record on its lease, and drop any 'left' marker of an
-        earlier registration of the same instance, in one transaction.
+        earlier registration of the same instance, in one transaction; an
+        C{update} only if the record is still there (else L{_LeaseGone}).
         """
+        key = b64(self._recordKey(record))
+        compare = [{"key": key, "target": "CREATE", "result": "GREATER", "create_revision": "0"}]
+
+        def written(reply: dict[str, Any]) -> None:
+            if update and not reply.get("succeeded"):
+                raise _LeaseGone()
+
         return self._call(
             "/v3/kv/txn",
             {
+                **({"compare": compare} if update else {}),
                 "success": [
                     {
                         "request_put": {
-                            "key": b64(self._recordKey(record)),
+                            "key": key,
                             "value": b64(value),
                             "lease": str(leaseID),
                         }
                     },
                     {"request_delete_range": {"key": b64(self._leftKey(record))}},
-                ]
+                ],
             },
             what,
-        )
+        ).addCallback(written)
 
     def _remove(self, record: PeerRecord) -> Deferred[None]:
         """
@@ -476,6 +499,7 @@ class EtcdRegistry:
         if it is still there; then revoke its lease.
         """
         self._cancelExpiry(record.instance)
+        self._wanted.discard(record.instance)
         held = self._held.pop(record.instance, None)
         what = f"release of {record.name!r}"
         key = b64(self._recordKey(record))
@@ -558,6 +582,7 @@ class EtcdRegistry:
         """
         self._leases.discard(lease)
         instance = lease.record.instance
+        self._wanted.discard(instance)
         held = self._held.get(instance)
         if held is None or self._closing or instance in self._expiries:
             return
