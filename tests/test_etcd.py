@@ -20,6 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import clientFromString, quoteStringArgument, serverFromString
 from twisted.internet.protocol import Factory
 from twisted.logger import capturedLogs, formatEvent
+from zope.interface.verify import verifyObject
 
 from bench.redis import freePort
 from tests.conftest import eventually, lookupFailure, newRegistry, sleep
@@ -28,6 +29,7 @@ from tests.etcd_helpers import EtcdCluster, b64, gateway
 from txmasse import EventKind, PeerEvent, PeerRecord, RegistryUnavailable
 from txmasse.registry.etcd import EtcdRegistry
 from txmasse.registry.etcd_url import parseURL
+from txmasse.registry.interface import IRegistry
 from txmasse.registry.url import parseRegistryURL, redactURL, registryFromURL
 
 _prefixes = iter(range(1, 1_000_000))
@@ -120,6 +122,8 @@ async def test_registry_from_url_is_an_etcd_registry(etcd_server: EtcdCluster) -
     registry = registryFromURL(reactor, etcd_server.url + "/fromurl")
     try:
         assert isinstance(registry, EtcdRegistry)
+        assert verifyObject(IRegistry, registry)
+        assert registry.url == etcd_server.url + "/fromurl"
         assert await registry.lookup("dev", "db") == []
     finally:
         await registry.close()

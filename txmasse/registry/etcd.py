@@ -1,6 +1,6 @@
 """
 The etcd registry: records in an etcd v3 cluster (3.4 and later), reached
-through its JSON gateway with treq, no gRPC.
+through its JSON gateway (Twisted's Agent; treq for the watch streams), no gRPC.
 
 A txmasse lease is an etcd lease: the record's key is attached to it, a
 heartbeat is a C{lease/keepalive}, and when the peer dies etcd itself
