@@ -264,9 +264,18 @@ class EtcdCluster:
                 raise RuntimeError("the cluster agrees on no leader")
             time.sleep(0.05)
 
+    def call(self, path: str, body: dict[str, Any]) -> Any:
+        """
+        A gateway call on the first running member.
+        """
+        member = next(m for m in self.members if m.process)
+        return gateway(member.clientPort, path, body, ca=member.ca)
+
+    def revision(self) -> int:
+        return int(self.call("/v3/kv/range", {"key": b64("revision")})["header"]["revision"])
+
     def put(self, key: str, value: bytes | str) -> None:
-        port = next(m.clientPort for m in self.members if m.process)
-        gateway(port, "/v3/kv/put", {"key": b64(key), "value": b64(value)})
+        self.call("/v3/kv/put", {"key": b64(key), "value": b64(value)})
 
     def keys(self, prefix: str) -> dict[str, Any]:
         """

@@ -199,3 +199,42 @@ async def test_paused_member(cluster: EtcdCluster, registries: Callable[..., Etc
         paused.resume()
     assert events.kinds() == [("joined", "before"), ("joined", "during")]
     await assertViewIsStore(subscription, peer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_compacted_while_the_watcher_was_away(
+    cluster: EtcdCluster, registries: Callable[..., EtcdRegistry]
+) -> None:
+    """
+    The watcher's only member is down while records come and go and etcd
+    compacts the revisions its watch would resume from: it starts again
+    from a snapshot, and hears each change once, left told from timedout.
+    """
+    away = follower(cluster)
+    peer = registries(first=next(m for m in cluster.members if m is not away))
+    prefix = peer.url.rpartition("/")[2].partition("?")[0]
+    watcher = newRegistry(f"etcd://{away.address}/{prefix}?timeout=1")
+    try:
+        events = Events()
+        subscription = await watcher.watch("dev", "*", events)
+        released = await peer.register(record("released"), 30)
+        crashed = await peer.register(record("crashed"), 1)
+        await peer.register(record("stays"), 30)
+        await eventually(lambda: len(events) == 3)
+        away.kill()
+        await eventually(lambda: not subscription.synced)
+        await released.release()
+        crashed.stop()
+        await peer.register(record("new"), 30)
+        await eventually(lambda: not cluster.keys(f"{prefix}/dev/r/crashed/"))
+        cluster.call("/v3/kv/compaction", {"revision": str(cluster.revision())})
+        away.start()
+        await eventually(lambda: subscription.synced and len(events) == 6, timeout=10)
+        assert sorted(events.kinds()[3:]) == [
+            ("joined", "new"),
+            ("left", "released"),
+            ("timedout", "crashed"),
+        ]
+        await assertViewIsStore(subscription, peer)
+    finally:
+        await watcher.close()
