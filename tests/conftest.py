@@ -31,7 +31,8 @@ from bench.redis import freePort as freePort
 from txmasse.errors import RegistryUnavailable
 from txmasse.registry.interface import IRegistry
 from txmasse.registry.memory import MemoryRegistry
-from txmasse.registry.url import _build, parseRegistryURL
+from txmasse.registry.opening import openURL
+from txmasse.registry.url import parseRegistryURL
 
 # The same examples on every run, so that a red run is a bug anyone can
 # reproduce, not a draw; HYPOTHESIS_PROFILE=explore searches afresh each run.
@@ -183,7 +184,7 @@ def newRegistry(url: str, **options: Any) -> Any:
     need several clients.
     """
     parsed = parseRegistryURL(url)
-    registry = _build(reactor, parsed)
+    registry = openURL(reactor, parsed)
     for name, value in options.items():
         setattr(registry, name, value)
     return registry

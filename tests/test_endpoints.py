@@ -404,7 +404,7 @@ async def test_pick_strategies(memory: MemoryRegistry, ports: list[IListeningPor
     roundrobin = MasseClientEndpoint(reactor, "echo", "t", registry=memory, pick="roundrobin")
     assert await peerPorts(roundrobin, 4) == [a, b, c, a]
     randomly = MasseClientEndpoint(reactor, "echo", "t", registry=memory)
-    randomly._random.seed(3)
+    randomly.selection.random.seed(3)
     seen = await peerPorts(randomly, 12)
     assert set(seen) == {a, b, c}
 

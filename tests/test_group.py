@@ -34,7 +34,7 @@ from tests.conftest import RedisServer, eventually, freePort, newRegistry, sleep
 from tests.endpoint_helpers import ChildProcess, Collector, Echo, Recording, peerEnvironment
 from tests.test_examples import ROOT, Background, call, readUntil
 from txmasse import MasseListeningPort, MasseServerEndpoint, PeerGroup, PeerRecord
-from txmasse.registry._base import localInstances
+from txmasse.registry.base import localInstances
 from txmasse.registry.interface import EventKind, PeerEvent
 from txmasse.registry.memory import MemoryRegistry
 

@@ -40,8 +40,9 @@ from tests.test_faults import LogCapture, capturedLogs
 from txmasse import cli
 from txmasse.errors import MasseError
 from txmasse.records import NAME_RULE, PeerRecord, validateName
+from txmasse.registry import registryFromURL
 from txmasse.registry.interface import IRegistry
-from txmasse.registry.url import RegistryURL, parseRegistryURL, registryFromURL
+from txmasse.registry.url import RegistryURL, parseRegistryURL
 
 ROOT = Path(__file__).parent.parent
 

@@ -35,12 +35,12 @@ from txmasse.peertls import (
     PeerTLS,
     PeerTLSError,
     certificateName,
-    checkCertificateName,
     parseTLSDescription,
 )
 from txmasse.records import PeerRecord
 from txmasse.registry import IRegistry, MemoryRegistry, registryFromURL
 from txmasse.resolver import resolverFor
+from txmasse.verify import checkCertificateName
 
 # Fixtures
 

@@ -54,7 +54,7 @@ async def test_lookup_cost_does_not_grow_with_peers(
     redis_server: RedisServer, registries: Any
 ) -> None:
     registry = registries(redis_server.url + "?timeout=10")
-    await registry._put(record("db"), 600)
+    await registry.putRecord(record("db"), 600)
 
     async def lookupCost() -> dict[str, int]:
         before = redis_server.commandCalls()
@@ -64,7 +64,7 @@ async def test_lookup_cost_does_not_grow_with_peers(
     alone = await lookupCost()
     for batch in range(0, 9_999, 1_000):
         peers = [record(f"peer-{i}") for i in range(batch, min(batch + 1_000, 9_999))]
-        await gatherResults([registry._put(peer, 600) for peer in peers])
+        await gatherResults([registry.putRecord(peer, 600) for peer in peers])
     assert redis_server.command("ZCARD", "masse:{dev}:names") == 10_000
     crowded = await lookupCost()
     assert alone == crowded
@@ -77,8 +77,8 @@ async def test_find_reads_only_names_under_its_prefix(
     redis_server: RedisServer, registries: Any
 ) -> None:
     registry = registries(redis_server.url + "?timeout=10")
-    await gatherResults([registry._put(record(f"other-{i}"), 600) for i in range(1000)])
-    await gatherResults([registry._put(record(f"db-{i}"), 600) for i in range(3)])
+    await gatherResults([registry.putRecord(record(f"other-{i}"), 600) for i in range(1000)])
+    await gatherResults([registry.putRecord(record(f"db-{i}"), 600) for i in range(3)])
     before = redis_server.commandCalls()
     assert len(await registry.find("dev", "db-*")) == 3
     cost = commandsDuring(redis_server, before)
@@ -158,7 +158,7 @@ async def test_paused_redis_fails_calls_within_deadline(
             "find": lambda: registry.find("dev", "*"),
             "register": lambda: registry.register(record("web"), 5),
             "watch": lambda: registry.watch("dev", "*", print),
-            "release": lambda: registry._remove(record("x")),
+            "release": lambda: registry.removeRecord(record("x")),
         }
         for name, call in calls.items():
             started = time.monotonic()

@@ -232,7 +232,7 @@ def test_a_failed_watch_is_logged_once_and_tried_again_later(
     assert len(warnings) == 1 and "watch failed: no" in warnings[0]
     assert counting.calls["watch"] == 2  # a once, b once: not again within WATCH_RETRY
     counting.failWatches = False
-    clock.advance(WATCH_RETRY)
+    clock.advance(2 * WATCH_RETRY(0))
     assert resolved(resolver, "a") == ([4000], False)
     assert counting.calls["watch"] == 3
     assert resolved(resolver, "a") == ([4000], True)
@@ -355,7 +355,7 @@ async def test_a_warm_connect_times_out_and_cancels(
     await echoes(client)
     await warmed(memory)
     hanging = Hanging()
-    client._endpointFor = lambda description, record: hanging  # type: ignore[method-assign]
+    client.endpointFor = lambda candidate, registry: hanging  # type: ignore[method-assign]
     with pytest.raises(NoReachablePeer, match=r"within 0.2s: gave up connecting to tcp:"):
         await client.connect(Factory.forProtocol(Collector))
     assert hanging.cancelled == 1
@@ -385,7 +385,7 @@ async def test_a_warm_endpoint_that_raises_fails_the_connect_cleanly(
     client = MasseClientEndpoint(reactor, "echo", "t", registry=memory, timeout=0.2)
     await echoes(client)
     await warmed(memory)
-    client._endpointFor = lambda description, record: Raising()  # type: ignore[method-assign]
+    client.endpointFor = lambda candidate, registry: Raising()  # type: ignore[method-assign]
     with capturedLogs() as events:
         attempt = client.connect(Factory.forProtocol(Collector))  # does not raise
         with pytest.raises(NoReachablePeer, match="no such thing"):

@@ -232,7 +232,7 @@ async def test_a_forged_update_counts_as_leaving(signing: Any) -> None:
     await eventually(lambda: events.kinds() == [("joined", "db")])
 
     hijack = attrs.evolve(good, endpoints=["tcp:host=203.0.113.66:port=6666"])
-    await store._put(hijack, 30)
+    await store.putRecord(hijack, 30)
     await eventually(lambda: len(events) == 2)
     assert (events[1].kind, events[1].record) == ("left", good)
     assert subscription.peers == []
@@ -260,7 +260,7 @@ async def test_a_copy_with_a_bad_signature_hides_the_peer_only_until_its_heartbe
     watcher, _ = signing()
     lease = await peer.register(record("db"), 30)
     good = lease.record
-    await store._put(attrs.evolve(good, signature="0" * 64), 30)
+    await store.putRecord(attrs.evolve(good, signature="0" * 64), 30)
     events = Events()
     subscription = await watcher.watch("dev", "db", events)
     assert subscription.peers == []

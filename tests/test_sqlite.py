@@ -470,7 +470,7 @@ def test_reactor_stops_without_close(db: Path) -> None:
 
 
 async def _hammer(url: str, killAt: str) -> None:
-    from txmasse.registry.url import registryFromURL
+    from txmasse.registry import registryFromURL
 
     if int(killAt):
         announce = backend._Database._announce
@@ -498,7 +498,7 @@ async def _hammer(url: str, killAt: str) -> None:
 
 
 async def _exit(url: str, *args: str) -> None:
-    from txmasse.registry.url import registryFromURL
+    from txmasse.registry import registryFromURL
 
     registry = registryFromURL(reactor, url)
     await registry.register(record(), 5)

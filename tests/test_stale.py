@@ -18,7 +18,7 @@ from tests.conftest import RedisServer, eventually, newRegistry
 from tests.test_contract import Events, record
 from txmasse import RegistryUnavailable
 from txmasse.registry import MemoryRegistry
-from txmasse.registry._base import LastAnswers
+from txmasse.registry.base import LastAnswers
 from txmasse.registry.interface import StaleRecords
 
 

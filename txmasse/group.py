@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from txmasse.endpoints import MasseClientEndpoint
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry import IRegistry, ISubscription, PeerEvent, registryFromURL
-from txmasse.registry._base import localInstances
+from txmasse.registry.base import localInstances
 from txmasse.registry.interface import EventKind
 from txmasse.wrappers import Wrapper
 

@@ -251,6 +251,13 @@ def _parseRemembered(data: bytes | str) -> PeerRecord:
 _GLOB_CHARS = re.compile(r"[A-Za-z0-9._\-*?\[\]!^]{1,256}")
 
 
+def isPattern(name: str) -> bool:
+    """
+    Whether C{name} is a glob with wildcards (C{db-*}) rather than one name.
+    """
+    return any(char in name for char in "*?[")
+
+
 @attrs.frozen
 class Glob:
     """

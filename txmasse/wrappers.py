@@ -18,7 +18,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory, IReactorTime
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
@@ -55,6 +63,18 @@ class IMasseWrapper(Interface):
         """
 
 
+def checkWrappers(wrappers: Sequence[Wrapper]) -> tuple[Wrapper, ...]:
+    """
+    C{wrappers}, if each is callable.
+
+    @raise ValueError: naming the first that is not.
+    """
+    for wrapper in wrappers:
+        if not callable(wrapper):
+            raise ValueError(f"wrapper {wrapper!r} is not callable")
+    return tuple(wrappers)
+
+
 def stackFactory(factory: IProtocolFactory, wrappers: Sequence[Wrapper]) -> IProtocolFactory:
     """
     Wrap C{factory} in C{wrappers}, the first nearest the wire.
@@ -66,19 +86,49 @@ def stackFactory(factory: IProtocolFactory, wrappers: Sequence[Wrapper]) -> IPro
     return factory
 
 
-def unwrapProtocol(protocol: IProtocol, depth: int) -> IProtocol:
+def innerProtocol(protocol: IProtocol) -> IProtocol:
     """
-    The application's protocol inside C{depth} wrapper protocols, following
-    C{wrappedProtocol} as L{ProtocolWrapper} and TLS protocols provide it.
+    The protocol one wrapper protocol wraps (C{wrappedProtocol}, as
+    L{ProtocolWrapper} and TLS protocols provide it).
 
-    @raise TypeError: if a wrapper's protocol does not say what it wraps.
+    @raise TypeError: if C{protocol} does not say what it wraps; its
+        connection is aborted, since no one else would ever close it.
     """
-    for _ in range(depth):
-        inner = getattr(protocol, "wrappedProtocol", None)
-        if inner is None:
-            raise TypeError(f"wrapper protocol {protocol!r} has no wrappedProtocol attribute")
-        protocol = inner
-    return protocol
+    inner = getattr(protocol, "wrappedProtocol", None)
+    if inner is None:
+        transport: Any = getattr(protocol, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+        raise TypeError(f"wrapper protocol {protocol!r} has no wrappedProtocol attribute")
+    return inner  # type: ignore[no-any-return]
+
+
+@implementer(IStreamClientEndpoint)
+@attrs.frozen
+class WrapperEndpoint:
+    """
+    Connects through C{endpoint} with the factory wrapped by C{wrapper},
+    and fires with the protocol built by the factory it was given: one
+    layer of a stack, as Twisted's own C{wrapClientTLS} composes.
+    """
+
+    endpoint: IStreamClientEndpoint
+    wrapper: Wrapper
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        return self.endpoint.connect(self.wrapper(protocolFactory)).addCallback(innerProtocol)
+
+
+def wrapEndpoint(
+    endpoint: IStreamClientEndpoint, wrappers: Sequence[Wrapper]
+) -> IStreamClientEndpoint:
+    """
+    C{endpoint} with C{wrappers} stacked on it, the first nearest the wire;
+    with none, C{endpoint} itself.
+    """
+    for wrapper in wrappers:
+        endpoint = WrapperEndpoint(endpoint, wrapper)
+    return endpoint
 
 
 def parseWrappers(reactor: IReactorTime, spec: str) -> list[Wrapper]:

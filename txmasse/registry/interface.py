@@ -14,6 +14,12 @@ from zope.interface import Attribute, Interface
 
 from txmasse.records import PeerRecord
 
+MIN_TTL = 0.1
+"""The shortest lease, in seconds, that a registry accepts."""
+
+MAX_TTL = 24 * 60 * 60
+"""The longest lease, in seconds."""
+
 
 class EventKind(enum.StrEnum):
     """

@@ -25,6 +25,7 @@ import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.endpoints import UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
@@ -32,17 +33,20 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmasse._tcp import tcpEndpoint
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry import redis_scripts as scripts
-from txmasse.registry._base import Lease, Snapshot
-from txmasse.registry._shared import SharedStoreRegistry
+from txmasse.registry.base import Lease, Snapshot
 from txmasse.registry.interface import (
     EventKind,
     IRegistry,
     LeaseStatus,
     PeerEvent,
 )
+from txmasse.registry.shared import SharedStoreRegistry
+from txmasse.registry.tls import redisTLS
+from txmasse.registry.url import RegistryURL
 
 log = Logger()
 
@@ -350,6 +354,22 @@ class RedisRegistry(SharedStoreRegistry):
         self._readyCommands: Any = None
         self._commands.startService()
 
+    @classmethod
+    def fromURL(cls, reactor: IReactorTime, parsed: RegistryURL) -> RedisRegistry:
+        """
+        The registry C{parsed} names: over TCP, TLS, a UNIX socket, or to
+        whichever master the sentinels name.
+        """
+        return cls(
+            reactor,
+            endpointFor(reactor, parsed),
+            parsed.display,
+            password=parsed.password,
+            username=parsed.username,
+            db=parsed.db,
+            timeout=parsed.timeout,
+        )
+
     def __repr__(self) -> str:
         return f"<RedisRegistry {self.url}>"
 
@@ -523,7 +543,7 @@ class RedisRegistry(SharedStoreRegistry):
 
     # The store, as leases and subscriptions use it
 
-    def _put(self, record: PeerRecord, ttl: float) -> Deferred[None]:
+    def putRecord(self, record: PeerRecord, ttl: float) -> Deferred[None]:
         d = self._eval(
             f"registration of {record.name!r}",
             scripts.PUT,
@@ -535,7 +555,7 @@ class RedisRegistry(SharedStoreRegistry):
         )
         return d.addCallback(lambda _: None)
 
-    def _remove(self, record: PeerRecord) -> Deferred[None]:
+    def removeRecord(self, record: PeerRecord) -> Deferred[None]:
         d = self._eval(
             f"release of {record.name!r}",
             scripts.REMOVE,
@@ -545,7 +565,7 @@ class RedisRegistry(SharedStoreRegistry):
         )
         return d.addCallback(lambda _: None)
 
-    def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
+    def snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
         def parse(reply: _Reply) -> Snapshot:
             (counter,) = reply.take(1, "event counter")
             seq = self._counter(counter, namespace)
@@ -723,3 +743,27 @@ def _unsubscribe(protocol: Any, channel: str) -> Deferred[None]:
 async def _gather(deferreds: Sequence[Deferred[Any]]) -> None:
     for d in deferreds:
         await d
+
+
+def endpointFor(reactor: Any, parsed: RegistryURL) -> IStreamClientEndpoint:
+    """
+    How to reach the Redis server that C{parsed} names.
+    """
+    if parsed.scheme == "redis+unix":
+        return UNIXClientEndpoint(reactor, parsed.path, timeout=parsed.timeout)
+    if parsed.scheme in ("redis+sentinel", "rediss+sentinel"):
+        from txmasse.registry.redis_sentinel import SentinelEndpoint
+
+        return SentinelEndpoint(
+            reactor,
+            parsed.sentinels,
+            parsed.master,
+            timeout=parsed.timeout,
+            username=parsed.sentinelUsername,
+            password=parsed.sentinelPassword,
+            tls=redisTLS(parsed) if parsed.scheme == "rediss+sentinel" else None,
+        )
+    tcp = tcpEndpoint(reactor, parsed.host, parsed.port, timeout=parsed.timeout)
+    if parsed.scheme == "redis":
+        return tcp
+    return wrapClientTLS(redisTLS(parsed)(parsed.host), tcp)
