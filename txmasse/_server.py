@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import (
     UNIXServerEndpoint,
     quoteStringArgument,
@@ -25,8 +25,10 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IListeningPort,
     IProtocolFactory,
+    IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.logger import Logger
@@ -34,12 +36,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmasse.checks import checkNumber, shown
-from txmasse.errors import MasseError
+from txmasse.errors import MasseError, RegistryUnavailable
 from txmasse.peertls import PeerTLS
 from txmasse.records import PeerRecord
 from txmasse.registry import MAX_TTL, MIN_TTL, ILease, IRegistry, defaultNamespace
 from txmasse.registry.opening import checkRegistry, openRegistry
 from txmasse.registry.url import parseRegistryURL
+from txmasse.retry import retryPolicy
 from txmasse.wrappers import Wrapper, checkWrappers, stackFactory
 
 log = Logger()
@@ -77,21 +80,46 @@ async def _stopAll(ports: Sequence[IListeningPort]) -> None:
             log.failure("could not stop listening: {port!r}", port=port)
 
 
+REGISTER_RETRY = retryPolicy(0.25, 3.0)
+"""Seconds before registering again while the registry is unreachable, by failures so far."""
+
+
 @implementer(IListeningPort)
 class MasseListeningPort:
     """
     Listening under a name: C{stopListening()} withdraws the name (peers
     see C{left}), then stops listening.
 
+    A port whose registry was unreachable when it started listens all the
+    same and keeps registering (L{REGISTER_RETRY}) until the registry
+    answers; L{whenRegistered} fires then.
+
     @ivar port: the inner endpoint's port; C{getHost()} is its address.
     @ivar unixPort: the extra UNIX socket's port, if any.
-    @ivar lease: the registration.
+    @ivar registered: whether the name is registered (then L{lease} is
+        the registration).
     """
 
-    def __init__(self, port: IListeningPort, unixPort: IListeningPort | None, lease: ILease):
+    def __init__(
+        self,
+        port: IListeningPort,
+        unixPort: IListeningPort | None,
+        record: PeerRecord,
+        registry: IRegistry,
+        ttl: float,
+        clock: IReactorTime,
+    ):
         self.port = port
         self.unixPort = unixPort
-        self.lease = lease
+        self._lease: ILease | None = None
+        self._record = record
+        self._registry = registry
+        self._ttl = ttl
+        self._clock = clock
+        self._attempt: Deferred[ILease] | None = None
+        self._retry: IDelayedCall | None = None
+        self._failures = 0
+        self._waiting: list[Deferred[ILease]] = []
         self._stopping: Deferred[None] | None = None
 
     def __repr__(self) -> str:
@@ -99,8 +127,24 @@ class MasseListeningPort:
         return f"<MasseListeningPort {record.namespace}/{record.name} {list(record.endpoints)}>"
 
     @property
+    def registered(self) -> bool:
+        return self._lease is not None
+
+    @property
+    def lease(self) -> ILease:
+        """
+        The registration.
+
+        @raise MasseError: if the name is not registered yet (see
+            L{whenRegistered}).
+        """
+        if self._lease is None:
+            raise MasseError(f"{self!r} is not registered yet: wait for whenRegistered()")
+        return self._lease
+
+    @property
     def record(self) -> PeerRecord:
-        return self.lease.record
+        return self._record if self._lease is None else self._lease.record
 
     def getHost(self) -> IAddress:
         return self.port.getHost()
@@ -110,21 +154,92 @@ class MasseListeningPort:
         Nothing to do: C{listen()} fires with a port that already listens.
         """
 
+    def whenRegistered(self) -> Deferred[ILease]:
+        """
+        Fires with the lease once the name is registered (at once if it
+        is); fails with L{MasseError} if the port stops first.
+        """
+        if self._lease is not None:
+            return succeed(self._lease)
+        if self._stopping is not None:
+            return fail(MasseError(f"{self!r} stopped before it was registered"))
+        waiting: Deferred[ILease] = Deferred()
+        self._waiting.append(waiting)
+        return waiting
+
+    def register(self) -> Deferred[None]:
+        """
+        Register the name: fires once registered, or once the registry
+        proved unreachable (then registering goes on in the background);
+        fails for anything else (the record refused, say).
+        """
+        return self._register(first=True)
+
+    def _register(self, first: bool = False) -> Deferred[None]:
+        self._retry = None
+        attempt = self._attempt = maybeDeferred(self._registry.register, self._record, self._ttl)
+
+        def registered(lease: ILease) -> None:
+            if attempt is not self._attempt:  # stopped meanwhile: too late to keep
+                lease.release().addErrback(lambda _: None)
+                return
+            self._attempt = None
+            self._lease = lease
+            if self._failures:
+                log.info(
+                    "{port}: registered after {failures} failed tries",
+                    port=self,
+                    failures=self._failures,
+                )
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(lease)
+
+        def failed(failure: Failure) -> Failure | None:
+            if attempt is not self._attempt:
+                return None  # stopped meanwhile
+            self._attempt = None
+            if first and not failure.check(RegistryUnavailable):
+                return failure
+            delay = REGISTER_RETRY(self._failures)
+            self._failures += 1
+            if self._failures == 1:
+                log.warn(
+                    "{port}: listening, but not yet registered (registering again until the "
+                    "registry answers): {error}",
+                    port=self,
+                    error=failure.getErrorMessage(),
+                )
+            self._retry = self._clock.callLater(delay, self._register)
+            return None
+
+        return attempt.addCallbacks(registered, failed)
+
     def stopListening(self) -> Deferred[None]:
         if self._stopping is None:
             self._stopping = Deferred.fromCoroutine(self._stop())
         return _follow(self._stopping)
 
     async def _stop(self) -> None:
-        try:
-            await self.lease.release()
-        except Exception as e:
-            log.warn(
-                "{port}: could not withdraw the name, it expires in {ttl}s: {error}",
-                port=self,
-                ttl=self.lease.ttl,
-                error=e,
-            )
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None:
+            attempt.cancel()  # the registry takes back a registration it cancels
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(MasseError(f"{self!r} stopped before it was registered"))
+        if self._lease is not None:
+            try:
+                await self._lease.release()
+            except Exception as e:
+                log.warn(
+                    "{port}: could not withdraw the name, it expires in {ttl}s: {error}",
+                    port=self,
+                    ttl=self._lease.ttl,
+                    error=e,
+                )
         await _stopAll([port for port in (self.unixPort, self.port) if port is not None])
 
 
@@ -230,8 +345,10 @@ class MasseServerEndpoint:
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         """
-        Listen, then register the real address; if registering fails, stop
-        listening and fail.
+        Listen, then register the real address. While the registry is
+        unreachable the port listens all the same and keeps registering
+        until it answers (see L{MasseListeningPort.whenRegistered}); if
+        registering fails otherwise, stop listening and fail.
         """
         return Deferred.fromCoroutine(self._listen(protocolFactory))
 
@@ -249,18 +366,22 @@ class MasseServerEndpoint:
             ports = [p for p in (unixPort, port) if p is not None]
             endpoints = [await self._describe(p.getHost(), registry) for p in ports]
             record = PeerRecord(self.namespace, self.name, endpoints, self.metadata)
-            lease = await registry.register(record, self.ttl)
+            listening = MasseListeningPort(
+                port, unixPort, record, registry, self.ttl, self._reactor
+            )
+            await listening.register()
         except BaseException:
             await _stopAll([p for p in (unixPort, port) if p is not None])
             raise
         log.info(
-            "listening as {namespace}/{name} at {endpoints} (registry {url})",
+            "listening as {namespace}/{name} at {endpoints} (registry {url}{registered})",
             namespace=self.namespace,
             name=self.name,
             endpoints=list(record.endpoints),
             url=registry.url,
+            registered="" if listening.registered else ", not yet registered",
         )
-        return MasseListeningPort(port, unixPort, lease)
+        return listening
 
     async def _describe(self, address: IAddress, registry: IRegistry) -> str:
         """

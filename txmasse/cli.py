@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmasse.checks import checkNumber
 from txmasse.errors import MasseError, PeerNotFound
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry import (
@@ -284,8 +284,10 @@ async def connect(reactor: Any, registry: IRegistry, namespace: str, args: Any) 
     from txmasse.endpoints import MasseClientEndpoint
     from txmasse.peertls import tlsFromOptions
 
-    if not (math.isfinite(args.timeout) and args.timeout > 0):
-        raise UsageError(f"--timeout {args.timeout}: must be a positive number of seconds")
+    try:
+        checkNumber(args.timeout, f"--timeout {args.timeout}:", low=0, above=True)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     options = {key: getattr(args, key) for key in ("cert", "key", "ca") if getattr(args, key)}
     if args.tls:
         options["tls"] = "true"

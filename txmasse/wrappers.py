@@ -13,7 +13,6 @@ L{twisted.plugin.getPlugins}, so third parties can add their own.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +37,8 @@ from twisted.protocols.policies import (
 )
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
+
+from txmasse.checks import checkNumber
 
 Wrapper = Callable[[IProtocolFactory], IProtocolFactory]
 
@@ -183,18 +184,12 @@ def seconds(argument: str | None, what: str = "argument") -> float:
     """
     A positive, finite number of seconds from a wrapper's argument.
     """
-    return _positive(argument, what, "a number of seconds")
+    return _positive(argument, what, "seconds")
 
 
-def _positive(argument: str | None, what: str, kind: str) -> float:
-    try:
-        value = float(argument) if argument is not None else math.nan
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        shown = "missing" if argument is None else repr(argument)
-        raise ValueError(f"{what} {shown} must be {kind} greater than 0")
-    return value
+def _positive(argument: str | None, what: str, unit: str) -> float:
+    shown = "missing" if argument is None else repr(argument)
+    return checkNumber(argument, f"{what} {shown}", low=0, above=True, unit=unit)
 
 
 # Built-in wrappers
@@ -424,7 +419,7 @@ class _Limit:
     name = "limit"
 
     def makeWrapper(self, reactor: IReactorTime, argument: str | None) -> Wrapper:
-        rate = _positive(argument, "argument", "a number of bytes per second")
+        rate = _positive(argument, "argument", "bytes per second")
         limit = max(1, int(rate))
 
         return lambda factory: _LimitFactory(factory, limit, reactor)

@@ -12,7 +12,6 @@ L{IRegistry} on top for stores that many processes share (Redis, SQLite).
 
 from __future__ import annotations
 
-import math
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmasse.checks import checkNumber
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry.interface import (
@@ -53,14 +53,9 @@ def validateTTL(ttl: object) -> float:
     """
     Return C{ttl} as a float if it is a usable lease length in seconds.
     """
-    if (
-        isinstance(ttl, bool)
-        or not isinstance(ttl, int | float)
-        or not math.isfinite(ttl)
-        or not MIN_TTL <= ttl <= MAX_TTL
-    ):
-        raise ValueError(f"invalid ttl {ttl!r}: must be {MIN_TTL} to {MAX_TTL} seconds")
-    return float(ttl)
+    if isinstance(ttl, str):
+        raise ValueError(f"invalid ttl {ttl!r}: must be a number, not text")
+    return checkNumber(ttl, f"invalid ttl {ttl!r}:", low=MIN_TTL, high=MAX_TTL)
 
 
 _SOURCE = re.compile(r"[\x21-\x7e]{1,255}")
@@ -90,13 +85,10 @@ def validateSearch(namespace: object, pattern: object) -> Glob:
 def validateQuery(namespace: object, name: object, stale: object = None) -> None:
     validateName(namespace, "namespace")
     validateName(name, "name")
-    if stale is not None and (
-        isinstance(stale, bool)
-        or not isinstance(stale, int | float)
-        or not math.isfinite(stale)
-        or stale < 0
-    ):
-        raise ValueError(f"invalid stale={stale!r}: must be a number of seconds, 0 or more")
+    if isinstance(stale, str):
+        raise ValueError(f"invalid stale={stale!r}: must be a number of seconds, not text")
+    if stale is not None:
+        checkNumber(stale, f"invalid stale={stale!r}:", low=0)
 
 
 class LastAnswers:

@@ -6,7 +6,6 @@ names is L{txmasse.registry.opening}'s job.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from typing import Any
@@ -14,6 +13,7 @@ from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 import attrs
 
+from txmasse.checks import checkNumber
 from txmasse.records import validateName
 
 DEFAULT_REGISTRY = "redis://127.0.0.1:6379/0"
@@ -91,7 +91,8 @@ class RegistryURL:
 
 
 def _bad(url: str, part: str, why: str) -> ValueError:
-    return ValueError(f"invalid registry URL {_redact(url)!r}: {part} {why}")
+    detail = f"{part} {why}" if part else why
+    return ValueError(f"invalid registry URL {_redact(url)!r}: {detail}")
 
 
 def _redactQuery(url: str) -> str:
@@ -252,11 +253,9 @@ def _sqlite(url: str, netloc: str, path: str, query: dict[str, str], timeout: fl
     poll = None
     if "poll" in query:
         try:
-            poll = float(query["poll"])
-        except ValueError:
-            poll = math.nan
-        if not (math.isfinite(poll) and 0.01 <= poll <= 60):
-            raise _bad(url, f"poll {query['poll']!r}", "must be a number of seconds, 0.01 to 60")
+            poll = checkNumber(query["poll"], f"poll {query['poll']!r}", low=0.01, high=60)
+        except ValueError as e:
+            raise _bad(url, "", str(e)) from None
     return RegistryURL("sqlite", _redact(url), path=path, timeout=timeout, poll=poll)
 
 
@@ -314,12 +313,9 @@ def _timeout(url: str, value: str | None) -> float:
     if value is None:
         return DEFAULT_TIMEOUT
     try:
-        timeout = float(value)
-    except ValueError:
-        timeout = math.nan
-    if not (math.isfinite(timeout) and 0 < timeout <= 3600):
-        raise _bad(url, f"timeout {value!r}", "must be a number of seconds, 0 to 3600")
-    return timeout
+        return checkNumber(value, f"timeout {value!r}", low=0, above=True, high=3600)
+    except ValueError as e:
+        raise _bad(url, "", str(e)) from None
 
 
 def _db(url: str, value: str | None) -> int | None:
