@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -21,7 +23,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.web.client import Agent, readBody
 from zope.interface import implementer
 
-from tests.conftest import RedisServer, eventually, sleep
+from tests.conftest import RedisServer, eventually, freePort, sleep
 from tests.endpoint_helpers import ByName, ChildProcess, Echo, peerEnvironment
 from txmasse._server import REGISTER_RETRY
 from txmasse.endpoints import MasseListeningPort, MasseServerEndpoint
@@ -140,3 +142,46 @@ async def test_twistd_web_started_before_redis_is_reachable_by_name_once_it_runs
         process.signal("TERM")
         await process.ended
         server.stop()
+
+
+# A registry whose host refuses connections
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_registry_fails_calls_at_once_then_serves_once_up(tmp_path: Path) -> None:
+    """
+    With nothing on the port, a call fails with the refusal long before its
+    30 s deadline; once Redis listens there, calls are served again.
+    """
+    server = RedisServer(tmp_path)
+    registry = registryFromURL(reactor, f"{server.url}?timeout=30")
+    try:
+        for _ in range(3):  # a fresh registry, then one that knows it is refused
+            lookup = registry.lookup("t", "db").addTimeout(10, reactor)
+            with pytest.raises(RegistryUnavailable, match="refused") as caught:
+                await lookup
+            assert server.url in str(caught.value)
+        server.start()
+        for _ in range(100):  # the reconnect loop backs off at most 1 s
+            try:
+                answer = await registry.lookup("t", "db")
+                break
+            except RegistryUnavailable:
+                await sleep(0.05)
+        assert answer == []
+    finally:
+        await registry.close()
+        server.stop()
+
+
+def test_masse_ls_against_a_dead_port_exits_1_naming_the_refusal() -> None:
+    url = f"redis://127.0.0.1:{freePort()}/0?timeout=30"
+    result = subprocess.run(
+        [sys.executable, "-m", "txmasse", "--registry", url, "ls"],
+        capture_output=True,
+        text=True,
+        timeout=10,  # a third of the deadline: it must not wait for it
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    assert result.returncode == 1, result
+    assert "refused" in result.stderr and len(result.stderr.strip().splitlines()) == 1

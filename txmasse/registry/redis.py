@@ -23,9 +23,10 @@ from typing import Any
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionRefusedError as RefusedError
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
@@ -89,6 +90,7 @@ class _Factory(Factory):
         self.db = db
         self.lastError: str | None = None
         self.unreachable = False
+        self.refused = False  # the last attempt was refused, and none has connected since
 
     def buildProtocol(self, addr: object) -> Any:
         protocol = self.protocolClass(
@@ -210,10 +212,12 @@ class _RecordingEndpoint:
         def failed(failure: Failure) -> Failure:
             self._factory.lastError = failure.getErrorMessage()
             self._factory.unreachable = True
+            self._factory.refused = failure.check(RefusedError, ConnectionRefusedError) is not None
             return failure
 
         def connected(protocol: Any) -> Any:
             self._factory.unreachable = False
+            self._factory.refused = False
             return protocol
 
         d: Deferred[Any] = self._endpoint.connect(protocolFactory)
@@ -390,6 +394,26 @@ class RedisRegistry(SharedStoreRegistry):
         d: Deferred[Any] = service.whenConnected()
         return d.addCallback(lambda protocol: protocol.whenReady())
 
+    async def _connectedCommands(self) -> Any:
+        """
+        The command connection once ready. A refused connection attempt
+        fails the call at once; other failures (a host that does not
+        answer) leave it to the caller's deadline, as the service retries.
+        """
+        protocol: Any
+        try:
+            protocol = await self._commands.whenConnected(failAfterFailures=1)
+        except CancelledError:
+            raise
+        except Exception:
+            # Out of the service's state machine first: whoever hears of the
+            # failure may stop the service, which it cannot do from inside.
+            await deferLater(self._reactor, 0)
+            if self._commandFactory.refused:
+                raise ConnectionRefusedError(self._commandFactory.lastError) from None
+            protocol = await self._commands.whenConnected()
+        return await protocol.whenReady()
+
     # Calls with a deadline
 
     def _unavailable(self, failure: Failure, what: str) -> Failure:
@@ -408,10 +432,17 @@ class RedisRegistry(SharedStoreRegistry):
             reason += f"; {SQLITE_HINT}"
         return Failure(RegistryUnavailable(f"registry {self.url}: {what} failed: {reason}"))
 
+    def _refusal(self, what: str) -> RegistryUnavailable:
+        why = self._commandFactory.lastError or "connection refused"
+        return RegistryUnavailable(f"registry {self.url}: {what} failed: {why}")
+
     def _eval(self, what: str, script: scripts.Script, *args: object) -> Deferred[Any]:
         if self.closed:
             return fail(RegistryUnavailable(f"registry {self.url} is closed"))
         protocol = self._readyCommands
+        if (protocol is None or not protocol.ready) and self._commandFactory.refused:
+            # Refused is known at once: no call waits out its deadline for it.
+            return fail(self._refusal(what))
         if protocol is not None and protocol.ready:
             # The usual case, kept short: a lookup is one round trip, and
             # the service's state machine and a coroutine cost a third of it.
@@ -468,7 +499,7 @@ class RedisRegistry(SharedStoreRegistry):
                     error=lost,
                 )
             try:
-                protocol = await self._ready(self._commands)
+                protocol = await self._connectedCommands()
                 return await _evalsha(protocol, script, args)
             except Exception as e:
                 if not _lostOrDemoted(e):
