@@ -2,7 +2,8 @@
 The C{masse:} endpoints: connect to a peer by name, listen under a name.
 
 A client endpoint asks the registry for the name at every C{connect()}, so
-L{ClientService} follows a peer that restarted elsewhere. A server endpoint
+L{ClientService<twisted.application.internet.ClientService>} follows a peer
+that restarted elsewhere. A server endpoint
 listens on an ordinary inner endpoint and publishes the address it really
 got under a lease that lives as long as the listening port.
 
@@ -244,12 +245,12 @@ class MasseClientEndpoint:
     registry at every C{connect()}.
 
     @param registry: an L{IRegistry}, or its URL (default C{$MASSE_REGISTRY}).
-    @param timeout: seconds for the whole connect, lookup included; L{None}
+    @param timeout: seconds for the whole connect, lookup included; C{None}
         for no limit.
     @param pick: which instance to try first: C{random}, C{first} (the
         longest registered) or C{roundrobin}; the others follow in order.
     @param proto: transports to accept, in order of preference (e.g.
-        C{["unix", "tcp"]}); L{None} for any, in the peer's order.
+        C{["unix", "tcp"]}); C{None} for any, in the peer's order.
     @param wrappers: protocol factory wrappers, the first nearest the wire.
     @param report: publish C{connected} and C{disconnected} events for each
         stream (watchers see them with C{usage=True}); off, it costs nothing.
@@ -425,7 +426,7 @@ class MasseClientEndpoint:
         """
         The registry, instance, description and endpoint that a connect
         tries first, when the cache answers and that first choice is clear;
-        else L{None}, and the full search decides (and reports why).
+        else C{None}, and the full search decides (and reports why).
         """
         if not self.cache:
             return None
@@ -452,7 +453,8 @@ class MasseClientEndpoint:
     ) -> IProtocol:
         """
         Endpoints fail in their own ways when cancelled: report a
-        cancellation as L{CancelledError}, whatever was interrupted.
+        cancellation as L{CancelledError<twisted.internet.defer.CancelledError>},
+        whatever was interrupted.
         """
         try:
             return await self._tryAll(wrapped, depth, progress, records, staleFailed)

@@ -115,7 +115,7 @@ _KEY_BLOCK = re.compile(rb"-----BEGIN ((?:[A-Z]+ )?PRIVATE KEY)-----.+?-----END 
 
 def _privateKey(option: str, path: str, data: bytes) -> SigningKey | None:
     """
-    The first PEM private key in C{data}, or L{None} if it has none.
+    The first PEM private key in C{data}, or C{None} if it has none.
     """
     block = _KEY_BLOCK.search(data)
     if block is None:
@@ -170,7 +170,7 @@ def describeCertificate(certificate: x509.Certificate) -> str:
 def checkCertificateName(certificate: x509.Certificate, expected: str) -> str | None:
     """
     Why C{certificate} is not for the peer C{expected} (a
-    L{certificateName}), or L{None} if it is.
+    L{certificateName}), or C{None} if it is.
 
     Only subjectAltName DNS names count, compared without case; the common
     name never does, and wildcards are not honoured: one certificate
@@ -382,7 +382,7 @@ def _prepared(options: CertificateOptions) -> CertificateOptions:
 def tlsFromOptions(kwargs: Mapping[str, str], server: bool) -> PeerTLS | None:
     """
     The L{PeerTLS} that endpoint-string options ask for: C{cert}, C{key},
-    C{ca}, and on clients C{tls=true}; L{None} when they ask for none.
+    C{ca}, and on clients C{tls=true}; C{None} when they ask for none.
 
     @raise ValueError: naming the bad option.
     """
@@ -480,7 +480,7 @@ class _Gate(ProtocolWrapper):
 class _GateFactory(WrappingFactory):
     """
     Builds L{_Gate}s. C{check} returns why a finished handshake's peer is
-    refused, or L{None}; C{ready} (clients) fires with the application's
+    refused, or C{None}; C{ready} (clients) fires with the application's
     protocol, or fails with why it never got connected. C{peer} names the
     other side in errors.
     """

@@ -69,7 +69,7 @@ class _Entry:
 
     def records(self) -> Sequence[PeerRecord] | None:
         """
-        The instances to connect to from memory, or L{None} to ask the registry.
+        The instances to connect to from memory, or C{None} to ask the registry.
         """
         subscription = self.subscription
         # A registry of someone else's that does not say whether its watch
@@ -133,7 +133,7 @@ class Resolver:
     def cached(self, namespace: str, name: str) -> Sequence[PeerRecord] | None:
         """
         The instances of C{name} from memory, if a synced watch holds some;
-        else L{None}: then L{resolve} asks the registry.
+        else C{None}: then L{resolve} asks the registry.
         """
         key = (namespace, name)
         entry = self._entries.get(key)
