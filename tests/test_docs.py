@@ -172,7 +172,7 @@ def test_endpoint_examples_are_accepted(
 ) -> None:
     """
     Client examples parse as clients, server examples (after the blank line)
-    as servers; the PEM files they name are made here.
+    as servers; the files they name are made here (or in C{tmp_path}).
     """
     monkeypatch.setenv("MASSE_REGISTRY", "memory://")
     authority = Authority.create(tmp_path)
@@ -182,6 +182,7 @@ def test_endpoint_examples_are_accepted(
     written = description
     description = description.replace("/etc/masse/ca.pem", str(authority.caPath))
     description = description.replace("/etc/masse/db.prod.pem", str(both))
+    description = description.replace("/tmp/masse.db", f"{tmp_path}/masse.db")
     examples = section(DOCS / "endpoints.md", "## Examples")
     blocks = [block for block in examples.split("\n\n") if block.startswith("    masse:")]
     assert len(blocks) == 2, "docs/endpoints.md: client examples, a blank line, server examples"
