@@ -49,7 +49,7 @@ MASSE_ACL = (
     "+zadd +zrem +zscore +zrange +zrangebylex +zrangebyscore"
 )
 """All that txmasse needs of Redis: its own keys and channels, its scripts
-and the commands they run. The README's ACL line."""
+and the commands they run. The ACL line of docs/security.md."""
 
 
 def aclServer(directory: Path, rules: str = MASSE_ACL, **options: Any) -> RedisServer:
@@ -406,7 +406,7 @@ async def test_tls_without_an_accepted_client_certificate_fails_clearly(
     assert message.endswith(f"alert {why}')]"), message
 
 
-# Everything at once: the README's setup
+# Everything at once: the setup docs/security.md describes
 
 
 @pytest_twisted.ensureDeferred

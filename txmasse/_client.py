@@ -66,12 +66,12 @@ class MasseClientEndpoint:
     registry at every C{connect()}.
 
     @param registry: an L{IRegistry}, or its URL (default C{$MASSE_REGISTRY}).
-    @param timeout: seconds for the whole connect, lookup included; L{None}
+    @param timeout: seconds for the whole connect, lookup included; C{None}
         for no limit.
     @param pick: which instance to try first: C{random}, C{first} (the
         longest registered) or C{roundrobin}; the others follow in order.
     @param proto: transports to accept, in order of preference (e.g.
-        C{["unix", "tcp"]}); L{None} for any, in the peer's order.
+        C{["unix", "tcp"]}); C{None} for any, in the peer's order.
     @param wrappers: protocol factory wrappers, the first nearest the wire.
     @param report: publish C{connected} and C{disconnected} events for each
         stream (watchers see them with C{usage=True}); off, it costs nothing.

@@ -2,8 +2,9 @@
 The C{masse:} endpoints: connect to a peer by name, listen under a name.
 
 A client endpoint resolves the name at every C{connect()} (from a cache the
-registry's events keep current), so L{ClientService} follows a peer that
-restarted elsewhere. A server endpoint listens on an ordinary inner
+registry's events keep current), so
+L{ClientService<twisted.application.internet.ClientService>} follows a peer
+that restarted elsewhere. A server endpoint listens on an ordinary inner
 endpoint and publishes the address it really got under a lease that lives
 as long as the listening port.
 

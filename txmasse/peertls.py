@@ -264,7 +264,7 @@ def _prepared(options: CertificateOptions) -> CertificateOptions:
 def tlsFromOptions(kwargs: Mapping[str, str], server: bool) -> PeerTLS | None:
     """
     The L{PeerTLS} that endpoint-string options ask for: C{cert}, C{key},
-    C{ca}, and on clients C{tls=true}; L{None} when they ask for none.
+    C{ca}, and on clients C{tls=true}; C{None} when they ask for none.
 
     @raise ValueError: naming the bad option.
     """
@@ -362,7 +362,7 @@ class _Gate(ProtocolWrapper):
 class _GateFactory(WrappingFactory):
     """
     Builds L{_Gate}s. C{check} returns why a finished handshake's peer is
-    refused, or L{None}; C{ready} (clients) fires with the application's
+    refused, or C{None}; C{ready} (clients) fires with the application's
     protocol, or fails with why it never got connected. C{peer} names the
     other side in errors.
     """

@@ -61,7 +61,7 @@ _KEY_BLOCK = re.compile(rb"-----BEGIN ((?:[A-Z]+ )?PRIVATE KEY)-----.+?-----END 
 
 def loadPrivateKey(option: str, path: str, data: bytes) -> SigningKey | None:
     """
-    The first PEM private key in C{data}, or L{None} if it has none.
+    The first PEM private key in C{data}, or C{None} if it has none.
     """
     block = _KEY_BLOCK.search(data)
     if block is None:

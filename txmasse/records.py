@@ -165,7 +165,7 @@ class PeerRecord:
         L{localHostIdentity}).
     @ivar registered: when the record was made, in seconds since the epoch.
     @ivar signature: in a namespace with a shared secret, the HMAC that
-        L{txmasse.registry.signed.SignedRegistry} checks; else L{None}. Not
+        L{txmasse.registry.signed.SignedRegistry} checks; else C{None}. Not
         compared: records that say the same are equal however signed.
     """
 

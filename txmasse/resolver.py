@@ -56,7 +56,7 @@ PICKS = ("random", "first", "roundrobin")
 class Candidate:
     """
     One thing a connect may try: an instance, and one of its endpoint
-    descriptions (L{None} when the client accepts none of them).
+    descriptions (C{None} when the client accepts none of them).
     """
 
     record: PeerRecord
@@ -70,7 +70,7 @@ class Selection:
 
     @ivar pick: C{random}, C{first} (the longest registered) or
         C{roundrobin}: which instance comes first; the others follow.
-    @ivar proto: transports accepted, best first; L{None} for any, in the
+    @ivar proto: transports accepted, best first; C{None} for any, in the
         peer's order.
     @ivar tlsOnly: only C{tls:} endpoints (a client that requires TLS never
         falls back to plain streams).
@@ -168,7 +168,7 @@ class _Entry:
 
     def records(self) -> Sequence[PeerRecord] | None:
         """
-        The instances to connect to from memory, or L{None} to ask the registry.
+        The instances to connect to from memory, or C{None} to ask the registry.
         """
         subscription = self.subscription
         # A registry of someone else's that does not say whether its watch
@@ -232,7 +232,7 @@ class Resolver:
     def cached(self, namespace: str, name: str) -> Sequence[PeerRecord] | None:
         """
         The instances of C{name} from memory, if a synced watch holds some;
-        else L{None}: then L{resolve} asks the registry.
+        else C{None}: then L{resolve} asks the registry.
         """
         key = (namespace, name)
         entry = self._entries.get(key)

@@ -52,7 +52,7 @@ def describeCertificate(certificate: x509.Certificate) -> str:
 def checkCertificateName(certificate: x509.Certificate, expected: str) -> str | None:
     """
     Why C{certificate} is not for the peer C{expected} (a
-    L{certificateName}), or L{None} if it is.
+    L{certificateName}), or C{None} if it is.
 
     Only subjectAltName DNS names count, compared without case; the common
     name never does, and wildcards are not honoured: one certificate
@@ -164,7 +164,7 @@ class VerifyingCreator:
     Client TLS connections made with C{options} (trust roots, a client
     certificate), verified by our own callback in place of Twisted's.
 
-    @param check: why a leaf certificate is not the one wanted, or L{None}.
+    @param check: why a leaf certificate is not the one wanted, or C{None}.
     @param refuse: the error to fail the connection with, given the problem.
     @param trustSource: how messages name the trusted CAs.
     @param serverName: sent as SNI, if it is a valid host name.

@@ -59,7 +59,7 @@ class IMasseWrapper(Interface):
         """
         Build the wrapper for one endpoint.
 
-        @param argument: the text after C{=}, or L{None} if there was none.
+        @param argument: the text after C{=}, or C{None} if there was none.
         @raise ValueError: if C{argument} is not acceptable, saying why.
         """
 

@@ -44,7 +44,7 @@ class PeerEvent:
     Delivered to watchers: C{kind} happened to the instance C{record}.
 
     @ivar source: for C{connected}/C{disconnected}, who opened the stream
-        to C{record} (C{HOST:PID} of the client); else L{None}.
+        to C{record} (C{HOST:PID} of the client); else C{None}.
     """
 
     kind: EventKind
@@ -133,9 +133,9 @@ class IRegistry(Interface):
     """
     Maps names in namespaces to live instances.
 
-    Every method returns a L{Deferred} that fails with
-    L{txmasse.errors.RegistryUnavailable} if the registry does not answer
-    within its deadline.
+    Every method returns a L{Deferred<twisted.internet.defer.Deferred>}
+    that fails with L{txmasse.errors.RegistryUnavailable} if the registry
+    does not answer within its deadline.
     """
 
     url: str = Attribute("The registry's URL, without any password.")

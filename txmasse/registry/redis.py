@@ -239,7 +239,7 @@ def _shown(value: object, limit: int = 40) -> str:
 def _eventNumber(value: object) -> int | None:
     """
     An event number as Redis writes it (what C{INCR} counts on from), or
-    L{None} for garbage: checked before L{int}, which refuses more than 4300
+    C{None} for garbage: checked before C{int}, which refuses more than 4300
     digits with an error.
     """
     if not isinstance(value, bytes) or not value.isdigit() or len(value) > 19:
@@ -624,7 +624,7 @@ class RedisRegistry(SharedStoreRegistry):
         self, reply: _Reply, namespace: str, glob: Glob | None = None
     ) -> list[PeerRecord | None]:
         """
-        Read the names a script skipped and the records it found (L{None}
+        Read the names a script skipped and the records it found (C{None}
         for each one skipped here: garbage, or stored in the wrong place).
         """
         for bad in reply.strings(reply.count("count of bad names"), "bad names"):

@@ -88,7 +88,7 @@ class SharedStoreRegistry:
     def _sweepOnce(self, namespace: str) -> Deferred[float | None]:
         """
         Time out the expired leases of C{namespace}; fire with the seconds
-        until its next expiry (L{None} if unknown).
+        until its next expiry (C{None} if unknown).
         """
         raise NotImplementedError
 

@@ -519,7 +519,8 @@ class _Database:
 @implementer(IRegistry)
 class SQLiteRegistry(SharedStoreRegistry):
     """
-    A registry kept in one SQLite database file.
+    A registry kept in one SQLite database file, closed when the reactor
+    shuts down if not before.
 
     @param reactor: runs the registry's thread and, unless C{clock} is
         given, its timers.
@@ -533,8 +534,6 @@ class SQLiteRegistry(SharedStoreRegistry):
     @param clock: the timers (heartbeats, polls, sweeps), if not C{reactor}.
     @param now: the wall clock that lease expiry times are written in,
         shared by every process using the file.
-
-    Closed when the reactor shuts down, if not before.
     """
 
     def __init__(
