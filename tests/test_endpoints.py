@@ -36,7 +36,6 @@ from twisted.web.client import Agent, readBody
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from tests.conftest import eventually, freePort, sleep
 from tests.endpoint_helpers import (
     ChildProcess,
     Collector,
@@ -53,6 +52,7 @@ from tests.endpoint_helpers import (
     xorEach,
     xoring,
 )
+from tests.helpers import eventually, freePort, sleep
 from txmasse.endpoints import MasseClientEndpoint, MasseListeningPort, MasseServerEndpoint
 from txmasse.errors import NoReachablePeer, PeerNotFound, RegistryUnavailable
 from txmasse.records import PeerRecord, localHostIdentity

@@ -11,28 +11,37 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.logger import LogEvent
 from twisted.protocols import amp
 from twisted.python.failure import Failure
-from zope.interface import provider
 
 from examples.group_rpc import Hello, Worker
-from tests.conftest import RedisServer, eventually, freePort, newRegistry, sleep
-from tests.endpoint_helpers import ChildProcess, Collector, Echo, Recording, peerEnvironment
-from tests.test_examples import ROOT, Background, call, readUntil
+from tests.endpoint_helpers import ChildProcess, Collector, Echo, Recording
+from tests.helpers import (
+    REPO,
+    Background,
+    RedisServer,
+    Workers,
+    eventually,
+    freePort,
+    gather,
+    newRegistry,
+    readUntil,
+    sleep,
+)
 from txmasse import MasseListeningPort, MasseServerEndpoint, PeerGroup, PeerRecord
 from txmasse.registry._base import localInstances
 from txmasse.registry.interface import EventKind, PeerEvent
@@ -188,36 +197,32 @@ async def test_leaves_out_its_own_process_unless_includeSelf() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_observer_errors_are_logged_and_observers_can_stop() -> None:
+async def test_observer_errors_are_logged_and_observers_can_stop(
+    logged: Sequence[LogEvent],
+) -> None:
     registry = MemoryRegistry(reactor)
     port = await serve(registry, "a", Factory.forProtocol(Echo))
     group = newGroup(registry, "a", Factory.forProtocol(Collector))
-    errors: list[Any] = []
     calls: list[str] = []
 
     def broken(record: PeerRecord, protocol: IProtocol) -> None:
         raise ValueError("observer bug")
 
+    def errors() -> list[Any]:
+        return [event["log_failure"] for event in logged if "log_failure" in event]
+
     group.onPeerAdded(broken)
     stop = group.onPeerAdded(lambda record, protocol: calls.append("first"))
     group.onPeerRemoved(lambda record, protocol: calls.append("removed"))
-
-    @provider(ILogObserver)
-    def observe(event: dict[str, Any]) -> None:
-        if "log_failure" in event:
-            errors.append(event["log_failure"])
-
-    globalLogPublisher.addObserver(observe)
     try:
         group.startService()
         await eventually(lambda: calls == ["first"])
-        assert [f.type for f in errors] == [ValueError]
+        assert [f.type for f in errors()] == [ValueError]
         stop()
         next(iter(group.connections.values())).transport.loseConnection()  # type: ignore[attr-defined]
         await eventually(lambda: calls == ["first", "removed"] and len(group.connections) == 1)
-        assert len(errors) == 2
+        assert len(errors()) == 2
     finally:
-        globalLogPublisher.removeObserver(observe)
         await group.stopService()
         await port.stopListening()
 
@@ -303,44 +308,6 @@ async def test_broadcast_writes_to_every_peer() -> None:
 
 
 # Worker processes on a real Redis
-
-
-class Workers:
-    """
-    C{tests/group_peer.py} processes; C{start} fires with the instance id
-    once registered.
-    """
-
-    def __init__(self, url: str, ttl: float):
-        self.url = url
-        self.ttl = ttl
-        self.env = peerEnvironment(url)
-        self.running: list[ChildProcess] = []
-
-    async def start(self, name: str, *mode: str) -> tuple[ChildProcess, str]:
-        process = ChildProcess()
-        args = [sys.executable, "-m", "tests.group_peer", self.url, NS, name, str(self.ttl), *mode]
-        reactor.spawnProcess(process, sys.executable, args, env=self.env, path=str(ROOT))
-        self.running.append(process)
-
-        # The whole line: the pipe may deliver it in pieces.
-        def line() -> re.Match[bytes] | None:
-            return re.search(rb"registered (\S+)\n", process.output)
-
-        await eventually(lambda: line() is not None or not process.running, 30)
-        registered = line()
-        assert registered is not None, process.output.decode()
-        return process, registered.group(1).decode()
-
-    async def stopAll(self) -> None:
-        for process in self.running:
-            process.signal("KILL")
-        for process in self.running:
-            await process.ended
-
-
-async def gather(coroutines: list[Any]) -> list[Any]:
-    return await gatherResults([Deferred.fromCoroutine(c) for c in coroutines])
 
 
 def instances(group: PeerGroup) -> set[str]:
@@ -466,7 +433,7 @@ async def test_callAll_with_one_failing_worker(redis_server: RedisServer) -> Non
 def test_group_rpc_example(tmp_path: Path) -> None:
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(REPO),
         "MASSE_REGISTRY": f"sqlite://{tmp_path}/registry.db",
         "MASSE_NAMESPACE": "dev",
     }
@@ -475,7 +442,7 @@ def test_group_rpc_example(tmp_path: Path) -> None:
         for name in ("worker-1", "worker-2", "worker-3"):
             server = background.start(sys.executable, "-m", "examples.group_rpc", "serve", name)
             readUntil(server, "is listening")
-        out = call(background, "-m", "examples.group_rpc", "call", "worker-*", "3")
+        out = background.call("-m", "examples.group_rpc", "call", "worker-*", "3")
     finally:
         background.stop()
     lines = out.splitlines()

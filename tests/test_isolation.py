@@ -20,8 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from tests.conftest import RedisServer, eventually, sleep
-from tests.test_contract import Events, record
+from tests.helpers import Events, RedisServer, eventually, record, sleep
 from txmasse import NAME_RULE, Glob, PeerRecord, validateName
 from txmasse.registry.interface import IRegistry
 from txmasse.registry.memory import MemoryRegistry

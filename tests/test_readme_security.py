@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.certs import Authority
-from tests.conftest import RedisServer
-from tests.test_access import MASSE_ACL
+from tests.helpers import MASSE_ACL, RedisServer
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()

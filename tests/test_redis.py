@@ -18,8 +18,7 @@ from twisted.internet.defer import CancelledError, gatherResults
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from tests.conftest import RedisServer, eventually, newRegistry, sleep
-from tests.test_contract import Events, record
+from tests.helpers import Events, RedisServer, eventually, newRegistry, record, sleep
 from txmasse import RegistryUnavailable
 from txmasse.registry.redis import RedisRegistry
 

@@ -21,8 +21,8 @@ from twisted.internet.task import Clock, deferLater
 from twisted.logger import capturedLogs, formatEvent
 from zope.interface import implementer
 
-from tests.conftest import RedisServer, eventually
 from tests.endpoint_helpers import Collector, Echo, Recording, quote
+from tests.helpers import RedisServer, eventually
 from txmasse.endpoints import MasseClientEndpoint, MasseListeningPort, MasseServerEndpoint
 from txmasse.errors import NoReachablePeer, RegistryUnavailable
 from txmasse.records import PeerRecord

@@ -11,8 +11,7 @@ import pytest
 import pytest_twisted
 
 from tests.certs import Authority
-from tests.conftest import RedisServer, lookupFailure, newRegistry
-from tests.test_contract import record
+from tests.helpers import RedisServer, lookupFailure, newRegistry, record
 from txmasse import RegistryUnavailable
 
 

@@ -15,9 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
-from tests.conftest import RedisServer, eventually, newRegistry, sleep
-from tests.test_cli import ROOT
-from tests.test_contract import Events
+from tests.helpers import REPO, Events, RedisServer, eventually, newRegistry, sleep
 from txmasse.registry.interface import USAGE_KINDS
 
 
@@ -67,7 +65,7 @@ async def test_report_true_publishes_connected_and_disconnected(
 
 
 def test_masse_watch_shows_reported_streams(redis_server: RedisServer) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MASSE_REGISTRY": redis_server.url}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MASSE_REGISTRY": redis_server.url}
     watcher = subprocess.Popen(
         [sys.executable, "-m", "txmasse", "--ns", "dev", "watch"],
         stdout=subprocess.PIPE,
