@@ -3,8 +3,10 @@ What test modules share, in one place; no test module imports another.
 
 Where things live:
   - tests/helpers.py (this module): a redis-server of the test's own,
-    registries, waiting for a condition, records and event recorders, log
-    checks, the masse command, example and worker processes, Redis ACLs.
+    registries, waiting for a condition on the real reactor, a fake
+    network for unit tests on a MemoryReactorClock, records and event
+    recorders, log checks, the masse command, example and worker
+    processes, Redis ACLs.
   - tests/endpoint_helpers.py: protocols (echo, collector), byte-changing
     wrappers and their plugins, peer processes; child processes import it,
     so it stays light.
@@ -30,9 +32,13 @@ from typing import Any
 
 import pytest
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.logger import LogEvent, LogLevel, formatEvent
+from twisted.python.failure import Failure
 
 # One RESP client for the bench and the tests.
 from bench.redis import _encode as _encode
@@ -237,6 +243,91 @@ async def gather(coroutines: Sequence[Coroutine[Any, Any, Any]]) -> list[Any]:
     Run coroutines side by side; their results in order.
     """
     return await gatherResults([Deferred.fromCoroutine(c) for c in coroutines])
+
+
+def fired(deferred: Deferred[Any]) -> Any:
+    """
+    The result of a Deferred that has fired already (on a fake clock, most
+    do at once); fails the test if it has not, or failed.
+    """
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    assert results, f"{deferred!r} has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+class FakeNetwork:
+    """
+    Answers the TCP connection attempts made on a C{MemoryReactorClock}, in
+    the order they were made, as the test says: accept one (the client
+    gets a transport that records what it writes), refuse one, drop a
+    connection. With the clock, a unit test decides what the network does
+    and when retries come, and "nothing more happens" is checked by
+    advancing the clock, not by waiting.
+    """
+
+    def __init__(self, reactor: MemoryReactorClock):
+        self.reactor = reactor
+        self._answered = 0
+
+    def attempts(self) -> list[str]:
+        """
+        C{host:port} of every attempt so far, answered or not.
+        """
+        return [f"{host}:{port}" for host, port, *_ in self.reactor.tcpClients]
+
+    def waiting(self) -> list[str]:
+        """
+        C{host:port} of the attempts not answered yet (nor given up).
+        """
+        return [
+            f"{host}:{port}"
+            for (host, port, *_), connector in list(
+                zip(self.reactor.tcpClients, self.reactor.connectors, strict=True)
+            )[self._answered :]
+            if not connector.stoppedConnecting
+        ]
+
+    def _next(self) -> tuple[str, int, Any, Any]:
+        clients = self.reactor.tcpClients
+        while self._answered < len(clients):
+            index = self._answered
+            self._answered += 1
+            connector = self.reactor.connectors[index]
+            if not connector.stoppedConnecting:
+                host, port, factory, *_ = clients[index]
+                return host, port, factory, connector
+        raise AssertionError("no connection attempt is waiting")
+
+    def accept(self) -> StringTransportWithDisconnection:
+        """
+        Connect the oldest waiting attempt; its transport (whose
+        C{protocol} is the client's protocol, as the endpoint built it).
+        """
+        host, port, factory, _ = self._next()
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = StringTransportWithDisconnection(
+            peerAddress=IPv4Address("TCP", host, port)
+        )
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        return transport
+
+    def refuse(self) -> None:
+        """
+        Refuse the oldest waiting attempt.
+        """
+        _, _, factory, connector = self._next()
+        factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+
+    @staticmethod
+    def drop(transport: StringTransportWithDisconnection) -> None:
+        """
+        The far end closes the connection.
+        """
+        transport.loseConnection()
 
 
 # Records and events

@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogEvent
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -33,10 +34,11 @@ from tests.endpoint_helpers import ChildProcess, Collector, Echo, Recording
 from tests.helpers import (
     REPO,
     Background,
+    FakeNetwork,
     RedisServer,
     Workers,
     eventually,
-    freePort,
+    fired,
     gather,
     newRegistry,
     readUntil,
@@ -48,6 +50,7 @@ from txmasse.registry.interface import EventKind, PeerEvent
 from txmasse.registry.memory import MemoryRegistry
 
 NS = "t"
+WHERE = "tcp:host=10.0.0.1:port=4000"
 
 
 def fast(attempt: int) -> float:
@@ -115,67 +118,6 @@ async def test_follows_joins_and_leaves() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_reconnects_with_backoff_while_registered() -> None:
-    """
-    A dropped connection is retried on the policy's schedule (0, 1, 2...)
-    while the peer is registered, and no longer once it has left.
-    """
-    registry = MemoryRegistry(reactor)
-    server = Recording(Echo)
-    port = await serve(registry, "a", server)
-    attempts: list[int] = []
-
-    def policy(attempt: int) -> float:
-        attempts.append(attempt)
-        return 0.05
-
-    group = newGroup(registry, "a", Factory.forProtocol(Collector), retryPolicy=policy)
-    seen = Seen(group)
-    group.startService()
-    await eventually(lambda: len(group.connections) == 1)
-    first = next(iter(group.connections.values()))
-    server.built[-1].transport.loseConnection()  # type: ignore[union-attr]
-    await eventually(lambda: len(server.built) == 2 and len(group.connections) == 1)
-    assert next(iter(group.connections.values())) is not first
-    assert attempts == [0] and seen.calls == [("added", "a"), ("removed", "a"), ("added", "a")]
-
-    # Unreachable but registered: retried with growing attempt numbers.
-    await port.port.stopListening()  # type: ignore[misc]
-    server.built[-1].transport.loseConnection()  # type: ignore[union-attr]
-    await eventually(lambda: attempts[-4:] == [0, 1, 2, 3] and len(attempts) == 5)
-    assert group.connections == {}
-    await port.lease.release()
-    await eventually(lambda: group.peers == [])
-    count = len(attempts)
-    await sleep(0.2)
-    assert len(attempts) == count
-    await group.stopService()
-
-
-@pytest_twisted.ensureDeferred
-async def test_update_with_new_endpoints_reconnects() -> None:
-    registry = MemoryRegistry(reactor)
-    one, two = Recording(Echo), Recording(Echo)
-    port1 = await serve(registry, "a", one)
-    port2 = await serve(registry, "other", two)
-    group = newGroup(registry, "a", Factory.forProtocol(Collector))
-    seen = Seen(group)
-    group.startService()
-    await eventually(lambda: len(one.built) == 1 and len(group.connections) == 1)
-    lease = port1.lease
-    await lease.update(attrs.evolve(lease.record, metadata={"v": "2"}))
-    await sleep(0.1)
-    (record,) = group.connections
-    assert record.metadata == {"v": "2"} and len(one.built) == 1  # no reconnect
-    await lease.update(attrs.evolve(lease.record, endpoints=port2.record.endpoints))
-    await eventually(lambda: len(two.built) == 1 and len(group.connections) == 1)
-    assert seen.calls == [("added", "a"), ("removed", "a"), ("added", "a")]
-    await group.stopService()
-    await port1.stopListening()
-    await port2.stopListening()
-
-
-@pytest_twisted.ensureDeferred
 async def test_leaves_out_its_own_process_unless_includeSelf() -> None:
     registry = MemoryRegistry(reactor)
     mine = await serve(registry, "a-mine", Factory.forProtocol(Echo))
@@ -227,31 +169,122 @@ async def test_observer_errors_are_logged_and_observers_can_stop(
         await port.stopListening()
 
 
-@pytest_twisted.ensureDeferred
-async def test_stop_closes_connections_and_cancels_retries() -> None:
-    registry = MemoryRegistry(reactor)
-    server = Recording(Echo)
-    port = await serve(registry, "a-up", server)
-    dead = PeerRecord(NS, "a-down", [f"tcp:host=127.0.0.1:port={freePort()}"])
-    lease = await registry.register(dead, ttl=5)
+# On a fake network and a clock: what the group does when connections
+# drop, fail or change, and that nothing more happens after
+
+
+def onClock(
+    *records: PeerRecord, pattern: str | None = None
+) -> tuple[MemoryReactorClock, FakeNetwork, list[Any], PeerGroup]:
+    """
+    A group on a MemoryReactorClock over a MemoryRegistry on the same
+    clock, holding C{records}; C{attempts} are the attempt numbers the
+    retry policy was asked about (it answers 1 s).
+    """
+    clock = MemoryReactorClock()
+    registry = MemoryRegistry(clock)
+    leases = [fired(registry.register(r, 60)) for r in records]
     attempts: list[int] = []
 
     def policy(attempt: int) -> float:
         attempts.append(attempt)
-        return 0.05
+        return 1.0
 
-    group = newGroup(registry, "a-*", Factory.forProtocol(Collector), retryPolicy=policy)
+    group = newGroup(
+        registry,
+        pattern or records[0].name,
+        Factory.forProtocol(Collector),
+        retryPolicy=policy,
+        reactor=clock,
+    )
+    return clock, FakeNetwork(clock), [leases, attempts], group
+
+
+def fiveMinutesPass(clock: MemoryReactorClock) -> None:
+    """
+    Second by second, so that heartbeats and retries run as they fall due.
+    """
+    clock.pump([1.0] * 300)
+
+
+def test_reconnects_with_backoff_while_registered() -> None:
+    """
+    A dropped connection is retried on the policy's schedule (0, 1, 2...)
+    while the peer is registered, and no longer once it has left.
+    """
+    clock, network, (leases, attempts), group = onClock(PeerRecord(NS, "a", [WHERE]))
+    seen = Seen(group)
     group.startService()
-    await eventually(lambda: len(group.connections) == 1 and len(attempts) >= 2)
+    first = network.accept()
+    (protocol,) = group.connections.values()
+    assert isinstance(protocol, Collector)  # the application's, not a wrapper's
+    network.drop(first)
+    assert group.connections == {} and attempts == [0]
+    clock.advance(0.999)
+    assert network.waiting() == []  # not before the policy's delay
+    clock.advance(0.001)
+    second = network.accept()
+    assert len(group.connections) == 1
+    assert seen.calls == [("added", "a"), ("removed", "a"), ("added", "a")]
+
+    # Unreachable but registered: retried with growing attempt numbers.
+    network.drop(second)
+    for _ in range(3):
+        clock.advance(1)
+        network.refuse()
+    assert attempts == [0, 0, 1, 2, 3] and group.connections == {}
+    fired(leases[0].release())
+    assert group.peers == []
+    tried = len(network.attempts())
+    fiveMinutesPass(clock)
+    assert len(network.attempts()) == tried and attempts == [0, 0, 1, 2, 3]
+    fired(group.stopService())
+
+
+def test_update_with_new_endpoints_reconnects() -> None:
+    """
+    New metadata is news, not a reason to reconnect; new endpoints are.
+    """
+    clock, network, (leases, _), group = onClock(PeerRecord(NS, "a", [WHERE]))
+    seen = Seen(group)
+    group.startService()
+    network.accept()
+    (lease,) = leases
+    fired(lease.update(attrs.evolve(lease.record, metadata={"v": "2"})))
+    fiveMinutesPass(clock)
+    (record,) = group.connections
+    assert record.metadata == {"v": "2"}
+    assert network.attempts() == ["10.0.0.1:4000"]  # no reconnect
+    fired(lease.update(attrs.evolve(lease.record, endpoints=["tcp:host=10.0.0.2:port=4000"])))
+    assert network.waiting() == ["10.0.0.2:4000"]
+    network.accept()
+    assert len(group.connections) == 1
+    assert seen.calls == [("added", "a"), ("removed", "a"), ("added", "a")]
+    fired(group.stopService())
+
+
+def test_stop_closes_connections_and_cancels_retries() -> None:
+    up = PeerRecord(NS, "a-up", [WHERE])
+    down = PeerRecord(NS, "a-down", ["tcp:host=10.0.0.9:port=4000"])
+    clock, network, (_, attempts), group = onClock(up, down, pattern="a-*")
+    group.startService()
+    connected = []
+    while len(attempts) < 2:  # a-up connects, a-down is refused twice
+        while network.waiting():
+            if network.waiting()[0] == "10.0.0.1:4000":
+                connected.append(network.accept())
+            else:
+                network.refuse()
+        clock.advance(1)
     (protocol,) = group.connections.values()
     assert isinstance(protocol, Collector)
-    await group.stopService()
-    assert protocol.lost.called and group.connections == {} and group.peers == []
-    count = len(attempts)
-    await sleep(0.2)
-    assert len(attempts) == count
-    await lease.release()
-    await port.stopListening()
+    assert [transport.connected for transport in connected] == [True]
+    fired(group.stopService())
+    assert protocol.lost.called and not connected[0].connected
+    assert group.connections == {} and group.peers == []
+    count, tried = len(attempts), len(network.attempts())
+    fiveMinutesPass(clock)
+    assert (len(attempts), len(network.attempts())) == (count, tried)
 
 
 # Fan-out, in process
