@@ -65,7 +65,12 @@ def test_register_releases_on_stop_and_watch_sees_it(
 ) -> None:
     watcher = startMasse("watch", "--json", registry=redis_server.url)
     try:
-        time.sleep(1.0)  # let the watch start
+        # Its subscription is up once Redis counts a subscriber; it reads its
+        # first view right after, long before the register below starts.
+        deadline = time.monotonic() + 30
+        while redis_server.command("PUBSUB", "NUMSUB", "masse:{dev}:events")[1] == 0:
+            assert watcher.poll() is None and time.monotonic() < deadline, "watch did not start"
+            time.sleep(0.01)
         other = startMasse(
             "register",
             "db",
