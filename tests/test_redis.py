@@ -9,16 +9,25 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import CancelledError, gatherResults
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from tests.helpers import Events, RedisServer, eventually, newRegistry, record, sleep
+from tests.helpers import (
+    Events,
+    RedisServer,
+    eventsAbout,
+    eventually,
+    newRegistry,
+    record,
+    sleep,
+)
 from txmasse import RegistryUnavailable
 from txmasse.registry.redis import RedisRegistry
 
@@ -146,7 +155,7 @@ async def test_killed_peer_times_out(redis_server: RedisServer, registries: Any)
 
 @pytest_twisted.ensureDeferred
 async def test_paused_redis_fails_calls_within_deadline(
-    redis_server: RedisServer, registries: Any
+    redis_server: RedisServer, registries: Any, logged: Sequence[LogEvent]
 ) -> None:
     registry = registries(redis_server.url + "?timeout=0.5")
     lease = await registry.register(record("db"), 1.5)
@@ -167,10 +176,11 @@ async def test_paused_redis_fails_calls_within_deadline(
             assert elapsed < 0.5 + 0.4, f"{name} took {elapsed:.2f}s"
             assert redis_server.url in str(caught.value)
             assert "no answer within 0.5s" in str(caught.value)
-        await sleep(1.0)  # heartbeats fail meanwhile
+        await eventually(lambda: eventsAbout(logged, "heartbeat failed"))  # meanwhile
     finally:
         redis_server.resume()
     # Heartbeats resume: the lease is still there, or written back.
+    await eventually(lambda: eventsAbout(logged, "heartbeat works again"))
     await eventually(lambda: redis_server.command("HLEN", "masse:{dev}:n:db") == 1)
     await lease.refresh()
     assert [r.instance for r in await registry.lookup("dev", "db")] == [lease.record.instance]
