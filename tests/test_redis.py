@@ -268,6 +268,17 @@ async def test_deadline_holds_while_a_call_waits_to_run_again(
     assertNoErrors(logged)
 
 
+def clientCount(server: RedisServer) -> int:
+    """
+    Connections to C{server}, but for the one asking.
+    """
+    return len(server.command("CLIENT", "LIST").splitlines()) - 1
+
+
+def subscribers(server: RedisServer, namespace: str = "dev") -> int:
+    return int(server.command("PUBSUB", "NUMSUB", f"masse:{{{namespace}}}:events")[1])
+
+
 @pytest_twisted.ensureDeferred
 async def test_dropped_connections_lose_nothing(redis_server: RedisServer, registries: Any) -> None:
     peer, watcher = registries(), registries()
@@ -275,9 +286,11 @@ async def test_dropped_connections_lose_nothing(redis_server: RedisServer, regis
     events = Events()
     subscription = await watcher.watch("dev", "*", events)
     publishes = redis_server.commandCalls().get("publish", 0)
+    clients = clientCount(redis_server)
     for kind in ("normal", "pubsub"):
         redis_server.command("CLIENT", "KILL", "TYPE", kind)
-    await sleep(1.0)
+    # Both reconnect by themselves (the watcher resubscribes), as many as before.
+    await eventually(lambda: clientCount(redis_server) == clients and subscribers(redis_server))
     assert [r.instance for r in await watcher.lookup("dev", "db")] == [lease.record.instance]
     assert redis_server.commandCalls().get("publish", 0) == publishes
     await peer.register(record("web"), 2)
