@@ -186,6 +186,20 @@ class RedisServer:
         return calls
 
 
+def clientCount(server: RedisServer) -> int:
+    """
+    Connections to C{server}, but for the one asking.
+    """
+    return len(server.command("CLIENT", "LIST").splitlines()) - 1
+
+
+def subscribers(server: RedisServer, namespace: str = "dev") -> int:
+    """
+    Connections subscribed to C{namespace}'s events on C{server}.
+    """
+    return int(server.command("PUBSUB", "NUMSUB", f"masse:{{{namespace}}}:events")[1])
+
+
 def newRegistry(url: str, **options: Any) -> Any:
     """
     A registry of its own (not the per-process shared one), for tests that

@@ -41,6 +41,7 @@ from tests.helpers import (
     RedisServer,
     Workers,
     assertNoErrors,
+    clientCount,
     eventually,
     gather,
     newRegistry,
@@ -448,9 +449,21 @@ async def test_stopped_lease_stays_dead_after_a_reconnect(redis_server: RedisSer
         lease = await registry.register(record("db", namespace=NS), 0.5)
         lease.stop()  # as a crash would
         await eventually(lambda: len(events) == 2, timeout=3)
+        clients = clientCount(redis_server)
         redis_server.command("CLIENT", "KILL", "TYPE", "normal")
-        await sleep(1.0)  # reconnected, and ample time to write anything back
-        assert events.kinds() == [("joined", "db"), ("timedout", "db")]
+        await eventually(lambda: clientCount(redis_server) == clients, timeout=5)
+        # A lease written after the reconnect is heard after anything the
+        # reconnect wrote back.
+        later = await registry.register(record("later", namespace=NS), 5)
+        await later.release()
+        await eventually(lambda: len(events) == 4, timeout=3)
+        assert events.kinds() == [
+            ("joined", "db"),
+            ("timedout", "db"),
+            ("joined", "later"),
+            ("left", "later"),
+        ]
+        assert await watcher.lookup(NS, "db") == []
         assert registry._leases == set()
     finally:
         await registry.close()

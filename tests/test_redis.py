@@ -23,11 +23,13 @@ from tests.helpers import (
     Events,
     RedisServer,
     assertNoErrors,
+    clientCount,
     eventsAbout,
     eventually,
     newRegistry,
     record,
     sleep,
+    subscribers,
 )
 from txmasse import RegistryUnavailable
 from txmasse.registry.redis import RedisRegistry
@@ -268,17 +270,6 @@ async def test_deadline_holds_while_a_call_waits_to_run_again(
     assertNoErrors(logged)
 
 
-def clientCount(server: RedisServer) -> int:
-    """
-    Connections to C{server}, but for the one asking.
-    """
-    return len(server.command("CLIENT", "LIST").splitlines()) - 1
-
-
-def subscribers(server: RedisServer, namespace: str = "dev") -> int:
-    return int(server.command("PUBSUB", "NUMSUB", f"masse:{{{namespace}}}:events")[1])
-
-
 @pytest_twisted.ensureDeferred
 async def test_dropped_connections_lose_nothing(redis_server: RedisServer, registries: Any) -> None:
     peer, watcher = registries(), registries()
@@ -296,6 +287,8 @@ async def test_dropped_connections_lose_nothing(redis_server: RedisServer, regis
     await peer.register(record("web"), 2)
     await eventually(lambda: events.kinds() == [("joined", "web")])
     assert {r.name for r in subscription.peers} == {"db", "web"}
+    # Heard after anything the reconnects published: only web's joined.
+    assert redis_server.commandCalls().get("publish", 0) == publishes + 1
 
 
 @pytest_twisted.ensureDeferred
