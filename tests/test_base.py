@@ -11,7 +11,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from tests.test_contract import Events, record
+from tests.helpers import Events, record
 from txmasse import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry.base import Lease, Snapshot, Subscription

@@ -23,8 +23,8 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.web.client import Agent, readBody
 from zope.interface import implementer
 
-from tests.conftest import RedisServer, eventually, freePort, sleep
 from tests.endpoint_helpers import ByName, ChildProcess, Echo, peerEnvironment
+from tests.helpers import RedisServer, eventually, freePort, sleep
 from txmasse._server import REGISTER_RETRY
 from txmasse.endpoints import MasseListeningPort, MasseServerEndpoint
 from txmasse.errors import RegistryUnavailable

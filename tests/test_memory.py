@@ -8,7 +8,7 @@ from typing import cast
 
 from twisted.internet.task import Clock
 
-from tests.test_contract import Events, record
+from tests.helpers import Events, record
 from txmasse.registry.base import Lease
 from txmasse.registry.memory import MemoryRegistry
 

@@ -27,8 +27,8 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from tests.certs import Authority
-from tests.conftest import eventually, newRegistry
 from tests.endpoint_helpers import Collector, Echo, Recording, quote
+from tests.helpers import eventually, newRegistry
 from txmasse.endpoints import MasseClientEndpoint, MasseListeningPort, MasseServerEndpoint
 from txmasse.errors import NoReachablePeer
 from txmasse.peertls import (

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.certs import Authority
-from tests.conftest import RedisServer
-from tests.test_access import MASSE_ACL
+from tests.helpers import MASSE_ACL, RedisServer
 
 ROOT = Path(__file__).parent.parent
 SECURITY = (ROOT / "docs" / "security.md").read_text()

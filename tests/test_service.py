@@ -21,8 +21,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from tests.conftest import RedisServer, eventually, newRegistry
-from tests.test_contract import Events
+from tests.helpers import Events, RedisServer, eventually, newRegistry
 from txmasse.registry.memory import MemoryRegistry
 from txmasse.service import NamedPeerService, Options, RegistryService, loadFactory
 
