@@ -61,3 +61,6 @@ masseServerParser = _MasseServerParser()
 masseServiceMaker = ServiceMaker(
     "txmasse", "txmasse.service", "Run a protocol factory as a peer reachable by name", "masse"
 )
+masseDNSServiceMaker = ServiceMaker(
+    "txmasse DNS", "txmasse.dns.service", "Answer DNS for a txmasse registry's peers", "masse-dns"
+)
