@@ -6,6 +6,7 @@ these arguments and calls L{run}; L{txmasse.dns.service} does the work.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, TextIO
 
 DEFAULT_PORT = 8353  # as txmasse.dns.service, which this module does not import early
@@ -33,22 +34,33 @@ async def run(reactor: Any, registry: Any, args: Any, out: TextIO) -> None:
     """
     Serve until the reactor stops; one line on C{out} says where.
 
-    @raise ValueError: a bad argument, naming it.
+    @raise txmasse.cli.UsageError: a bad argument, naming it.
     @raise OSError: the port cannot be had.
     """
     from twisted.internet.defer import Deferred
     from twisted.internet.error import CannotListenError
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
 
+    from txmasse.cli import UsageError
     from txmasse.dns.service import DNSService, Settings
 
-    settings = Settings(
-        port=args.listen,
-        interface=args.interface,
-        domain=args.domain,
-        ttl=args.ttl,
-        maxNamespaces=args.max_namespaces,
-        stale=args.stale,
-    )
+    try:
+        settings = Settings(
+            port=args.listen,
+            interface=args.interface,
+            domain=args.domain,
+            ttl=args.ttl,
+            maxNamespaces=args.max_namespaces,
+            stale=args.stale,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     service = DNSService(registry, settings, reactor)
     try:
         service.startService()
@@ -61,4 +73,7 @@ async def run(reactor: Any, registry: Any, args: Any, out: TextIO) -> None:
         flush=True,
     )
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    warnings = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [warnings])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     await Deferred()

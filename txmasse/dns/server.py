@@ -31,7 +31,7 @@ TCP_IDLE = 10.0
 """Seconds a TCP client may stay silent before it is disconnected."""
 
 REFUSED_TYPES = frozenset({dns.AXFR, dns.IXFR, dns.MAILA, dns.MAILB})
-_HEADER = struct.Struct("!HBB")
+_HEADER = struct.Struct("!HBBHHHH")
 
 
 class _Datagram(dns.DNSDatagramProtocol):
@@ -115,13 +115,13 @@ class MasseDNSFactory(DNSServerFactory):
                 "masse dns: unreadable packet ({length} bytes) from {source}: {error!r} "
                 "({count} so far; logged at most every 10s)",
                 length=len(data),
-                source=address or protocol.transport.getPeer(),
+                source=address or getattr(protocol, "transport", None),
                 error=error,
                 count=self.garbage,
             )
         if len(data) < _HEADER.size:
             return
-        id, flags, _ = _HEADER.unpack_from(data)
+        id, flags, *_ = _HEADER.unpack_from(data)
         if flags & 0x80:
             return  # a response: never answered
         reply = dns.Message(id=id, answer=1, opCode=(flags >> 3) & 0xF, rCode=dns.EFORMAT)
