@@ -90,22 +90,27 @@ class MasseAuthority(ResolverBase):
         fails with L{Refused}, L{NoSuchName}, or
         L{txmasse.dns.views.Unavailable} (SERVFAIL).
         """
-        target = parseQueryName(name, self._domain)
-        if target is None or cls != dns.IN:
-            return fail(Refused(f"{name!r} class {cls}: not in zone {self.domain}"))
-        if target.kind == "apex":
-            return succeed(self._apex(name, type))
-        if target.kind == "none":
-            return fail(NoSuchName(name, self._soa))
         try:
-            view = self.views.get(target.namespace)
+            answer = self.answer(name, cls, type)
         except Exception:
             return fail()
+        return answer if isinstance(answer, Deferred) else succeed(answer)
+
+    def answer(self, name: bytes, cls: int, type: int) -> Answer | Deferred[Answer]:
+        """
+        L{lookup}, at once when the namespace is watched already (the
+        server's fast path): raises what L{lookup} fails with.
+        """
+        target = parseQueryName(name, self._domain)
+        if target is None or cls != dns.IN:
+            raise Refused(f"{name!r} class {cls}: not in zone {self.domain}")
+        if target.kind == "apex":
+            return self._apex(name, type)
+        if target.kind == "none":
+            raise NoSuchName(name, self._soa)
+        view = self.views.get(target.namespace)
         if isinstance(view, NamespaceView):
-            try:
-                return succeed(self._answer(name, target, type, view))
-            except Exception:
-                return fail()
+            return self._answer(name, target, type, view)
         return view.addCallback(lambda ready: self._answer(name, target, type, ready))
 
     def _rr(self, name: bytes, type: int, payload: Any) -> dns.RRHeader:

@@ -12,6 +12,7 @@ written: only lowercase namespaces are reachable by DNS.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import attrs
@@ -72,10 +73,12 @@ class Target:
 NOWHERE = Target("none")
 
 
+@functools.lru_cache(maxsize=4096)
 def parseQueryName(qname: bytes, domain: bytes) -> Target | None:
     """
     Where C{qname} points in the zone C{domain} (lowercase, no trailing
-    dot); L{None} if it is outside the zone.
+    dot); L{None} if it is outside the zone. Remembered: resolvers ask the
+    same few names over and over.
     """
     name = qname.lower().removesuffix(b".")
     if name == domain:

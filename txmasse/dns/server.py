@@ -140,16 +140,23 @@ class MasseDNSFactory(DNSServerFactory):
         else:
             self.handleQuery(message, proto, address)
 
-    def handleQuery(self, message: dns.Message, protocol: Any, address: Any) -> Deferred[Any]:
+    def handleQuery(self, message: dns.Message, protocol: Any, address: Any) -> None:
         query = message.queries[0]
-        d = self.authority.query(query)
-        d.addCallbacks(
+        try:
+            answer = self.authority.answer(query.name.name, query.cls, query.type)
+        except Exception:
+            self._failed(Failure(), protocol, message, address)
+            return
+        if not isinstance(answer, Deferred):
+            self._answered(answer, protocol, message, address)
+            return
+        answer.addCallbacks(
             self._answered,
             self._failed,
             callbackArgs=(protocol, message, address),
             errbackArgs=(protocol, message, address),
         )
-        return d.addErrback(lambda f: log.failure("masse dns: replying failed", f))
+        answer.addErrback(lambda f: log.failure("masse dns: replying failed", f))
 
     def _answered(self, answer: Answer, protocol: Any, message: dns.Message, address: Any) -> None:
         answers, authority, additional = answer
