@@ -74,6 +74,11 @@ class _Stream(dns.DNSProtocol, TimeoutMixin):
         self.sendString(data)
 
 
+def _peer(protocol: Any) -> object:
+    transport = getattr(protocol, "transport", None)
+    return None if transport is None else transport.getPeer()
+
+
 class MasseDNSFactory(DNSServerFactory):
     """
     Serves one L{MasseAuthority}, over UDP (L{udpProtocol}) and TCP.
@@ -115,7 +120,7 @@ class MasseDNSFactory(DNSServerFactory):
                 "masse dns: unreadable packet ({length} bytes) from {source}: {error!r} "
                 "({count} so far; logged at most every 10s)",
                 length=len(data),
-                source=address or getattr(protocol, "transport", None),
+                source=address or _peer(protocol),
                 error=error,
                 count=self.garbage,
             )
