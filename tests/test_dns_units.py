@@ -322,3 +322,12 @@ def test_settings_and_twistd_options() -> None:
         Options().parseOptions(["--ttl", "x"])
     with pytest.raises(usage.UsageError, match="registry"):
         Options().parseOptions(["--registry", "nope://x"])
+
+
+def test_txt_strings() -> None:
+    zone = Zone()
+    zone.register("p", "svc", "unix:path=/x", long="x" * 300, city="Zürich", b="")
+    [txt], _, _ = zone.ask("svc.p.masse", dns.TXT)
+    assert txt.payload.data == [b"b=", "city=Zürich".encode()]  # 'long' cannot fit 255 bytes
+    assert zone.ask("svc.p.masse")[0] == []  # a unix: endpoint has no address
+    assert zone.ask("_svc._tcp.p.masse", dns.SRV)[0] == []
