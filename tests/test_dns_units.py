@@ -331,3 +331,16 @@ def test_txt_strings() -> None:
     assert txt.payload.data == [b"b=", "city=Zürich".encode()]  # 'long' cannot fit 255 bytes
     assert zone.ask("svc.p.masse")[0] == []  # a unix: endpoint has no address
     assert zone.ask("_svc._tcp.p.masse", dns.SRV)[0] == []
+
+
+def test_a_watch_that_raises_is_servfail_not_a_crash() -> None:
+    zone = Zone()
+
+    def broken(*args: Any, **kwargs: Any) -> Deferred[Any]:
+        raise RuntimeError("registry closed")
+
+    zone.registry.watch = broken  # type: ignore[method-assign]
+    for _ in range(2):
+        failure = zone.ask("db.p.masse")
+        assert failure.check(Unavailable) and "registry closed" in str(failure.value)
+        zone.clock.advance(1)

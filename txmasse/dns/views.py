@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -130,7 +130,7 @@ class NamespaceView:
         return self._names
 
     def start(self, registry: IRegistry) -> None:
-        self.starting = registry.watch(self.namespace, "*", self.changed)
+        self.starting = maybeDeferred(registry.watch, self.namespace, "*", self.changed)
         self.starting.addCallbacks(self._started, self._failed)
 
     def _started(self, subscription: ISubscription) -> None:
