@@ -12,7 +12,10 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import _parse
 from twisted.internet.task import Clock
 from twisted.names import dns
 from twisted.python import usage
@@ -84,6 +87,28 @@ def test_endpoint_descriptions() -> None:
     ]:
         with pytest.raises(ValueError, match=part.replace("?", "\\?")):
             hostPort(bad)
+
+
+@given(st.text(alphabet="ab:=\\", max_size=20))
+def test_descriptions_split_as_twisted_splits_them(rest: str) -> None:
+    """
+    The same grammar as Twisted's own (private) parser, after a prefix
+    (records always start with one); where it gives a keyword twice, ours
+    refuses.
+    """
+    description = "tcp:" + rest
+    try:
+        theirs = _parse(description)
+    except RuntimeError:  # a trailing lone backslash
+        with pytest.raises(ValueError, match="lone"):
+            splitDescription(description)
+        return
+    try:
+        prefix, positional, keywords = splitDescription(description)
+    except ValueError as e:
+        assert "given twice" in str(e)
+        return
+    assert ([prefix, *positional], keywords) == theirs
 
 
 class Zone:
