@@ -1,6 +1,6 @@
 """
 Twisted plugins for txmasse: the C{masse:} prefix for C{clientFromString}
-and C{serverFromString}.
+and C{serverFromString}, and C{twistd masse} and C{twistd masse-dns}.
 
 Twisted imports every module here when it scans for plugins, so this one
 imports only what declaring the parsers needs; txmasse itself (and its
