@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from bench import report
 from bench.children import REPO, Child, spawn
 from bench.connect import measureConnects
+from bench.dns import measureDNS
 from bench.events import measureDetection, measureEventLatency
 from bench.load import Load, measureLoad
 from bench.lookup import measureLookups, populate
@@ -361,6 +362,8 @@ async def run(options: argparse.Namespace) -> int:
             say(f"failure detection, ttl {', '.join(f'{t:g}' for t in sizes.ttls)} s")
             detection = await measureDetection(url, sizes.ttls, sizes.detectionRounds)
             rows += detectionRows(detection)
+            say("DNS queries at 1,000/s, masse dns against dnsmasq")
+            rows += await measureDNS(url, options.quick, notes)
             await registryFromURL(reactor, url).close()  # its sweeps stay out of the count
             say(f"registry load, {sizes.leases} leases")
             load = await measureLoad(redis, url, sizes.leases, sizes.leaseTTL, sizes.loadWindow)

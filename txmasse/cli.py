@@ -108,7 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument(
         "--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)"
     )
-    for sub in (ls, watch, resolve, connect, register):
+    from txmasse.dns.cli import addArguments as addDNSArguments
+
+    dns = commands.add_parser("dns", help="answer DNS for the registry's live peers")
+    addDNSArguments(dns)
+    for sub in (ls, watch, resolve, connect, register, dns):
         sub.error = parser.error  # type: ignore[method-assign]
     return parser
 
@@ -387,6 +391,10 @@ async def run(reactor: Any, args: Any, out: TextIO) -> None:
             await connect(reactor, registry, namespace, args)
         elif args.command == "register":
             await register(reactor, registry, namespace, args)
+        elif args.command == "dns":
+            from txmasse.dns import cli as dnscli
+
+            await dnscli.run(reactor, registry, args, out)
     finally:
         await registry.close()
 
