@@ -100,6 +100,7 @@ SERVER_OPTIONS = (
     "cert",
     "key",
     "ca",
+    "provides",
 )
 
 _HOST = re.compile(r"[A-Za-z0-9._:%-]{1,253}")
@@ -771,6 +772,9 @@ class MasseServerEndpoint:
         it must list C{NAME.NAMESPACE}. Its CA certificates, if any, must
         sign every client's certificate (mutual TLS). Published as C{tls:};
         TLS peers listen on TCP only (no UNIX sockets).
+    @param provides: the AMP commands to publish (L{amp.Command} classes,
+        or protocol classes with responders) when the factory's own
+        protocol class does not declare them (see L{txmasse.rpc}).
     """
 
     def __init__(
@@ -786,7 +790,11 @@ class MasseServerEndpoint:
         unixPath: str | None = None,
         wrappers: Sequence[Wrapper] = (),
         tls: PeerTLS | None = None,
+        provides: Sequence[type] | None = None,
     ):
+        from txmasse.rpc.publish import checkProvides
+
+        self.provides = checkProvides(provides)
         namespace = defaultNamespace() if namespace is None else namespace
         metadata = {} if metadata is None else metadata
         # A trial record checks name, namespace and metadata with the registry's rules.
@@ -842,7 +850,10 @@ class MasseServerEndpoint:
                 unixPort = await unix.listen(wrapped)
             ports = [p for p in (unixPort, port) if p is not None]
             endpoints = [await self._describe(p.getHost(), registry) for p in ports]
-            record = PeerRecord(self.namespace, self.name, endpoints, self.metadata)
+            from txmasse.rpc.publish import published
+
+            metadata = {**self.metadata, **published(factory, self.provides)}
+            record = PeerRecord(self.namespace, self.name, endpoints, metadata)
             lease = await registry.register(record, self.ttl)
         except BaseException:
             await _stopAll([p for p in (unixPort, port) if p is not None])
@@ -1039,9 +1050,16 @@ def parseServer(reactor: Any, /, *args: str, **kwargs: str) -> MasseServerEndpoi
             unixPath=kwargs.get("unix"),
             wrappers=wrappers,
             tls=tlsFromOptions(kwargs, server=True),
+            provides=_providesOption(kwargs),
         )
     except ValueError as e:
         raise _bad(e) from None
+
+
+def _providesOption(kwargs: Mapping[str, str]) -> Sequence[type] | None:
+    from txmasse.rpc.publish import loadProvides
+
+    return loadProvides(kwargs["provides"]) if "provides" in kwargs else None
 
 
 def _innerServer(reactor: Any, kwargs: Mapping[str, str]) -> IStreamServerEndpoint:
