@@ -110,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     for sub in (ls, watch, resolve, connect, register):
         sub.error = parser.error  # type: ignore[method-assign]
+    from txmasse.rpc import cli as rpc  # providers, describe, call
+
+    rpc.addArguments(commands, parser)
     return parser
 
 
@@ -385,6 +388,10 @@ async def run(reactor: Any, args: Any, out: TextIO) -> None:
             await connect(reactor, registry, namespace, args)
         elif args.command == "register":
             await register(reactor, registry, namespace, args)
+        else:
+            from txmasse.rpc import cli as rpc
+
+            await rpc.run(reactor, registry, namespace, args, out, sys.stderr)
     finally:
         await registry.close()
 

@@ -120,6 +120,7 @@ class Target:
 
     record: PeerRecord
     command: type[amp.Command]
+    schema: CommandSchema
     local: LocalPeer | None = None
 
 
@@ -278,7 +279,9 @@ class RPC:
                 continue
             if arguments is not None and command is None:
                 checkArguments(published, arguments)
-            targets.append(Target(record, command or commandFromSchema(published), local))
+            targets.append(
+                Target(record, command or commandFromSchema(published), published, local)
+            )
         if not targets:
             raise NoProvider(_noProvider(uri, len(records), others, selves))
         return targets

@@ -235,6 +235,8 @@ class Schema:
     local: str | None = None
 
     def toJSON(self) -> str:
+        if len(self.commands) > MAX_COMMANDS:
+            raise SchemaError(f"{len(self.commands)} commands: at most {MAX_COMMANDS} publish")
         fields: dict[str, Any] = {
             "v": 1,
             "c": {name: command.toJSON() for name, command in sorted(self.commands.items())},
