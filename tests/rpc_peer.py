@@ -138,5 +138,9 @@ async def main(reactor: Any, url: str, namespace: str, name: str, kind: str, *po
     await Deferred()
 
 
+greeterFactory = Factory.forProtocol(Greeter)
+"""For C{twistd masse --factory tests.rpc_peer:greeterFactory}."""
+
+
 if __name__ == "__main__":
     task.react(lambda reactor: Deferred.fromCoroutine(main(reactor, *sys.argv[1:])))

@@ -23,6 +23,7 @@ from txmasse import MasseServerEndpoint, MemoryRegistry, PeerRecord
 from txmasse.rpc import (
     RPC,
     NoProvider,
+    PublishedError,
     Schema,
     SchemaError,
     commandFromSchema,
@@ -331,8 +332,9 @@ async def test_local_invocation() -> None:
         assert total["total"] == 12.0
         with pytest.raises(GreetingRefused, match="will not greet 'nobody'"):
             await rpc.call("masse://dev/greeter/Greet", Greet, name="nobody")
-        with pytest.raises(amp.UnknownRemoteError, match="will not greet 'nobody'"):
+        with pytest.raises(PublishedError, match="will not greet 'nobody'") as caught:
             await rpc.call("masse://dev/greeter/Greet", name="nobody")
+        assert caught.value.code == "GREETING_REFUSED"
         with pytest.raises(ValueError, match="argument 'name' must be Unicode, got 3"):
             await rpc.call("masse://dev/greeter/Greet", name=3)
         with pytest.raises(NoProvider, match="provides 'Add' \\(they provide: Count, Greet\\)"):

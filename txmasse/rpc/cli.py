@@ -23,7 +23,7 @@ from txmasse.errors import PeerNotFound
 from txmasse.records import PeerRecord, validateName
 from txmasse.registry import IRegistry
 from txmasse.rpc.calls import RPC, describe, findProviders, who
-from txmasse.rpc.errors import RemoteCallFailed
+from txmasse.rpc.errors import PublishedError, RemoteCallFailed
 from txmasse.rpc.schema import CommandSchema, Schema
 from txmasse.rpc.uri import parseURI
 from txmasse.rpc.values import parsePairs, toJSON
@@ -166,6 +166,8 @@ def _name(schema: CommandSchema) -> str:
 
 def _remoteMessage(failure: Failure) -> str:
     error = failure.value
+    if isinstance(error, PublishedError):
+        return f"{error.code}: {error}"
     if isinstance(error, amp.RemoteAmpError):
         code = error.errorCode.decode("ascii", "backslashreplace")
         return f"{code}: {error.description}"
@@ -192,7 +194,7 @@ async def _call(reactor: Any, registry: IRegistry, args: Any, out: TextIO, err: 
     if not args.all:
         try:
             answer = await rpc.call(str(uri), **arguments)
-        except (amp.RemoteAmpError, amp.AmpError) as e:
+        except (amp.AmpError, PublishedError) as e:
             raise RemoteCallFailed(f"{uri}: {_remoteMessage(Failure(e))}") from None
         print(json.dumps(toJSON(answer), sort_keys=True), file=out)
         return

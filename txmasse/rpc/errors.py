@@ -40,3 +40,16 @@ class ProxyUnavailable(RPCError):
     """
     A proxy found no connection within the call's deadline, or was stopped.
     """
+
+
+class PublishedError(RPCError):
+    """
+    An error the peer answered with, under a code its schema publishes
+    (C{code}); the message is the peer's. Each code gets a subclass, so
+    that AMP maps the code back to it.
+    """
+
+    code = ""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

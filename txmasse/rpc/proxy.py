@@ -17,7 +17,8 @@ from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
+from twisted.internet.task import deferLater
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -51,6 +52,19 @@ class _Remembering:
             return protocol
 
         return self.endpoint.connect(protocolFactory).addCallbacks(connected, failed)
+
+
+class _Connection(amp.AMP):
+    """
+    The proxy's side of the connection; knows once it is lost (the service
+    hears of it a moment later).
+    """
+
+    lost = False
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        super().connectionLost(reason)
 
 
 class Proxy(Service):
@@ -103,7 +117,7 @@ class Proxy(Service):
         )
         self._client = ClientService(
             self._endpoint,
-            Factory.forProtocol(amp.AMP),
+            Factory.forProtocol(_Connection),
             retryPolicy=defaultRetryPolicy() if retryPolicy is None else retryPolicy,
             clock=reactor,
         )
@@ -136,29 +150,39 @@ class Proxy(Service):
     async def _call(self, command: type[amp.Command], arguments: dict[str, object]) -> Any:
         if not self.running:
             raise ProxyUnavailable(f"{self.uri}: the proxy is not running")
-        start = self._reactor.seconds()
-        connected = self._client.whenConnected()
-        connected.addTimeout(self.timeout, self._reactor)
-        try:
-            protocol: Any = await connected
-        except TimeoutError:
-            why = self._endpoint.lastError
-            raise ProxyUnavailable(
-                f"{self.uri}: no connection within {self.timeout:g}s"
-                + (f" (last attempt: {why})" if why else "")
-            ) from None
-        except Exception as e:  # CancelledError: the proxy was stopped
-            raise ProxyUnavailable(
-                f"{self.uri}: the proxy stopped before connecting ({e!r})"
-            ) from None
-        remaining = max(self.timeout - (self._reactor.seconds() - start), 0.001)
-        peer = protocol.transport.getPeer() if protocol.transport is not None else None
-        return await sendCall(
-            self._reactor,
-            protocol,
-            command,
-            arguments,
-            remaining,
-            str(self.uri),
-            f"{self.uri.peer} at {peer}",
+        deadline = self._reactor.seconds() + self.timeout
+        protocol = await self._connection(deadline)
+        address: Any = protocol.transport.getPeer() if protocol.transport is not None else None
+        where = (
+            f"{self.uri.peer} at {getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         )
+        remaining = max(deadline - self._reactor.seconds(), 0.001)
+        return await sendCall(
+            self._reactor, protocol, command, arguments, remaining, str(self.uri), where
+        )
+
+    async def _connection(self, deadline: float) -> _Connection:
+        """
+        The live connection, or the next one, by C{deadline}.
+        """
+        while True:
+            if self._reactor.seconds() > deadline:
+                raise ProxyUnavailable(f"{self.uri}: no connection within {self.timeout:g}s")
+            connected = self._client.whenConnected()
+            connected.addTimeout(max(deadline - self._reactor.seconds(), 0.001), self._reactor)
+            try:
+                protocol: Any = await connected
+            except TimeoutError:
+                why = self._endpoint.lastError
+                raise ProxyUnavailable(
+                    f"{self.uri}: no connection within {self.timeout:g}s"
+                    + (f" (last attempt: {why})" if why else "")
+                ) from None
+            except Exception as e:  # CancelledError: the proxy was stopped
+                raise ProxyUnavailable(
+                    f"{self.uri}: the proxy stopped before connecting ({e!r})"
+                ) from None
+            if not protocol.lost:
+                return protocol  # type: ignore[no-any-return]
+            # Lost, and the service has not heard yet: it will by the next turn.
+            await deferLater(self._reactor, 0, lambda: None)

@@ -10,6 +10,7 @@ L{Command} classes a client can call with.
 
 from __future__ import annotations
 
+import functools
 import json
 import keyword
 import re
@@ -21,7 +22,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from txmasse.records import validateName
-from txmasse.rpc.errors import SchemaMismatch
+from txmasse.rpc.errors import PublishedError, SchemaMismatch
 
 log = Logger()
 
@@ -367,10 +368,11 @@ def _wireFields(fields: Sequence[Field]) -> list[tuple[bytes, amp.Argument]]:
 
 def commandFromSchema(schema: CommandSchema) -> type[amp.Command]:
     """
-    A L{Command} class that calls C{schema}'s command as published. Its
-    errors are not known as exception classes here: a remote error arrives
-    as L{amp.UnknownRemoteError} carrying the peer's message. An answer that
-    does not fit the schema fails with L{SchemaMismatch} naming the field.
+    A L{Command} class that calls C{schema}'s command as published. A
+    published error code arrives as a L{PublishedError} (its C{code} set),
+    any other as L{amp.UnknownRemoteError}, each with the peer's message. An
+    answer that does not fit the schema fails with L{SchemaMismatch} naming
+    the field.
     """
     response = _wireFields(schema.response)
 
@@ -394,10 +396,19 @@ def commandFromSchema(schema: CommandSchema) -> type[amp.Command]:
         "arguments": _wireFields(schema.arguments),
         "response": response,
         "requiresAnswer": schema.requiresAnswer,
+        "errors": {errorClass(code): code.encode("ascii") for code in schema.errors},
         "parseResponse": classmethod(parseResponse),
         "published": schema,
     }
     return type(f"Published_{schema.name}", (amp.Command,), attributes)
+
+
+@functools.cache
+def errorClass(code: str) -> type[PublishedError]:
+    """
+    The exception a published error code arrives as (one class per code).
+    """
+    return type(code, (PublishedError,), {"code": code})
 
 
 # In a record's metadata
