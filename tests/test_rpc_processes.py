@@ -19,7 +19,7 @@ from tests.conftest import RedisServer, eventually, newRegistry
 from tests.rpc_helpers import Peers, masse
 from tests.rpc_peer import Greet, Release, Stall
 from txmasse import PeerRecord
-from txmasse.rpc import RPC, CallInterrupted, Proxy, ProxyUnavailable
+from txmasse.rpc import RPC, CallInterrupted, Proxy, ProxyUnavailable, RPCError
 
 
 @pytest.fixture
@@ -196,6 +196,26 @@ async def test_proxy_survives_kill_and_restart(redis_server: RedisServer, peers:
         assert f"pid {second.process.pid}" in answer["greeting"]
         released = await proxy.callRemote(Release)
         assert released == {"released": 0}  # the interrupted Stall never reached the new peer
+    finally:
+        await proxy.stopService()
+        await registry.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_proxy_call_deadline(redis_server: RedisServer, peers: Peers) -> None:
+    """
+    A call unanswered by its deadline fails, naming the peer; its late
+    answer is dropped, and the connection goes on serving other calls.
+    """
+    registry = newRegistry(redis_server.url)
+    proxy = Proxy("masse://dev/worker", registry, reactor, timeout=1)
+    proxy.startService()
+    try:
+        peers.start("worker", "slow")
+        with pytest.raises(RPCError, match=r"masse://dev/worker: no answer from worker at .* 1s"):
+            await proxy.callRemote(Stall)
+        assert await proxy.callRemote(Release) == {"released": 1}
+        assert "hi there, c" in (await proxy.callRemote(Greet, name="c"))["greeting"]
     finally:
         await proxy.stopService()
         await registry.close()

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -337,7 +337,7 @@ class _Unreachable(RPCError):
     """
 
 
-async def sendCall(
+def sendCall(
     reactor: Any,
     protocol: amp.AMP,
     command: type[amp.Command],
@@ -345,35 +345,41 @@ async def sendCall(
     timeout: float | None,
     uri: str,
     target: str,
-) -> dict[str, Any]:
+) -> Deferred[dict[str, Any]]:
     """
     C{callRemote} on a connected protocol, with a deadline, and a clear
     L{CallInterrupted} when the connection drops with the call in flight.
 
-    The protocol's own Deferred is never cancelled (AMP would then meet an
-    answer it cannot deliver): giving up aborts the connection instead.
+    Giving up (the deadline, or the caller cancelling) leaves AMP's own
+    Deferred alone: its late answer is dropped, other calls on the same
+    connection go on. No coroutine: this is a proxy's whole cost per call.
     """
+    answer: Deferred[dict[str, Any]] = Deferred()
+    timer: Any = None
 
-    def abort(_: object) -> None:
-        transport: Any = protocol.transport
-        if transport is not None:
-            transport.abortConnection()
+    def deliver(outcome: Any) -> None:
+        if timer is not None and timer.active():
+            timer.cancel()
+        if answer.called:
+            return
+        if isinstance(outcome, Failure) and outcome.check(ConnectionClosed):
+            outcome = Failure(
+                CallInterrupted(
+                    f"{uri}: the connection to {target} was lost with the call in flight "
+                    f"(not retried: it may have run): {outcome.getErrorMessage()}"
+                )
+            )
+        answer.callback(outcome)
 
-    answer: Deferred[dict[str, Any]] = Deferred(abort)
+    def expire() -> None:
+        if not answer.called:
+            answer.errback(RPCError(f"{uri}: no answer from {target} within {timeout:g}s"))
+
     sent: Deferred[Any] = protocol.callRemote(command, **arguments)
-    sent.addBoth(lambda outcome: None if answer.called else answer.callback(outcome))
-    if timeout is not None:
-        answer.addTimeout(timeout, reactor)
-    try:
-        result: dict[str, Any] = await answer
-    except TimeoutError:
-        raise RPCError(f"{uri}: no answer from {target} within {timeout:g}s") from None
-    except ConnectionClosed as e:
-        raise CallInterrupted(
-            f"{uri}: the connection to {target} was lost with the call in flight "
-            f"(not retried: it may have run): {e}"
-        ) from None
-    return result
+    if timeout is not None and not sent.called:
+        timer = reactor.callLater(timeout, expire)
+    sent.addBoth(deliver)
+    return answer
 
 
 def _namespace(namespace: str | None) -> str:

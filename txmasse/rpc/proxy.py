@@ -16,7 +16,13 @@ from typing import Any
 from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.error import ConnectionClosed
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.task import deferLater
 from twisted.protocols import amp
@@ -26,8 +32,8 @@ from zope.interface import implementer
 from txmasse.endpoints import MasseClientEndpoint
 from txmasse.group import defaultRetryPolicy
 from txmasse.registry import IRegistry, registryFromURL
-from txmasse.rpc.calls import DEFAULT_TIMEOUT, sendCall
-from txmasse.rpc.errors import ProxyUnavailable
+from txmasse.rpc.calls import DEFAULT_TIMEOUT
+from txmasse.rpc.errors import CallInterrupted, ProxyUnavailable, RPCError
 from txmasse.rpc.uri import parseURI
 
 
@@ -61,9 +67,21 @@ class _Connection(amp.AMP):
     """
 
     lost = False
+    proxy: Proxy | None = None
+
+    where = "?"
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        address: Any = self.transport.getPeer() if self.transport is not None else None
+        self.where = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+        if self.proxy is not None:
+            self.proxy._current = self
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
+        if self.proxy is not None and self.proxy._current is self:
+            self.proxy._current = None
         super().connectionLost(reason)
 
 
@@ -117,10 +135,21 @@ class Proxy(Service):
         )
         self._client = ClientService(
             self._endpoint,
-            Factory.forProtocol(_Connection),
+            Factory.forProtocol(self._newConnection),
             retryPolicy=defaultRetryPolicy() if retryPolicy is None else retryPolicy,
             clock=reactor,
         )
+
+        self._current: _Connection | None = None
+        self._pending: dict[Deferred[Any], tuple[float, _Connection]] = {}
+        self._expired: set[Deferred[Any]] = set()
+        self._sweep: IDelayedCall | None = None
+        self._tick = max(0.01, min(1.0, self.timeout / 10))
+
+    def _newConnection(self) -> _Connection:
+        connection = _Connection()
+        connection.proxy = self
+        return connection
 
     def __repr__(self) -> str:
         return f"<Proxy {self.uri}>"
@@ -134,6 +163,9 @@ class Proxy(Service):
         Close the connection; calls still waiting for one fail.
         """
         super().stopService()
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
         return self._client.stopService()
 
     def callRemote(self, command: type[amp.Command], **arguments: object) -> Deferred[Any]:
@@ -145,21 +177,61 @@ class Proxy(Service):
         connection drops with the call in flight, L{RPCError} on timeout,
         or the peer's own AMP error.
         """
+        current = self._current
+        if current is not None and self.running:  # warm: no coroutine, no waiting
+            return self._send(current, command, arguments, self._reactor.seconds() + self.timeout)
         return Deferred.fromCoroutine(self._call(command, arguments))
+
+    def _send(
+        self, protocol: _Connection, command: type[amp.Command], arguments: Any, deadline: float
+    ) -> Deferred[Any]:
+        """
+        Send now; the answer is AMP's own Deferred. Its deadline is kept by
+        one sweep for all calls in flight, not a timer per call: on the
+        warm path that is most of a proxy's cost.
+        """
+        sent: Deferred[Any] = protocol.callRemote(command, **arguments)
+        if sent.called:  # refused at once (bad arguments): nothing in flight
+            return sent
+        self._pending[sent] = (deadline, protocol)
+        if self._sweep is None:
+            self._sweep = self._reactor.callLater(self._tick, self._sweepNow)
+        return sent.addBoth(self._settled, sent)
+
+    def _settled(self, outcome: Any, sent: Deferred[Any]) -> Any:
+        _, protocol = self._pending.pop(sent, (0.0, None))
+        if isinstance(outcome, Failure):
+            where = f"{self.uri.peer} at {getattr(protocol, 'where', '?')}"
+            if sent in self._expired:
+                self._expired.discard(sent)
+                return Failure(
+                    RPCError(f"{self.uri}: no answer from {where} within {self.timeout:g}s")
+                )
+            if outcome.check(ConnectionClosed):
+                return Failure(
+                    CallInterrupted(
+                        f"{self.uri}: the connection to {where} was lost with the call in "
+                        f"flight (not retried: it may have run): {outcome.getErrorMessage()}"
+                    )
+                )
+        return outcome
+
+    def _sweepNow(self) -> None:
+        self._sweep = None
+        now = self._reactor.seconds()
+        for sent, (deadline, _) in list(self._pending.items()):
+            if deadline <= now:
+                self._expired.add(sent)
+                sent.cancel()  # AMP's Deferred: its late answer is then dropped
+        if self._pending:
+            self._sweep = self._reactor.callLater(self._tick, self._sweepNow)
 
     async def _call(self, command: type[amp.Command], arguments: dict[str, object]) -> Any:
         if not self.running:
             raise ProxyUnavailable(f"{self.uri}: the proxy is not running")
         deadline = self._reactor.seconds() + self.timeout
         protocol = await self._connection(deadline)
-        address: Any = protocol.transport.getPeer() if protocol.transport is not None else None
-        where = (
-            f"{self.uri.peer} at {getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
-        )
-        remaining = max(deadline - self._reactor.seconds(), 0.001)
-        return await sendCall(
-            self._reactor, protocol, command, arguments, remaining, str(self.uri), where
-        )
+        return await self._send(protocol, command, arguments, deadline)
 
     async def _connection(self, deadline: float) -> _Connection:
         """
