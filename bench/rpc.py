@@ -67,7 +67,7 @@ async def measureRPC(
     proxy = Proxy(f"masse://{namespace}/{NAME}", registryFromURL(reactor, url), reactor)
     proxy.startService()
     api: Any = importlib.import_module("Pyro5.api") if pyroURI is not None else None
-    pyroProxy = api.Proxy(pyroURI) if api is not None else None
+    pyroProxy: Any = api.Proxy(pyroURI) if api is not None else None
 
     async def viaRaw() -> float:
         start = time.perf_counter()
