@@ -17,6 +17,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.logger import capturedLogs
 from twisted.protocols import amp
+from twisted.python import usage
 
 from tests.rpc_peer import Add, Count, Greet, Greeter, GreetingRefused
 from txmasse import MasseServerEndpoint, MemoryRegistry, PeerRecord
@@ -37,6 +38,7 @@ from txmasse.rpc import (
 )
 from txmasse.rpc.schema import MAX_SCHEMA_BYTES, respondedCommands
 from txmasse.rpc.values import parsePairs, toJSON
+from txmasse.service import Options
 
 # Schemas
 
@@ -346,3 +348,17 @@ async def test_local_invocation() -> None:
         assert [r.name for r in await rpc.providers("Count", "dev")] == ["greeter"]
     finally:
         await port.stopListening()  # type: ignore[misc]
+
+
+def test_twistd_provides_option() -> None:
+    options = Options()
+    options.parseOptions(
+        ["--name", "calc", "--factory", "tests.rpc_peer:greeterFactory"]
+        + ["--provides", "tests.rpc_peer.Add", "--registry", "memory://"]
+    )
+    assert options["provides"] == (Add,)
+    with pytest.raises(usage.UsageError, match="provides: cannot load 'tests.rpc_peer.Nope'"):
+        Options().parseOptions(
+            ["--name", "calc", "--factory", "tests.rpc_peer:greeterFactory"]
+            + ["--provides", "tests.rpc_peer.Nope"]
+        )
