@@ -351,14 +351,9 @@ async def test_local_invocation() -> None:
 
 
 def test_twistd_provides_option() -> None:
+    base = ["--name", "calc", "--factory", "tests.rpc_peer:greeterFactory"]
     options = Options()
-    options.parseOptions(
-        ["--name", "calc", "--factory", "tests.rpc_peer:greeterFactory"]
-        + ["--provides", "tests.rpc_peer.Add", "--registry", "memory://"]
-    )
+    options.parseOptions([*base, "--provides", "tests.rpc_peer.Add", "--registry", "memory://"])
     assert options["provides"] == (Add,)
-    with pytest.raises(usage.UsageError, match="provides: cannot load 'tests.rpc_peer.Nope'"):
-        Options().parseOptions(
-            ["--name", "calc", "--factory", "tests.rpc_peer:greeterFactory"]
-            + ["--provides", "tests.rpc_peer.Nope"]
-        )
+    with pytest.raises(usage.UsageError, match=r"provides: cannot load 'tests\.rpc_peer\.Nope'"):
+        Options().parseOptions([*base, "--provides", "tests.rpc_peer.Nope"])
