@@ -34,8 +34,8 @@ class Peer:
     so that waiting for one never blocks the reactor's tests).
     """
 
-    def __init__(self, args: list[str]):
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    def __init__(self, args: list[str], **extraEnv: str):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **extraEnv}
         self.process = subprocess.Popen(
             args,
             stdout=subprocess.PIPE,
@@ -109,6 +109,18 @@ class Peers:
         )  # fmt: skip
         self.started.append(peer)
         peer.waitFor(f"listening as {namespace}/{name}")
+        return peer
+
+    def example(self, *args: str) -> Peer:
+        """
+        C{python -m examples.rpc ARGS}, in namespace C{dev} of this registry.
+        """
+        peer = Peer(
+            [sys.executable, "-m", "examples.rpc", *args],
+            MASSE_REGISTRY=self.registry,
+            MASSE_NAMESPACE="dev",
+        )
+        self.started.append(peer)
         return peer
 
     def killAll(self) -> None:

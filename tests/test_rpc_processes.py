@@ -236,3 +236,23 @@ async def test_proxy_deadline(redis_server: RedisServer) -> None:
     finally:
         await proxy.stopService()
         await registry.close()
+
+
+def test_example(redis_server: RedisServer, peers: Peers) -> None:
+    """
+    examples/rpc.py runs as its docstring says: two apps provide greet, a
+    third calls every match, and masse call --all reaches them too.
+    """
+    apps = [peers.example("serve", name) for name in ("app-1", "app-2")]
+    for app in apps:
+        app.waitFor("provides greet")
+    caller = peers.example("call", "*", "Alice")
+    assert caller.process.wait(30) == 0, "".join(caller.lines)
+    caller.waitFor("app-2: ")
+    lines = sorted(line for line in caller.lines if line.startswith("app-"))
+    assert [line.split(":")[0] for line in lines] == ["app-1", "app-2"]
+    assert all("hi there, Alice (from pid " in line for line in lines)
+    result = masse("call", "--all", "masse://dev/app-*/greet", "name=Bo", registry=redis_server.url)
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [a["response"]["result"][:12] for a in answers] == ["hi there, Bo"] * 2
