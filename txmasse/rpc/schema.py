@@ -21,7 +21,7 @@ import attrs
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from txmasse.records import validateName
+from txmasse.records import MAX_METADATA_VALUE, validateName
 from txmasse.rpc.errors import PublishedError, SchemaMismatch
 
 log = Logger()
@@ -414,7 +414,7 @@ def errorClass(code: str) -> type[PublishedError]:
 # In a record's metadata
 
 METADATA_KEY = "amp.commands"
-_CHUNK = 1024  # txmasse.records.MAX_METADATA_VALUE
+_CHUNK = MAX_METADATA_VALUE  # the most one metadata value may hold
 _MAX_CHUNKS = MAX_SCHEMA_BYTES // _CHUNK
 
 
