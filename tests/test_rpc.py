@@ -24,6 +24,7 @@ from txmasse import MasseServerEndpoint, MemoryRegistry, PeerRecord
 from txmasse.rpc import (
     RPC,
     NoProvider,
+    Proxy,
     PublishedError,
     Schema,
     SchemaError,
@@ -357,3 +358,20 @@ def test_twistd_provides_option() -> None:
     assert options["provides"] == (Add,)
     with pytest.raises(usage.UsageError, match=r"provides: cannot load 'tests\.rpc_peer\.Nope'"):
         Options().parseOptions([*base, "--provides", "tests.rpc_peer.Nope"])
+
+
+@pytest.mark.parametrize(
+    "make, part",
+    [
+        (lambda r: RPC(r, reactor, timeout=float("nan")), "timeout=nan"),
+        (lambda r: RPC(r, reactor, pick="best"), "pick='best': must be one of"),
+        (lambda r: RPC(r, reactor, proto="tcp"), "proto='tcp'"),
+        (lambda r: Proxy("masse://dev", r, reactor), "the peer is missing (masse://NS/PEER)"),
+        (lambda r: Proxy("masse://dev/g/Greet", r, reactor), "unexpected part 'Greet'"),
+        (lambda r: Proxy("masse://dev/g", r, reactor, timeout=0), "timeout=0"),
+    ],
+)
+def test_bad_options(make: Any, part: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        make(MemoryRegistry(reactor))
+    assert part in str(caught.value)

@@ -10,6 +10,7 @@ L{txmasse.PeerGroup} (every match).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,6 +37,19 @@ from txmasse.rpc.values import checkArguments
 log = Logger()
 
 DEFAULT_TIMEOUT = 30.0
+
+
+def checkTimeout(timeout: object) -> float:
+    """
+    C{timeout} as seconds, if it is a usable deadline.
+    """
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not (math.isfinite(timeout) and 0 < timeout <= 1e6)
+    ):
+        raise ValueError(f"timeout={timeout!r}: must be a positive number of seconds")
+    return float(timeout)
 
 
 def who(record: PeerRecord) -> str:
@@ -154,8 +168,7 @@ class RPC:
             reactor = _reactor
         if pick not in PICKS:
             raise ValueError(f"pick={pick!r}: must be one of {', '.join(PICKS)}")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout:
-            raise ValueError(f"timeout={timeout!r}: must be a positive number of seconds")
+        self.timeout = checkTimeout(timeout)
         self.reactor = reactor
         self.registry: IRegistry = (
             registryFromURL(reactor, registry)
@@ -164,7 +177,6 @@ class RPC:
         )
         self.pick = pick
         self.includeSelf = includeSelf
-        self.timeout = float(timeout)
         self.clientOptions = clientOptions
         MasseClientEndpoint(reactor, "check", registry=self.registry, **clientOptions)
         self._random = random.Random()
@@ -254,9 +266,9 @@ class RPC:
         """
         assert uri.command is not None
         if command is not None:
-            name = getattr(command, "commandName", b"").decode("ascii", "replace")
             if not (isinstance(command, type) and issubclass(command, amp.Command)):
                 raise ValueError(f"{command!r} is not an AMP Command class")
+            name = command.commandName.decode("ascii", "replace")
             if name != uri.command:
                 raise ValueError(
                     f"command class {command.__name__} is {name!r}, not {uri.command!r} as in {uri}"

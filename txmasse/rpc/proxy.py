@@ -32,7 +32,7 @@ from zope.interface import implementer
 from txmasse.endpoints import MasseClientEndpoint
 from txmasse.group import defaultRetryPolicy
 from txmasse.registry import IRegistry, registryFromURL
-from txmasse.rpc.calls import DEFAULT_TIMEOUT
+from txmasse.rpc.calls import DEFAULT_TIMEOUT, checkTimeout
 from txmasse.rpc.errors import CallInterrupted, ProxyUnavailable, RPCError
 from txmasse.rpc.uri import parseURI
 
@@ -114,9 +114,7 @@ class Proxy(Service):
 
             reactor = _reactor
         self.uri = parseURI(uri, command=False)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout:
-            raise ValueError(f"timeout={timeout!r}: must be a positive number of seconds")
-        self.timeout = float(timeout)
+        self.timeout = checkTimeout(timeout)
         self.registry: IRegistry = (
             registryFromURL(reactor, registry)
             if registry is None or isinstance(registry, str)
