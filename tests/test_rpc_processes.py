@@ -85,13 +85,14 @@ def test_discovery_and_calls(redis_server: RedisServer, peers: Peers) -> None:
     [
         ("http://dev/greeter/Greet", "scheme 'http' is not 'masse'"),
         ("masse://d!v/greeter/Greet", "invalid namespace 'd!v'"),
+        ("masse://dev/greeter/Greet name", "argument 'name' must be NAME=VALUE"),
     ],
 )
 def test_call_bad_uri(uri: str, part: str) -> None:
     """
     Refused before any registry is asked (this one does not answer).
     """
-    failed = masse("call", uri, registry="redis://127.0.0.1:1/0?timeout=0.5")
+    failed = masse("call", *uri.split(), registry="redis://127.0.0.1:1/0?timeout=0.5")
     assert failed.returncode == 2 and part in failed.stderr, failed.stderr
     assert "Traceback" not in failed.stderr and failed.stderr.count("\n") == 1
 

@@ -177,6 +177,9 @@ def _remoteMessage(failure: Failure) -> str:
 async def _call(reactor: Any, registry: IRegistry, args: Any, out: TextIO, err: TextIO) -> None:
     try:
         uri = parseURI(args.uri)
+        for pair in args.arguments:  # the shape now; the values once the schema is known
+            if not pair.partition("=")[0] or "=" not in pair:
+                raise ValueError(f"argument {pair!r} must be NAME=VALUE")
         if not (math.isfinite(args.timeout) and args.timeout > 0):
             raise ValueError(f"--timeout {args.timeout}: must be a positive number of seconds")
     except ValueError as e:
