@@ -247,7 +247,7 @@ def test_parse_pairs() -> None:
             )
         ).commands["T"]
     )
-    values = parsePairs(stamp.published, ["at=2026-01-02T03:04:05+00:00", "d=1.50", "b=x"])  # type: ignore[attr-defined]
+    values = parsePairs(stamp.published, ["at=2026-01-02T03:04:05+00:00", "d=1.50", "b=x"])
     assert values["at"] == datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
     assert values["d"] == decimal.Decimal("1.50") and values["b"] == b"x"
     assert toJSON(values) == {"at": "2026-01-02T03:04:05+00:00", "d": "1.50", "b": "x"}

@@ -366,41 +366,47 @@ def _wireFields(fields: Sequence[Field]) -> list[tuple[bytes, amp.Argument]]:
     return [(f.name.encode("ascii"), _argument(f.type, f.optional)) for f in fields]
 
 
-def commandFromSchema(schema: CommandSchema) -> type[amp.Command]:
+class PublishedCommand(amp.Command):
     """
-    A L{Command} class that calls C{schema}'s command as published. A
-    published error code arrives as a L{PublishedError} (its C{code} set),
-    any other as L{amp.UnknownRemoteError}, each with the peer's message. An
-    answer that does not fit the schema fails with L{SchemaMismatch} naming
-    the field.
+    The base of commands built from a published schema (C{published}): an
+    answer that does not fit it fails with L{SchemaMismatch} naming the
+    field, not with whatever the AMP type's parser raises.
     """
-    response = _wireFields(schema.response)
 
-    def parseResponse(cls: type[amp.Command], box: Any, protocol: Any) -> Any:
+    published: CommandSchema
+
+    @classmethod
+    def parseResponse(cls, box: Any, protocol: Any) -> Any:
         try:
-            return amp.Command.parseResponse.__func__(cls, box, protocol)  # type: ignore[attr-defined]
+            return super().parseResponse(box, protocol)
         except Exception as e:
             problem = f"({e!r})"
-        for field, (wireName, argument) in zip(schema.response, response, strict=True):
+        for field, (wireName, argument) in zip(cls.published.response, cls.response, strict=True):
             try:
                 argument.fromBox(wireName, dict(box), {}, protocol)
             except Exception as e:
                 problem = f"response {field.name!r} is not {typeName(field.type)} ({e!r})"
                 break
         raise SchemaMismatch(
-            f"the answer to {schema.name} does not fit its published schema: {problem}"
+            f"the answer to {cls.published.name} does not fit its published schema: {problem}"
         )
 
+
+def commandFromSchema(schema: CommandSchema) -> type[PublishedCommand]:
+    """
+    A L{Command} class that calls C{schema}'s command as published. A
+    published error code arrives as a L{PublishedError} (its C{code} set),
+    any other as L{amp.UnknownRemoteError}, each with the peer's message.
+    """
     attributes = {
         "commandName": schema.name.encode("ascii"),
         "arguments": _wireFields(schema.arguments),
-        "response": response,
+        "response": _wireFields(schema.response),
         "requiresAnswer": schema.requiresAnswer,
         "errors": {errorClass(code): code.encode("ascii") for code in schema.errors},
-        "parseResponse": classmethod(parseResponse),
         "published": schema,
     }
-    return type(f"Published_{schema.name}", (amp.Command,), attributes)
+    return type(f"Published_{schema.name}", (PublishedCommand,), attributes)
 
 
 @functools.cache
