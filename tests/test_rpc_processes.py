@@ -208,12 +208,13 @@ async def test_proxy_call_deadline(redis_server: RedisServer, peers: Peers) -> N
     A call unanswered by its deadline fails, naming the peer; its late
     answer is dropped, and the connection goes on serving other calls.
     """
+    peers.start("worker", "slow")
     registry = newRegistry(redis_server.url)
-    proxy = Proxy("masse://dev/worker", registry, reactor, timeout=1)
+    proxy = Proxy("masse://dev/worker", registry, reactor, timeout=2)
     proxy.startService()
     try:
-        peers.start("worker", "slow")
-        with pytest.raises(RPCError, match=r"masse://dev/worker: no answer from worker at .* 1s"):
+        assert "hi there, a" in (await proxy.callRemote(Greet, name="a"))["greeting"]
+        with pytest.raises(RPCError, match=r"masse://dev/worker: no answer from worker at .* 2s"):
             await proxy.callRemote(Stall)
         assert await proxy.callRemote(Release) == {"released": 1}
         assert "hi there, c" in (await proxy.callRemote(Greet, name="c"))["greeting"]
