@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     addDNSArguments(dns)
     for sub in (ls, watch, resolve, connect, register, dns):
         sub.error = parser.error  # type: ignore[method-assign]
+    from txmasse.rpc import cli as rpc  # providers, describe, call
+
+    rpc.addArguments(commands, parser)
     return parser
 
 
@@ -395,6 +398,10 @@ async def run(reactor: Any, args: Any, out: TextIO) -> None:
             from txmasse.dns import cli as dnscli
 
             await dnscli.run(reactor, registry, args, out)
+        else:
+            from txmasse.rpc import cli as rpc
+
+            await rpc.run(reactor, registry, namespace, args, out, sys.stderr)
     finally:
         await registry.close()
 

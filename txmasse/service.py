@@ -135,12 +135,14 @@ class RegistryService(MultiService):
         metadata: Mapping[str, str] | None = None,
         wrappers: Sequence[Any] = (),
         tls: PeerTLS | None = None,
+        provides: Sequence[type] | None = None,
     ) -> NamedPeerService:
         """
         Serve C{factory} under C{name}: listen on C{listen} (a server endpoint
         description) and register the address while running; with C{tls},
         serve TLS with a certificate for C{NAME.NAMESPACE} (see
-        L{txmasse.peertls}).
+        L{txmasse.peertls}); C{provides}: the AMP commands to publish when
+        the factory's protocol class does not declare them (L{txmasse.rpc}).
         """
         from twisted.internet.endpoints import serverFromString
 
@@ -158,6 +160,7 @@ class RegistryService(MultiService):
             metadata=metadata,
             wrappers=wrappers,
             tls=tls,
+            provides=provides,
         )
         peer = NamedPeerService(endpoint, factory, self.reactor)
         peer.setName(f"{namespace}/{name}")
@@ -229,6 +232,7 @@ class Options(usage.Options):
         ["cert", None, None, "Serve TLS with this PEM certificate (it must name NAME.NAMESPACE)."],
         ["key", None, None, "The certificate's PEM key (default: the key in the --cert file)."],
         ["ca", None, None, "With --cert: require client certificates signed by this CA."],
+        ["provides", None, None, "AMP commands to publish: dotted names of Command classes."],
     ]
 
     def __init__(self) -> None:
@@ -261,6 +265,10 @@ class Options(usage.Options):
             if self["tls"] is not None:
                 self["tls"].checkServes(self["name"], self["ns"])
             self["factory"] = loadFactory(self["factory"])
+            if self["provides"] is not None:
+                from txmasse.rpc.publish import loadProvides
+
+                self["provides"] = loadProvides(self["provides"])
         except (ValueError, MasseError) as e:
             raise usage.UsageError(str(e)) from None
 
@@ -284,6 +292,7 @@ def makeService(options: Options) -> RegistryService:
             ttl=options["ttl"],
             metadata=options["meta"],
             tls=options["tls"],
+            provides=options["provides"],
         )
     except (ValueError, MasseError) as e:
         raise usage.UsageError(str(e)) from None
