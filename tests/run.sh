@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one test command: installs what the tests need, then runs ruff, mypy
-# and pytest. Usage: bash tests/run.sh [pytest arguments]
+# The one test command: installs what the tests need, then runs ruff, mypy,
+# the API docs build and pytest. Usage: bash tests/run.sh [pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,11 +18,23 @@ if ! command -v etcd >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq etcd-server >/dev/null
 fi
 
+# The DNS tests and bench ask with dig and compare against dnsmasq (the
+# binary only: dnsmasq-base starts no system service).
+have_dnsmasq() { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; }
+if ! command -v dig >/dev/null 2>&1 || ! have_dnsmasq; then
+    echo "tests/run.sh: dig or dnsmasq is missing; installing bind9-dnsutils and dnsmasq-base" >&2
+    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq bind9-dnsutils dnsmasq-base >/dev/null
+fi
+
 venv="${TXMASSE_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
     -e ".[test]" --config-settings editable_mode=compat
 
-"$venv/bin/ruff" check txmasse tests examples twisted bench
-"$venv/bin/mypy" txmasse tests examples twisted/plugins bench
+"$venv/bin/ruff" check txmasse tests examples twisted bench docs
+"$venv/bin/mypy" txmasse tests examples twisted/plugins bench docs
+# API docs from the docstrings (pydoctor, into docs/api/): a broken L{} link fails.
+"$venv/bin/python" docs/apidocs.py
 exec "$venv/bin/python" -m pytest "$@"

@@ -6,54 +6,19 @@ its exit status.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import RedisServer
-
-ROOT = Path(__file__).parent.parent
-
-
-def masse(
-    *args: str, registry: str | None, stdin: str = "", timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MASSE_NAMESPACE": "dev"}
-    if registry is not None:
-        env["MASSE_REGISTRY"] = registry
-    return subprocess.run(
-        [sys.executable, "-m", "txmasse", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=timeout,
-        env=env,
-        cwd="/",
-    )
-
-
-def background(*args: str, registry: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MASSE_NAMESPACE": "dev"}
-    env["MASSE_REGISTRY"] = registry
-    return subprocess.Popen(
-        [sys.executable, "-m", "txmasse", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd="/",
-    )
+from tests.helpers import RedisServer, masse, startMasse
 
 
 @pytest.fixture
 def registered(redis_server: RedisServer) -> Iterator[subprocess.Popen[str]]:
-    process = background(
+    process = startMasse(
         "register",
         "web",
         "--endpoint",
@@ -98,10 +63,15 @@ def test_ls_resolve_and_json(redis_server: RedisServer, registered: subprocess.P
 def test_register_releases_on_stop_and_watch_sees_it(
     redis_server: RedisServer, registered: subprocess.Popen[str]
 ) -> None:
-    watcher = background("watch", "--json", registry=redis_server.url)
+    watcher = startMasse("watch", "--json", registry=redis_server.url)
     try:
-        time.sleep(1.0)  # let the watch start
-        other = background(
+        # Its subscription is up once Redis counts a subscriber; it reads its
+        # first view right after, long before the register below starts.
+        deadline = time.monotonic() + 30
+        while redis_server.command("PUBSUB", "NUMSUB", "masse:{dev}:events")[1] == 0:
+            assert watcher.poll() is None and time.monotonic() < deadline, "watch did not start"
+            time.sleep(0.01)
+        other = startMasse(
             "register",
             "db",
             "--endpoint",

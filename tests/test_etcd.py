@@ -23,14 +23,15 @@ from twisted.logger import capturedLogs, formatEvent
 from zope.interface.verify import verifyObject
 
 from bench.redis import freePort
-from tests.conftest import eventually, lookupFailure, newRegistry, sleep
 from tests.endpoint_helpers import Collector, Echo
 from tests.etcd_helpers import EtcdCluster, b64, gateway
+from tests.helpers import eventually, lookupFailure, newRegistry, sleep
 from txmasse import EventKind, PeerEvent, PeerRecord, RegistryUnavailable
+from txmasse.registry import registryFromURL
 from txmasse.registry.etcd import EtcdRegistry
 from txmasse.registry.etcd_url import parseURL
 from txmasse.registry.interface import IRegistry
-from txmasse.registry.url import parseRegistryURL, redactURL, registryFromURL
+from txmasse.registry.url import parseRegistryURL, redactURL
 
 _prefixes = iter(range(1, 1_000_000))
 

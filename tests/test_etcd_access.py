@@ -13,8 +13,8 @@ import pytest
 import pytest_twisted
 
 from tests.certs import Authority
-from tests.conftest import lookupFailure, newRegistry, sleep
 from tests.etcd_helpers import EtcdCluster, gateway
+from tests.helpers import lookupFailure, newRegistry, sleep
 from txmasse import PeerRecord
 
 
@@ -96,7 +96,7 @@ def test_etcds_bad_ca_file_is_named(tmp_path: Path) -> None:
     bad.write_text("not a certificate")
     with pytest.raises(ValueError, match=re.escape(f"ca={bad}: no PEM certificate in it")):
         newRegistry(f"etcds://127.0.0.1:1?ca={bad}")
-    with pytest.raises(ValueError, match=re.escape("ca=/nonexistent.pem: cannot be read")):
+    with pytest.raises(ValueError, match=re.escape("ca=/nonexistent.pem: cannot read it")):
         newRegistry("etcds://127.0.0.1:1?ca=/nonexistent.pem")
 
 

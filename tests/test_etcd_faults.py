@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from tests.conftest import eventually, newRegistry, sleep
 from tests.etcd_helpers import EtcdCluster, EtcdMember
+from tests.helpers import eventually, newRegistry, sleep
 from txmasse import PeerEvent, PeerRecord
 from txmasse.registry.etcd import EtcdRegistry
 

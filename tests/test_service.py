@@ -21,8 +21,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from tests.conftest import RedisServer, eventually, newRegistry
-from tests.test_contract import Events
+from tests.helpers import Events, RedisServer, eventually, newRegistry
+from txmasse.endpoints import MasseListeningPort
 from txmasse.registry.memory import MemoryRegistry
 from txmasse.service import NamedPeerService, Options, RegistryService, loadFactory
 
@@ -54,7 +54,8 @@ async def test_registry_service_registers_and_releases_its_peers() -> None:
 @pytest_twisted.ensureDeferred
 async def test_peer_waits_for_the_registry(redis_server: RedisServer) -> None:
     """
-    A peer started while the registry is down registers once it is back.
+    A peer started while the registry is down listens at once, and
+    registers once the registry is back.
     """
     redis_server.stop()
     registry = newRegistry(redis_server.url + "?timeout=0.3")
@@ -63,8 +64,11 @@ async def test_peer_waits_for_the_registry(redis_server: RedisServer) -> None:
     service.startService()
     try:
         await eventually(lambda: registry._commandFactory.lastError is not None)
+        await eventually(lambda: peer.port is not None, timeout=10)  # listening already
+        assert redis_server.process is None  # ... with the registry still down
         redis_server.start()
-        await eventually(lambda: peer.port is not None, timeout=10)
+        assert isinstance(peer.port, MasseListeningPort)
+        await peer.port.whenRegistered().addTimeout(10, reactor)
         assert redis_server.command("HLEN", "masse:{dev}:n:late") == 1
     finally:
         await service.stopService()
@@ -164,7 +168,8 @@ def test_a_failed_attempt_of_a_stopped_peer_schedules_nothing() -> None:
     first.errback(RuntimeError("registry gone"))  # the stopped one's
     assert clock.getDelayedCalls() == [] and peer._listening is not None
     endpoint.attempts[1][0].errback(RuntimeError("registry gone"))  # the current one's
-    assert [call.getTime() for call in clock.getDelayedCalls()] == [1.0]  # retries
+    [retry] = clock.getDelayedCalls()  # retries: after a second, plus jitter
+    assert 1.0 <= retry.getTime() <= 1.0 + 1.0 / 4
 
 
 class NotAFactory:
@@ -246,7 +251,8 @@ async def test_twistd_masse(redis_server: RedisServer, tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         await eventually(lambda: len(events) == 1, timeout=20)
-        assert events[0].kind == "joined" and events[0].record.metadata == {"lang": "amp"}
+        assert events[0].kind == "joined" and events[0].record.metadata["lang"] == "amp"
+        assert set(events[0].record.metadata) == {"lang", "amp.commands"}  # its AMP commands
         process.send_signal(signal.SIGTERM)
         await eventually(lambda: len(events) == 2, timeout=10)
         assert events[1].kind == "left"

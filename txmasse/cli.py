@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmasse.checks import checkNumber
 from txmasse.errors import MasseError, PeerNotFound
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry import (
@@ -108,8 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument(
         "--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)"
     )
-    for sub in (ls, watch, resolve, connect, register):
+    from txmasse.dns.cli import addArguments as addDNSArguments
+
+    dns = commands.add_parser("dns", help="answer DNS for the registry's live peers")
+    addDNSArguments(dns)
+    for sub in (ls, watch, resolve, connect, register, dns):
         sub.error = parser.error  # type: ignore[method-assign]
+    from txmasse.rpc import cli as rpc  # providers, describe, call
+
+    rpc.addArguments(commands, parser)
     return parser
 
 
@@ -284,8 +291,10 @@ async def connect(reactor: Any, registry: IRegistry, namespace: str, args: Any) 
     from txmasse.endpoints import MasseClientEndpoint
     from txmasse.peertls import tlsFromOptions
 
-    if not (math.isfinite(args.timeout) and args.timeout > 0):
-        raise UsageError(f"--timeout {args.timeout}: must be a positive number of seconds")
+    try:
+        checkNumber(args.timeout, f"--timeout {args.timeout}:", low=0, above=True)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     options = {key: getattr(args, key) for key in ("cert", "key", "ca") if getattr(args, key)}
     if args.tls:
         options["tls"] = "true"
@@ -385,6 +394,14 @@ async def run(reactor: Any, args: Any, out: TextIO) -> None:
             await connect(reactor, registry, namespace, args)
         elif args.command == "register":
             await register(reactor, registry, namespace, args)
+        elif args.command == "dns":
+            from txmasse.dns import cli as dnscli
+
+            await dnscli.run(reactor, registry, args, out)
+        else:
+            from txmasse.rpc import cli as rpc
+
+            await rpc.run(reactor, registry, namespace, args, out, sys.stderr)
     finally:
         await registry.close()
 

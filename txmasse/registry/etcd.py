@@ -46,7 +46,7 @@ from zope.interface import implementer
 
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
-from txmasse.registry._base import (
+from txmasse.registry.base import (
     LastAnswers,
     Lease,
     Snapshot,
@@ -154,6 +154,14 @@ class EtcdRegistry:
         self._undoing: set[Deferred[None]] = set()
         self._closing = False
 
+    @classmethod
+    def fromURL(cls, reactor: IReactorTime, parsed: Any) -> EtcdRegistry:
+        """
+        The registry a parsed registry URL names (its etcd part in
+        C{parsed.backend}), as L{txmasse.registry.opening} opens backends.
+        """
+        return fromURL(reactor, parsed.backend if hasattr(parsed, "backend") else parsed)
+
     def __repr__(self) -> str:
         return f"<EtcdRegistry {self.url}>"
 
@@ -221,7 +229,7 @@ class EtcdRegistry:
             self._undo(record)
             return failure
 
-        putting = self._put(record, ttl)
+        putting = self.putRecord(record, ttl)
         self._registering.add(putting)
         return putting.addCallbacks(registered, failed)
 
@@ -230,7 +238,7 @@ class EtcdRegistry:
         Take back a registration that failed or was cancelled: it may have
         reached etcd. L{close} waits for this.
         """
-        undoing = self._remove(record)
+        undoing = self.removeRecord(record)
         self._undoing.add(undoing)
         undoing.addErrback(lambda _: None)
         undoing.addBoth(lambda _: self._undoing.discard(undoing))
@@ -385,7 +393,7 @@ class EtcdRegistry:
 
     # The store, as leases and subscriptions use it
 
-    def _put(self, record: PeerRecord, ttl: float) -> Deferred[None]:
+    def putRecord(self, record: PeerRecord, ttl: float) -> Deferred[None]:
         """
         Register C{record}, or heartbeat it: a keepalive of its etcd lease,
         a put if the record changed, a new lease if etcd lost the old one.
@@ -493,7 +501,7 @@ class EtcdRegistry:
             what,
         ).addCallback(written)
 
-    def _remove(self, record: PeerRecord) -> Deferred[None]:
+    def removeRecord(self, record: PeerRecord) -> Deferred[None]:
         """
         Delete the record and write its 'left' marker in one transaction,
         if it is still there; then revoke its lease.
@@ -573,7 +581,7 @@ class EtcdRegistry:
                 self._marker = (number(reply.get("ID")), now + ttl)
             return self._marker[0]
 
-    def _forget(self, lease: Lease) -> None:
+    def forgetLease(self, lease: Lease) -> None:
         """
         C{lease} was stopped (or is being released): no more heartbeats.
         As the contract says, its record expires C{ttl} after the last
@@ -600,7 +608,7 @@ class EtcdRegistry:
         if call is not None and call.active():
             call.cancel()
 
-    def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
+    def snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
         """
         The matching records as of the last revision the namespace's watch
         delivered (so that its next events are exactly those after it), and
@@ -645,7 +653,7 @@ class EtcdRegistry:
         }
         return Snapshot(revision, [record for record, _ in found], gone)
 
-    def _unwatch(self, subscription: Subscription) -> None:
+    def unwatch(self, subscription: Subscription) -> None:
         namespace = subscription.namespace
         subscriptions = self._watchers.get(namespace, set())
         subscriptions.discard(subscription)

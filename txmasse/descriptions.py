@@ -1,0 +1,103 @@
+"""
+Twisted endpoint descriptions (C{tcp:host=H:port=P}): the one place that
+splits them.
+
+Records carry client descriptions; endpoint strings nest server
+descriptions (C{listen=}). Twisted's own grammar lives in a private
+function, so txmasse reads descriptions here, with the same rules: parts
+separated by C{:}, C{\\} escaping the next character, C{KEY=VALUE} parts
+as options and the others as positional arguments.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.endpoints import quoteStringArgument
+
+
+def transportOf(description: str) -> str:
+    """
+    The transport a description names (C{tcp}, C{unix}, C{tls}, ...), lower case.
+    """
+    return description.partition(":")[0].lower()
+
+
+def _tokens(description: str) -> list[list[tuple[str, bool]]]:
+    """
+    The C{:}-separated parts, each a list of (character, escaped).
+
+    @raise ValueError: if it ends with a lone C{\\}.
+    """
+    parts: list[list[tuple[str, bool]]] = [[]]
+    escaped = False
+    for char in description:
+        if escaped:
+            parts[-1].append((char, True))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append([])
+        else:
+            parts[-1].append((char, False))
+    if escaped:
+        raise ValueError(f"{description!r}: ends with a lone '\\'")
+    return parts
+
+
+def splitDescription(description: str) -> list[str]:
+    """
+    The C{:}-separated parts of C{description}, with C{\\} escapes undone.
+
+    @raise ValueError: if it ends with a lone C{\\}.
+    """
+    return ["".join(char for char, _ in part) for part in _tokens(description)]
+
+
+def parseDescription(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """
+    The transport (lower case), positional arguments and options of
+    C{description}: the first unescaped C{=} of a part makes it an option.
+
+    @raise ValueError: for a lone trailing C{\\} or an option given twice.
+    """
+    first, *parts = _tokens(description)
+    args: list[str] = []
+    options: dict[str, str] = {}
+    for part in parts:
+        equals = (i for i, (char, quoted) in enumerate(part) if char == "=" and not quoted)
+        split = next(equals, None)
+        if split is None:
+            args.append("".join(char for char, _ in part))
+            continue
+        key = "".join(char for char, _ in part[:split])
+        if key in options:
+            raise ValueError(f"{description!r}: option {key!r} given twice")
+        options[key] = "".join(char for char, _ in part[split + 1 :])
+    return "".join(char for char, _ in first).lower(), args, options
+
+
+def unnest(description: str) -> str:
+    """
+    A description nested in an endpoint string's option (C{listen=}), put
+    back together: Twisted undoes one level of C{\\} escaping, so
+    C{listen=tcp6\\:0\\:interface=\\:\\:1} arrives as C{tcp6:0:interface=::1}.
+    A part without C{=} after an option belongs to that option's value
+    (IPv6 addresses, paths with colons); the result is quoted again, ready
+    for C{serverFromString}.
+    """
+    prefix, *parts = splitDescription(description)
+    rebuilt: list[list[str]] = []  # [value] for positional, [key, value] for options
+    for part in parts:
+        if "=" in part:
+            rebuilt.append(part.split("=", 1))
+        elif rebuilt and len(rebuilt[-1]) == 2:
+            rebuilt[-1][1] += ":" + part
+        else:
+            rebuilt.append([part])
+    quoted = [
+        quoteStringArgument(item[0])
+        if len(item) == 1
+        else f"{item[0]}={quoteStringArgument(item[1])}"
+        for item in rebuilt
+    ]
+    return ":".join([prefix, *quoted])
