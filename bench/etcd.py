@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import random
 import shutil
 import signal
@@ -42,7 +43,7 @@ from zope.interface import implementer
 from bench.children import Child, spawn
 from bench.connect import measureConnects
 from bench.events import measureDetection, measureEventLatency
-from bench.peer import fakeRecord, registerMany
+from bench.peer import fakeRecord, registerMany, registerSpread
 from bench.redis import RedisProcess, freePort
 from bench.stats import Row, micros, millis, p50, p99, table
 from txmasse.registry import registryFromURL
@@ -56,12 +57,33 @@ class EtcdSizes:
     eventGap: float
     ttls: list[float]
     detectionRounds: int
+    leases: int
+    leaseTTL: float
+    loadWindow: float
 
 
 FULL = EtcdSizes(
-    lookups=2000, connects=500, events=200, eventGap=0.01, ttls=[1, 3], detectionRounds=2
+    lookups=2000,
+    connects=500,
+    events=200,
+    eventGap=0.01,
+    ttls=[1, 3],
+    detectionRounds=2,
+    leases=1000,
+    leaseTTL=3,
+    loadWindow=10,
 )
-QUICK = EtcdSizes(lookups=50, connects=20, events=10, eventGap=0.005, ttls=[1], detectionRounds=1)
+QUICK = EtcdSizes(
+    lookups=50,
+    connects=20,
+    events=10,
+    eventGap=0.005,
+    ttls=[1],
+    detectionRounds=1,
+    leases=50,
+    leaseTTL=1,
+    loadWindow=1,
+)
 
 
 class EtcdProcess:
@@ -117,6 +139,12 @@ class EtcdProcess:
     def version(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/version", timeout=2) as r:
             return str(json.loads(r.read()).get("etcdserver", "?"))
+
+    def cpuSeconds(self) -> float:
+        assert self.process is not None
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -233,6 +261,33 @@ async def measureLookups(
     return samples
 
 
+async def measureLoad(etcd: EtcdProcess, url: str, sizes: EtcdSizes) -> Row:
+    """
+    C{sizes.leases} leases kept alive by one process (a keepalive each per
+    ttl/3): etcd's CPU over a window, and whether every lease lived.
+    """
+    registry = registryFromURL(reactor, url)
+    records = [fakeRecord("load", f"load-{i:05d}") for i in range(sizes.leases)]
+    await registerSpread(registry, records, sizes.leaseTTL, over=sizes.leaseTTL / 3)
+    cpu, start = etcd.cpuSeconds(), time.monotonic()
+    await task.deferLater(reactor, sizes.loadWindow, lambda: None)
+    used = (etcd.cpuSeconds() - cpu) / (time.monotonic() - start)
+    alive = len(await registry.find("load", "load-*"))
+    await registry.close()
+    beats = sizes.leases / (sizes.leaseTTL / 3)
+    return Row(
+        "etcd",
+        f"etcd: {sizes.leases:,} leases at ttl {sizes.leaseTTL:g} s",
+        f"{beats:,.0f} keepalives/s; etcd CPU {used * 100:.0f}%; {alive:,} alive",
+        "",
+        None,
+        "",
+        f"all {sizes.leases:,} alive",
+        alive == sizes.leases,
+        number=beats,
+    )
+
+
 def p50p99(samples: list[float]) -> str:
     return f"{micros(p50(samples))} (p99 {micros(p99(samples))})"
 
@@ -334,6 +389,8 @@ async def measureEtcd(
         for which, url in (("etcd", etcdURL), ("Redis", redisURL)):
             detection = await measureDetection(url, sizes.ttls, sizes.detectionRounds)
             rows += detectionRows(which, detection)
+        say(f"etcd: {sizes.leases} leases at ttl {sizes.leaseTTL:g} s")
+        rows.append(await measureLoad(etcd, etcdURL, sizes))
         version = etcd.version()
     finally:
         for child in children:
