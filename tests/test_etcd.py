@@ -24,7 +24,7 @@ from zope.interface.verify import verifyObject
 
 from bench.redis import freePort
 from tests.endpoint_helpers import Collector, Echo
-from tests.etcd_helpers import EtcdCluster, b64, gateway
+from tests.etcd_helpers import EtcdCluster, b64, etcdExecutable, gateway
 from tests.helpers import eventually, lookupFailure, newRegistry, sleep
 from txmasse import EventKind, PeerEvent, PeerRecord, RegistryUnavailable
 from txmasse.registry import registryFromURL
@@ -334,3 +334,11 @@ def test_masse_command_lists_through_etcd(etcd_server: EtcdCluster) -> None:
     finally:
         registered.kill()
         registered.wait()
+
+
+def test_a_missing_etcd_fails_the_tests_with_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install -y etcd-server"):
+        etcdExecutable()
