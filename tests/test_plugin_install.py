@@ -10,14 +10,13 @@ through a .pth file instead of being installed again, to stay quick.
 from __future__ import annotations
 
 import os
-import shutil
 import site
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from tests.endpoint_helpers import REPO
+from tests.helpers import copySource
 
 ROUND_TRIP = textwrap.dedent(
     r"""
@@ -60,19 +59,6 @@ ROUND_TRIP = textwrap.dedent(
     reactor.run()
     """
 )
-
-
-def copySource(destination: Path) -> Path:
-    """
-    The files a build needs, so pip leaves no build output in the tree.
-    """
-    ignore = shutil.ignore_patterns("__pycache__", "dropin.cache", "*.pyc")
-    for name in ("setup.py", "README.md", "pyproject.toml", "LICENSE"):
-        if (REPO / name).exists():
-            shutil.copy(REPO / name, destination / name)
-    for name in ("txmasse", "twisted"):
-        shutil.copytree(REPO / name, destination / name, ignore=ignore)
-    return destination
 
 
 def test_pip_install_provides_the_masse_prefix(tmp_path: Path) -> None:
