@@ -18,6 +18,7 @@ setup(
         "txredisapi>=1.4.10",
         "zope.interface>=6",
         "attrs>=23.1",
+        "shtab>=1.7",
     ],
     entry_points={"console_scripts": ["masse = txmasse.cli:main"]},
     extras_require={
