@@ -36,6 +36,7 @@ from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry import redis_scripts as scripts
 from txmasse.registry._base import Lease, Snapshot
+from txmasse.registry._outage import OutageLog, QuietClientService
 from txmasse.registry._shared import SharedStoreRegistry
 from txmasse.registry.interface import (
     EventKind,
@@ -68,7 +69,10 @@ class _Factory(Factory):
     """
 
     isLazy = False
+    noisy = False  # no "Starting factory" at every reconnect attempt: OutageLog tells
     check: Callable[[Any], Deferred[None]] | None = None
+    outage: OutageLog | None = None
+    label = "calls"
 
     def __init__(
         self,
@@ -150,6 +154,8 @@ class _ReadyMixin:
 
     def _prepared(self, _: object) -> None:
         self.factory.lastError = None
+        if self.factory.outage is not None:
+            self.factory.outage.connected(self.factory.label)
         self.ready = True
         waiters, self._readyWaiters = self._readyWaiters, []
         for d in waiters:
@@ -157,6 +163,8 @@ class _ReadyMixin:
 
     def _notPrepared(self, failure: Failure) -> None:
         self.factory.lastError = failure.getErrorMessage()
+        if self.factory.outage is not None:
+            self.factory.outage.failed(self.factory.label, self.factory.lastError)
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
@@ -206,6 +214,8 @@ class _RecordingEndpoint:
         def failed(failure: Failure) -> Failure:
             self._factory.lastError = failure.getErrorMessage()
             self._factory.unreachable = True
+            if self._factory.outage is not None:
+                self._factory.outage.failed(self._factory.label, self._factory.lastError)
             return failure
 
         def connected(protocol: Any) -> Any:
@@ -346,6 +356,8 @@ class RedisRegistry(SharedStoreRegistry):
         self._subscriberFactory.registry = self  # type: ignore[attr-defined]
         check = getattr(endpoint, "checkConnection", None)
         self._commandFactory.check = self._subscriberFactory.check = check
+        self._commandFactory.outage = self._subscriberFactory.outage = OutageLog(reactor, url)
+        self._subscriberFactory.label = "events"
         self._subscriber: ClientService | None = None
         self._readyCommands: Any = None
         self._commands.startService()
@@ -354,7 +366,7 @@ class RedisRegistry(SharedStoreRegistry):
         return f"<RedisRegistry {self.url}>"
 
     def _service(self, factory: _Factory) -> ClientService:
-        return ClientService(
+        return QuietClientService(
             _RecordingEndpoint(self._endpoint, factory, self.url),
             factory,
             retryPolicy=backoffPolicy(
