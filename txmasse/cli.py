@@ -510,7 +510,10 @@ async def register(context: Context, args: Any) -> None:
         record = PeerRecord(namespace, args.name, args.endpoint, _metadata(args.meta))
     except ValueError as e:
         raise UsageError(str(e)) from None
-    lease = await context.deadline(registry.register(record, args.ttl), "register")
+    try:
+        lease = await context.deadline(registry.register(record, args.ttl), "register")
+    except ValueError as e:  # the registry's checks of the record and ttl
+        raise UsageError(str(e)) from None
     print(
         f"registered {namespace}/{args.name} instance {record.instance} "
         f"(ttl {args.ttl:g}s) in {registry.url}; Ctrl-C to release",
