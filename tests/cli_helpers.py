@@ -107,7 +107,7 @@ class Lines:
         """
         Every line until the stream ends.
         """
-        lines = []
+        lines: list[str] = []
         deadline = time.monotonic() + timeout
         while True:
             line = self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from tests.cli_helpers import Lines, background, masse
+from tests.cli_helpers import ROOT, Lines, background, masse
 from tests.conftest import RedisServer, newRegistry
 from txmasse import PeerRecord, __version__, cli
 
-__all__ = ["background", "masse"]  # also used by other tests
+__all__ = ["ROOT", "background", "masse"]  # also used by other tests
 
 
 @pytest.fixture
