@@ -56,8 +56,8 @@ def test_end_of_input_waits_until_the_peer_is_quiet() -> None:
     clock.advance(0.9)
     assert not remote.disconnecting
     clock.advance(0.1)
-    assert remote.disconnecting and relay.local.transport.disconnecting  # type: ignore[union-attr]
-    assert relay.local.transport.value() == b"hello\n"  # type: ignore[union-attr]
+    assert remote.disconnecting and relay.local.transport.disconnecting
+    assert relay.local.transport.value() == b"hello\n"
     assert not clock.getDelayedCalls()
 
 
