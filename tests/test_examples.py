@@ -184,4 +184,4 @@ def test_tac_file_and_masse_connect(background: Background) -> None:
     assert (echoed.returncode, echoed.stdout) == (0, "hello by name\n"), echoed.stderr
     peers.send_signal(signal.SIGTERM)
     peers.wait(10)
-    assert call(background, "-m", "txmasse", "ls", "--json") == ""
+    assert call(background, "-m", "txmasse", "ls", "--jsonl") == ""
