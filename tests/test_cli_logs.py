@@ -22,6 +22,7 @@ from tests.conftest import RedisServer, eventually, newRegistry
 from tests.endpoint_helpers import Echo
 from txmasse.errors import RegistryUnavailable
 from txmasse.registry._outage import OutageLog
+from txmasse.registry.redis_sentinel import SentinelEndpoint
 from txmasse.wrappers import parseWrappers
 
 PER_ATTEMPT = ("Starting factory", "Stopping factory", "Scheduling retry")
@@ -103,6 +104,19 @@ async def test_redis_outage_is_one_warning_and_one_recovery(redis_server: RedisS
     (recovered,) = [e for e in events if "reachable again" in formatEvent(e)]
     assert recovered["attempts"] >= 2  # it did retry, quietly
     assert all(unpersistable(e) == [] for e in events), [unpersistable(e) for e in events]
+
+
+@pytest_twisted.ensureDeferred
+async def test_asking_sentinels_is_quiet(redis_server: RedisServer) -> None:
+    """
+    Each question to a sentinel is a new connection: it logs nothing by
+    itself (here a plain Redis, which does not know SENTINEL, is asked).
+    """
+    sentinels = SentinelEndpoint(reactor, [("127.0.0.1", redis_server.port)], "mymaster")
+    with capturedLogs() as events:
+        with pytest.raises(ConnectionError, match="no sentinel gave master 'mymaster'"):
+            await sentinels.masterAddress()
+    assert not [t for t in texts(events) if t.startswith(PER_ATTEMPT)], texts(events)
 
 
 # wrap=log
