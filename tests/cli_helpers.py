@@ -103,19 +103,6 @@ class Lines:
             if accept(line):
                 return line
 
-    def rest(self, timeout: float = 10) -> list[str]:
-        """
-        Every line until the stream ends.
-        """
-        lines: list[str] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self._queue.get(timeout=max(deadline - time.monotonic(), 0.01))
-            if line is None:
-                return lines
-            self.seen.append(line)
-            lines.append(line)
-
 
 def twistdMasse(*args: str, registry: str) -> subprocess.Popen[str]:
     """

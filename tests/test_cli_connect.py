@@ -79,6 +79,14 @@ def test_the_peer_closing_first_ends_it() -> None:
     assert relay.done.called and not clock.getDelayedCalls()
 
 
+def test_the_peer_closing_before_our_input_is_up_ends_it() -> None:
+    relay = Relay(Clock(), 1.0, False)
+    relay.remote.makeConnection(StringTransport())
+    relay.remote.connectionLost(None)
+    relay.local.makeConnection(StringTransport())
+    assert relay.local.transport.disconnecting  # type: ignore[union-attr]
+
+
 # Real peers
 
 
@@ -104,11 +112,16 @@ def peers(redis_server: RedisServer, tmp_path: Path) -> Iterator[dict[str, Lines
         assert process.stdout is not None
         logs[name] = Lines(process.stdout)
         logs[name].waitFor(f"dev/{name} is listening")
-    yield logs
-    for process in started:
-        process.send_signal(signal.SIGTERM)
-    for process in started:
-        process.wait(10)
+    try:
+        yield logs
+    finally:
+        for process in started:
+            process.send_signal(signal.SIGTERM)
+        for process in started:
+            try:
+                process.wait(10)
+            finally:
+                process.kill()
 
 
 def test_connect_gets_the_reply_of_a_peer_without_half_close(

@@ -40,7 +40,7 @@ class Relay:
         )
         self._idle: IDelayedCall | None = None
         self._inputEnded = False
-        self._finished = False
+        self.finished = False
 
     def fromPeer(self, data: bytes) -> None:
         if self.local.transport is not None:
@@ -56,7 +56,7 @@ class Relay:
         """
         Our input is over: half-close, or wait for the peer to go quiet.
         """
-        if self._inputEnded or self._finished:
+        if self._inputEnded or self.finished:
             return
         self._inputEnded = True
         loseWrite = getattr(self.remote.transport, "loseWriteConnection", None)
@@ -69,9 +69,9 @@ class Relay:
         """
         Close both sides (each after flushing what it was given).
         """
-        if self._finished:
+        if self.finished:
             return
-        self._finished = True
+        self.finished = True
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         for side in (self.remote, self.local):
@@ -88,6 +88,10 @@ class _Local(Protocol):
     def __init__(self, relay: Relay):
         self.relay = relay
         self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.relay.finished:  # the peer closed before we got here
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         self.relay.fromInput(data)
