@@ -34,6 +34,7 @@ setup(
             "mypy>=1.10",
             "mypy-zope>=1.0.5",
             "ruff>=0.5",
+            "pydoctor>=25.10",
         ],
         "bench": ["pyro5>=5.15", "matplotlib>=3.8"],
     },

@@ -54,7 +54,8 @@ from twisted.python.failure import Failure
 
 from txmasse.records import PeerRecord
 from txmasse.registry.interface import ILease, IRegistry, PeerEvent
-from txmasse.registry.url import _build, parseRegistryURL
+from txmasse.registry.opening import openURL
+from txmasse.registry.url import parseRegistryURL
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -318,7 +319,7 @@ async def watchToFile(reactor: Any, url: str, namespace: str, path: str) -> None
     The separate watcher: every event of C{namespace} as a line of C{path}
     (time, kind, instance), flushed every 0.1 s and on exit.
     """
-    registry = _build(reactor, parseRegistryURL(url))
+    registry = openURL(reactor, parseRegistryURL(url))
     out = open(path, "w")  # closed at shutdown
     flusher = task.LoopingCall(out.flush)
 
@@ -364,9 +365,9 @@ async def soak(
     rng = random.Random(config.seed)
     ns = config.namespace
     registries: list[IRegistry] = [
-        _build(reactor, parseRegistryURL(url)) for _ in range(config.registries)
+        openURL(reactor, parseRegistryURL(url)) for _ in range(config.registries)
     ]
-    watcherRegistry: IRegistry = _build(reactor, parseRegistryURL(url))
+    watcherRegistry: IRegistry = openURL(reactor, parseRegistryURL(url))
     local: list[tuple[str, str]] = []
     truth: dict[str, str] = {}
     started = time.monotonic()

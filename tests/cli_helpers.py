@@ -1,7 +1,8 @@
 """
-Helpers for the tests of the masse command and twistd masse: run them as a
-user would (separate processes, from another directory), read their output
-line by line with a bound, and a peer protocol that shows half-close.
+Helpers for the tests of the masse command and twistd masse (beside
+tests/helpers.py's masse and startMasse): start twistd masse from another
+directory, read a process's output line by line with a bound, and a peer
+protocol that shows half-close.
 """
 
 from __future__ import annotations
@@ -20,50 +21,18 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
-ROOT = Path(__file__).parent.parent
+from tests.helpers import REPO
+
 TWISTD = Path(sys.executable).parent / "twistd"
 
 
-def masseEnvironment(registry: str | None, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MASSE_NAMESPACE": "dev", **extra}
-    if registry is not None:
-        env["MASSE_REGISTRY"] = registry
-    return env
-
-
-def masse(
-    *args: str,
-    registry: str | None,
-    stdin: str = "",
-    timeout: float = 30,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """
-    Run C{python -m txmasse ARGS} to its end, from C{/}.
-    """
-    return subprocess.run(
-        [sys.executable, "-m", "txmasse", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=timeout,
-        env=masseEnvironment(registry, **(env or {})),
-        cwd="/",
-    )
-
-
-def background(*args: str, registry: str) -> subprocess.Popen[str]:
-    """
-    Start C{python -m txmasse ARGS}, from C{/}; the caller stops it.
-    """
-    return subprocess.Popen(
-        [sys.executable, "-m", "txmasse", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=masseEnvironment(registry),
-        cwd="/",
-    )
+def masseEnvironment(registry: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MASSE_NAMESPACE": "dev",
+        "MASSE_REGISTRY": registry,
+    }
 
 
 class Lines:

@@ -14,12 +14,13 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import quoteStringArgument
+from twisted.internet.endpoints import clientFromString, quoteStringArgument
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
 from twisted.plugin import IPlugin
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from txmasse.wrappers import IMasseWrapper, Wrapper
@@ -247,3 +248,19 @@ def spawnPeer(description: str, env: dict[str, str]) -> PeerProcess:
     reactor.spawnProcess(peer, sys.executable, args, env=env, path=str(REPO))
     peer.ready.addTimeout(30, reactor)
     return peer
+
+
+@implementer(IAgentEndpointFactory)
+class ByName:
+    """
+    Agent endpoints from the URL's host name, looked up in the registry.
+    """
+
+    def __init__(self, registryURL: str):
+        self.registryURL = registryURL
+
+    def endpointForURI(self, uri: Any) -> Any:
+        name = uri.host.decode()
+        return clientFromString(
+            reactor, f"masse:{name}:ns=t:registry={quoteStringArgument(self.registryURL)}"
+        )

@@ -9,7 +9,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred
 
 from txmasse.records import PeerRecord
-from txmasse.registry.url import registryFromURL
+from txmasse.registry import registryFromURL
 
 
 async def main(reactor: object, url: str, namespace: str, name: str, ttl: str) -> None:

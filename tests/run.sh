@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one test command: installs what the tests need, then runs ruff, mypy
-# and pytest. Usage: bash tests/run.sh [pytest arguments]
+# The one test command: installs what the tests need, then runs ruff, mypy,
+# the API docs build and pytest. Usage: bash tests/run.sh [pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,8 @@ venv="${TXMASSE_VENV:-.venv}"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
     -e ".[test]" --config-settings editable_mode=compat
 
-"$venv/bin/ruff" check txmasse tests examples twisted bench
-"$venv/bin/mypy" txmasse tests examples twisted/plugins bench
+"$venv/bin/ruff" check txmasse tests examples twisted bench docs
+"$venv/bin/mypy" txmasse tests examples twisted/plugins bench docs
+# API docs from the docstrings (pydoctor, into docs/api/): a broken L{} link fails.
+"$venv/bin/python" docs/apidocs.py
 exec "$venv/bin/python" -m pytest "$@"

@@ -10,7 +10,7 @@ import json
 import signal
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,48 +19,29 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
-from zope.interface import provider
+from twisted.logger import LogEvent, formatEvent
 
 from tests.certs import Authority
-from tests.conftest import (
+from tests.helpers import (
+    MASSE_ACL,
+    PASSWORD,
+    Events,
     RedisServer,
     _encode,
     _read,
+    aclServer,
     eventually,
     freePort,
     lookupFailure,
+    masse,
+    masseURL,
     newRegistry,
+    record,
+    startMasse,
 )
-from tests.test_cli import background, masse
-from tests.test_contract import Events, record
 from txmasse import EventKind, PeerEvent
 from txmasse.registry.signed import SignedRegistry
 from txmasse.registry.url import parseRegistryURL
-
-ADMIN_PASSWORD = "admin-0f9e8d7c"
-PASSWORD = "Pw-s3cret-a1b2c3"
-"""The masse user's password: must never show anywhere."""
-
-MASSE_ACL = (
-    "resetkeys ~masse:* resetchannels &masse:* -@all "
-    "+select +script|load +evalsha +eval +publish +subscribe +unsubscribe "
-    "+time +get +incr +exists +hget +hset +hdel +hexists +hgetall "
-    "+zadd +zrem +zscore +zrange +zrangebylex +zrangebyscore"
-)
-"""All that txmasse needs of Redis: its own keys and channels, its scripts
-and the commands they run. The README's ACL line."""
-
-
-def aclServer(directory: Path, rules: str = MASSE_ACL, **options: Any) -> RedisServer:
-    """
-    A Redis whose default user is the admin (for the test's own commands)
-    and whose user C{masse} has C{rules}.
-    """
-    user = ("--user", "masse", "on", f">{PASSWORD}", *rules.split())
-    server = RedisServer(directory, extraArgs=user, password=ADMIN_PASSWORD, **options)
-    server.start()
-    return server
 
 
 @pytest.fixture
@@ -70,32 +51,12 @@ def acl_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def masseURL(server: RedisServer, password: str = PASSWORD, user: str = "masse") -> str:
-    return f"redis://{user}:{password}@127.0.0.1:{server.port}/0"
-
-
-@pytest.fixture
-def logged() -> Iterator[list[LogEvent]]:
-    """
-    Every log event during the test.
-    """
-    events: list[LogEvent] = []
-
-    @provider(ILogObserver)
-    def observe(event: LogEvent) -> None:
-        events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield events
-    globalLogPublisher.removeObserver(observe)
-
-
 def assertHidden(texts: list[str]) -> None:
     for text in texts:
         assert PASSWORD not in text, text
 
 
-def logText(events: list[LogEvent]) -> list[str]:
+def logText(events: Sequence[LogEvent]) -> list[str]:
     texts = []
     for event in events:
         texts.append(formatEvent(event))
@@ -111,7 +72,7 @@ def logText(events: list[LogEvent]) -> list[str]:
 
 @pytest_twisted.ensureDeferred
 async def test_least_privileged_acl_user_can_do_everything(
-    acl_server: RedisServer, logged: list[LogEvent]
+    acl_server: RedisServer, logged: Sequence[LogEvent]
 ) -> None:
     url = masseURL(acl_server) + "?timeout=2"
     peer, watcher = newRegistry(url), newRegistry(url)
@@ -195,7 +156,7 @@ def test_the_acl_confines_the_user(acl_server: RedisServer) -> None:
 )
 @pytest_twisted.ensureDeferred
 async def test_wrong_user_or_password_is_a_clear_error(
-    acl_server: RedisServer, logged: list[LogEvent], user: str, password: str, expected: str
+    acl_server: RedisServer, logged: Sequence[LogEvent], user: str, password: str, expected: str
 ) -> None:
     message = await lookupFailure(masseURL(acl_server, password, user) + "?timeout=0.5")
     assert message.startswith(f"registry redis://{user}:***@127.0.0.1:{acl_server.port}/0")
@@ -207,7 +168,7 @@ async def test_wrong_user_or_password_is_a_clear_error(
 
 @pytest_twisted.ensureDeferred
 async def test_connection_retries_name_the_registry_without_its_password(
-    logged: list[LogEvent],
+    logged: Sequence[LogEvent],
 ) -> None:
     port = freePort()
     message = await lookupFailure(f"redis://masse:{PASSWORD}@127.0.0.1:{port}/0?timeout=1")
@@ -220,7 +181,7 @@ async def test_connection_retries_name_the_registry_without_its_password(
 
 
 @pytest_twisted.ensureDeferred
-async def test_missing_permissions_are_named(tmp_path: Path, logged: list[LogEvent]) -> None:
+async def test_missing_permissions_are_named(tmp_path: Path, logged: Sequence[LogEvent]) -> None:
     server = aclServer(tmp_path, MASSE_ACL.replace("+evalsha ", ""))
     try:
         message = await lookupFailure(masseURL(server) + "?timeout=0.5")
@@ -292,10 +253,10 @@ def test_password_hidden_in_any_quoted_url(description: str) -> None:
 
 def test_masse_command_never_shows_the_password(acl_server: RedisServer) -> None:
     url = masseURL(acl_server)
-    registered = background(
+    registered = startMasse(
         "register", "web", "--endpoint", "tcp:host=127.0.0.1:port=8080", registry=url
     )
-    watcher = background("watch", "--json", registry=url)
+    watcher = startMasse("watch", "--json", registry=url)
     try:
         assert registered.stdout is not None
         first = registered.stdout.readline()
@@ -406,7 +367,7 @@ async def test_tls_without_an_accepted_client_certificate_fails_clearly(
     assert message.endswith(f"alert {why}')]"), message
 
 
-# Everything at once: the README's setup
+# Everything at once: the setup docs/security.md describes
 
 
 @pytest_twisted.ensureDeferred

@@ -11,10 +11,10 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
-from tests.test_contract import Events, record
+from tests.helpers import Events, record
 from txmasse import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
-from txmasse.registry._base import Lease, Snapshot, Subscription
+from txmasse.registry.base import Lease, Snapshot, Subscription
 from txmasse.registry.interface import EventKind
 
 
@@ -28,25 +28,25 @@ class ScriptedStore:
     puts: list[PeerRecord] = attrs.Factory(list)
     snapshots: list[Deferred[Snapshot]] = attrs.Factory(list)
 
-    def _put(self, record: PeerRecord, ttl: float) -> Deferred[None]:
+    def putRecord(self, record: PeerRecord, ttl: float) -> Deferred[None]:
         self.puts.append(record)
         if self.failPuts:
             self.failPuts -= 1
             return fail(RegistryUnavailable("registry memory://: down"))
         return succeed(None)
 
-    def _remove(self, record: PeerRecord) -> Deferred[None]:
+    def removeRecord(self, record: PeerRecord) -> Deferred[None]:
         return succeed(None)
 
-    def _forget(self, lease: Lease) -> None:
+    def forgetLease(self, lease: Lease) -> None:
         pass
 
-    def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
+    def snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
         d: Deferred[Snapshot] = Deferred()
         self.snapshots.append(d)
         return d
 
-    def _unwatch(self, subscription: Subscription) -> None:
+    def unwatch(self, subscription: Subscription) -> None:
         pass
 
 

@@ -19,8 +19,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python import usage
 
 from tests.certs import Authority
-from tests.cli_helpers import Lines, masse, masseEnvironment, twistdMasse
-from tests.conftest import RedisServer
+from tests.cli_helpers import Lines, masseEnvironment, twistdMasse
+from tests.helpers import RedisServer, masse
 from txmasse._cli_connect import Relay
 from txmasse.service import Options
 

@@ -13,19 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RedisServer
-
-ROOT = Path(__file__).parent.parent
+from tests.helpers import REPO, Background, RedisServer, readUntil
 
 
 def run(*args: str) -> str:
     result = subprocess.run(
         [sys.executable, *args],
-        cwd=ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -42,66 +40,17 @@ def test_registry_tour(backend: str, request: pytest.FixtureRequest) -> None:
     assert "tour/db-2" in lines[-1]
 
 
-class Background:
-    """
-    Example processes started for one test and stopped at its end.
-    """
-
-    def __init__(self, env: dict[str, str]):
-        self.env = env
-        self.processes: list[subprocess.Popen[str]] = []
-
-    def start(self, *args: str, **env: str) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [*args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**self.env, **env},
-        )
-        self.processes.append(process)
-        return process
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture
 def background(tmp_path: Path) -> Iterator[Background]:
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(REPO),
         "MASSE_REGISTRY": f"sqlite://{tmp_path}/registry.db",
         "MASSE_NAMESPACE": "dev",
     }
     processes = Background(env)
     yield processes
     processes.stop()
-
-
-def readUntil(process: subprocess.Popen[str], text: str) -> str:
-    assert process.stdout is not None
-    while True:
-        line = process.stdout.readline()
-        assert line, f"process ended before printing {text!r}"
-        if text in line:
-            return line
-
-
-def call(background: Background, *args: str, **env: str) -> str:
-    result = subprocess.run(
-        [sys.executable, *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**background.env, **env},
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
 
 
 def test_demo(tmp_path: Path) -> None:
@@ -111,7 +60,7 @@ def test_demo(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     kinds = [line.split()[1] for line in result.stdout.splitlines() if "event:" in line]
@@ -127,8 +76,8 @@ def test_greeter_under_twistd(background: Background, redis_server: RedisServer)
         "--factory", "examples.greeter:factory", MASSE_REGISTRY=redis_server.url,
     )  # fmt: skip
     readUntil(peer, "greeter is listening")
-    answer = call(
-        background, "-m", "examples.greeter", "call", "Alice", MASSE_REGISTRY=redis_server.url
+    answer = background.call(
+        "-m", "examples.greeter", "call", "Alice", MASSE_REGISTRY=redis_server.url
     )
     assert answer.startswith("hi there, Alice (from pid ")
 
@@ -140,7 +89,7 @@ def test_namespace_from_the_environment(background: Background) -> None:
         )
         readUntil(server, "db-server-1")
     for namespace in ("prod", "dev"):
-        answer = call(background, "-m", "examples.namespaces", "ask", MASSE_NAMESPACE=namespace)
+        answer = background.call("-m", "examples.namespaces", "ask", MASSE_NAMESPACE=namespace)
         assert answer.strip() == f"db-server-1 in {namespace}"
 
 
@@ -158,7 +107,7 @@ def test_reconnecting_client_follows_a_restarted_peer(background: Background) ->
 def test_framing_wrapper_stack(background: Background) -> None:
     server = background.start(sys.executable, "-m", "examples.framing", "serve")
     readUntil(server, "shouter is listening")
-    answer = call(background, "-m", "examples.framing", "send", "hello", "world")
+    answer = background.call("-m", "examples.framing", "send", "hello", "world")
     assert answer.strip() == "HELLO, WORLD"
 
 
@@ -170,12 +119,12 @@ def test_tac_file_and_masse_connect(background: Background) -> None:
     twistd = str(Path(sys.executable).parent / "twistd")
     peers = background.start(twistd, "-ny", "examples/peers.tac", "--pidfile=")
     readUntil(peers, "greeter is listening")
-    listed = call(background, "-m", "txmasse", "ls")
+    listed = background.call("-m", "txmasse", "ls")
     assert [line.split()[0] for line in listed.splitlines()[1:]] == ["echo", "greeter"]
     echoed = subprocess.run(
         [sys.executable, "-m", "txmasse", "connect", "echo"],
         input="hello by name\n",
-        cwd=ROOT,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=30,
@@ -184,4 +133,4 @@ def test_tac_file_and_masse_connect(background: Background) -> None:
     assert (echoed.returncode, echoed.stdout) == (0, "hello by name\n"), echoed.stderr
     peers.send_signal(signal.SIGTERM)
     peers.wait(10)
-    assert call(background, "-m", "txmasse", "ls", "--jsonl") == ""
+    assert background.call("-m", "txmasse", "ls", "--jsonl") == ""

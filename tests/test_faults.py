@@ -16,10 +16,8 @@ pause and cut off, and what txmasse promises through each fault.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest_twisted
@@ -27,12 +25,10 @@ from twisted.application.internet import ClientService
 from twisted.internet import reactor
 from twisted.internet.endpoints import clientFromString, quoteStringArgument
 from twisted.internet.protocol import Factory
-from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+from twisted.logger import capturedLogs
 from twisted.protocols import amp
-from zope.interface import provider
 
 from examples.group_rpc import Hello
-from tests.conftest import RedisServer, eventually, newRegistry, sleep
 from tests.endpoint_helpers import (
     Collector,
     Recording,
@@ -40,8 +36,18 @@ from tests.endpoint_helpers import (
     peerPort,
     spawnPeer,
 )
-from tests.test_contract import Events, record
-from tests.test_group import Workers, gather
+from tests.helpers import (
+    Events,
+    RedisServer,
+    Workers,
+    assertNoErrors,
+    clientCount,
+    eventually,
+    gather,
+    newRegistry,
+    record,
+    sleep,
+)
 from txmasse import MasseClientEndpoint, PeerGroup, RegistryUnavailable, registryFromURL
 from txmasse.registry.interface import EventKind, PeerEvent
 
@@ -51,50 +57,6 @@ GRACE = 3.0
 
 
 # Helpers
-
-
-class LogCapture:
-    """
-    Every log event while active; C{errors()} are the ones that mean
-    something went unhandled (a logged Failure, or level error/critical).
-    """
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
-
-    def errors(self) -> list[dict[str, Any]]:
-        return [
-            event
-            for event in self.events
-            if "log_failure" in event
-            or event.get("log_level") in (LogLevel.error, LogLevel.critical)
-        ]
-
-    def formatted(self, events: list[dict[str, Any]]) -> str:
-        from twisted.logger import formatEvent
-
-        out = []
-        for event in events:
-            failure = event.get("log_failure")
-            text = formatEvent(event)
-            if failure is not None:
-                text += "\n" + failure.getTraceback()
-            out.append(text)
-        return "\n".join(out)
-
-
-@contextlib.contextmanager
-def capturedLogs() -> Iterator[LogCapture]:
-    capture = LogCapture()
-    observer = provider(ILogObserver)(capture)
-    globalLogPublisher.addObserver(observer)
-    try:
-        yield capture
-    finally:
-        globalLogPublisher.removeObserver(observer)
 
 
 def hashKey(name: str) -> str:
@@ -281,7 +243,7 @@ async def test_paused_redis_leaves_no_call_waiting(redis_server: RedisServer) ->
             slowest = max(elapsed for elapsed, _ in outcomes.values())
             print(f"\n{len(calls)} calls on a paused Redis all failed within {slowest:.3f}s")
             await eventually(
-                lambda: any("heartbeat failed" in str(e.get("log_format")) for e in logs.events),
+                lambda: any("heartbeat failed" in str(e.get("log_format")) for e in logs),
                 timeout=2,
             )
         finally:
@@ -304,8 +266,7 @@ async def test_paused_redis_leaves_no_call_waiting(redis_server: RedisServer) ->
     await registry.close()
     if fresh is not None:
         await fresh.close()
-    errors = logs.errors()
-    assert errors == [], logs.formatted(errors)
+    assertNoErrors(logs)
 
 
 # A peer killed under a connected client
@@ -472,8 +433,7 @@ async def test_cut_connections_lose_no_lease_and_repeat_no_event(
             for registry in (*peers, watcher):
                 await registry.close()
     assert kills >= 20
-    errors = logs.errors()
-    assert errors == [], logs.formatted(errors)
+    assertNoErrors(logs)
 
 
 # A crashed lease stays dead.
@@ -489,9 +449,21 @@ async def test_stopped_lease_stays_dead_after_a_reconnect(redis_server: RedisSer
         lease = await registry.register(record("db", namespace=NS), 0.5)
         lease.stop()  # as a crash would
         await eventually(lambda: len(events) == 2, timeout=3)
+        clients = clientCount(redis_server)
         redis_server.command("CLIENT", "KILL", "TYPE", "normal")
-        await sleep(1.0)  # reconnected, and ample time to write anything back
-        assert events.kinds() == [("joined", "db"), ("timedout", "db")]
+        await eventually(lambda: clientCount(redis_server) == clients, timeout=5)
+        # A lease written after the reconnect is heard after anything the
+        # reconnect wrote back.
+        later = await registry.register(record("later", namespace=NS), 5)
+        await later.release()
+        await eventually(lambda: len(events) == 4, timeout=3)
+        assert events.kinds() == [
+            ("joined", "db"),
+            ("timedout", "db"),
+            ("joined", "later"),
+            ("left", "later"),
+        ]
+        assert await watcher.lookup(NS, "db") == []
         assert registry._leases == set()
     finally:
         await registry.close()

@@ -11,34 +11,46 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogEvent
 from twisted.protocols import amp
 from twisted.python.failure import Failure
-from zope.interface import provider
 
 from examples.group_rpc import Hello, Worker
-from tests.conftest import RedisServer, eventually, freePort, newRegistry, sleep
-from tests.endpoint_helpers import ChildProcess, Collector, Echo, Recording, peerEnvironment
-from tests.test_examples import ROOT, Background, call, readUntil
+from tests.endpoint_helpers import ChildProcess, Collector, Echo, Recording
+from tests.helpers import (
+    REPO,
+    Background,
+    FakeNetwork,
+    RedisServer,
+    Workers,
+    eventually,
+    fired,
+    gather,
+    newRegistry,
+    readUntil,
+    sleep,
+)
 from txmasse import MasseListeningPort, MasseServerEndpoint, PeerGroup, PeerRecord
-from txmasse.registry._base import localInstances
+from txmasse.registry.base import localInstances
 from txmasse.registry.interface import EventKind, PeerEvent
 from txmasse.registry.memory import MemoryRegistry
 
 NS = "t"
+WHERE = "tcp:host=10.0.0.1:port=4000"
 
 
 def fast(attempt: int) -> float:
@@ -106,67 +118,6 @@ async def test_follows_joins_and_leaves() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_reconnects_with_backoff_while_registered() -> None:
-    """
-    A dropped connection is retried on the policy's schedule (0, 1, 2...)
-    while the peer is registered, and no longer once it has left.
-    """
-    registry = MemoryRegistry(reactor)
-    server = Recording(Echo)
-    port = await serve(registry, "a", server)
-    attempts: list[int] = []
-
-    def policy(attempt: int) -> float:
-        attempts.append(attempt)
-        return 0.05
-
-    group = newGroup(registry, "a", Factory.forProtocol(Collector), retryPolicy=policy)
-    seen = Seen(group)
-    group.startService()
-    await eventually(lambda: len(group.connections) == 1)
-    first = next(iter(group.connections.values()))
-    server.built[-1].transport.loseConnection()  # type: ignore[union-attr]
-    await eventually(lambda: len(server.built) == 2 and len(group.connections) == 1)
-    assert next(iter(group.connections.values())) is not first
-    assert attempts == [0] and seen.calls == [("added", "a"), ("removed", "a"), ("added", "a")]
-
-    # Unreachable but registered: retried with growing attempt numbers.
-    await port.port.stopListening()  # type: ignore[misc]
-    server.built[-1].transport.loseConnection()  # type: ignore[union-attr]
-    await eventually(lambda: attempts[-4:] == [0, 1, 2, 3] and len(attempts) == 5)
-    assert group.connections == {}
-    await port.lease.release()
-    await eventually(lambda: group.peers == [])
-    count = len(attempts)
-    await sleep(0.2)
-    assert len(attempts) == count
-    await group.stopService()
-
-
-@pytest_twisted.ensureDeferred
-async def test_update_with_new_endpoints_reconnects() -> None:
-    registry = MemoryRegistry(reactor)
-    one, two = Recording(Echo), Recording(Echo)
-    port1 = await serve(registry, "a", one)
-    port2 = await serve(registry, "other", two)
-    group = newGroup(registry, "a", Factory.forProtocol(Collector))
-    seen = Seen(group)
-    group.startService()
-    await eventually(lambda: len(one.built) == 1 and len(group.connections) == 1)
-    lease = port1.lease
-    await lease.update(attrs.evolve(lease.record, metadata={"v": "2"}))
-    await sleep(0.1)
-    (record,) = group.connections
-    assert record.metadata == {"v": "2"} and len(one.built) == 1  # no reconnect
-    await lease.update(attrs.evolve(lease.record, endpoints=port2.record.endpoints))
-    await eventually(lambda: len(two.built) == 1 and len(group.connections) == 1)
-    assert seen.calls == [("added", "a"), ("removed", "a"), ("added", "a")]
-    await group.stopService()
-    await port1.stopListening()
-    await port2.stopListening()
-
-
-@pytest_twisted.ensureDeferred
 async def test_leaves_out_its_own_process_unless_includeSelf() -> None:
     registry = MemoryRegistry(reactor)
     mine = await serve(registry, "a-mine", Factory.forProtocol(Echo))
@@ -188,65 +139,152 @@ async def test_leaves_out_its_own_process_unless_includeSelf() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_observer_errors_are_logged_and_observers_can_stop() -> None:
+async def test_observer_errors_are_logged_and_observers_can_stop(
+    logged: Sequence[LogEvent],
+) -> None:
     registry = MemoryRegistry(reactor)
     port = await serve(registry, "a", Factory.forProtocol(Echo))
     group = newGroup(registry, "a", Factory.forProtocol(Collector))
-    errors: list[Any] = []
     calls: list[str] = []
 
     def broken(record: PeerRecord, protocol: IProtocol) -> None:
         raise ValueError("observer bug")
 
+    def errors() -> list[Any]:
+        return [event["log_failure"] for event in logged if "log_failure" in event]
+
     group.onPeerAdded(broken)
     stop = group.onPeerAdded(lambda record, protocol: calls.append("first"))
     group.onPeerRemoved(lambda record, protocol: calls.append("removed"))
-
-    @provider(ILogObserver)
-    def observe(event: dict[str, Any]) -> None:
-        if "log_failure" in event:
-            errors.append(event["log_failure"])
-
-    globalLogPublisher.addObserver(observe)
     try:
         group.startService()
         await eventually(lambda: calls == ["first"])
-        assert [f.type for f in errors] == [ValueError]
+        assert [f.type for f in errors()] == [ValueError]
         stop()
         next(iter(group.connections.values())).transport.loseConnection()  # type: ignore[attr-defined]
         await eventually(lambda: calls == ["first", "removed"] and len(group.connections) == 1)
-        assert len(errors) == 2
+        assert len(errors()) == 2
     finally:
-        globalLogPublisher.removeObserver(observe)
         await group.stopService()
         await port.stopListening()
 
 
-@pytest_twisted.ensureDeferred
-async def test_stop_closes_connections_and_cancels_retries() -> None:
-    registry = MemoryRegistry(reactor)
-    server = Recording(Echo)
-    port = await serve(registry, "a-up", server)
-    dead = PeerRecord(NS, "a-down", [f"tcp:host=127.0.0.1:port={freePort()}"])
-    lease = await registry.register(dead, ttl=5)
+# On a fake network and a clock: what the group does when connections
+# drop, fail or change, and that nothing more happens after
+
+
+def onClock(
+    *records: PeerRecord, pattern: str | None = None
+) -> tuple[MemoryReactorClock, FakeNetwork, list[Any], PeerGroup]:
+    """
+    A group on a MemoryReactorClock over a MemoryRegistry on the same
+    clock, holding C{records}; C{attempts} are the attempt numbers the
+    retry policy was asked about (it answers 1 s).
+    """
+    clock = MemoryReactorClock()
+    registry = MemoryRegistry(clock)
+    leases = [fired(registry.register(r, 60)) for r in records]
     attempts: list[int] = []
 
     def policy(attempt: int) -> float:
         attempts.append(attempt)
-        return 0.05
+        return 1.0
 
-    group = newGroup(registry, "a-*", Factory.forProtocol(Collector), retryPolicy=policy)
+    group = newGroup(
+        registry,
+        pattern or records[0].name,
+        Factory.forProtocol(Collector),
+        retryPolicy=policy,
+        reactor=clock,
+    )
+    return clock, FakeNetwork(clock), [leases, attempts], group
+
+
+def fiveMinutesPass(clock: MemoryReactorClock) -> None:
+    """
+    Second by second, so that heartbeats and retries run as they fall due.
+    """
+    clock.pump([1.0] * 300)
+
+
+def test_reconnects_with_backoff_while_registered() -> None:
+    """
+    A dropped connection is retried on the policy's schedule (0, 1, 2...)
+    while the peer is registered, and no longer once it has left.
+    """
+    clock, network, (leases, attempts), group = onClock(PeerRecord(NS, "a", [WHERE]))
+    seen = Seen(group)
     group.startService()
-    await eventually(lambda: len(group.connections) == 1 and len(attempts) >= 2)
+    first = network.accept()
+    (protocol,) = group.connections.values()
+    assert isinstance(protocol, Collector)  # the application's, not a wrapper's
+    network.drop(first)
+    assert group.connections == {} and attempts == [0]
+    clock.advance(0.999)
+    assert network.waiting() == []  # not before the policy's delay
+    clock.advance(0.001)
+    second = network.accept()
+    assert len(group.connections) == 1
+    assert seen.calls == [("added", "a"), ("removed", "a"), ("added", "a")]
+
+    # Unreachable but registered: retried with growing attempt numbers.
+    network.drop(second)
+    for _ in range(3):
+        clock.advance(1)
+        network.refuse()
+    assert attempts == [0, 0, 1, 2, 3] and group.connections == {}
+    fired(leases[0].release())
+    assert group.peers == []
+    tried = len(network.attempts())
+    fiveMinutesPass(clock)
+    assert len(network.attempts()) == tried and attempts == [0, 0, 1, 2, 3]
+    fired(group.stopService())
+
+
+def test_update_with_new_endpoints_reconnects() -> None:
+    """
+    New metadata is news, not a reason to reconnect; new endpoints are.
+    """
+    clock, network, (leases, _), group = onClock(PeerRecord(NS, "a", [WHERE]))
+    seen = Seen(group)
+    group.startService()
+    network.accept()
+    (lease,) = leases
+    fired(lease.update(attrs.evolve(lease.record, metadata={"v": "2"})))
+    fiveMinutesPass(clock)
+    (record,) = group.connections
+    assert record.metadata == {"v": "2"}
+    assert network.attempts() == ["10.0.0.1:4000"]  # no reconnect
+    fired(lease.update(attrs.evolve(lease.record, endpoints=["tcp:host=10.0.0.2:port=4000"])))
+    assert network.waiting() == ["10.0.0.2:4000"]
+    network.accept()
+    assert len(group.connections) == 1
+    assert seen.calls == [("added", "a"), ("removed", "a"), ("added", "a")]
+    fired(group.stopService())
+
+
+def test_stop_closes_connections_and_cancels_retries() -> None:
+    up = PeerRecord(NS, "a-up", [WHERE])
+    down = PeerRecord(NS, "a-down", ["tcp:host=10.0.0.9:port=4000"])
+    clock, network, (_, attempts), group = onClock(up, down, pattern="a-*")
+    group.startService()
+    connected = []
+    while len(attempts) < 2:  # a-up connects, a-down is refused twice
+        while network.waiting():
+            if network.waiting()[0] == "10.0.0.1:4000":
+                connected.append(network.accept())
+            else:
+                network.refuse()
+        clock.advance(1)
     (protocol,) = group.connections.values()
     assert isinstance(protocol, Collector)
-    await group.stopService()
-    assert protocol.lost.called and group.connections == {} and group.peers == []
-    count = len(attempts)
-    await sleep(0.2)
-    assert len(attempts) == count
-    await lease.release()
-    await port.stopListening()
+    assert [transport.connected for transport in connected] == [True]
+    fired(group.stopService())
+    assert protocol.lost.called and not connected[0].connected
+    assert group.connections == {} and group.peers == []
+    count, tried = len(attempts), len(network.attempts())
+    fiveMinutesPass(clock)
+    assert (len(attempts), len(network.attempts())) == (count, tried)
 
 
 # Fan-out, in process
@@ -303,44 +341,6 @@ async def test_broadcast_writes_to_every_peer() -> None:
 
 
 # Worker processes on a real Redis
-
-
-class Workers:
-    """
-    C{tests/group_peer.py} processes; C{start} fires with the instance id
-    once registered.
-    """
-
-    def __init__(self, url: str, ttl: float):
-        self.url = url
-        self.ttl = ttl
-        self.env = peerEnvironment(url)
-        self.running: list[ChildProcess] = []
-
-    async def start(self, name: str, *mode: str) -> tuple[ChildProcess, str]:
-        process = ChildProcess()
-        args = [sys.executable, "-m", "tests.group_peer", self.url, NS, name, str(self.ttl), *mode]
-        reactor.spawnProcess(process, sys.executable, args, env=self.env, path=str(ROOT))
-        self.running.append(process)
-
-        # The whole line: the pipe may deliver it in pieces.
-        def line() -> re.Match[bytes] | None:
-            return re.search(rb"registered (\S+)\n", process.output)
-
-        await eventually(lambda: line() is not None or not process.running, 30)
-        registered = line()
-        assert registered is not None, process.output.decode()
-        return process, registered.group(1).decode()
-
-    async def stopAll(self) -> None:
-        for process in self.running:
-            process.signal("KILL")
-        for process in self.running:
-            await process.ended
-
-
-async def gather(coroutines: list[Any]) -> list[Any]:
-    return await gatherResults([Deferred.fromCoroutine(c) for c in coroutines])
 
 
 def instances(group: PeerGroup) -> set[str]:
@@ -466,7 +466,7 @@ async def test_callAll_with_one_failing_worker(redis_server: RedisServer) -> Non
 def test_group_rpc_example(tmp_path: Path) -> None:
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(REPO),
         "MASSE_REGISTRY": f"sqlite://{tmp_path}/registry.db",
         "MASSE_NAMESPACE": "dev",
     }
@@ -475,7 +475,7 @@ def test_group_rpc_example(tmp_path: Path) -> None:
         for name in ("worker-1", "worker-2", "worker-3"):
             server = background.start(sys.executable, "-m", "examples.group_rpc", "serve", name)
             readUntil(server, "is listening")
-        out = call(background, "-m", "examples.group_rpc", "call", "worker-*", "3")
+        out = background.call("-m", "examples.group_rpc", "call", "worker-*", "3")
     finally:
         background.stop()
     lines = out.splitlines()

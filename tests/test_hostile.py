@@ -11,7 +11,6 @@ The bugs this found once are pinned at the end, each by its own test.
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
 import itertools
 import json
@@ -32,16 +31,24 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
-from tests.conftest import RedisServer, eventually, newRegistry
-from tests.test_contract import Events, record
-from tests.test_faults import LogCapture, capturedLogs
+from tests.helpers import (
+    Events,
+    RedisServer,
+    assertNoErrors,
+    eventsAbout,
+    eventually,
+    newRegistry,
+    record,
+)
 from txmasse import cli
 from txmasse.errors import MasseError
 from txmasse.records import NAME_RULE, PeerRecord, validateName
+from txmasse.registry import registryFromURL
 from txmasse.registry.interface import IRegistry
-from txmasse.registry.url import RegistryURL, parseRegistryURL, registryFromURL
+from txmasse.registry.url import RegistryURL, parseRegistryURL
 
 ROOT = Path(__file__).parent.parent
 
@@ -52,12 +59,6 @@ def fuzz(examples: int) -> Any:
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
-
-
-def assertNoErrors(logs: LogCapture) -> None:
-    gc.collect()  # an unhandled error in a lost Deferred is logged when it is collected
-    errors = logs.errors()
-    assert errors == [], logs.formatted(errors)
 
 
 def danglingEscape(text: str) -> bool:
@@ -568,7 +569,7 @@ async def checkGarbage(
         finally:
             early.stop()
     if any(name == "db" for name, _, _, _ in entries):
-        warnings = [e for e in logs.events if "skipping a bad" in str(e.get("log_format"))]
+        warnings = eventsAbout(logs, "skipping a bad")
         assert warnings, "garbage under the good name was read without a warning"
     assertNoErrors(logs)
 

@@ -11,7 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
 from zope.interface.verify import verifyObject
 
-from tests.conftest import RedisServer, newRegistry
+from tests.helpers import RedisServer, newRegistry
 from txmasse import MasseClientEndpoint, MasseServerEndpoint, MemoryRegistry
 from txmasse.registry.interface import IRegistry
 

@@ -20,8 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from tests.conftest import RedisServer, eventually, sleep
-from tests.test_contract import Events, record
+from tests.helpers import Events, RedisServer, eventually, record
 from txmasse import NAME_RULE, Glob, PeerRecord, validateName
 from txmasse.registry.interface import IRegistry
 from txmasse.registry.memory import MemoryRegistry
@@ -241,13 +240,16 @@ async def test_watchers_hear_only_their_namespace(make_registry: MakeRegistry) -
         lease = await other.register(record("b", namespace=namespace), 30)
         await other.report(_connected(lease.record))
         await lease.release()
-    await eventually(lambda: all(len(events) == 3 for events in heard.values()))
-    await sleep(0.2)
+    # Written after all the above, so heard after anything that leaked.
+    for namespace in heard:
+        await other.register(record("last", namespace=namespace), 30)
+    await eventually(lambda: all(events.kinds("last") for events in heard.values()))
     for namespace, events in heard.items():
         assert [(e.kind, e.record.namespace) for e in events] == [
             ("joined", namespace),
             ("connected", namespace),
             ("left", namespace),
+            ("joined", namespace),
         ]
 
 

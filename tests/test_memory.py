@@ -8,8 +8,8 @@ from typing import cast
 
 from twisted.internet.task import Clock
 
-from tests.test_contract import Events, record
-from txmasse.registry._base import Lease
+from tests.helpers import Events, record
+from txmasse.registry.base import Lease
 from txmasse.registry.memory import MemoryRegistry
 
 
@@ -29,13 +29,13 @@ def test_heartbeat_every_third_of_the_ttl() -> None:
     clock = Clock()
     registry = MemoryRegistry(clock)
     beats: list[float] = []
-    put = registry._put
+    put = registry.putRecord
 
     def counting(r, ttl):  # type: ignore[no-untyped-def]
         beats.append(clock.seconds())
         return put(r, ttl)
 
-    registry._put = counting  # type: ignore[method-assign]
+    registry.putRecord = counting  # type: ignore[method-assign]
     registered(registry, 3.0)
     clock.pump([0.5] * 20)
     assert beats == [0.0] + [float(n) for n in range(1, 11)]  # registration, then beats

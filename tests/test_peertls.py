@@ -27,20 +27,20 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from tests.certs import Authority
-from tests.conftest import eventually, newRegistry
 from tests.endpoint_helpers import Collector, Echo, Recording, quote
+from tests.helpers import eventually, newRegistry
 from txmasse.endpoints import MasseClientEndpoint, MasseListeningPort, MasseServerEndpoint
 from txmasse.errors import NoReachablePeer
 from txmasse.peertls import (
     PeerTLS,
     PeerTLSError,
     certificateName,
-    checkCertificateName,
     parseTLSDescription,
 )
 from txmasse.records import PeerRecord
 from txmasse.registry import IRegistry, MemoryRegistry, registryFromURL
 from txmasse.resolver import resolverFor
+from txmasse.verify import checkCertificateName
 
 # Fixtures
 

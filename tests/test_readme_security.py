@@ -1,6 +1,7 @@
 """
-The README's Security section, run as written: its shell session for signed
-records and peer TLS, and its ACL line.
+The security page (docs/security.md, where the README's Security section
+moved), run as written: its shell session for signed records and peer TLS,
+and its ACL line.
 """
 
 from __future__ import annotations
@@ -15,26 +16,26 @@ from pathlib import Path
 import pytest
 
 from tests.certs import Authority
-from tests.conftest import RedisServer
-from tests.test_access import MASSE_ACL
+from tests.helpers import MASSE_ACL, RedisServer
 
 ROOT = Path(__file__).parent.parent
-README = (ROOT / "README.md").read_text()
-README_REDIS = "redis://127.0.0.1:6379/0"
+SECURITY = (ROOT / "docs" / "security.md").read_text()
+SESSION_REDIS = "redis://127.0.0.1:6379/0"
 
 
 def securitySession() -> str:
     """
-    The README's shell block that follows "Signed records and peer TLS together".
+    The security page's shell block that follows "Signed records and peer TLS
+    together".
     """
-    section = README[README.index("Signed records and peer TLS together") :]
+    section = SECURITY[SECURITY.index("Signed records and peer TLS together") :]
     found = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
-    assert found is not None, "the README lost its signed + TLS session"
+    assert found is not None, "docs/security.md lost its signed + TLS session"
     return found.group(1)
 
 
-def test_readme_acl_line_is_the_one_tested() -> None:
-    assert f"ACL SETUSER masse on >PASSWORD {MASSE_ACL}" in README
+def test_documented_acl_line_is_the_one_tested() -> None:
+    assert f"ACL SETUSER masse on >PASSWORD {MASSE_ACL}" in SECURITY
 
 
 def test_signed_and_tls_session_works_as_written(
@@ -45,10 +46,10 @@ def test_signed_and_tls_session_works_as_written(
     clients through the masse command: the real peer answers, the impostor
     without the secret is listed as rejected and never reached.
     """
-    assert shutil.which("openssl"), "openssl is needed by the README's session"
+    assert shutil.which("openssl"), "openssl is needed by docs/security.md's session"
     script = securitySession()
-    assert README_REDIS in script
-    script = script.replace(README_REDIS, redis_server.url)
+    assert SESSION_REDIS in script
+    script = script.replace(SESSION_REDIS, redis_server.url)
     # The session's own waits are unbounded loops: bound the whole session.
     bin = str(Path(sys.executable).parent)
     env = {

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import RedisServer
+from tests.helpers import RedisServer
 from txmasse.records import MAX_RECORD_BYTES, Glob, PeerRecord, validateName
 
 GOOD = ["db", "db-server-1", "A", "9", "a.b_c-d", "x" * 128]

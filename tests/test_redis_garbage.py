@@ -16,22 +16,22 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import capturedLogs
 
-from tests.conftest import RedisServer, eventually, newRegistry
-from tests.test_access import aclServer, masseURL
-from tests.test_contract import Events, record
-from tests.test_faults import LogCapture, capturedLogs
+from tests.helpers import (
+    Events,
+    RedisServer,
+    aclServer,
+    assertNoErrors,
+    eventsAbout,
+    eventually,
+    masseURL,
+    newRegistry,
+    record,
+)
 from txmasse.errors import RegistryUnavailable
 
 SEQ = "masse:{dev}:seq"
-
-
-def warnings(logs: LogCapture, text: str) -> list[dict[str, Any]]:
-    return [e for e in logs.events if text in str(e.get("log_format"))]
-
-
-def assertNoErrors(logs: LogCapture) -> None:
-    assert logs.errors() == [], logs.formatted(logs.errors())
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ async def test_garbage_counter_starts_again_from_one(
     finally:
         await registry.close()
     if garbage[2] != "9223372036854775807":  # a count, if the last one
-        assert warnings(logs, "bad event counter"), "a garbage counter was read without a warning"
+        assert eventsAbout(logs, "bad event counter"), "a garbage counter read without a warning"
     assertNoErrors(logs)
 
 
@@ -118,7 +118,7 @@ async def test_a_name_whose_key_is_not_a_hash(redis_server: RedisServer) -> None
             past = int(time.time() * 1000) - 1000
             redis_server.command("ZADD", "masse:{dev}:exp", past, "zzz/i1")  # due: swept
             assert await watcher.lookup("dev", "zzz") == []
-            assert warnings(logs, "is not a hash of records")
+            assert eventsAbout(logs, "is not a hash of records")
             assert await watcher.find("dev", "*") == [db.record]
             assert [s.record for s in await watcher.leases("dev", "*")] == [db.record]
             await watcher.watch("dev", "*", events)
@@ -151,7 +151,7 @@ async def test_misplaced_records_are_skipped_by_leases(redis_server: RedisServer
             assert await registry.lookup("dev", "dz") == []
     finally:
         await registry.close()
-    assert len(warnings(logs, "skipping a bad record")) == 3
+    assert len(eventsAbout(logs, "skipping a bad record")) == 3
     assertNoErrors(logs)
 
 
@@ -173,7 +173,7 @@ async def test_event_numbers_past_what_redis_counts_are_skipped(
             await eventually(lambda: events.kinds() == [("joined", "far")], timeout=3)
     finally:
         await registry.close()
-    assert len(warnings(logs, "is not an event number")) == 5
+    assert len(eventsAbout(logs, "is not an event number")) == 5
     assertNoErrors(logs)
 
 

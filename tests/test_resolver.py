@@ -17,12 +17,13 @@ from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import TCP4ServerEndpoint, clientFromString
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from zope.interface import implementer
 
-from tests.conftest import RedisServer, eventually
 from tests.endpoint_helpers import Collector, Echo, Recording, quote
+from tests.helpers import FakeNetwork, RedisServer, eventually, fired
 from txmasse.endpoints import MasseClientEndpoint, MasseListeningPort, MasseServerEndpoint
 from txmasse.errors import NoReachablePeer, RegistryUnavailable
 from txmasse.records import PeerRecord
@@ -232,7 +233,7 @@ def test_a_failed_watch_is_logged_once_and_tried_again_later(
     assert len(warnings) == 1 and "watch failed: no" in warnings[0]
     assert counting.calls["watch"] == 2  # a once, b once: not again within WATCH_RETRY
     counting.failWatches = False
-    clock.advance(WATCH_RETRY)
+    clock.advance(2 * WATCH_RETRY(0))
     assert resolved(resolver, "a") == ([4000], False)
     assert counting.calls["watch"] == 3
     assert resolved(resolver, "a") == ([4000], True)
@@ -355,7 +356,7 @@ async def test_a_warm_connect_times_out_and_cancels(
     await echoes(client)
     await warmed(memory)
     hanging = Hanging()
-    client._endpointFor = lambda description, record: hanging  # type: ignore[method-assign]
+    client.endpointFor = lambda candidate, registry: hanging  # type: ignore[method-assign]
     with pytest.raises(NoReachablePeer, match=r"within 0.2s: gave up connecting to tcp:"):
         await client.connect(Factory.forProtocol(Collector))
     assert hanging.cancelled == 1
@@ -377,21 +378,26 @@ class Raising:
         raise OSError("no such thing")
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_warm_endpoint_that_raises_fails_the_connect_cleanly(
-    memory: Counting, ports: list[IListeningPort]
-) -> None:
-    await listen(ports, memory)
-    client = MasseClientEndpoint(reactor, "echo", "t", registry=memory, timeout=0.2)
-    await echoes(client)
-    await warmed(memory)
-    client._endpointFor = lambda description, record: Raising()  # type: ignore[method-assign]
+def test_a_warm_endpoint_that_raises_fails_the_connect_cleanly() -> None:
+    clock = MemoryReactorClock()
+    network = FakeNetwork(clock)
+    memory = Counting(MemoryRegistry(clock))
+    fired(memory.register(record("echo"), 60))
+    client = MasseClientEndpoint(clock, "echo", "t", registry=memory, timeout=0.2)
+    first = client.connect(Factory.forProtocol(Collector))
+    network.accept()
+    assert isinstance(fired(first), Collector)
+    clock.advance(WATCH_DELAY)
+    assert resolverFor(memory, clock).isWarm("t", "echo")
+    client.endpointFor = lambda candidate, registry: Raising()  # type: ignore[method-assign]
     with capturedLogs() as events:
         attempt = client.connect(Factory.forProtocol(Collector))  # does not raise
         with pytest.raises(NoReachablePeer, match="no such thing"):
-            await attempt
-        await deferLater(reactor, 0.3, lambda: None)  # past the timeout: nothing fires
+            fired(attempt)
+        clock.pump([0.1] * 10)  # well past the timeout: nothing fires
     assert [e for e in events if e.get("isError") or e.get("log_failure")] == []
+    assert network.waiting() == [] and len(network.attempts()) == 1
+    assert memory.calls["lookup"] == 2  # the first connect, then once after the failure
 
 
 @pytest_twisted.ensureDeferred

@@ -17,9 +17,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, ServerFactory
 
 from tests.certs import Authority
-from tests.conftest import RedisServer, _encode, eventually, newRegistry, sleep
 from tests.endpoint_helpers import portNumber
-from tests.test_contract import Events, record
+from tests.helpers import Events, RedisServer, _encode, eventually, newRegistry, record, sleep
 from txmasse import RegistryUnavailable
 from txmasse.registry.redis_sentinel import SentinelEndpoint
 

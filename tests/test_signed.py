@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +18,18 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import succeed
-from twisted.logger import ILogObserver, LogEvent, LogLevel, formatEvent, globalLogPublisher
-from zope.interface import provider
+from twisted.logger import LogEvent
 from zope.interface.verify import verifyObject
 
-from tests.conftest import RedisServer, eventually, newRegistry, sleep
-from tests.test_contract import (  # noqa: F401 (run here again, over signed registries)
+from tests.helpers import (
     Events,
+    MakeRegistry,
+    RedisServer,
+    eventually,
+    masse,
+    newRegistry,
     record,
-    test_bad_arguments,
-    test_find_globs,
-    test_leases_show_time_left,
-    test_register_lookup_release,
-    test_several_instances_share_a_name,
-    test_timeout_announced_once_and_never_returned,
-    test_usage_events_reach_only_watchers_that_ask,
-    test_watch_callback_errors_are_contained,
-    test_watch_sees_joined_updated_left,
+    warningsIn,
 )
 from txmasse import EventKind, PeerEvent, PeerRecord
 from txmasse.registry import registryFromURL
@@ -66,41 +61,8 @@ def _no_secrets_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def warnings() -> Iterator[list[str]]:
-    """
-    The text of every warning logged during the test.
-    """
-    seen: list[str] = []
-
-    @provider(ILogObserver)
-    def observe(event: LogEvent) -> None:
-        if event.get("log_level") == LogLevel.warn:
-            seen.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield seen
-    globalLogPublisher.removeObserver(observe)
-
-
-@pytest.fixture
-def make_registry(
-    make_registry: Callable[..., IRegistry], tmp_path: Path
-) -> Callable[..., SignedRegistry]:
-    """
-    Registries of the test's kind, signed: the registry contract tests
-    imported above hold for them too.
-    """
-    secrets = loadSecrets(secretsFile(tmp_path, SECRET, "contract-secrets"))
-
-    def make(**options: Any) -> SignedRegistry:
-        return SignedRegistry(make_registry(**options), secrets)
-
-    return make
-
-
-@pytest.fixture
 def signing(
-    make_registry: Callable[..., SignedRegistry], tmp_path: Path
+    make_registry: MakeRegistry, tmp_path: Path
 ) -> Callable[..., tuple[SignedRegistry, IRegistry]]:
     """
     A signed registry over a new backend registry (of the test's kind), and
@@ -108,7 +70,7 @@ def signing(
     """
 
     def make(text: str = f"{SECRET}\n") -> tuple[SignedRegistry, IRegistry]:
-        store = make_registry().registry
+        store = make_registry()
         return SignedRegistry(store, loadSecrets(secretsFile(tmp_path, text))), store
 
     return make
@@ -140,7 +102,7 @@ def forgeries(good: PeerRecord, tmp_path: Path) -> dict[str, PeerRecord]:
 @BACKENDS
 @pytest_twisted.ensureDeferred
 async def test_forged_records_are_ignored_logged_and_counted(
-    signing: Any, tmp_path: Path, warnings: list[str]
+    signing: Any, tmp_path: Path, logged: Sequence[LogEvent]
 ) -> None:
     registry, store = signing()
     lease = await registry.register(record("db"), 30)
@@ -157,6 +119,7 @@ async def test_forged_records_are_ignored_logged_and_counted(
     assert registry.rejected["dev"] == 3 * len(forged)
 
     # Each is logged once, however often it is met, naming why.
+    warnings = warningsIn(logged)
     rejected = [w for w in warnings if "ignoring a record" in w]
     assert len(rejected) == len(forged)
     for why, fake in forged.items():
@@ -208,8 +171,9 @@ async def test_watchers_ignore_forged_records(signing: Any, tmp_path: Path) -> N
     await lease.release()
     await eventually(lambda: len(events) == 4)
     assert (events[3].kind, events[3].record) == ("left", good)
-    await sleep(0.2)
-    assert len(events) == 4
+    await peer.register(record("last"), 30)  # heard after anything the forger's release sent
+    await eventually(lambda: events.kinds("last") == [("joined", "last")])
+    assert len(events) == 5
     subscription.stop()
     assert not subscription.synced
 
@@ -232,7 +196,7 @@ async def test_a_forged_update_counts_as_leaving(signing: Any) -> None:
     await eventually(lambda: events.kinds() == [("joined", "db")])
 
     hijack = attrs.evolve(good, endpoints=["tcp:host=203.0.113.66:port=6666"])
-    await store._put(hijack, 30)
+    await store.putRecord(hijack, 30)
     await eventually(lambda: len(events) == 2)
     assert (events[1].kind, events[1].record) == ("left", good)
     assert subscription.peers == []
@@ -260,7 +224,7 @@ async def test_a_copy_with_a_bad_signature_hides_the_peer_only_until_its_heartbe
     watcher, _ = signing()
     lease = await peer.register(record("db"), 30)
     good = lease.record
-    await store._put(attrs.evolve(good, signature="0" * 64), 30)
+    await store.putRecord(attrs.evolve(good, signature="0" * 64), 30)
     events = Events()
     subscription = await watcher.watch("dev", "db", events)
     assert subscription.peers == []
@@ -454,8 +418,6 @@ def test_bad_secrets_option(tmp_path: Path) -> None:
 
 
 def test_masse_ls_all_shows_and_counts_forgeries(redis_server: RedisServer, tmp_path: Path) -> None:
-    from tests.test_cli import masse
-
     path = secretsFile(tmp_path, f"dev {SECRET}\n")
     url = f"{redis_server.url}?secrets={path}"
     good = SignedRegistry(MemoryRegistry(reactor), loadSecrets(path)).sign(record("db"))

@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from bench.soak import SoakConfig, SoakReport, checkLog, soak
-from tests.conftest import RedisServer
+from tests.helpers import RedisServer
 
 SHORT = SoakConfig(
     seconds=3.5,

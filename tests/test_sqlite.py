@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,9 @@ import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
-from zope.interface import provider
+from twisted.logger import LogEvent
 
-from tests.conftest import eventually, newRegistry, sleep
-from tests.test_contract import Events, record
+from tests.helpers import Events, eventually, newRegistry, record, sleep, warningsIn
 from txmasse import PeerRecord, RegistryUnavailable
 from txmasse.registry import sqlite as backend
 from txmasse.registry.sqlite import SQLiteRegistry
@@ -61,20 +59,6 @@ def registries(db: Path) -> Iterator[Callable[..., SQLiteRegistry]]:
     yield make
     for registry in made:
         pytest_twisted.blockon(registry.close())
-
-
-@pytest.fixture
-def warnings() -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    @provider(ILogObserver)
-    def observe(event: LogEvent) -> None:
-        if event.get("log_level") is not None and event["log_level"].name == "warn":
-            seen.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield seen
-    globalLogPublisher.removeObserver(observe)
 
 
 def raw(path: Path) -> sqlite3.Connection:
@@ -363,7 +347,9 @@ async def test_reactor_never_waits(db: Path, registries: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_garbage_rows_are_skipped(db: Path, registries: Any, warnings: list[str]) -> None:
+async def test_garbage_rows_are_skipped(
+    db: Path, registries: Any, logged: Sequence[LogEvent]
+) -> None:
     registry = registries()
     events = Events()
     await registry.watch("dev", "*", events)
@@ -392,7 +378,7 @@ async def test_garbage_rows_are_skipped(db: Path, registries: Any, warnings: lis
     await registry.register(record("web"), 5)
     await eventually(lambda: events.kinds() == [("joined", "db"), ("joined", "web")])
     assert _count(db, "masse_records WHERE instance = 'late'") == 0, "not timed out"
-    text = "\n".join(warnings)
+    text = "\n".join(warningsIn(logged))
     assert "bad record" in text and "bad event" in text, text
 
 
@@ -470,7 +456,7 @@ def test_reactor_stops_without_close(db: Path) -> None:
 
 
 async def _hammer(url: str, killAt: str) -> None:
-    from txmasse.registry.url import registryFromURL
+    from txmasse.registry import registryFromURL
 
     if int(killAt):
         announce = backend._Database._announce
@@ -498,7 +484,7 @@ async def _hammer(url: str, killAt: str) -> None:
 
 
 async def _exit(url: str, *args: str) -> None:
-    from txmasse.registry.url import registryFromURL
+    from txmasse.registry import registryFromURL
 
     registry = registryFromURL(reactor, url)
     await registry.register(record(), 5)

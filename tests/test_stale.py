@@ -14,11 +14,10 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from tests.conftest import RedisServer, eventually, newRegistry
-from tests.test_contract import Events, record
+from tests.helpers import Events, RedisServer, eventually, newRegistry, record
 from txmasse import RegistryUnavailable
 from txmasse.registry import MemoryRegistry
-from txmasse.registry._base import LastAnswers
+from txmasse.registry.base import LastAnswers
 from txmasse.registry.interface import StaleRecords
 
 

@@ -11,8 +11,7 @@ import pytest
 import pytest_twisted
 
 from tests.certs import Authority
-from tests.conftest import RedisServer, lookupFailure, newRegistry
-from tests.test_contract import record
+from tests.helpers import RedisServer, lookupFailure, newRegistry, record
 from txmasse import RegistryUnavailable
 
 
@@ -60,16 +59,25 @@ async def test_tls_refuses_a_server_from_another_ca(
     assert "certificate verify failed" in await lookupFailure(url)
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 @pytest_twisted.ensureDeferred
-async def test_tls_refuses_a_certificate_for_another_host(tmp_path: Path) -> None:
+async def test_tls_refuses_a_certificate_for_another_host(tmp_path: Path, host: str) -> None:
+    """
+    A certificate from the trusted CA, but for another name: the error
+    names the host asked for and says the names do not match.
+    """
     authority = Authority.create(tmp_path)
     cert, key = authority.issue("redis.example.com")
     server = RedisServer(tmp_path, tls=(cert, key, authority.caPath))
     server.start()
     try:
-        await lookupFailure(f"rediss://127.0.0.1:{server.port}/0?ca={authority.caPath}&timeout=1")
+        message = await lookupFailure(
+            f"rediss://{host}:{server.port}/0?ca={authority.caPath}&timeout=1"
+        )
     finally:
         server.stop()
+    assert f"certificate verify failed for {host!r}" in message, message
+    assert "Mismatch" in message and "\n" not in message, message
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])

@@ -11,7 +11,8 @@ from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP
 
 from txmasse._tcp import tcpEndpoint
 from txmasse.registry import registryFromURL
-from txmasse.registry.url import _endpoint, defaultNamespace, defaultRegistryURL, parseRegistryURL
+from txmasse.registry.redis import endpointFor
+from txmasse.registry.url import defaultNamespace, defaultRegistryURL, parseRegistryURL
 
 
 @pytest.mark.parametrize(
@@ -166,4 +167,4 @@ def test_ip_addresses_are_connected_to_directly(host: str, kind: type) -> None:
     assert type(endpoint) is kind
     assert endpoint._timeout == 2  # type: ignore[attr-defined]
     redisHost = f"[{host}]" if ":" in host else host
-    assert type(_endpoint(reactor, parseRegistryURL(f"redis://{redisHost}:6379"))) is kind
+    assert type(endpointFor(reactor, parseRegistryURL(f"redis://{redisHost}:6379"))) is kind

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -22,9 +23,9 @@ from txmasse.wrappers import (
     BUILTIN,
     Wrapper,
     availableWrappers,
+    innerProtocol,
     parseWrappers,
     stackFactory,
-    unwrapProtocol,
 )
 
 ADDRESS = IPv4Address("TCP", "127.0.0.1", 4000)
@@ -43,7 +44,9 @@ def connect(
     if isinstance(transport, StringTransportWithDisconnection):
         transport.protocol = outer
     outer.makeConnection(transport)
-    app = unwrapProtocol(outer, len(wrappers))
+    app = outer
+    for _ in wrappers:
+        app = innerProtocol(app)
     assert isinstance(app, Collector)
     return outer, app, transport
 
@@ -52,7 +55,7 @@ def test_no_wrappers_is_the_factory_itself() -> None:
     factory = Factory.forProtocol(Collector)
     assert stackFactory(factory, []) is factory
     protocol = factory.buildProtocol(ADDRESS)
-    assert protocol is not None and unwrapProtocol(protocol, 0) is protocol
+    assert protocol is not None
 
 
 def test_first_wrapper_is_nearest_the_wire() -> None:
@@ -65,8 +68,41 @@ def test_first_wrapper_is_nearest_the_wire() -> None:
 
 
 def test_unwrap_needs_wrapped_protocol() -> None:
+    protocol = Protocol()
+    transport = StringTransport()
+    protocol.makeConnection(transport)
     with pytest.raises(TypeError, match="has no wrappedProtocol"):
-        unwrapProtocol(Protocol(), 1)
+        innerProtocol(protocol)
+    assert transport.disconnected  # aborted: nobody else would close it
+
+
+def test_wrapper_endpoint_fires_with_the_applications_protocol() -> None:
+    """
+    Each layer unwraps its own wrapper: the caller gets the protocol its
+    factory built, however many wrappers are stacked.
+    """
+    from twisted.internet.endpoints import connectProtocol
+    from twisted.internet.testing import MemoryReactorClock
+
+    from txmasse.wrappers import wrapEndpoint
+
+    reactor = MemoryReactorClock()
+    raw = TCP4ClientEndpoint(reactor, "127.0.0.1", 4000)
+    endpoint = wrapEndpoint(raw, [adding(1), xoring(0x0F)])
+    app = Collector()
+    connecting = connectProtocol(endpoint, app)
+    factory = reactor.tcpClients[0][2]
+    outer = factory.buildProtocol(ADDRESS)
+    assert outer is not None
+    transport = StringTransportWithDisconnection()
+    transport.protocol = outer
+    outer.makeConnection(transport)
+    connected: list[object] = []
+    connecting.addCallback(connected.append)
+    assert connected == [app]
+    app.transport.write(b"\x00ab")  # type: ignore[union-attr]
+    assert transport.value() == b"\x10on"
+    assert wrapEndpoint(raw, []) is raw
 
 
 def test_parse_names_and_arguments() -> None:

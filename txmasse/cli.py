@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -28,6 +27,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.protocol import Factory
 
+from txmasse.checks import checkNumber, shown
 from txmasse.errors import MasseError, PeerNotFound
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry import (
@@ -454,8 +454,10 @@ async def connect(context: Context, args: Any) -> None:
     from txmasse.endpoints import MasseClientEndpoint
     from txmasse.peertls import tlsFromOptions
 
-    if not (math.isfinite(args.wait) and args.wait >= 0):
-        raise UsageError(f"--wait {args.wait}: must be a number of seconds, 0 or more")
+    try:
+        checkNumber(args.wait, f"--wait {shown(args.wait)}:", low=0)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     options = {key: getattr(args, key) for key in ("cert", "key", "ca") if getattr(args, key)}
     if args.tls:
         options["tls"] = "true"
@@ -574,13 +576,7 @@ COMMANDS: list[Command] = [
 
 
 def _seconds(option: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{option} {text!r}: must be a positive number of seconds")
-    return value
+    return checkNumber(text, f"{option} {text!r}:", low=0, above=True)
 
 
 def _checkArguments(args: Any) -> tuple[str, str]:

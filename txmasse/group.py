@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from txmasse.endpoints import MasseClientEndpoint
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry import IRegistry, ISubscription, PeerEvent, registryFromURL
-from txmasse.registry._base import localInstances
+from txmasse.registry.base import localInstances
 from txmasse.registry.interface import EventKind
 from txmasse.wrappers import Wrapper
 
@@ -215,9 +215,10 @@ class PeerGroup(Service):
         Call the AMP C{command} on every connected peer at once.
 
         Fires with each peer's record mapped to its answer, or to the
-        L{Failure} it gave (a peer that is not AMP, a remote error, a lost
-        connection, L{twisted.internet.defer.TimeoutError} after
-        C{callTimeout} seconds): one peer's failure does not hide the others.
+        L{Failure<twisted.python.failure.Failure>} it gave (a peer that is
+        not AMP, a remote error, a lost connection,
+        L{twisted.internet.defer.TimeoutError} after C{callTimeout}
+        seconds): one peer's failure does not hide the others.
         """
         records: list[PeerRecord] = []
         calls: list[Deferred[object]] = []

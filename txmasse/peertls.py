@@ -24,14 +24,9 @@ from typing import Any
 
 import attrs
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from OpenSSL import SSL, crypto
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectionClosed
 from twisted.internet.interfaces import (
     IHandshakeListener,
@@ -54,25 +49,13 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from txmasse._tcp import tcpEndpoint
+from txmasse.descriptions import parseDescription
 from txmasse.errors import MasseError
+from txmasse.pem import SigningKey, loadCertificates, loadPrivateKey, publicBytes, readPEM
 from txmasse.records import PeerRecord
+from txmasse.verify import VerifyingCreator, checkCertificateName
 
 log = Logger()
-
-SigningKey = (
-    rsa.RSAPrivateKey
-    | ec.EllipticCurvePrivateKey
-    | ed25519.Ed25519PrivateKey
-    | ed448.Ed448PrivateKey
-    | dsa.DSAPrivateKey
-)
-_SIGNING_KEYS = (
-    rsa.RSAPrivateKey,
-    ec.EllipticCurvePrivateKey,
-    ed25519.Ed25519PrivateKey,
-    ed448.Ed448PrivateKey,
-    dsa.DSAPrivateKey,
-)
 
 SYSTEM_TRUST = "the system trust roots (give ca=)"
 
@@ -90,139 +73,6 @@ def certificateName(name: str, namespace: str) -> str:
     case, as DNS names compare without case.
     """
     return f"{name}.{namespace}".lower()
-
-
-# Reading PEM files
-
-
-def _read(option: str, path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ValueError(f"{option}={path}: cannot read it ({e.strerror or e})") from None
-
-
-def _certificates(option: str, path: str, data: bytes) -> list[x509.Certificate]:
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise ValueError(f"{option}={path}: no PEM certificate in it") from None
-
-
-_KEY_BLOCK = re.compile(rb"-----BEGIN ((?:[A-Z]+ )?PRIVATE KEY)-----.+?-----END \1-----", re.DOTALL)
-
-
-def _privateKey(option: str, path: str, data: bytes) -> SigningKey | None:
-    """
-    The first PEM private key in C{data}, or L{None} if it has none.
-    """
-    block = _KEY_BLOCK.search(data)
-    if block is None:
-        return None
-    try:
-        key = serialization.load_pem_private_key(block.group(0), password=None)
-    except TypeError:
-        raise ValueError(f"{option}={path}: the key is encrypted; give it unencrypted") from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise ValueError(f"{option}={path}: the PEM private key in it is unreadable") from None
-    if not isinstance(key, _SIGNING_KEYS):
-        raise ValueError(f"{option}={path}: a {type(key).__name__} cannot sign for TLS")
-    return key
-
-
-def _publicBytes(key: CertificatePublicKeyTypes) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-# What a certificate is for
-
-
-def _subject(certificate: x509.Certificate) -> str:
-    return certificate.subject.rfc4514_string() or "an empty subject"
-
-
-def _sans(certificate: x509.Certificate) -> x509.SubjectAlternativeName | None:
-    try:
-        return certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-
-
-def describeCertificate(certificate: x509.Certificate) -> str:
-    """
-    Whom C{certificate} names, for error messages: its subjectAltNames, or
-    its subject when it has none.
-    """
-    try:
-        sans = _sans(certificate)
-    except ValueError as e:
-        return f"{_subject(certificate)!r} (unreadable extensions: {e})"
-    if sans is None:
-        return f"{_subject(certificate)!r} (no subjectAltName)"
-    names = [str(name) for name in sans.get_values_for_type(x509.DNSName)]
-    names += [str(address) for address in sans.get_values_for_type(x509.IPAddress)]
-    return ", ".join(repr(name) for name in names) if names else "no DNS name"
-
-
-def checkCertificateName(certificate: x509.Certificate, expected: str) -> str | None:
-    """
-    Why C{certificate} is not for the peer C{expected} (a
-    L{certificateName}), or L{None} if it is.
-
-    Only subjectAltName DNS names count, compared without case; the common
-    name never does, and wildcards are not honoured: one certificate
-    vouches for exactly the peer names it lists.
-    """
-    try:
-        sans = _sans(certificate)
-    except ValueError as e:
-        return f"its certificate's extensions are unreadable ({e})"
-    if sans is None:
-        return (
-            f"its certificate ({_subject(certificate)!r}) has no subjectAltName; "
-            f"it must list the DNS name {expected!r}"
-        )
-    for name in sans.get_values_for_type(x509.DNSName):
-        if name.lower() == expected:
-            return None
-    return f"its certificate is for {describeCertificate(certificate)}, not {expected!r}"
-
-
-# OpenSSL verification errors worth a word (X509_V_ERR_*)
-
-_VERIFY_ERRORS = {
-    2: "unable to get issuer certificate",
-    7: "certificate signature failure",
-    9: "certificate is not yet valid",
-    10: "certificate has expired",
-    18: "self-signed certificate",
-    19: "self-signed certificate in certificate chain",
-    20: "unable to get local issuer certificate",
-    21: "unable to verify the first certificate",
-    23: "certificate revoked",
-    24: "invalid CA certificate",
-    26: "unsupported certificate purpose",
-}
-
-
-def _verifyError(code: int) -> str:
-    return _VERIFY_ERRORS.get(code, f"OpenSSL verify error {code}")
-
-
-_SNI_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
-
-
-def _sniName(expected: str) -> bytes | None:
-    """
-    C{expected} as a server name to send, if it is a valid host name.
-    """
-    labels = expected.split(".")
-    if len(expected) > 253 or not all(_SNI_LABEL.fullmatch(label) for label in labels):
-        return None
-    return expected.encode("ascii")
 
 
 # The settings of one side
@@ -260,7 +110,7 @@ class PeerTLS:
         if (
             self.certificate is not None
             and self.key is not None
-            and _publicBytes(self.key.public_key()) != _publicBytes(self.certificate.public_key())
+            and publicBytes(self.key.public_key()) != publicBytes(self.certificate.public_key())
         ):
             raise ValueError("TLS: the key does not match the certificate")
         if not self.authorities:
@@ -282,20 +132,20 @@ class PeerTLS:
         if key is not None and cert is None:
             raise ValueError(f"key={key}: give cert= too")
         if cert is not None:
-            data = _read("cert", cert)
-            certificates = _certificates("cert", cert, data)
+            data = readPEM("cert", cert)
+            certificates = loadCertificates("cert", cert, data)
             if key is None:
-                privateKey = _privateKey("cert", cert, data)
+                privateKey = loadPrivateKey("cert", cert, data)
                 if privateKey is None:
                     raise ValueError(f"cert={cert}: no private key in it; give key=")
             else:
-                privateKey = _privateKey("key", key, _read("key", key))
+                privateKey = loadPrivateKey("key", key, readPEM("key", key))
                 if privateKey is None:
                     raise ValueError(f"key={key}: no PEM private key in it")
-            if _publicBytes(privateKey.public_key()) != _publicBytes(certificates[0].public_key()):
+            if publicBytes(privateKey.public_key()) != publicBytes(certificates[0].public_key()):
                 where = f"key={key}" if key is not None else f"the key in cert={cert}"
                 raise ValueError(f"{where} does not match the certificate in cert={cert}")
-        authorities = _certificates("ca", ca, _read("ca", ca)) if ca is not None else []
+        authorities = loadCertificates("ca", ca, readPEM("ca", ca)) if ca is not None else []
         return cls(
             certificate=certificates[0] if certificates else None,
             key=privateKey,
@@ -341,6 +191,29 @@ class PeerTLS:
         )
         return _TLSFactory(_prepared(options), False, _GateFactory(factory))
 
+    @classmethod
+    def system(cls) -> PeerTLS:
+        """
+        The settings of a client that trusts the system's roots and shows
+        no certificate: what C{tls:} endpoints are verified with by default.
+        """
+        if not _SYSTEM:
+            _SYSTEM.append(cls())
+        return _SYSTEM[0]
+
+    def clientEndpoint(
+        self, reactor: Any, description: str, record: PeerRecord
+    ) -> IStreamClientEndpoint:
+        """
+        The endpoint for C{record}'s C{tls:} C{description}, verified
+        against the record's own name.
+
+        @raise ValueError: a malformed C{tls:} description.
+        """
+        host, port = parseTLSDescription(description)
+        expected = certificateName(record.name, record.namespace)
+        return PeerTLSClientEndpoint(reactor, host, port, expected, self)
+
     def clientCreator(self, expected: str) -> IOpenSSLClientConnectionCreator:
         """
         Client connections that accept only a certificate for C{expected}
@@ -353,7 +226,16 @@ class PeerTLS:
                     [Certificate(crypto.X509.from_cryptography(c)) for c in self.authorities]
                 )
             self._clientOptions = _prepared(CertificateOptions(trustRoot=trust, **self._pair()))
-        return _NameBoundCreator(self._clientOptions, expected, self.trustSource)
+        return VerifyingCreator(
+            self._clientOptions,
+            lambda certificate: checkCertificateName(certificate, expected),
+            lambda problem: PeerTLSError(f"TLS peer {expected!r} refused: {problem}"),
+            self.trustSource,
+            serverName=expected,
+        )
+
+
+_SYSTEM: list[PeerTLS] = []
 
 
 class _TLSFactory(TLSMemoryBIOFactory):
@@ -382,7 +264,7 @@ def _prepared(options: CertificateOptions) -> CertificateOptions:
 def tlsFromOptions(kwargs: Mapping[str, str], server: bool) -> PeerTLS | None:
     """
     The L{PeerTLS} that endpoint-string options ask for: C{cert}, C{key},
-    C{ca}, and on clients C{tls=true}; L{None} when they ask for none.
+    C{ca}, and on clients C{tls=true}; C{None} when they ask for none.
 
     @raise ValueError: naming the bad option.
     """
@@ -480,7 +362,7 @@ class _Gate(ProtocolWrapper):
 class _GateFactory(WrappingFactory):
     """
     Builds L{_Gate}s. C{check} returns why a finished handshake's peer is
-    refused, or L{None}; C{ready} (clients) fires with the application's
+    refused, or C{None}; C{ready} (clients) fires with the application's
     protocol, or fails with why it never got connected. C{peer} names the
     other side in errors.
     """
@@ -516,79 +398,6 @@ class _GateFactory(WrappingFactory):
 
 
 # The client
-
-
-class _Verifier:
-    """
-    OpenSSL's verify callback for one connection: the chain must end at a
-    trusted CA, and the peer's certificate name the expected peer.
-
-    Twisted's own callback only logs a certificate without
-    subjectAltName, and accepts it; this one refuses it.
-    """
-
-    def __init__(self, tlsProtocol: TLSMemoryBIOProtocol, expected: str, trustSource: str):
-        self._protocol: TLSMemoryBIOProtocol | None = tlsProtocol
-        self._expected = expected
-        self._trustSource = trustSource
-
-    def __call__(
-        self, connection: SSL.Connection, certificate: crypto.X509, error: int, depth: int, ok: int
-    ) -> bool:
-        if self._protocol is None:
-            return False  # refused already
-        try:
-            problem = None
-            if not ok:
-                problem = self._untrusted(connection, certificate, error, depth)
-            elif depth == 0:
-                problem = checkCertificateName(certificate.to_cryptography(), self._expected)
-        except Exception as e:
-            problem = f"its certificate could not be checked ({e})"
-        if problem is None:
-            return True
-        protocol, self._protocol = self._protocol, None
-        protocol.failVerification(Failure(_refused(self._expected, problem)))
-        return False
-
-    def _untrusted(
-        self, connection: SSL.Connection, certificate: crypto.X509, error: int, depth: int
-    ) -> str:
-        current = certificate.to_cryptography()
-        peer = connection.get_peer_certificate()
-        leaf = current if depth == 0 or peer is None else peer.to_cryptography()
-        at = "" if depth == 0 else f" at {_subject(current)!r}"
-        return (
-            f"its certificate for {describeCertificate(leaf)} is not signed by "
-            f"{self._trustSource} ({_verifyError(error)}{at}; "
-            f"issuer {current.issuer.rfc4514_string()!r})"
-        )
-
-
-def _refused(expected: str, problem: str) -> PeerTLSError:
-    return PeerTLSError(f"TLS peer {expected!r} refused: {problem}")
-
-
-@implementer(IOpenSSLClientConnectionCreator)
-class _NameBoundCreator:
-    """
-    Client TLS connections bound to one peer name, with our own
-    verification in place of Twisted's.
-    """
-
-    def __init__(self, options: CertificateOptions, expected: str, trustSource: str):
-        self._options = options
-        self._expected = expected
-        self._trustSource = trustSource
-
-    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
-        connection: SSL.Connection = self._options.clientConnectionForTLS(tlsProtocol)
-        server = _sniName(self._expected)
-        if server is not None:
-            connection.set_tlsext_host_name(server)
-        verifier = _Verifier(tlsProtocol, self._expected, self._trustSource)
-        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, verifier)
-        return connection
 
 
 def _tlsError(peer: str, error: SSL.Error, what: str) -> PeerTLSError:
@@ -665,45 +474,25 @@ class PeerTLSClientEndpoint:
 _HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,252})")
 
 
-def _split(description: str) -> list[str]:
-    """
-    Split an endpoint description on C{:}, honouring C{\\} escapes.
-    """
-    parts, current, escaped = [], [], False
-    for char in description:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    if escaped:
-        raise ValueError(f"{description!r}: ends with a lone '\\'")
-    parts.append("".join(current))
-    return parts
-
-
 def parseTLSDescription(description: str) -> tuple[str, int]:
     """
     The host and port of C{tls:host=H:port=P} (or C{tls:H:P}).
 
     @raise ValueError: naming what is wrong with it.
     """
-    prefix, *parts = _split(description)
-    if prefix.lower() != "tls":
+    try:
+        prefix, positional, options = parseDescription(description)
+    except ValueError as e:
+        raise ValueError(f"{description!r}: give host= and port= once each ({e})") from None
+    if prefix != "tls":
         raise ValueError(f"{description!r}: not a tls: description")
-    positional = [part for part in parts if "=" not in part]
-    options = dict(part.split("=", 1) for part in parts if "=" in part)
     unknown = set(options) - {"host", "port"}
     if unknown:
         raise ValueError(f"{description!r}: unknown option {sorted(unknown)[0]!r}")
+    given = len(positional) + len(options)
     for key, value in zip(("host", "port"), positional, strict=False):
         options.setdefault(key, value)
-    if len(positional) > 2 or len(parts) != len(options):
+    if len(positional) > 2 or given != len(options):
         raise ValueError(f"{description!r}: give host= and port= once each")
     host, port = options.get("host", ""), options.get("port", "")
     if not (isIPAddress(host) or isIPv6Address(host) or _HOSTNAME.fullmatch(host)):
@@ -711,42 +500,3 @@ def parseTLSDescription(description: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{description!r}: bad port {port!r}")
     return host, int(port)
-
-
-_SYSTEM: list[PeerTLS] = []
-
-
-def _systemTLS() -> PeerTLS:
-    if not _SYSTEM:
-        _SYSTEM.append(PeerTLS())
-    return _SYSTEM[0]
-
-
-def peerClientEndpoint(
-    reactor: Any, description: str, record: PeerRecord, tls: PeerTLS | None
-) -> IStreamClientEndpoint:
-    """
-    The endpoint for one of C{record}'s descriptions. A C{tls:} one is
-    verified against the record's own name (with C{tls}, else the system
-    trust roots); with C{tls} given, anything else is refused.
-
-    @raise PeerTLSError: a plain description for a client that needs TLS.
-    @raise ValueError: a malformed C{tls:} description.
-    """
-    transport = description.partition(":")[0].lower()
-    if transport != "tls":
-        if tls is not None:
-            raise PeerTLSError(
-                f"refused: not TLS, and this client requires TLS to "
-                f"{certificateName(record.name, record.namespace)!r}"
-            )
-        endpoint: IStreamClientEndpoint = clientFromString(reactor, description)
-        return endpoint
-    host, port = parseTLSDescription(description)
-    return PeerTLSClientEndpoint(
-        reactor,
-        host,
-        port,
-        certificateName(record.name, record.namespace),
-        _systemTLS() if tls is None else tls,
-    )

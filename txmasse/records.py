@@ -165,7 +165,7 @@ class PeerRecord:
         L{localHostIdentity}).
     @ivar registered: when the record was made, in seconds since the epoch.
     @ivar signature: in a namespace with a shared secret, the HMAC that
-        L{txmasse.registry.signed.SignedRegistry} checks; else L{None}. Not
+        L{txmasse.registry.signed.SignedRegistry} checks; else C{None}. Not
         compared: records that say the same are equal however signed.
     """
 
@@ -249,6 +249,13 @@ def _parseRemembered(data: bytes | str) -> PeerRecord:
 
 
 _GLOB_CHARS = re.compile(r"[A-Za-z0-9._\-*?\[\]!^]{1,256}")
+
+
+def isPattern(name: str) -> bool:
+    """
+    Whether C{name} is a glob with wildcards (C{db-*}) rather than one name.
+    """
+    return any(char in name for char in "*?[")
 
 
 @attrs.frozen

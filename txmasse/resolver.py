@@ -1,5 +1,7 @@
 """
-Name resolutions cached in this process, kept fresh by the registry's events.
+The one place that turns a name into candidates: the instances to try, in
+order, each with the endpoint descriptions a client accepts; and the name
+resolutions cached in this process, kept fresh by the registry's events.
 
 A client endpoint asks the registry for a name once, then watches it: while
 the watch is live and synced, later connects read the instances from memory
@@ -18,6 +20,7 @@ from __future__ import annotations
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
+from random import Random
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -25,16 +28,18 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from txmasse.records import Glob, PeerRecord
+from txmasse.descriptions import transportOf
+from txmasse.records import PeerRecord, isPattern
 from txmasse.registry.interface import IRegistry, ISubscription, PeerEvent
+from txmasse.retry import retryPolicy
 
 log = Logger()
 
 MAX_ENTRIES = 256
 """Names (or patterns) cached per registry; the least recently used goes first."""
 
-WATCH_RETRY = 5.0
-"""Seconds before a name whose watch failed is watched again."""
+WATCH_RETRY = retryPolicy(1.0, 30.0)
+"""Seconds before a name whose watch failed is watched again, by failures so far."""
 
 WATCH_DELAY = 0.002
 """
@@ -42,6 +47,99 @@ Seconds between a lookup and the start of its name's watch: long enough for
 the connect that asked to get under way, so that the watch's round trips do
 not compete with it (they make a first connect a third slower otherwise).
 """
+
+
+PICKS = ("random", "first", "roundrobin")
+
+
+@attrs.frozen
+class Candidate:
+    """
+    One thing a connect may try: an instance, and one of its endpoint
+    descriptions (C{None} when the client accepts none of them).
+    """
+
+    record: PeerRecord
+    description: str | None
+
+
+@attrs.define(eq=False)
+class Selection:
+    """
+    Which instances a client tries, in which order, over which endpoints.
+
+    @ivar pick: C{random}, C{first} (the longest registered) or
+        C{roundrobin}: which instance comes first; the others follow.
+    @ivar proto: transports accepted, best first; C{None} for any, in the
+        peer's order.
+    @ivar tlsOnly: only C{tls:} endpoints (a client that requires TLS never
+        falls back to plain streams).
+    """
+
+    pick: str = "random"
+    proto: tuple[str, ...] | None = None
+    tlsOnly: bool = False
+    random: Random = attrs.field(factory=Random, repr=False)
+    _turns: int = attrs.field(default=0, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.pick not in PICKS:
+            raise ValueError(f"pick={self.pick!r}: must be one of {', '.join(PICKS)}")
+
+    def takeTurn(self) -> int:
+        """
+        A connect's turn with C{roundrobin}: it keeps it however often it
+        orders the instances again (else a dead instance would hand every
+        turn after it to one peer, and concurrent connects would skip some).
+        """
+        turn = self._turns
+        self._turns += 1
+        return turn
+
+    def candidates(self, records: Sequence[PeerRecord], turn: int, here: str) -> list[Candidate]:
+        """
+        What to try, in order: each instance per C{pick}, then each of its
+        usable descriptions per C{proto}.
+        """
+        candidates = []
+        for record in self.order(records, turn):
+            descriptions = self.usable(record, here)
+            if not descriptions:
+                candidates.append(Candidate(record, None))
+            candidates.extend(Candidate(record, description) for description in descriptions)
+        return candidates
+
+    def order(self, records: Sequence[PeerRecord], turn: int) -> list[PeerRecord]:
+        """
+        The instances in the order to try them.
+        """
+        ordered = sorted(records, key=lambda record: (record.registered, record.instance))
+        if self.pick == "random":
+            self.random.shuffle(ordered)
+        elif self.pick == "roundrobin" and ordered:
+            start = turn % len(ordered)
+            ordered = ordered[start:] + ordered[:start]
+        return ordered
+
+    def usable(self, record: PeerRecord, here: str) -> list[str]:
+        """
+        The record's endpoints this client may try, best first: never
+        C{masse:} (no loops), C{unix:} only on the same host, only C{proto},
+        only C{tls:} for a TLS client.
+        """
+        usable = []
+        for description in record.endpoints:
+            transport = transportOf(description)
+            if transport == "masse" or (transport == "unix" and record.host != here):
+                continue
+            if self.tlsOnly and transport != "tls":
+                continue
+            if self.proto is None or transport in self.proto:
+                usable.append(description)
+        if self.proto is not None:
+            proto = self.proto
+            usable.sort(key=lambda description: proto.index(transportOf(description)))
+        return usable
 
 
 @attrs.frozen
@@ -66,10 +164,11 @@ class _Entry:
     starting: bool = False
     stopped: bool = False
     retryAt: float = 0.0
+    failures: int = 0
 
     def records(self) -> Sequence[PeerRecord] | None:
         """
-        The instances to connect to from memory, or L{None} to ask the registry.
+        The instances to connect to from memory, or C{None} to ask the registry.
         """
         subscription = self.subscription
         # A registry of someone else's that does not say whether its watch
@@ -133,7 +232,7 @@ class Resolver:
     def cached(self, namespace: str, name: str) -> Sequence[PeerRecord] | None:
         """
         The instances of C{name} from memory, if a synced watch holds some;
-        else L{None}: then L{resolve} asks the registry.
+        else C{None}: then L{resolve} asks the registry.
         """
         key = (namespace, name)
         entry = self._entries.get(key)
@@ -169,11 +268,17 @@ class Resolver:
         for entry in entries:
             entry.stop()
 
+    def ask(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
+        """
+        The registry's answer for C{name} (a lookup, or a find for a
+        pattern), bypassing the cache.
+        """
+        if isPattern(name):
+            return self.registry.find(namespace, name)
+        return self.registry.lookup(namespace, name)
+
     async def _ask(self, namespace: str, name: str) -> Resolution:
-        if Glob(name).prefix == name:
-            records = await self.registry.lookup(namespace, name)
-        else:
-            records = await self.registry.find(namespace, name)
+        records = await self.ask(namespace, name)
         if self.registry.closed:
             self.clear()
         elif records:
@@ -221,13 +326,16 @@ class Resolver:
             subscription.stop()
             return
         entry.subscription = subscription
+        entry.failures = 0
         if self._watchFailing:
             log.info("{resolver}: watches work again", resolver=self)
         self._watchFailing = False
 
     def _watchFailed(self, failure: Failure, entry: _Entry) -> None:
         entry.starting = False
-        entry.retryAt = self._clock.seconds() + WATCH_RETRY
+        retry = WATCH_RETRY(entry.failures)
+        entry.failures += 1
+        entry.retryAt = self._clock.seconds() + retry
         if not self._watchFailing and not entry.stopped:
             log.warn(
                 "{resolver}: could not watch {name!r} in namespace {namespace!r}, so connects "
@@ -235,7 +343,7 @@ class Resolver:
                 resolver=self,
                 name=entry.name,
                 namespace=entry.namespace,
-                retry=WATCH_RETRY,
+                retry=retry,
                 error=failure.getErrorMessage(),
             )
             self._watchFailing = True

@@ -6,7 +6,6 @@ connection that owns the leases of the named peers below it.
 from __future__ import annotations
 
 import importlib
-import math
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -20,20 +19,26 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from txmasse.checks import checkNumber
 from txmasse.errors import MasseError
 from txmasse.peertls import PeerTLS, tlsFromOptions
 from txmasse.records import validateName
 from txmasse.registry import IRegistry, defaultNamespace, parseRegistryURL, registryFromURL
+from txmasse.retry import retryPolicy
 
 log = Logger()
+
+LISTEN_RETRY = retryPolicy(1.0, 30.0)
+"""Seconds before a peer whose endpoint could not listen tries again, by failures so far."""
 
 
 class NamedPeerService(Service):
     """
     Listens on an endpoint and keeps a name registered for it while running.
 
-    If the registry cannot be reached at start, it keeps trying (1 s, then
-    doubling up to 30 s) rather than running without a name. Stopping
+    Its endpoint listens even while the registry is unreachable, and
+    registers as soon as it answers; if listening itself fails (the port is
+    taken, say), the service tries again (L{LISTEN_RETRY}). Stopping
     releases the name at once: peers see C{left}.
     """
 
@@ -43,7 +48,7 @@ class NamedPeerService(Service):
         self.port: IListeningPort | None = None
         self._reactor = reactor
         self._retry: IDelayedCall | None = None
-        self._delay = 1.0
+        self._failures = 0
         self._listening: Deferred[IListeningPort] | None = None
 
     def startService(self) -> None:
@@ -64,7 +69,7 @@ class NamedPeerService(Service):
             return port.stopListening()
         self._listening = None
         self.port = port
-        self._delay = 1.0
+        self._failures = 0
         log.info("{name} is listening on {address}", name=self.name, address=str(port.getHost()))
         return None
 
@@ -72,14 +77,15 @@ class NamedPeerService(Service):
         if attempt is not self._listening:  # stopped meanwhile
             return
         self._listening = None
+        delay = LISTEN_RETRY(self._failures)
+        self._failures += 1
         log.warn(
-            "{name}: could not listen and register, retrying in {delay:g}s: {error}",
+            "{name}: could not listen, retrying in {delay:.2f}s: {error}",
             name=self.name,
-            delay=self._delay,
+            delay=delay,
             error=failure.getErrorMessage(),
         )
-        self._retry = self._reactor.callLater(self._delay, self._listen)
-        self._delay = min(self._delay * 2, 30.0)
+        self._retry = self._reactor.callLater(delay, self._listen)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -216,7 +222,7 @@ class Options(usage.Options):
         "Run any Twisted protocol factory as a peer reachable by name: it listens "
         "on --listen (and --unix), registers its address under --name in namespace "
         "--ns and keeps the lease alive; stopping twistd releases the name at once. "
-        "If the registry is down at start, it keeps trying (1 s, doubling to 30 s). "
+        "While the registry is down it listens anyway, and registers as soon as it answers. "
         "Each option is the masse: server endpoint option of the same name "
         "(--meta KEY=VALUE is meta.KEY=VALUE). Example: twistd -n masse --name echo "
         "--factory twisted.protocols.wire:Echo --wrap log"
@@ -303,13 +309,7 @@ class Options(usage.Options):
 
 
 def _seconds(option: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{option} {text!r}: must be a positive number of seconds")
-    return value
+    return checkNumber(text, f"{option} {text!r}:", low=0, above=True)
 
 
 def makeService(options: Options) -> RegistryService:

@@ -13,12 +13,19 @@ L{twisted.plugin.getPlugins}, so third parties can add their own.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory, IReactorTime
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
@@ -30,6 +37,8 @@ from twisted.protocols.policies import (
 )
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
+
+from txmasse.checks import checkNumber
 
 Wrapper = Callable[[IProtocolFactory], IProtocolFactory]
 
@@ -50,9 +59,21 @@ class IMasseWrapper(Interface):
         """
         Build the wrapper for one endpoint.
 
-        @param argument: the text after C{=}, or L{None} if there was none.
+        @param argument: the text after C{=}, or C{None} if there was none.
         @raise ValueError: if C{argument} is not acceptable, saying why.
         """
+
+
+def checkWrappers(wrappers: Sequence[Wrapper]) -> tuple[Wrapper, ...]:
+    """
+    C{wrappers}, if each is callable.
+
+    @raise ValueError: naming the first that is not.
+    """
+    for wrapper in wrappers:
+        if not callable(wrapper):
+            raise ValueError(f"wrapper {wrapper!r} is not callable")
+    return tuple(wrappers)
 
 
 def stackFactory(factory: IProtocolFactory, wrappers: Sequence[Wrapper]) -> IProtocolFactory:
@@ -66,19 +87,49 @@ def stackFactory(factory: IProtocolFactory, wrappers: Sequence[Wrapper]) -> IPro
     return factory
 
 
-def unwrapProtocol(protocol: IProtocol, depth: int) -> IProtocol:
+def innerProtocol(protocol: IProtocol) -> IProtocol:
     """
-    The application's protocol inside C{depth} wrapper protocols, following
-    C{wrappedProtocol} as L{ProtocolWrapper} and TLS protocols provide it.
+    The protocol one wrapper protocol wraps (C{wrappedProtocol}, as
+    L{ProtocolWrapper} and TLS protocols provide it).
 
-    @raise TypeError: if a wrapper's protocol does not say what it wraps.
+    @raise TypeError: if C{protocol} does not say what it wraps; its
+        connection is aborted, since no one else would ever close it.
     """
-    for _ in range(depth):
-        inner = getattr(protocol, "wrappedProtocol", None)
-        if inner is None:
-            raise TypeError(f"wrapper protocol {protocol!r} has no wrappedProtocol attribute")
-        protocol = inner
-    return protocol
+    inner = getattr(protocol, "wrappedProtocol", None)
+    if inner is None:
+        transport: Any = getattr(protocol, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+        raise TypeError(f"wrapper protocol {protocol!r} has no wrappedProtocol attribute")
+    return inner  # type: ignore[no-any-return]
+
+
+@implementer(IStreamClientEndpoint)
+@attrs.frozen
+class WrapperEndpoint:
+    """
+    Connects through C{endpoint} with the factory wrapped by C{wrapper},
+    and fires with the protocol built by the factory it was given: one
+    layer of a stack, as Twisted's own C{wrapClientTLS} composes.
+    """
+
+    endpoint: IStreamClientEndpoint
+    wrapper: Wrapper
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        return self.endpoint.connect(self.wrapper(protocolFactory)).addCallback(innerProtocol)
+
+
+def wrapEndpoint(
+    endpoint: IStreamClientEndpoint, wrappers: Sequence[Wrapper]
+) -> IStreamClientEndpoint:
+    """
+    C{endpoint} with C{wrappers} stacked on it, the first nearest the wire;
+    with none, C{endpoint} itself.
+    """
+    for wrapper in wrappers:
+        endpoint = WrapperEndpoint(endpoint, wrapper)
+    return endpoint
 
 
 def parseWrappers(reactor: IReactorTime, spec: str) -> list[Wrapper]:
@@ -133,18 +184,12 @@ def seconds(argument: str | None, what: str = "argument") -> float:
     """
     A positive, finite number of seconds from a wrapper's argument.
     """
-    return _positive(argument, what, "a number of seconds")
+    return _positive(argument, what, "seconds")
 
 
-def _positive(argument: str | None, what: str, kind: str) -> float:
-    try:
-        value = float(argument) if argument is not None else math.nan
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        shown = "missing" if argument is None else repr(argument)
-        raise ValueError(f"{what} {shown} must be {kind} greater than 0")
-    return value
+def _positive(argument: str | None, what: str, unit: str) -> float:
+    shown = "missing" if argument is None else repr(argument)
+    return checkNumber(argument, f"{what} {shown}", low=0, above=True, unit=unit)
 
 
 # Built-in wrappers
@@ -375,7 +420,7 @@ class _Limit:
     name = "limit"
 
     def makeWrapper(self, reactor: IReactorTime, argument: str | None) -> Wrapper:
-        rate = _positive(argument, "argument", "a number of bytes per second")
+        rate = _positive(argument, "argument", "bytes per second")
         limit = max(1, int(rate))
 
         return lambda factory: _LimitFactory(factory, limit, reactor)

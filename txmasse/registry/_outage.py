@@ -106,3 +106,10 @@ class OutageLog:
     @property
     def down(self) -> bool:
         return bool(self._down)
+
+    @property
+    def attempts(self) -> int:
+        """
+        Failed attempts in the current (or last) outage.
+        """
+        return self._attempts

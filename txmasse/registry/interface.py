@@ -14,6 +14,12 @@ from zope.interface import Attribute, Interface
 
 from txmasse.records import PeerRecord
 
+MIN_TTL = 0.1
+"""The shortest lease, in seconds, that a registry accepts."""
+
+MAX_TTL = 24 * 60 * 60
+"""The longest lease, in seconds."""
+
 
 class EventKind(enum.StrEnum):
     """
@@ -38,7 +44,7 @@ class PeerEvent:
     Delivered to watchers: C{kind} happened to the instance C{record}.
 
     @ivar source: for C{connected}/C{disconnected}, who opened the stream
-        to C{record} (C{HOST:PID} of the client); else L{None}.
+        to C{record} (C{HOST:PID} of the client); else C{None}.
     """
 
     kind: EventKind
@@ -127,9 +133,9 @@ class IRegistry(Interface):
     """
     Maps names in namespaces to live instances.
 
-    Every method returns a L{Deferred} that fails with
-    L{txmasse.errors.RegistryUnavailable} if the registry does not answer
-    within its deadline.
+    Every method returns a L{Deferred<twisted.internet.defer.Deferred>}
+    that fails with L{txmasse.errors.RegistryUnavailable} if the registry
+    does not answer within its deadline.
     """
 
     url: str = Attribute("The registry's URL, without any password.")

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from txmasse.records import Glob, PeerRecord
-from txmasse.registry._base import (
+from txmasse.registry.base import (
     Lease,
     Snapshot,
     Subscription,
@@ -34,6 +34,7 @@ from txmasse.registry.interface import (
     LeaseStatus,
     PeerEvent,
 )
+from txmasse.registry.url import RegistryURL
 
 
 @attrs.define
@@ -60,6 +61,15 @@ class MemoryRegistry:
         self._deadlines: list[tuple[float, str, str, str]] = []
         self._sweep: IDelayedCall | None = None
 
+
+    @classmethod
+    def fromURL(cls, reactor: IReactorTime, parsed: RegistryURL) -> MemoryRegistry:
+        """
+        A new, empty registry (C{memory://}): one per process, as every
+        user of the URL shares it.
+        """
+        return cls(reactor)
+
     def register(self, record: PeerRecord, ttl: float) -> Deferred[ILease]:
         try:
             ttl = validateTTL(ttl)
@@ -68,7 +78,7 @@ class MemoryRegistry:
         lease = Lease(self, record, ttl, self._clock)
         self._leases.add(lease)
         lease.start()  # first: watchers hear of the record at once, and it is ours
-        self._put(record, ttl)
+        self.putRecord(record, ttl)
         return succeed(lease)
 
     def lookup(
@@ -154,7 +164,7 @@ class MemoryRegistry:
     def _matching(self, namespace: str, glob: Glob) -> list[PeerRecord]:
         return [status.record for status in self._statuses(namespace, glob)]
 
-    def _put(self, record: PeerRecord, ttl: float) -> Deferred[None]:
+    def putRecord(self, record: PeerRecord, ttl: float) -> Deferred[None]:
         self._expire()
         entries = self._names.setdefault((record.namespace, record.name), {})
         old = entries.get(record.instance)
@@ -168,19 +178,19 @@ class MemoryRegistry:
         self._scheduleSweep()
         return succeed(None)
 
-    def _remove(self, record: PeerRecord) -> Deferred[None]:
+    def removeRecord(self, record: PeerRecord) -> Deferred[None]:
         self._expire()
         if self._pop(record) is not None:
             self._announce(EventKind.LEFT, record)
         return succeed(None)
 
-    def _forget(self, lease: Lease) -> None:
+    def forgetLease(self, lease: Lease) -> None:
         self._leases.discard(lease)
 
-    def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
+    def snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
         return succeed(Snapshot(self._seq.get(namespace, 0), self._matching(namespace, glob)))
 
-    def _unwatch(self, subscription: Subscription) -> None:
+    def unwatch(self, subscription: Subscription) -> None:
         self._watchers.get(subscription.namespace, set()).discard(subscription)
 
     def _pop(self, record: PeerRecord) -> _Entry | None:

@@ -23,8 +23,10 @@ from typing import Any
 
 import txredisapi
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.endpoints import UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectionRefusedError as RefusedError
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
@@ -32,18 +34,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmasse._tcp import tcpEndpoint
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry import redis_scripts as scripts
-from txmasse.registry._base import Lease, Snapshot
 from txmasse.registry._outage import OutageLog, QuietClientService
-from txmasse.registry._shared import SharedStoreRegistry
+from txmasse.registry.base import Lease, Snapshot
 from txmasse.registry.interface import (
     EventKind,
     IRegistry,
     LeaseStatus,
     PeerEvent,
 )
+from txmasse.registry.shared import SharedStoreRegistry
+from txmasse.registry.tls import redisTLS
+from txmasse.registry.url import RegistryURL
 
 log = Logger()
 
@@ -89,6 +94,7 @@ class _Factory(Factory):
         self.db = db
         self.lastError: str | None = None
         self.unreachable = False
+        self.refused = False  # the last attempt was refused, and none has connected since
 
     def buildProtocol(self, addr: object) -> Any:
         protocol = self.protocolClass(
@@ -214,12 +220,14 @@ class _RecordingEndpoint:
         def failed(failure: Failure) -> Failure:
             self._factory.lastError = failure.getErrorMessage()
             self._factory.unreachable = True
+            self._factory.refused = failure.check(RefusedError, ConnectionRefusedError) is not None
             if self._factory.outage is not None:
                 self._factory.outage.failed(self._factory.label, self._factory.lastError)
             return failure
 
         def connected(protocol: Any) -> Any:
             self._factory.unreachable = False
+            self._factory.refused = False
             return protocol
 
         d: Deferred[Any] = self._endpoint.connect(protocolFactory)
@@ -241,7 +249,7 @@ def _shown(value: object, limit: int = 40) -> str:
 def _eventNumber(value: object) -> int | None:
     """
     An event number as Redis writes it (what C{INCR} counts on from), or
-    L{None} for garbage: checked before L{int}, which refuses more than 4300
+    C{None} for garbage: checked before C{int}, which refuses more than 4300
     digits with an error.
     """
     if not isinstance(value, bytes) or not value.isdigit() or len(value) > 19:
@@ -362,6 +370,22 @@ class RedisRegistry(SharedStoreRegistry):
         self._readyCommands: Any = None
         self._commands.startService()
 
+    @classmethod
+    def fromURL(cls, reactor: IReactorTime, parsed: RegistryURL) -> RedisRegistry:
+        """
+        The registry C{parsed} names: over TCP, TLS, a UNIX socket, or to
+        whichever master the sentinels name.
+        """
+        return cls(
+            reactor,
+            endpointFor(reactor, parsed),
+            parsed.display,
+            password=parsed.password,
+            username=parsed.username,
+            db=parsed.db,
+            timeout=parsed.timeout,
+        )
+
     def __repr__(self) -> str:
         return f"<RedisRegistry {self.url}>"
 
@@ -382,6 +406,26 @@ class RedisRegistry(SharedStoreRegistry):
         d: Deferred[Any] = service.whenConnected()
         return d.addCallback(lambda protocol: protocol.whenReady())
 
+    async def _connectedCommands(self) -> Any:
+        """
+        The command connection once ready. A refused connection attempt
+        fails the call at once; other failures (a host that does not
+        answer) leave it to the caller's deadline, as the service retries.
+        """
+        protocol: Any
+        try:
+            protocol = await self._commands.whenConnected(failAfterFailures=1)
+        except CancelledError:
+            raise
+        except Exception:
+            # Out of the service's state machine first: whoever hears of the
+            # failure may stop the service, which it cannot do from inside.
+            await deferLater(self._reactor, 0)
+            if self._commandFactory.refused:
+                raise ConnectionRefusedError(self._commandFactory.lastError) from None
+            protocol = await self._commands.whenConnected()
+        return await protocol.whenReady()
+
     # Calls with a deadline
 
     def _unavailable(self, failure: Failure, what: str) -> Failure:
@@ -400,10 +444,17 @@ class RedisRegistry(SharedStoreRegistry):
             reason += f"; {SQLITE_HINT}"
         return Failure(RegistryUnavailable(f"registry {self.url}: {what} failed: {reason}"))
 
+    def _refusal(self, what: str) -> RegistryUnavailable:
+        why = self._commandFactory.lastError or "connection refused"
+        return RegistryUnavailable(f"registry {self.url}: {what} failed: {why}")
+
     def _eval(self, what: str, script: scripts.Script, *args: object) -> Deferred[Any]:
         if self.closed:
             return fail(RegistryUnavailable(f"registry {self.url} is closed"))
         protocol = self._readyCommands
+        if (protocol is None or not protocol.ready) and self._commandFactory.refused:
+            # Refused is known at once: no call waits out its deadline for it.
+            return fail(self._refusal(what))
         if protocol is not None and protocol.ready:
             # The usual case, kept short: a lookup is one round trip, and
             # the service's state machine and a coroutine cost a third of it.
@@ -460,7 +511,7 @@ class RedisRegistry(SharedStoreRegistry):
                     error=lost,
                 )
             try:
-                protocol = await self._ready(self._commands)
+                protocol = await self._connectedCommands()
                 return await _evalsha(protocol, script, args)
             except Exception as e:
                 if not _lostOrDemoted(e):
@@ -535,7 +586,7 @@ class RedisRegistry(SharedStoreRegistry):
 
     # The store, as leases and subscriptions use it
 
-    def _put(self, record: PeerRecord, ttl: float) -> Deferred[None]:
+    def putRecord(self, record: PeerRecord, ttl: float) -> Deferred[None]:
         d = self._eval(
             f"registration of {record.name!r}",
             scripts.PUT,
@@ -547,7 +598,7 @@ class RedisRegistry(SharedStoreRegistry):
         )
         return d.addCallback(lambda _: None)
 
-    def _remove(self, record: PeerRecord) -> Deferred[None]:
+    def removeRecord(self, record: PeerRecord) -> Deferred[None]:
         d = self._eval(
             f"release of {record.name!r}",
             scripts.REMOVE,
@@ -557,7 +608,7 @@ class RedisRegistry(SharedStoreRegistry):
         )
         return d.addCallback(lambda _: None)
 
-    def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
+    def snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
         def parse(reply: _Reply) -> Snapshot:
             (counter,) = reply.take(1, "event counter")
             seq = self._counter(counter, namespace)
@@ -585,7 +636,7 @@ class RedisRegistry(SharedStoreRegistry):
         self, reply: _Reply, namespace: str, glob: Glob | None = None
     ) -> list[PeerRecord | None]:
         """
-        Read the names a script skipped and the records it found (L{None}
+        Read the names a script skipped and the records it found (C{None}
         for each one skipped here: garbage, or stored in the wrong place).
         """
         for bad in reply.strings(reply.count("count of bad names"), "bad names"):
@@ -735,3 +786,27 @@ def _unsubscribe(protocol: Any, channel: str) -> Deferred[None]:
 async def _gather(deferreds: Sequence[Deferred[Any]]) -> None:
     for d in deferreds:
         await d
+
+
+def endpointFor(reactor: Any, parsed: RegistryURL) -> IStreamClientEndpoint:
+    """
+    How to reach the Redis server that C{parsed} names.
+    """
+    if parsed.scheme == "redis+unix":
+        return UNIXClientEndpoint(reactor, parsed.path, timeout=parsed.timeout)
+    if parsed.scheme in ("redis+sentinel", "rediss+sentinel"):
+        from txmasse.registry.redis_sentinel import SentinelEndpoint
+
+        return SentinelEndpoint(
+            reactor,
+            parsed.sentinels,
+            parsed.master,
+            timeout=parsed.timeout,
+            username=parsed.sentinelUsername,
+            password=parsed.sentinelPassword,
+            tls=redisTLS(parsed) if parsed.scheme == "rediss+sentinel" else None,
+        )
+    tcp = tcpEndpoint(reactor, parsed.host, parsed.port, timeout=parsed.timeout)
+    if parsed.scheme == "redis":
+        return tcp
+    return wrapClientTLS(redisTLS(parsed)(parsed.host), tcp)

@@ -2,7 +2,8 @@
 Redis behind Sentinel: an endpoint that asks the sentinels where the master
 is each time it connects.
 
-L{RedisRegistry}'s L{ClientService} reconnects through this endpoint, so after
+L{RedisRegistry}'s L{ClientService<twisted.application.internet.ClientService>}
+reconnects through this endpoint, so after
 a failover it reaches the new master with no help from the registry. A
 sentinel may still name a master that has just been demoted: each new
 connection checks C{ROLE} and refuses a replica, and the service tries again.

@@ -78,7 +78,7 @@ class Secrets:
 
     def keyFor(self, namespace: str) -> bytes | None:
         """
-        The signing key of C{namespace}, or L{None} if it is not signed.
+        The signing key of C{namespace}, or C{None} if it is not signed.
 
         Derived from the secret and the namespace's name, so even one secret
         shared by every namespace gives each namespace a key of its own.
@@ -211,7 +211,7 @@ class SignedRegistry:
 
     def problem(self, record: PeerRecord) -> str | None:
         """
-        Why C{record} must be ignored, or L{None} if it may be used.
+        Why C{record} must be ignored, or C{None} if it may be used.
         """
         key = self._key(record.namespace)
         if key is None:
@@ -298,7 +298,7 @@ class SignedRegistry:
     def audit(self, namespace: str, pattern: str) -> Deferred[list[tuple[LeaseStatus, str | None]]]:
         """
         Every live lease matching C{pattern}, the rejected ones too, each
-        with why it is rejected (or L{None}): for C{masse ls --all}.
+        with why it is rejected (or C{None}): for C{masse ls --all}.
         Rejected ones are counted and logged as usual.
         """
 

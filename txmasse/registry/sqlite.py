@@ -50,8 +50,7 @@ from zope.interface import implementer
 
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
-from txmasse.registry._base import Snapshot
-from txmasse.registry._shared import SharedStoreRegistry
+from txmasse.registry.base import Snapshot
 from txmasse.registry.interface import (
     USAGE_KINDS,
     EventKind,
@@ -59,6 +58,8 @@ from txmasse.registry.interface import (
     LeaseStatus,
     PeerEvent,
 )
+from txmasse.registry.shared import SharedStoreRegistry
+from txmasse.registry.url import RegistryURL
 
 log = Logger()
 
@@ -518,7 +519,8 @@ class _Database:
 @implementer(IRegistry)
 class SQLiteRegistry(SharedStoreRegistry):
     """
-    A registry kept in one SQLite database file.
+    A registry kept in one SQLite database file, closed when the reactor
+    shuts down if not before.
 
     @param reactor: runs the registry's thread and, unless C{clock} is
         given, its timers.
@@ -532,8 +534,6 @@ class SQLiteRegistry(SharedStoreRegistry):
     @param clock: the timers (heartbeats, polls, sweeps), if not C{reactor}.
     @param now: the wall clock that lease expiry times are written in,
         shared by every process using the file.
-
-    Closed when the reactor shuts down, if not before.
     """
 
     def __init__(
@@ -568,6 +568,20 @@ class SQLiteRegistry(SharedStoreRegistry):
             self._shutdownTrigger = IReactorCore(reactor).addSystemEventTrigger(
                 "before", "shutdown", self._shutdown
             )
+
+
+    @classmethod
+    def fromURL(cls, reactor: Any, parsed: RegistryURL) -> SQLiteRegistry:
+        """
+        The registry in the file C{parsed} names (C{sqlite:///path.db}).
+        """
+        return cls(
+            reactor,
+            parsed.path,
+            url=parsed.display,
+            timeout=parsed.timeout,
+            poll=DEFAULT_POLL if parsed.poll is None else parsed.poll,
+        )
 
     def __repr__(self) -> str:
         return f"<SQLiteRegistry {self.url}>"
@@ -663,7 +677,7 @@ class SQLiteRegistry(SharedStoreRegistry):
 
     # The store, as leases and subscriptions use it
 
-    def _put(self, record: PeerRecord, ttl: float) -> Deferred[None]:
+    def putRecord(self, record: PeerRecord, ttl: float) -> Deferred[None]:
         d = self._call(
             f"registration of {record.name!r}",
             self._db.put,
@@ -675,7 +689,7 @@ class SQLiteRegistry(SharedStoreRegistry):
         )
         return d.addCallback(self._wrote)
 
-    def _remove(self, record: PeerRecord) -> Deferred[None]:
+    def removeRecord(self, record: PeerRecord) -> Deferred[None]:
         d = self._call(
             f"release of {record.name!r}",
             self._db.remove,
@@ -685,7 +699,7 @@ class SQLiteRegistry(SharedStoreRegistry):
         )
         return d.addCallback(self._wrote)
 
-    def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
+    def snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
         d = self._call(
             f"find of {glob.pattern!r}",
             self._db.snapshot,
@@ -750,7 +764,7 @@ class SQLiteRegistry(SharedStoreRegistry):
         if gap:
             log.info("registry {url}: events were pruned before we read them", url=self.url)
             for subscription in self._subscriptions():
-                if not subscription._initial:
+                if not subscription.initial:
                     subscription.resync()
 
     def _schedulePoll(self, now: bool = False) -> None:

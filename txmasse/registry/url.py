@@ -1,22 +1,20 @@
 """
-Registries named by URL, the defaults taken from the environment, and one
-shared connection per URL per process.
+Registry URLs: their grammar, the redaction of their secrets in messages,
+and the defaults taken from the environment. Opening the registry a URL
+names is L{txmasse.registry.opening}'s job.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 import attrs
-from twisted.internet.interfaces import IReactorTime
 
+from txmasse.checks import checkNumber
 from txmasse.records import validateName
-from txmasse.registry.interface import IRegistry
 
 DEFAULT_REGISTRY = "redis://127.0.0.1:6379/0"
 DEFAULT_NAMESPACE = "default"
@@ -47,9 +45,6 @@ _QUERY = {
 }
 for _allowed in _QUERY.values():
     _allowed.add("secrets")  # signed records, on every scheme: see registry/signed.py
-
-_registries: dict[tuple[object, str], Any] = {}
-
 
 def defaultRegistryURL() -> str:
     return os.environ.get("MASSE_REGISTRY") or DEFAULT_REGISTRY
@@ -96,7 +91,8 @@ class RegistryURL:
 
 
 def _bad(url: str, part: str, why: str) -> ValueError:
-    return ValueError(f"invalid registry URL {_redact(url)!r}: {part} {why}")
+    detail = f"{part} {why}" if part else why
+    return ValueError(f"invalid registry URL {_redact(url)!r}: {detail}")
 
 
 def _redactQuery(url: str) -> str:
@@ -257,11 +253,9 @@ def _sqlite(url: str, netloc: str, path: str, query: dict[str, str], timeout: fl
     poll = None
     if "poll" in query:
         try:
-            poll = float(query["poll"])
-        except ValueError:
-            poll = math.nan
-        if not (math.isfinite(poll) and 0.01 <= poll <= 60):
-            raise _bad(url, f"poll {query['poll']!r}", "must be a number of seconds, 0.01 to 60")
+            poll = checkNumber(query["poll"], f"poll {query['poll']!r}", low=0.01, high=60)
+        except ValueError as e:
+            raise _bad(url, "", str(e)) from None
     return RegistryURL("sqlite", _redact(url), path=path, timeout=timeout, poll=poll)
 
 
@@ -319,12 +313,9 @@ def _timeout(url: str, value: str | None) -> float:
     if value is None:
         return DEFAULT_TIMEOUT
     try:
-        timeout = float(value)
-    except ValueError:
-        timeout = math.nan
-    if not (math.isfinite(timeout) and 0 < timeout <= 3600):
-        raise _bad(url, f"timeout {value!r}", "must be a number of seconds, 0 to 3600")
-    return timeout
+        return checkNumber(value, f"timeout {value!r}", low=0, above=True, high=3600)
+    except ValueError as e:
+        raise _bad(url, "", str(e)) from None
 
 
 def _db(url: str, value: str | None) -> int | None:
@@ -333,145 +324,3 @@ def _db(url: str, value: str | None) -> int | None:
     if not value.isdigit() or int(value) > 65535:
         raise _bad(url, f"database {value!r}", "must be a whole number")
     return int(value)
-
-
-def registryFromURL(reactor: IReactorTime, url: str | None = None) -> IRegistry:
-    """
-    The registry at C{url} (default C{$MASSE_REGISTRY}, else
-    C{redis://127.0.0.1:6379/0}), shared by every caller in this process
-    until it is closed.
-
-    @raise ValueError: if the URL is malformed, naming the bad part.
-    """
-    if url is None:
-        url = defaultRegistryURL()
-    key = (reactor, url)
-    registry = _registries.get(key)
-    if registry is None or registry.closed:
-        registry = _registries[key] = _build(reactor, parseRegistryURL(url))
-    return registry  # type: ignore[no-any-return]
-
-
-def _build(reactor: Any, parsed: RegistryURL) -> Any:
-    """
-    The registry C{parsed} names; signing records where C{secrets=} or
-    C{$MASSE_SECRETS} name a secrets file.
-    """
-    path = parsed.secrets or os.environ.get("MASSE_SECRETS")
-    if not path:
-        return _backend(reactor, parsed)
-    from txmasse.registry.signed import SignedRegistry, loadSecrets
-
-    secrets = loadSecrets(path)  # first: a bad file leaves no connection behind
-    return SignedRegistry(_backend(reactor, parsed), secrets)
-
-
-def _backend(reactor: Any, parsed: RegistryURL) -> Any:
-    if parsed.scheme == "memory":
-        from txmasse.registry.memory import MemoryRegistry
-
-        return MemoryRegistry(reactor)
-    if parsed.scheme == "sqlite":
-        from txmasse.registry.sqlite import DEFAULT_POLL, SQLiteRegistry
-
-        return SQLiteRegistry(
-            reactor,
-            parsed.path,
-            url=parsed.display,
-            timeout=parsed.timeout,
-            poll=DEFAULT_POLL if parsed.poll is None else parsed.poll,
-        )
-    from txmasse.registry.redis import RedisRegistry
-
-    return RedisRegistry(
-        reactor,
-        _endpoint(reactor, parsed),
-        parsed.display,
-        password=parsed.password,
-        username=parsed.username,
-        db=parsed.db,
-        timeout=parsed.timeout,
-    )
-
-
-def _endpoint(reactor: Any, parsed: RegistryURL) -> Any:
-    from twisted.internet import endpoints
-
-    from txmasse._tcp import tcpEndpoint
-
-    if parsed.scheme == "redis+unix":
-        return endpoints.UNIXClientEndpoint(reactor, parsed.path, timeout=parsed.timeout)
-    if parsed.scheme in _SENTINEL_SCHEMES:
-        from txmasse.registry.redis_sentinel import SentinelEndpoint
-
-        return SentinelEndpoint(
-            reactor,
-            parsed.sentinels,
-            parsed.master,
-            timeout=parsed.timeout,
-            username=parsed.sentinelUsername,
-            password=parsed.sentinelPassword,
-            tls=_tlsOptions(parsed) if parsed.scheme == "rediss+sentinel" else None,
-        )
-    tcp = tcpEndpoint(reactor, parsed.host, parsed.port, timeout=parsed.timeout)
-    if parsed.scheme == "redis":
-        return tcp
-    return endpoints.wrapClientTLS(_tlsOptions(parsed)(parsed.host), tcp)
-
-
-def _tlsOptions(parsed: RegistryURL) -> Callable[[str], Any]:
-    """
-    Verified TLS: the server's certificate must chain to C{ca} (else the
-    system's trust roots) and name the host it is reached by. Files are read
-    once, here; the result makes the options for one host.
-
-    @raise ValueError: naming the option and file when one cannot be read,
-        holds no PEM certificate or key, or the key does not match.
-    """
-    from OpenSSL import crypto
-    from twisted.internet import ssl
-    from twisted.internet.error import VerifyError
-
-    from txmasse.peertls import _certificates, _privateKey, _read
-    from txmasse.registry.tls import verifiedOptions
-
-    def bad(why: object) -> ValueError:
-        return ValueError(f"registry URL {parsed.display!r}: {why}")
-
-    def read(path: str, what: str) -> bytes:
-        try:
-            return _read(what, path)
-        except ValueError as e:
-            raise bad(e) from None
-
-    def certificate(path: str, what: str) -> Any:
-        try:
-            first = _certificates(what, path, read(path, what))[0]
-        except ValueError as e:
-            raise bad(e) from None
-        return ssl.Certificate(crypto.X509.from_cryptography(first))
-
-    trustRoot: Any = ssl.platformTrust()
-    if parsed.ca:
-        trustRoot = certificate(parsed.ca, "ca")
-    clientCertificate = None
-    if parsed.cert and parsed.key:
-        leaf = certificate(parsed.cert, "cert")
-        try:
-            key = _privateKey("key", parsed.key, read(parsed.key, "key"))
-        except ValueError as e:
-            raise bad(e) from None
-        if key is None:
-            raise bad(f"key={parsed.key}: no PEM private key in it")
-        keyPair = ssl.KeyPair(crypto.PKey.from_cryptography_key(key))
-        try:
-            clientCertificate = ssl.PrivateCertificate.fromCertificateAndKeyPair(leaf, keyPair)
-        except VerifyError:
-            raise bad(
-                f"key={parsed.key} does not match the certificate in cert={parsed.cert}"
-            ) from None
-
-    def forHost(host: str) -> Any:
-        return verifiedOptions(host, trustRoot, clientCertificate)
-
-    return forHost

@@ -1,14 +1,17 @@
 """
-Leases and subscriptions, shared by every registry backend.
+The backend contract, and the leases and subscriptions every backend shares.
 
-A backend only stores and fetches; the logic that users depend on (when to
-heartbeat, which events a watcher sees, how it catches up after missing
-some) lives here once, so every backend behaves the same.
+A backend only stores and fetches: it provides L{Store}, the five
+operations below, and hands the events it hears to its subscriptions
+(L{Subscription.received}). The logic users depend on (when to heartbeat,
+which events a watcher sees, how it catches up after missing some) lives
+here once, in L{Lease} and L{Subscription}, so every backend behaves the
+same. L{txmasse.registry.shared.SharedStoreRegistry} builds a whole
+L{IRegistry} on top for stores that many processes share (Redis, SQLite).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -22,9 +25,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmasse.checks import checkNumber
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry.interface import (
+    MAX_TTL,
+    MIN_TTL,
     USAGE_KINDS,
     EventKind,
     ILease,
@@ -32,11 +38,12 @@ from txmasse.registry.interface import (
     PeerEvent,
     StaleRecords,
 )
-
-MIN_TTL = 0.1
-MAX_TTL = 24 * 60 * 60
+from txmasse.retry import retryPolicy
 
 log = Logger()
+
+CATCH_UP_RETRY = retryPolicy(0.5, 5.0)
+"""Seconds before a watch that could not catch up tries again, by failures so far."""
 
 localInstances: set[str] = set()
 """Instance ids this process registered and has not released: a group leaves them out."""
@@ -46,14 +53,9 @@ def validateTTL(ttl: object) -> float:
     """
     Return C{ttl} as a float if it is a usable lease length in seconds.
     """
-    if (
-        isinstance(ttl, bool)
-        or not isinstance(ttl, int | float)
-        or not math.isfinite(ttl)
-        or not MIN_TTL <= ttl <= MAX_TTL
-    ):
-        raise ValueError(f"invalid ttl {ttl!r}: must be {MIN_TTL} to {MAX_TTL} seconds")
-    return float(ttl)
+    if isinstance(ttl, str):
+        raise ValueError(f"invalid ttl {ttl!r}: must be a number, not text")
+    return checkNumber(ttl, f"invalid ttl {ttl!r}:", low=MIN_TTL, high=MAX_TTL)
 
 
 _SOURCE = re.compile(r"[\x21-\x7e]{1,255}")
@@ -83,13 +85,10 @@ def validateSearch(namespace: object, pattern: object) -> Glob:
 def validateQuery(namespace: object, name: object, stale: object = None) -> None:
     validateName(namespace, "namespace")
     validateName(name, "name")
-    if stale is not None and (
-        isinstance(stale, bool)
-        or not isinstance(stale, int | float)
-        or not math.isfinite(stale)
-        or stale < 0
-    ):
-        raise ValueError(f"invalid stale={stale!r}: must be a number of seconds, 0 or more")
+    if isinstance(stale, str):
+        raise ValueError(f"invalid stale={stale!r}: must be a number of seconds, not text")
+    if stale is not None:
+        checkNumber(stale, f"invalid stale={stale!r}:", low=0)
 
 
 class LastAnswers:
@@ -154,33 +153,44 @@ class Snapshot:
 
 class Store(Protocol):
     """
-    What a backend provides to L{Lease} and L{Subscription}.
+    The backend contract: what a backend provides to L{Lease} and
+    L{Subscription}. Every operation that returns a L{Deferred} must fail
+    with L{RegistryUnavailable} (naming the URL without its password)
+    rather than wait past the backend's deadline.
     """
 
-    def _put(self, record: PeerRecord, ttl: float) -> Deferred[None]:
+    def putRecord(self, record: PeerRecord, ttl: float) -> Deferred[None]:
         """
-        Write or refresh C{record}; announce C{joined} if it was not there and
-        C{updated} if it differed.
-        """
-
-    def _remove(self, record: PeerRecord) -> Deferred[None]:
-        """
-        Remove C{record} and announce C{left}, if it was there.
+        Write C{record}, or refresh it, to live C{ttl} seconds from now,
+        atomically; announce C{joined} to the namespace's watchers if it
+        was not there and C{updated} if it differed. A heartbeat is a
+        C{putRecord} of the same record.
         """
 
-    def _forget(self, lease: Lease) -> None:
+    def removeRecord(self, record: PeerRecord) -> Deferred[None]:
         """
-        Stop keeping C{lease} alive across reconnects.
-        """
-
-    def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
-        """
-        The live instances matching C{glob}, and what became of C{known}.
+        Remove C{record} and announce C{left}, if it was there; nothing if
+        it was not (its lease may have expired meanwhile).
         """
 
-    def _unwatch(self, subscription: Subscription) -> None:
+    def forgetLease(self, lease: Lease) -> None:
         """
-        Deliver nothing more to C{subscription}.
+        Stop keeping C{lease} alive: do not write it back after a
+        reconnect. Called when a lease is released or stopped.
+        """
+
+    def snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
+        """
+        The live instances matching C{glob} now, with the event counter
+        they reflect, and, for the instance ids in C{known} that are gone,
+        whether they C{left} or C{timedout} (where the store remembers).
+        A watcher catching up compares this with what it had.
+        """
+
+    def unwatch(self, subscription: Subscription) -> None:
+        """
+        Deliver nothing more to C{subscription}; stop listening to the
+        namespace when it was the last one there.
         """
 
 
@@ -226,7 +236,7 @@ class Lease:
         self._stopped = True
         if self._loop.running:
             self._loop.stop()
-        self._store._forget(self)
+        self._store.forgetLease(self)
 
     def _heartbeat(self) -> Deferred[None]:
         return self.refresh().addCallbacks(self._beatSucceeded, self._beatFailed)
@@ -249,7 +259,7 @@ class Lease:
     def refresh(self) -> Deferred[None]:
         if self._released or self._stopped:
             return succeed(None)
-        return self._store._put(self.record, self.ttl)
+        return self._store.putRecord(self.record, self.ttl)
 
     def update(self, record: PeerRecord) -> Deferred[None]:
         old = self.record
@@ -271,8 +281,8 @@ class Lease:
         self._released = True
         localInstances.discard(self.record.instance)
         self.stop()
-        self._store._forget(self)
-        return self._store._remove(self.record)
+        self._store.forgetLease(self)
+        return self._store.removeRecord(self.record)
 
 
 @implementer(ISubscription)
@@ -316,11 +326,12 @@ class Subscription:
         self._suspects: set[str] = set()
         self._buffer: list[tuple[int, EventKind, PeerRecord]] | None = []
         self._generation = 0
-        self._initial = True
+        self.initial = True
         self._againAfterStart = False
         self._stopped = False
         self._connected = True
         self._pendingResync: IDelayedCall | None = None
+        self._catchUpFailures = 0
 
     def __repr__(self) -> str:
         return f"<Subscription {self.namespace}/{self.glob.pattern} peers={len(self._view)}>"
@@ -352,7 +363,7 @@ class Subscription:
         (a watch interrupted while taking its first snapshot takes one more
         after it).
         """
-        if self._initial:
+        if self.initial:
             self._againAfterStart = not self._connected
             return
         self._connected = True
@@ -363,7 +374,7 @@ class Subscription:
             return
         self._stopped = True
         self._cancelPendingResync()
-        self._store._unwatch(self)
+        self._store.unwatch(self)
 
     def received(self, seq: int, kind: EventKind, record: PeerRecord) -> None:
         """
@@ -400,28 +411,32 @@ class Subscription:
     async def _catchUp(self, generation: int) -> None:
         try:
             snapshot = await maybeDeferred(
-                self._store._snapshot, self.namespace, self.glob, list(self._view)
+                self._store.snapshot, self.namespace, self.glob, list(self._view)
             )
         except Exception as e:
             if generation != self._generation or self._stopped:
                 return
-            if self._initial:
+            if self.initial:
                 raise
+            delay = CATCH_UP_RETRY(self._catchUpFailures)
+            self._catchUpFailures += 1
             log.warn(
-                "{sub}: could not catch up with the registry, retrying in 1s: {error}",
+                "{sub}: could not catch up with the registry, retrying in {delay:.2f}s: {error}",
                 sub=self,
+                delay=delay,
                 error=e,
             )
-            self._pendingResync = self._clock.callLater(1.0, self.resync)
+            self._pendingResync = self._clock.callLater(delay, self.resync)
             return
         if generation == self._generation and not self._stopped:
+            self._catchUpFailures = 0
             self._caughtUp(snapshot)
 
     def _caughtUp(self, snapshot: Snapshot) -> None:
         buffered, self._buffer = self._buffer or [], None
         current = {r.instance: r for r in snapshot.records if self.glob.matches(r.name)}
-        if self._initial:
-            self._initial = False
+        if self.initial:
+            self.initial = False
             self._view = current
         else:
             self._reconcile(current, snapshot.gone)

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
-from txmasse.registry._base import (
+from txmasse.registry.base import (
     LastAnswers,
     Lease,
     Snapshot,
@@ -67,20 +67,20 @@ class SharedStoreRegistry:
 
     # What a backend provides
 
-    def _put(self, record: PeerRecord, ttl: float) -> Deferred[None]:
+    def putRecord(self, record: PeerRecord, ttl: float) -> Deferred[None]:
         raise NotImplementedError
 
-    def _remove(self, record: PeerRecord) -> Deferred[None]:
+    def removeRecord(self, record: PeerRecord) -> Deferred[None]:
         raise NotImplementedError
 
-    def _snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
+    def snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
         raise NotImplementedError
 
     def _fetchLookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
         raise NotImplementedError
 
     def _fetchFind(self, namespace: str, glob: Glob) -> Deferred[list[PeerRecord]]:
-        return self._snapshot(namespace, glob, ()).addCallback(lambda s: list(s.records))
+        return self.snapshot(namespace, glob, ()).addCallback(lambda s: list(s.records))
 
     def _fetchLeases(self, namespace: str, glob: Glob) -> Deferred[list[LeaseStatus]]:
         raise NotImplementedError
@@ -88,7 +88,7 @@ class SharedStoreRegistry:
     def _sweepOnce(self, namespace: str) -> Deferred[float | None]:
         """
         Time out the expired leases of C{namespace}; fire with the seconds
-        until its next expiry (L{None} if unknown).
+        until its next expiry (C{None} if unknown).
         """
         raise NotImplementedError
 
@@ -135,7 +135,7 @@ class SharedStoreRegistry:
             self._undo(record)
             return failure
 
-        putting = self._put(record, ttl)
+        putting = self.putRecord(record, ttl)
         self._registering.add(putting)
         return putting.addCallbacks(registered, failed)
 
@@ -147,7 +147,7 @@ class SharedStoreRegistry:
         C{timedout}). L{close} waits for it. If this fails too, the store is
         unreachable: the registration never got there, or times out there.
         """
-        undoing = self._remove(record)
+        undoing = self.removeRecord(record)
         self._undoing.add(undoing)
 
         def done(_: object) -> None:
@@ -331,12 +331,12 @@ class SharedStoreRegistry:
 
     # Leases and subscriptions
 
-    def _forget(self, lease: Lease) -> None:
+    def forgetLease(self, lease: Lease) -> None:
         if lease in self._leases:
             self._leases.discard(lease)
             self._leaseNamespaces[lease.record.namespace] -= 1
 
-    def _unwatch(self, subscription: Subscription) -> None:
+    def unwatch(self, subscription: Subscription) -> None:
         namespace = subscription.namespace
         subscriptions = self._watchers.get(namespace, set())
         subscriptions.discard(subscription)

@@ -1,0 +1,156 @@
+"""
+txmasse.testing: serving and connecting by name with no sockets and no
+Redis, on a clock; and the connect path's rules, checked on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.application.internet import ClientService
+from twisted.internet.defer import CancelledError
+from twisted.internet.protocol import Factory, Protocol
+
+from txmasse import MasseListeningPort, NoReachablePeer, PeerNotFound
+from txmasse.registry import EventKind, PeerEvent
+from txmasse.testing import MasseNetwork
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class Collector(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost = True
+
+
+def served(network: MasseNetwork, description: str) -> MasseListeningPort:
+    port = network.serve(description, Factory.forProtocol(Echo))
+    assert isinstance(port, MasseListeningPort)
+    return port
+
+
+def connected(network: MasseNetwork, description: str) -> Collector:
+    connecting = network.connect(description, Factory.forProtocol(Collector))
+    network.flush()
+    protocol = network.successResultOf(connecting)
+    assert isinstance(protocol, Collector)
+    return protocol
+
+
+def portOf(protocol: Protocol) -> int:
+    transport: Any = protocol.transport
+    return int(transport.getPeer().port)
+
+
+def test_serve_and_connect_by_name_with_bytes_both_ways() -> None:
+    network = MasseNetwork()
+    port = served(network, "db:ns=t")
+    assert port.record.endpoints == ("tcp:host=127.0.0.1:port=40000",)
+    client = connected(network, "masse:db:ns=t")
+    assert client.transport is not None
+    client.transport.write(b"ping")
+    network.flush()
+    assert client.received == b"ping"
+
+
+def test_an_unknown_name_is_not_found() -> None:
+    network = MasseNetwork()
+    connecting = network.connect("masse:nobody:ns=t", Factory.forProtocol(Collector))
+    network.flush()
+    with pytest.raises(PeerNotFound, match="'nobody' in namespace 't'"):
+        network.successResultOf(connecting)
+
+
+def test_a_dead_instance_fails_over_to_the_next_and_is_named() -> None:
+    network = MasseNetwork()
+    dead = served(network, "db:ns=t")
+    alive = served(network, "db:ns=t")
+    dead.port.stopListening()  # crashed: its name is still registered
+    for _ in range(4):
+        assert portOf(connected(network, "masse:db:ns=t:pick=first")) == alive.getHost().port  # type: ignore[attr-defined]
+    alive.port.stopListening()
+    connecting = network.connect("masse:db:ns=t", Factory.forProtocol(Collector))
+    network.flush()
+    with pytest.raises(NoReachablePeer) as caught:
+        network.successResultOf(connecting)
+    assert "port=40000" in str(caught.value) and "port=40001" in str(caught.value)
+
+
+def test_roundrobin_takes_turns() -> None:
+    network = MasseNetwork()
+    ports = [served(network, "db:ns=t").getHost().port for _ in range(3)]  # type: ignore[attr-defined]
+    endpoint = network.clientFromString("masse:db:ns=t:pick=roundrobin")
+    seen = []
+    for _ in range(6):
+        connecting = endpoint.connect(Factory.forProtocol(Collector))
+        network.flush()
+        seen.append(portOf(network.successResultOf(connecting)))
+    assert seen == ports + ports
+
+
+def test_a_crashed_peer_times_out_on_the_clock() -> None:
+    network = MasseNetwork()
+    events: list[PeerEvent] = []
+    network.registry.watch("t", "*", events.append)
+    port = served(network, "db:ns=t:ttl=2")
+    port.lease.stop()  # the process died: no more heartbeats
+    network.advance(1.9)
+    assert [e.kind for e in events] == [EventKind.JOINED]  # not yet
+    network.advance(0.2)
+    assert [e.kind for e in events] == [EventKind.JOINED, EventKind.TIMEDOUT]
+
+
+def test_a_connect_times_out_on_the_clock_and_cancels_its_attempt() -> None:
+    network = MasseNetwork()
+    served(network, "db:ns=t")
+    network.reactor.ports.clear()  # attempts now hang... until refused:
+    network.reactor._connect = lambda *args: None  # type: ignore[method-assign]
+    connecting = network.connect("masse:db:ns=t:timeout=3", Factory.forProtocol(Collector))
+    network.advance(2.9)
+    assert not connecting.called
+    network.advance(0.2)
+    with pytest.raises(NoReachablePeer, match="within 3s: gave up connecting to tcp:"):
+        network.successResultOf(connecting)
+    assert network.reactor.connectors[-1].stoppedConnecting
+
+
+def test_cancelling_a_connect() -> None:
+    network = MasseNetwork()
+    served(network, "db:ns=t")
+    connecting = network.connect("masse:db:ns=t", Factory.forProtocol(Collector))
+    connecting.cancel()
+    with pytest.raises(CancelledError):
+        network.successResultOf(connecting)
+    network.advance(60)
+    assert network.reactor.pumps == []  # nothing connected later
+    assert not [call for call in network.reactor.getDelayedCalls() if "_Connect" in repr(call)]
+
+
+def test_client_service_follows_a_peer_that_restarted() -> None:
+    network = MasseNetwork()
+    first = served(network, "db:ns=t")
+    endpoint = network.clientFromString("masse:db:ns=t")
+    service = ClientService(endpoint, Factory.forProtocol(Collector), clock=network.reactor)
+    service.startService()
+    network.flush()
+    protocol: Any = network.successResultOf(service.whenConnected())
+    assert portOf(protocol) == first.getHost().port  # type: ignore[attr-defined]
+    first.stopListening()
+    protocol.transport.loseConnection()
+    second = served(network, "db:ns=t")
+    network.advance(10)
+    again: Any = network.successResultOf(service.whenConnected())
+    assert again is not protocol and portOf(again) == second.getHost().port  # type: ignore[attr-defined]
+    service.stopService()
