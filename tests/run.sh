@@ -11,6 +11,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
 fi
 
+# The DNS tests and bench ask with dig and compare against dnsmasq (the
+# binary only: dnsmasq-base starts no system service).
+have_dnsmasq() { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; }
+if ! command -v dig >/dev/null 2>&1 || ! have_dnsmasq; then
+    echo "tests/run.sh: dig or dnsmasq is missing; installing bind9-dnsutils and dnsmasq-base" >&2
+    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq bind9-dnsutils dnsmasq-base >/dev/null
+fi
+
 venv="${TXMASSE_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \

@@ -22,6 +22,7 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 
 from tests.helpers import Events, RedisServer, eventually, newRegistry
+from txmasse.endpoints import MasseListeningPort
 from txmasse.registry.memory import MemoryRegistry
 from txmasse.service import NamedPeerService, Options, RegistryService, loadFactory
 
@@ -53,7 +54,8 @@ async def test_registry_service_registers_and_releases_its_peers() -> None:
 @pytest_twisted.ensureDeferred
 async def test_peer_waits_for_the_registry(redis_server: RedisServer) -> None:
     """
-    A peer started while the registry is down registers once it is back.
+    A peer started while the registry is down listens at once, and
+    registers once the registry is back.
     """
     redis_server.stop()
     registry = newRegistry(redis_server.url + "?timeout=0.3")
@@ -62,8 +64,11 @@ async def test_peer_waits_for_the_registry(redis_server: RedisServer) -> None:
     service.startService()
     try:
         await eventually(lambda: registry._commandFactory.lastError is not None)
+        await eventually(lambda: peer.port is not None, timeout=10)  # listening already
+        assert redis_server.process is None  # ... with the registry still down
         redis_server.start()
-        await eventually(lambda: peer.port is not None, timeout=10)
+        assert isinstance(peer.port, MasseListeningPort)
+        await peer.port.whenRegistered().addTimeout(10, reactor)
         assert redis_server.command("HLEN", "masse:{dev}:n:late") == 1
     finally:
         await service.stopService()

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import (
@@ -127,6 +126,7 @@ class MasseClientEndpoint:
         # Parsed once: parsing costs as much as a loopback connect.
         self._display = registryDisplay(self.registry)
         self._endpoints: dict[tuple[str, str], IStreamClientEndpoint] = {}
+        self._opened: IRegistry | None = None
 
     @property
     def pick(self) -> str:
@@ -171,6 +171,16 @@ class MasseClientEndpoint:
         """
         return _Connect(self, protocolFactory, [record]).start()
 
+    def openRegistry(self) -> IRegistry:
+        """
+        The registry, opened from its URL on first use and again only once
+        closed (opening looks the URL up in a per-process table).
+        """
+        opened = self._opened
+        if opened is None or opened.closed:
+            opened = self._opened = openRegistry(self._reactor, self.registry)
+        return opened
+
     def endpointFor(self, candidate: Candidate, registry: IRegistry) -> IStreamClientEndpoint:
         """
         The endpoint that reaches C{candidate}: its description's endpoint
@@ -203,37 +213,66 @@ class MasseClientEndpoint:
         return endpoint
 
 
-@attrs.define(eq=False)
 class _Connect:
     """
     One C{connect()}: resolve, order, attempt, wrap; its timeout, its
     cancellation, and what it tried, for its error message.
+
+    A plain class with slots: a warm connect builds one, and its cost is
+    part of every connect's.
     """
 
-    client: MasseClientEndpoint
-    factory: IProtocolFactory
-    given: Sequence[PeerRecord] | None
-    result: Deferred[IProtocol] = attrs.field(init=False)
-    registry: IRegistry | None = None
-    target: str = ""
-    pending: list[Candidate] = attrs.Factory(list)
-    failed: set[str] = attrs.Factory(set)
-    tried: list[str] = attrs.Factory(list)
-    doing: str = "waiting for the registry"
-    fromCache: bool = False
-    turn: int = 0
-    step: Deferred[Any] | None = None  # the lookup or attempt in progress
-    timer: IDelayedCall | None = None
-    cancelled: bool = False
-    expired: bool = False
+    __slots__ = (
+        "cancelled",
+        "client",
+        "doing",
+        "expired",
+        "factory",
+        "failed",
+        "fromCache",
+        "given",
+        "pending",
+        "registry",
+        "result",
+        "step",
+        "timer",
+        "tried",
+        "turn",
+    )
 
-    def __attrs_post_init__(self) -> None:
-        self.result = Deferred(self._cancel)
-        self.turn = self.client.selection.takeTurn() if self.client.pick == "roundrobin" else 0
+    def __init__(
+        self,
+        client: MasseClientEndpoint,
+        factory: IProtocolFactory,
+        given: Sequence[PeerRecord] | None,
+    ):
+        self.client = client
+        self.factory = factory
+        self.given = given
+        self.result: Deferred[IProtocol] = Deferred(self._cancel)
+        self.registry: IRegistry | None = None
+        self.pending: list[Candidate] = []
+        self.failed: set[str] = set()
+        self.tried: list[str] = []
+        self.doing = "waiting for the registry"
+        self.fromCache = False
+        self.turn = client.selection.takeTurn() if client.pick == "roundrobin" else 0
+        self.step: Deferred[Any] | None = None  # the lookup or attempt in progress
+        self.timer: IDelayedCall | None = None
+        self.cancelled = False
+        self.expired = False
+
+    def __repr__(self) -> str:
+        return f"<_Connect to {self.target}: {self.doing}>"
+
+    @property
+    def target(self) -> str:
+        """
+        What this connect is for, as messages say it (built only for them).
+        """
         client = self.client
-        self.target = (
-            f"{client.name!r} in namespace {client.namespace!r} (registry {client._display})"
-        )
+        url = client._display if self.registry is None else self.registry.url
+        return f"{client.name!r} in namespace {client.namespace!r} (registry {url})"
 
     # Resolve
 
@@ -244,13 +283,10 @@ class _Connect:
             # what a warm connect costs beyond the TCP connect itself.
             self.timer = client._reactor.callLater(client.timeout, self._expire)
         try:
-            self.registry = openRegistry(client._reactor, client.registry)
+            self.registry = client.openRegistry()
         except Exception:
             self._finish(Failure())
             return self.result
-        self.target = (
-            f"{client.name!r} in namespace {client.namespace!r} (registry {self.registry.url})"
-        )
         if self.given is not None:
             self._walk(self.given)
             return self.result

@@ -531,6 +531,21 @@ async def register(context: Context, args: Any) -> None:
     await stopped
 
 
+# dns
+
+
+def _dnsArguments(parser: argparse.ArgumentParser) -> None:
+    from txmasse.dns.cli import addArguments
+
+    addArguments(parser)
+
+
+async def dns(context: Context, args: Any) -> None:
+    from txmasse.dns import cli as dnscli
+
+    await dnscli.run(context.reactor, context.registry, args, context.out)
+
+
 # completion
 
 
@@ -562,6 +577,7 @@ COMMANDS: list[Command] = [
         connect,
     ),
     Command("register", "keep a name registered until stopped", _registerArguments, register),
+    Command("dns", "answer DNS for the registry's live peers", _dnsArguments, dns),
     Command(
         "completion",
         'print a shell completion script: eval "$(masse completion bash)"',

@@ -21,48 +21,59 @@ def transportOf(description: str) -> str:
     return description.partition(":")[0].lower()
 
 
+def _tokens(description: str) -> list[list[tuple[str, bool]]]:
+    """
+    The C{:}-separated parts, each a list of (character, escaped).
+
+    @raise ValueError: if it ends with a lone C{\\}.
+    """
+    parts: list[list[tuple[str, bool]]] = [[]]
+    escaped = False
+    for char in description:
+        if escaped:
+            parts[-1].append((char, True))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append([])
+        else:
+            parts[-1].append((char, False))
+    if escaped:
+        raise ValueError(f"{description!r}: ends with a lone '\\'")
+    return parts
+
+
 def splitDescription(description: str) -> list[str]:
     """
     The C{:}-separated parts of C{description}, with C{\\} escapes undone.
 
     @raise ValueError: if it ends with a lone C{\\}.
     """
-    parts, current, escaped = [], [], False
-    for char in description:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    if escaped:
-        raise ValueError(f"{description!r}: ends with a lone '\\'")
-    parts.append("".join(current))
-    return parts
+    return ["".join(char for char, _ in part) for part in _tokens(description)]
 
 
 def parseDescription(description: str) -> tuple[str, list[str], dict[str, str]]:
     """
-    The transport, positional arguments and options of C{description}.
+    The transport (lower case), positional arguments and options of
+    C{description}: the first unescaped C{=} of a part makes it an option.
 
     @raise ValueError: for a lone trailing C{\\} or an option given twice.
     """
-    prefix, *parts = splitDescription(description)
+    first, *parts = _tokens(description)
     args: list[str] = []
     options: dict[str, str] = {}
     for part in parts:
-        if "=" not in part:
-            args.append(part)
+        equals = (i for i, (char, quoted) in enumerate(part) if char == "=" and not quoted)
+        split = next(equals, None)
+        if split is None:
+            args.append("".join(char for char, _ in part))
             continue
-        key, value = part.split("=", 1)
+        key = "".join(char for char, _ in part[:split])
         if key in options:
             raise ValueError(f"{description!r}: option {key!r} given twice")
-        options[key] = value
-    return prefix.lower(), args, options
+        options[key] = "".join(char for char, _ in part[split + 1 :])
+    return "".join(char for char, _ in first).lower(), args, options
 
 
 def unnest(description: str) -> str:

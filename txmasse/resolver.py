@@ -113,6 +113,8 @@ class Selection:
         """
         The instances in the order to try them.
         """
+        if len(records) == 1:
+            return list(records)
         ordered = sorted(records, key=lambda record: (record.registered, record.instance))
         if self.pick == "random":
             self.random.shuffle(ordered)

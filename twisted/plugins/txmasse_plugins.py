@@ -1,6 +1,6 @@
 """
 Twisted plugins for txmasse: the C{masse:} prefix for C{clientFromString}
-and C{serverFromString}.
+and C{serverFromString}, and C{twistd masse} and C{twistd masse-dns}.
 
 Twisted imports every module here when it scans for plugins, so this one
 imports only what declaring the parsers needs; txmasse itself (and its
@@ -60,4 +60,7 @@ masseClientParser = _MasseClientParser()
 masseServerParser = _MasseServerParser()
 masseServiceMaker = ServiceMaker(
     "txmasse", "txmasse.service", "Run a protocol factory as a peer reachable by name", "masse"
+)
+masseDNSServiceMaker = ServiceMaker(
+    "txmasse DNS", "txmasse.dns.service", "Answer DNS for a txmasse registry's peers", "masse-dns"
 )

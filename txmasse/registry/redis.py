@@ -16,13 +16,12 @@ announces each expired lease once.
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import txredisapi
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import UNIXClientEndpoint, wrapClientTLS
@@ -49,8 +48,16 @@ from txmasse.registry.interface import (
 from txmasse.registry.shared import SharedStoreRegistry
 from txmasse.registry.tls import redisTLS
 from txmasse.registry.url import RegistryURL
+from txmasse.retry import retryPolicy
 
 log = Logger()
+
+RECONNECT = retryPolicy(0.05, 0.25)
+"""
+Seconds between connection attempts while Redis is unreachable: short, so
+that a call learns of a refusal, or of a server back again, within a
+quarter second; a refused attempt on loopback or a LAN costs next to nothing.
+"""
 
 SWEEP_BATCH = 500
 
@@ -393,9 +400,7 @@ class RedisRegistry(SharedStoreRegistry):
         return QuietClientService(
             _RecordingEndpoint(self._endpoint, factory, self.url),
             factory,
-            retryPolicy=backoffPolicy(
-                initialDelay=0.05, maxDelay=1.0, factor=2.0, jitter=lambda: random.random() * 0.05
-            ),
+            retryPolicy=RECONNECT,
             clock=self._reactor,
         )
 
@@ -408,9 +413,11 @@ class RedisRegistry(SharedStoreRegistry):
 
     async def _connectedCommands(self) -> Any:
         """
-        The command connection once ready. A refused connection attempt
-        fails the call at once; other failures (a host that does not
-        answer) leave it to the caller's deadline, as the service retries.
+        The command connection once ready. The call fails as soon as the
+        next connection attempt is refused (attempts are at most
+        L{RECONNECT}'s cap apart, so a refusal is known within a quarter
+        second, and a server that came back is used as soon); other failures
+        (a host that does not answer) leave it to the caller's deadline.
         """
         protocol: Any
         try:
@@ -444,17 +451,10 @@ class RedisRegistry(SharedStoreRegistry):
             reason += f"; {SQLITE_HINT}"
         return Failure(RegistryUnavailable(f"registry {self.url}: {what} failed: {reason}"))
 
-    def _refusal(self, what: str) -> RegistryUnavailable:
-        why = self._commandFactory.lastError or "connection refused"
-        return RegistryUnavailable(f"registry {self.url}: {what} failed: {why}")
-
     def _eval(self, what: str, script: scripts.Script, *args: object) -> Deferred[Any]:
         if self.closed:
             return fail(RegistryUnavailable(f"registry {self.url} is closed"))
         protocol = self._readyCommands
-        if (protocol is None or not protocol.ready) and self._commandFactory.refused:
-            # Refused is known at once: no call waits out its deadline for it.
-            return fail(self._refusal(what))
         if protocol is not None and protocol.ready:
             # The usual case, kept short: a lookup is one round trip, and
             # the service's state machine and a coroutine cost a third of it.
