@@ -29,6 +29,7 @@ from bench.events import measureDetection, measureEventLatency
 from bench.load import Load, measureLoad
 from bench.lookup import measureLookups, populate
 from bench.redis import RedisProcess, freePort
+from bench.rpc import measureRPC, rpcRows
 from bench.stats import Row, micros, millis, p50, p99, table
 from bench.throughput import measureThroughput
 from txmasse.registry import registryFromURL
@@ -347,6 +348,13 @@ async def run(options: argparse.Namespace) -> int:
         rows = connectRows(connects)
         lookups: dict[str, dict[int, list[float]]] = {}
         if not options.only_connect:
+            say(f"RPC round trips, {sizes.connects * 2} rounds")
+            ampEcho = spawn("serve", url, NAMESPACE, module="bench.rpc")
+            children.append(ampEcho)
+            ampPort = int((await ampEcho.expect("ready"))[0])
+            rows += rpcRows(
+                await measureRPC(url, NAMESPACE, ampPort, pyroURI, sizes.connects * 2)
+            )
             say(f"throughput, {sizes.transfer // MiB} MiB x {sizes.transfers} rounds")
             rates = await measureThroughput(
                 url, NAMESPACE, sourcePort, sizes.transfer, sizes.transfers

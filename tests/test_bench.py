@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.endpoint_helpers import REPO
 
-SECTIONS = {"connect", "throughput", "lookup", "events", "failure", "dns", "load"}
+SECTIONS = {"connect", "rpc", "throughput", "lookup", "events", "failure", "dns", "load"}
 
 
 def test_quick_bench_produces_every_figure(tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ def test_twistd_masse_help_documents_every_option() -> None:
     shown = str(Options())
     for option in (
         "--name", "--factory", "--ns", "--registry", "--listen", "--unix", "--advertise",
-        "--ttl", "--wrap", "--meta", "--cert", "--key", "--ca",
+        "--ttl", "--wrap", "--meta", "--cert", "--key", "--ca", "--provides",
     ):  # fmt: skip
         assert option in shown, option
 

@@ -251,7 +251,8 @@ async def test_twistd_masse(redis_server: RedisServer, tmp_path: Path) -> None:
     )  # fmt: skip
     try:
         await eventually(lambda: len(events) == 1, timeout=20)
-        assert events[0].kind == "joined" and events[0].record.metadata == {"lang": "amp"}
+        assert events[0].kind == "joined" and events[0].record.metadata["lang"] == "amp"
+        assert set(events[0].record.metadata) == {"lang", "amp.commands"}  # its AMP commands
         process.send_signal(signal.SIGTERM)
         await eventually(lambda: len(events) == 2, timeout=10)
         assert events[1].kind == "left"

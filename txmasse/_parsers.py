@@ -54,6 +54,7 @@ SERVER_OPTIONS = (
     "cert",
     "key",
     "ca",
+    "provides",
 )
 
 class _InvalidDescription(ValueError):
@@ -216,9 +217,16 @@ def parseServer(reactor: Any, /, *args: str, **kwargs: str) -> MasseServerEndpoi
             unixPath=kwargs.get("unix"),
             wrappers=wrappers,
             tls=tlsFromOptions(kwargs, server=True),
+            provides=_providesOption(kwargs),
         )
     except ValueError as e:
         raise _bad(e) from None
+
+
+def _providesOption(kwargs: Mapping[str, str]) -> Sequence[type] | None:
+    from txmasse.rpc.publish import loadProvides
+
+    return loadProvides(kwargs["provides"]) if "provides" in kwargs else None
 
 
 def _innerServer(reactor: Any, kwargs: Mapping[str, str]) -> IStreamServerEndpoint:

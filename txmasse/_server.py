@@ -292,6 +292,9 @@ class MasseServerEndpoint:
         it must list C{NAME.NAMESPACE}. Its CA certificates, if any, must
         sign every client's certificate (mutual TLS). Published as C{tls:};
         TLS peers listen on TCP only (no UNIX sockets).
+    @param provides: the AMP commands to publish (L{amp.Command<twisted.protocols.amp.Command>}
+        classes, or protocol classes with responders) when the factory's
+        own protocol class does not declare them (see L{txmasse.rpc}).
     """
 
     def __init__(
@@ -307,7 +310,11 @@ class MasseServerEndpoint:
         unixPath: str | None = None,
         wrappers: Sequence[Wrapper] = (),
         tls: PeerTLS | None = None,
+        provides: Sequence[type] | None = None,
     ):
+        from txmasse.rpc.publish import checkProvides
+
+        self.provides = checkProvides(provides)
         namespace = defaultNamespace() if namespace is None else namespace
         metadata = {} if metadata is None else metadata
         # A trial record checks name, namespace and metadata with the registry's rules.
@@ -365,7 +372,10 @@ class MasseServerEndpoint:
                 unixPort = await unix.listen(wrapped)
             ports = [p for p in (unixPort, port) if p is not None]
             endpoints = [await self._describe(p.getHost(), registry) for p in ports]
-            record = PeerRecord(self.namespace, self.name, endpoints, self.metadata)
+            from txmasse.rpc.publish import published
+
+            metadata = {**self.metadata, **published(factory, self.provides)}
+            record = PeerRecord(self.namespace, self.name, endpoints, metadata)
             listening = MasseListeningPort(
                 port, unixPort, record, registry, self.ttl, self._reactor
             )

@@ -227,9 +227,10 @@ def _recordJSON(record: PeerRecord) -> dict[str, Any]:
     }
 
 
-def _printJSON(items: list[dict[str, Any]], format: str, out: TextIO) -> None:
+def printJSON(items: list[dict[str, Any]], format: str, out: TextIO) -> None:
     """
-    C{items} as one JSON array (C{json}) or one object a line (C{jsonl}).
+    C{items} as one JSON array (C{json}) or one object a line (C{jsonl}):
+    what C{--json} and C{--jsonl} print.
     """
     if format == "json":
         print(json.dumps(items, sort_keys=True, indent=2), file=out)
@@ -309,7 +310,7 @@ def _printLeases(
             if status is not None:
                 item["rejected"] = problem
             items.append(item)
-        _printJSON(items, args.format, out)
+        printJSON(items, args.format, out)
         return
     rows = [["NAME", "INSTANCE", "ENDPOINTS", "AGE", "LEFT", "METADATA"]]
     if status is not None:
@@ -409,7 +410,7 @@ async def resolve(context: Context, args: Any) -> None:
         )
     records = sorted(records, key=lambda r: r.registered)
     if args.format is not None:
-        _printJSON([_recordJSON(record) for record in records], args.format, context.out)
+        printJSON([_recordJSON(record) for record in records], args.format, context.out)
         return
     for record in records:
         for endpoint in record.endpoints:
@@ -546,6 +547,26 @@ async def dns(context: Context, args: Any) -> None:
     await dnscli.run(context.reactor, context.registry, args, context.out)
 
 
+# providers, describe, call: RPC by name (txmasse.rpc.cli)
+
+
+def _rpcArguments(name: str) -> Callable[[argparse.ArgumentParser], None]:
+    def arguments(parser: argparse.ArgumentParser) -> None:
+        from txmasse.rpc import cli as rpc
+
+        getattr(rpc, name)(parser)
+
+    return arguments
+
+
+async def _rpc(context: Context, args: Any) -> None:
+    from txmasse.rpc import cli as rpc
+
+    await rpc.run(
+        context.reactor, context.registry, context.namespace, args, context.out, sys.stderr
+    )
+
+
 # completion
 
 
@@ -578,6 +599,26 @@ COMMANDS: list[Command] = [
     ),
     Command("register", "keep a name registered until stopped", _registerArguments, register),
     Command("dns", "answer DNS for the registry's live peers", _dnsArguments, dns),
+    Command(
+        "providers",
+        "list the instances that provide an AMP command",
+        _rpcArguments("providersArguments"),
+        _rpc,
+        jsonOutput=True,
+    ),
+    Command(
+        "describe",
+        "print a peer's AMP commands and their schemas",
+        _rpcArguments("describeArguments"),
+        _rpc,
+        jsonOutput=True,
+    ),
+    Command(
+        "call",
+        "call an AMP command by URI: masse://NS/PEER/COMMAND NAME=VALUE...",
+        _rpcArguments("callArguments"),
+        _rpc,
+    ),
     Command(
         "completion",
         'print a shell completion script: eval "$(masse completion bash)"',

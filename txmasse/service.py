@@ -136,13 +136,16 @@ class RegistryService(MultiService):
         wrappers: Sequence[Any] = (),
         tls: PeerTLS | None = None,
         unix: str | None = None,
+        provides: Sequence[type] | None = None,
     ) -> NamedPeerService:
         """
         Serve C{factory} under C{name}: listen on C{listen} (a server endpoint
         description) and register the address while running; with C{tls},
         serve TLS with a certificate for C{NAME.NAMESPACE} (see
         L{txmasse.peertls}); with C{unix}, also on that UNIX socket,
-        advertised first (clients on the same host prefer it).
+        advertised first (clients on the same host prefer it); C{provides}:
+        the AMP commands to publish when the factory's protocol class does
+        not declare them (L{txmasse.rpc}).
         """
         from twisted.internet.endpoints import serverFromString
 
@@ -161,6 +164,7 @@ class RegistryService(MultiService):
             wrappers=wrappers,
             tls=tls,
             unixPath=unix,
+            provides=provides,
         )
         peer = NamedPeerService(endpoint, factory, self.reactor)
         peer.setName(f"{namespace}/{name}")
@@ -263,6 +267,7 @@ class Options(usage.Options):
         ["cert", None, None, "Serve TLS with this PEM certificate (it must name NAME.NAMESPACE)."],
         ["key", None, None, "The certificate's PEM key (default: the key in the --cert file)."],
         ["ca", None, None, "With --cert: require client certificates signed by this CA."],
+        ["provides", None, None, "AMP commands to publish: dotted names of Command classes."],
     ]
 
     def __init__(self) -> None:
@@ -304,6 +309,10 @@ class Options(usage.Options):
                     raise ValueError("--unix cannot be used with --cert: TLS peers listen on TCP")
                 self["tls"].checkServes(self["name"], self["ns"])
             self["factory"] = loadFactory(self["factory"])
+            if self["provides"] is not None:
+                from txmasse.rpc.publish import loadProvides
+
+                self["provides"] = loadProvides(self["provides"])
         except (ValueError, MasseError) as e:
             raise usage.UsageError(str(e)) from None
 
@@ -329,6 +338,7 @@ def makeService(options: Options) -> RegistryService:
             tls=options["tls"],
             wrappers=options["wrappers"],
             unix=options["unix"],
+            provides=options["provides"],
         )
     except (ValueError, MasseError) as e:
         raise usage.UsageError(str(e)) from None

@@ -31,7 +31,7 @@ class HostPort:
 def hostPort(description: str) -> HostPort | None:
     """
     The host and port of a C{tcp:} or C{tls:} description (C{tcp:H:P} or
-    C{tcp:host=H:port=P}, in any order, with other options); L{None} for
+    C{tcp:host=H:port=P}, in any order, with other options); C{None} for
     any other transport.
 
     @raise ValueError: a stream description without a usable host or port.

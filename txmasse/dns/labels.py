@@ -24,7 +24,7 @@ _LABEL = re.compile(rb"[a-z0-9][a-z0-9_-]{0,62}")
 
 def labelOf(name: str) -> str | None:
     """
-    The DNS label for a txmasse name or instance id, or L{None} when it
+    The DNS label for a txmasse name or instance id, or C{None} when it
     cannot be one (it holds a dot, or is longer than 63 characters).
     """
     if "." in name or len(name) > MAX_LABEL:
@@ -77,7 +77,7 @@ NOWHERE = Target("none")
 def parseQueryName(qname: bytes, domain: bytes) -> Target | None:
     """
     Where C{qname} points in the zone C{domain} (lowercase, no trailing
-    dot); L{None} if it is outside the zone. Remembered: resolvers ask the
+    dot); C{None} if it is outside the zone. Remembered: resolvers ask the
     same few names over and over.
     """
     name = qname.lower().removesuffix(b".")
