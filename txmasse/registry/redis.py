@@ -508,7 +508,7 @@ class RedisRegistry(SharedStoreRegistry):
                 log.info(
                     "registry {url}: {error}; running the call again on a new connection",
                     url=self.url,
-                    error=lost,
+                    error=str(lost),  # strings: log events must be JSON-serialisable
                 )
             try:
                 protocol = await self._connectedCommands()
@@ -765,7 +765,9 @@ def _evalsha(protocol: Any, script: scripts.Script, args: Sequence[object]) -> D
 
 def _logReregisterFailure(failure: Failure, lease: Lease) -> None:
     log.warn(
-        "{lease}: could not register again: {error}", lease=lease, error=failure.getErrorMessage()
+        "{lease}: could not register again: {error}",
+        lease=str(lease),
+        error=failure.getErrorMessage(),
     )
 
 
