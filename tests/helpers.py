@@ -391,10 +391,15 @@ def _masseEnvironment(registry: str | None) -> dict[str, str]:
 
 
 def masse(
-    *args: str, registry: str | None, stdin: str = "", timeout: float = 30
+    *args: str,
+    registry: str | None,
+    stdin: str = "",
+    timeout: float = 30,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """
-    Run C{masse ARGS} to its end, from another directory.
+    Run C{masse ARGS} to its end, from another directory (C{env}: more
+    environment variables).
     """
     return subprocess.run(
         [sys.executable, "-m", "txmasse", *args],
@@ -402,7 +407,7 @@ def masse(
         text=True,
         input=stdin,
         timeout=timeout,
-        env=_masseEnvironment(registry),
+        env={**_masseEnvironment(registry), **(env or {})},
         cwd="/",
     )
 
@@ -559,6 +564,6 @@ def copySource(destination: Path) -> Path:
     for name in ("setup.py", "README.md", "pyproject.toml", "LICENSE"):
         if (REPO / name).exists():
             shutil.copy(REPO / name, destination / name)
-    for name in ("txmasse", "twisted"):
+    for name in ("txmasse", "twisted", "examples"):
         shutil.copytree(REPO / name, destination / name, ignore=ignore)
     return destination

@@ -13,7 +13,7 @@ provides L{IRegistryScheme}::
 Entry points rather than Twisted's plugin directories: finding them imports
 nothing but the scheme asked for, they work with every way of installing a
 package (editable ones included, which hide C{twisted/plugins}), and the
-standard library reads them (L{importlib.metadata}). L{registerScheme} adds
+standard library reads them (C{importlib.metadata}). L{registerScheme} adds
 one in-process, for applications and tests that do not package theirs.
 """
 
