@@ -11,6 +11,10 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
+    # Packages at the top of the checkout, declared as such (package_dir): a
+    # plain "pip install -e ." then puts the checkout on sys.path, so that
+    # Twisted's plugin scan finds twisted/plugins (an import-hook finder would hide it).
+    package_dir={"": "."},
     packages=find_packages(include=["txmasse", "txmasse.*"]) + ["twisted.plugins"],
     package_data={"txmasse": ["py.typed"]},
     install_requires=[
@@ -18,9 +22,17 @@ setup(
         "txredisapi>=1.4.10",
         "zope.interface>=6",
         "attrs>=23.1",
+        "shtab>=1.7",
         "treq>=23.11",
     ],
-    entry_points={"console_scripts": ["masse = txmasse.cli:main"]},
+    entry_points={
+        "console_scripts": ["masse = txmasse.cli:main"],
+        # Built in, and a plugin like any other (txmasse/registry/plugins.py).
+        "txmasse.registries": [
+            "etcd = txmasse.registry.etcd:ETCD",
+            "etcds = txmasse.registry.etcd:ETCDS",
+        ],
+    },
     extras_require={
         "test": [
             "pytest>=8",

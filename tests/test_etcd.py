@@ -28,9 +28,10 @@ from tests.etcd_helpers import EtcdCluster, b64, etcdExecutable, gateway
 from tests.helpers import eventually, lookupFailure, newRegistry, sleep
 from txmasse import EventKind, PeerEvent, PeerRecord, RegistryUnavailable
 from txmasse.registry import registryFromURL
-from txmasse.registry.etcd import EtcdRegistry
-from txmasse.registry.etcd_url import parseURL
+from txmasse.registry.etcd import ETCD, ETCDS, EtcdRegistry
+from txmasse.registry.etcd_url import parseEtcdURL
 from txmasse.registry.interface import IRegistry
+from txmasse.registry.plugins import schemePlugin
 from txmasse.registry.url import parseRegistryURL, redactURL
 
 _prefixes = iter(range(1, 1_000_000))
@@ -72,14 +73,14 @@ def etcd(etcd_server: EtcdCluster) -> Iterator[Callable[..., EtcdRegistry]]:
 
 
 def test_url_grammar() -> None:
-    parsed = parseURL("etcd://a:1,b,[::1]:3/app/masse?timeout=0.5&user=u&password=p%40ss")
+    parsed = parseEtcdURL("etcd://a:1,b,[::1]:3/app/masse?timeout=0.5&user=u&password=p%40ss")
     assert parsed.endpoints == (("a", 1), ("b", 2379), ("::1", 3))
     assert parsed.prefix == "app/masse"
     assert (parsed.timeout, parsed.user, parsed.password) == (0.5, "u", "p@ss")
     assert parsed.display == "etcd://a:1,b,[::1]:3/app/masse?timeout=0.5&user=u&password=***"
-    assert parseURL("etcds://u:secret@h").display == "etcds://u:***@h"
-    assert parseURL("etcd://h").prefix == "masse"
-    assert parseURL("etcds://h?ca=/x.pem&cert=/c&key=/k").ca == "/x.pem"
+    assert parseEtcdURL("etcds://u:secret@h").display == "etcds://u:***@h"
+    assert parseEtcdURL("etcd://h").prefix == "masse"
+    assert parseEtcdURL("etcds://h?ca=/x.pem&cert=/c&key=/k").ca == "/x.pem"
 
 
 @pytest.mark.parametrize(
@@ -90,7 +91,7 @@ def test_url_grammar() -> None:
         ("etcd://h:x", "port 'x'"),
         ("etcd://h,,g", "endpoint '' has no host"),
         ("etcd://h_h", "host 'h_h' must be a name or an address"),
-        ("etcd://[zz]", "is not an IPv6 address"),
+        ("etcd://[zz]", "the address does not parse"),
         ("etcd://h/a b", "prefix 'a b' must be up to 8 parts"),
         ("etcd://h/a\tb", "must be at most 2048 printable"),
         ("etcd://h/a//b", "prefix 'a//b'"),
@@ -124,6 +125,7 @@ async def test_registry_from_url_is_an_etcd_registry(etcd_server: EtcdCluster) -
     try:
         assert isinstance(registry, EtcdRegistry)
         assert verifyObject(IRegistry, registry)
+        assert schemePlugin("etcd") is ETCD and schemePlugin("etcds") is ETCDS  # entry points
         assert registry.url == etcd_server.url + "/fromurl"
         assert await registry.lookup("dev", "db") == []
     finally:

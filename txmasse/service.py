@@ -70,7 +70,7 @@ class NamedPeerService(Service):
         self._listening = None
         self.port = port
         self._failures = 0
-        log.info("{name} is listening on {address}", name=self.name, address=port.getHost())
+        log.info("{name} is listening on {address}", name=self.name, address=str(port.getHost()))
         return None
 
     def _failed(self, failure: Failure, attempt: Deferred[IListeningPort]) -> None:
@@ -135,14 +135,17 @@ class RegistryService(MultiService):
         metadata: Mapping[str, str] | None = None,
         wrappers: Sequence[Any] = (),
         tls: PeerTLS | None = None,
+        unix: str | None = None,
         provides: Sequence[type] | None = None,
     ) -> NamedPeerService:
         """
         Serve C{factory} under C{name}: listen on C{listen} (a server endpoint
         description) and register the address while running; with C{tls},
         serve TLS with a certificate for C{NAME.NAMESPACE} (see
-        L{txmasse.peertls}); C{provides}: the AMP commands to publish when
-        the factory's protocol class does not declare them (L{txmasse.rpc}).
+        L{txmasse.peertls}); with C{unix}, also on that UNIX socket,
+        advertised first (clients on the same host prefer it); C{provides}:
+        the AMP commands to publish when the factory's protocol class does
+        not declare them (L{txmasse.rpc}).
         """
         from twisted.internet.endpoints import serverFromString
 
@@ -160,6 +163,7 @@ class RegistryService(MultiService):
             metadata=metadata,
             wrappers=wrappers,
             tls=tls,
+            unixPath=unix,
             provides=provides,
         )
         peer = NamedPeerService(endpoint, factory, self.reactor)
@@ -213,22 +217,53 @@ def loadFactory(spec: str) -> IProtocolFactory:
 
 class Options(usage.Options):
     """
-    Options of C{twistd masse}.
+    Options of C{twistd masse}: the C{masse:} server endpoint's options, as
+    flags.
     """
 
     synopsis = "--name NAME --factory MODULE:ATTR [options]"
     longdesc = (
-        "Run any Twisted protocol factory as a peer reachable by name. Stopping "
-        "twistd releases the name at once."
+        "Run any Twisted protocol factory as a peer reachable by name: it listens "
+        "on --listen (and --unix), registers its address under --name in namespace "
+        "--ns and keeps the lease alive; stopping twistd releases the name at once. "
+        "While the registry is down it listens anyway, and registers as soon as it answers. "
+        "Each option is the masse: server endpoint option of the same name "
+        "(--meta KEY=VALUE is meta.KEY=VALUE). Example: twistd -n masse --name echo "
+        "--factory twisted.protocols.wire:Echo --wrap log"
     )
     optParameters = [
         ["name", None, None, "Name to register under (required)."],
-        ["factory", None, None, "MODULE:ATTR: a protocol factory, or a callable returning one."],
+        [
+            "factory",
+            None,
+            None,
+            "MODULE:ATTR: a protocol factory, a callable returning one, or a Protocol "
+            "class (required); the current directory is importable.",
+        ],
         ["ns", None, None, "Namespace (default $MASSE_NAMESPACE, else 'default')."],
-        ["registry", None, None, "Registry URL (default $MASSE_REGISTRY, else local Redis)."],
+        [
+            "registry",
+            None,
+            None,
+            "Registry URL (default $MASSE_REGISTRY, else redis://127.0.0.1:6379/0).",
+        ],
         ["listen", None, "tcp:0", "Server endpoint description to listen on."],
+        [
+            "unix",
+            None,
+            None,
+            "Also listen on this UNIX socket, advertised first: clients on the same host "
+            "use it (not with --cert).",
+        ],
         ["advertise", None, None, "Host to publish (default: the address toward the registry)."],
         ["ttl", None, "10", "Lease seconds."],
+        [
+            "wrap",
+            None,
+            None,
+            "Wrappers to stack, the first nearest the wire: NAME or NAME=ARG, "
+            "comma-separated (e.g. log, idle=30).",
+        ],
         ["cert", None, None, "Serve TLS with this PEM certificate (it must name NAME.NAMESPACE)."],
         ["key", None, None, "The certificate's PEM key (default: the key in the --cert file)."],
         ["ca", None, None, "With --cert: require client certificates signed by this CA."],
@@ -249,6 +284,10 @@ class Options(usage.Options):
         self["meta"][key] = value
 
     def postOptions(self) -> None:
+        from twisted.internet import reactor
+
+        from txmasse.wrappers import parseWrappers
+
         try:
             for option in ("name", "factory"):
                 if self[option] is None:
@@ -259,10 +298,15 @@ class Options(usage.Options):
             if self["registry"] is not None:
                 parseRegistryURL(self["registry"])
             self["ttl"] = _seconds("--ttl", self["ttl"])
+            if self["unix"] is not None and not self["unix"]:
+                raise ValueError("--unix '': must be a socket path")
+            self["wrappers"] = [] if self["wrap"] is None else parseWrappers(reactor, self["wrap"])
             self["tls"] = tlsFromOptions(
                 {k: self[k] for k in ("cert", "key", "ca") if self[k] is not None}, server=True
             )
             if self["tls"] is not None:
+                if self["unix"] is not None:
+                    raise ValueError("--unix cannot be used with --cert: TLS peers listen on TCP")
                 self["tls"].checkServes(self["name"], self["ns"])
             self["factory"] = loadFactory(self["factory"])
             if self["provides"] is not None:
@@ -292,6 +336,8 @@ def makeService(options: Options) -> RegistryService:
             ttl=options["ttl"],
             metadata=options["meta"],
             tls=options["tls"],
+            wrappers=options["wrappers"],
+            unix=options["unix"],
             provides=options["provides"],
         )
     except (ValueError, MasseError) as e:

@@ -64,7 +64,7 @@ from txmasse.registry.etcd_client import (
     prefixEnd,
     unb64,
 )
-from txmasse.registry.etcd_url import EtcdURL, parseURL
+from txmasse.registry.etcd_url import EtcdURL, fromRegistryURL, parseEtcdURL, toRegistryURL
 from txmasse.registry.etcd_watch import NamespaceWatch
 from txmasse.registry.interface import (
     EventKind,
@@ -74,6 +74,8 @@ from txmasse.registry.interface import (
     LeaseStatus,
     PeerEvent,
 )
+from txmasse.registry.plugins import IRegistryScheme
+from txmasse.registry.url import RegistryURL
 
 log = Logger()
 
@@ -84,14 +86,41 @@ NOT_FOUND = 5
 OUT_OF_RANGE = 11
 
 
-def fromURL(reactor: IReactorTime, url: str | EtcdURL) -> EtcdRegistry:
+@implementer(IRegistryScheme)
+@attrs.frozen
+class EtcdScheme:
+    """
+    C{etcd://} and C{etcds://} as registry plugins (see C{setup.py}'s
+    C{txmasse.registries} entry points): built in, opened like any other.
+    """
+
+    scheme: str
+
+    def parseURL(self, url: str) -> RegistryURL:
+        parsed = parseEtcdURL(url)
+        if parsed.scheme != self.scheme:
+            raise ValueError(f"invalid registry URL {parsed.display!r}: not {self.scheme}://")
+        return toRegistryURL(parsed)
+
+    def fromURL(self, reactor: IReactorTime, parsed: RegistryURL) -> EtcdRegistry:
+        return EtcdRegistry.fromURL(reactor, parsed)
+
+
+ETCD = EtcdScheme("etcd")
+ETCDS = EtcdScheme("etcds")
+
+
+def fromURL(reactor: IReactorTime, url: str | EtcdURL | RegistryURL) -> EtcdRegistry:
     """
     Open the etcd registry that C{url} (C{etcd://...} or C{etcds://...}) names.
 
     @raise ValueError: naming the bad part of the URL or the TLS file that
         cannot be used.
     """
-    parsed = url if isinstance(url, EtcdURL) else parseURL(url)
+    if isinstance(url, RegistryURL):
+        parsed = fromRegistryURL(url)
+    else:
+        parsed = url if isinstance(url, EtcdURL) else parseEtcdURL(url)
     tls = None
     if parsed.tls:
         from txmasse.registry.etcd_tls import policyFor
@@ -155,12 +184,11 @@ class EtcdRegistry:
         self._closing = False
 
     @classmethod
-    def fromURL(cls, reactor: IReactorTime, parsed: Any) -> EtcdRegistry:
+    def fromURL(cls, reactor: IReactorTime, parsed: RegistryURL | EtcdURL | str) -> EtcdRegistry:
         """
-        The registry a parsed registry URL names (its etcd part in
-        C{parsed.backend}), as L{txmasse.registry.opening} opens backends.
+        The registry a parsed registry URL names.
         """
-        return fromURL(reactor, parsed.backend if hasattr(parsed, "backend") else parsed)
+        return fromURL(reactor, parsed)
 
     def __repr__(self) -> str:
         return f"<EtcdRegistry {self.url}>"

@@ -15,6 +15,8 @@ from urllib.parse import parse_qsl, unquote, unquote_plus
 
 import attrs
 
+from txmasse.registry.url import RegistryURL
+
 SCHEMES = ("etcd", "etcds")
 DEFAULT_PORT = 2379
 DEFAULT_PREFIX = "masse"
@@ -78,7 +80,7 @@ def _bad(url: str, part: str, why: str) -> ValueError:
     return ValueError(f"invalid registry URL {redact(url)!r}: {part} {why}")
 
 
-def parseURL(url: str) -> EtcdURL:
+def parseEtcdURL(url: str) -> EtcdURL:
     """
     Parse and check an etcd registry URL.
 
@@ -183,3 +185,49 @@ def _timeout(url: str, value: str | None) -> float:
     if not (math.isfinite(timeout) and 0 < timeout <= 3600):
         raise _bad(url, f"timeout {value[:20]!r}", "must be a number of seconds, 0 to 3600")
     return timeout
+
+
+def toRegistryURL(parsed: EtcdURL) -> RegistryURL:
+    """
+    C{parsed} as txmasse's registry URLs are (what the plugin's C{parseURL}
+    returns): the first member as C{host} and C{port}, the member list and
+    the prefix in C{extra}.
+    """
+    host, port = parsed.endpoints[0]
+    return RegistryURL(
+        parsed.scheme,
+        parsed.display,
+        host=host,
+        port=port,
+        username=parsed.user,
+        password=parsed.password,
+        timeout=parsed.timeout,
+        ca=parsed.ca,
+        cert=parsed.cert,
+        key=parsed.key,
+        extra={
+            "endpoints": ",".join(
+                f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in parsed.endpoints
+            ),
+            "prefix": parsed.prefix,
+        },
+    )
+
+
+def fromRegistryURL(parsed: RegistryURL) -> EtcdURL:
+    """
+    The etcd URL that L{toRegistryURL} made C{parsed} from.
+    """
+    endpoints = tuple(_endpoint(parsed.display, a) for a in parsed.extra["endpoints"].split(","))
+    return EtcdURL(
+        parsed.scheme,
+        parsed.display,
+        endpoints,
+        prefix=parsed.extra["prefix"],
+        timeout=parsed.timeout,
+        user=parsed.username,
+        password=parsed.password,
+        ca=parsed.ca,
+        cert=parsed.cert,
+        key=parsed.key,
+    )
