@@ -147,7 +147,6 @@ class _Held:
     """
 
     leaseID: int
-    key: str
     value: bytes
     ttl: float
     beat: float
@@ -476,7 +475,7 @@ class EtcdRegistry:
             if record.instance not in self._wanted:  # released or stopped meanwhile
                 self._revoke(leaseID)
                 return
-            held = _Held(leaseID, self._recordKey(record), value, ttl, sent)
+            held = _Held(leaseID, value, ttl, sent)
             self._held[record.instance] = held
             try:
                 await self._txnPut(record, value, leaseID, what)
