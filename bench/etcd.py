@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,7 @@ from bench.children import Child, spawn
 from bench.connect import measureConnects
 from bench.events import measureDetection, measureEventLatency
 from bench.peer import fakeRecord, registerMany, registerSpread
-from bench.redis import RedisProcess, freePort
+from bench.redis import RedisProcess
 from bench.stats import Row, micros, millis, p50, p99, table
 from txmasse.registry import registryFromURL
 
@@ -86,6 +87,21 @@ QUICK = EtcdSizes(
 )
 
 
+def freePorts(count: int) -> list[int]:
+    """
+    C{count} different free loopback ports: all held at once while chosen,
+    so that none comes back twice (as closing and asking again may).
+    """
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 class EtcdProcess:
     """
     One etcd member of the bench's own, on free loopback ports.
@@ -96,8 +112,7 @@ class EtcdProcess:
         if executable is None:
             raise SystemExit("bench: etcd is not installed (apt-get install -y etcd-server)")
         self.executable = executable
-        self.port = freePort()
-        self.peerPort = freePort()
+        self.port, self.peerPort = freePorts(2)
         self.directory = tempfile.TemporaryDirectory(prefix="txmasse-bench-etcd-")
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bench.redis import freePort
+from bench.etcd import freePorts
 
 INSTALL_HINT = (
     "etcd is not installed: the etcd tests need it. Install it with "
@@ -160,7 +160,7 @@ class EtcdMember:
                 return False
 
         deadline = time.monotonic() + 5
-        while any(running(task) for task in tasks.iterdir()):
+        while self.process.poll() is None and any(running(task) for task in tasks.iterdir()):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"etcd {self.name} did not stop")
             time.sleep(0.001)
@@ -202,8 +202,9 @@ class EtcdCluster:
         extraArgs: tuple[str, ...] = (),
     ):
         etcdExecutable()
+        ports = freePorts(2 * size)
         self.members = [
-            EtcdMember(directory / f"m{i}", f"m{i}", freePort(), freePort(), tls, extraArgs)
+            EtcdMember(directory / f"m{i}", f"m{i}", ports[2 * i], ports[2 * i + 1], tls, extraArgs)
             for i in range(size)
         ]
         self.tls = tls

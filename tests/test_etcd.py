@@ -22,7 +22,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import capturedLogs, formatEvent
 from zope.interface.verify import verifyObject
 
-from bench.redis import freePort
+from bench.etcd import freePorts
 from tests.endpoint_helpers import Collector, Echo
 from tests.etcd_helpers import EtcdCluster, b64, etcdExecutable, gateway
 from tests.helpers import eventually, lookupFailure, newRegistry, sleep
@@ -134,7 +134,7 @@ async def test_registry_from_url_is_an_etcd_registry(etcd_server: EtcdCluster) -
 
 @pytest_twisted.ensureDeferred
 async def test_unreachable_cluster_is_unavailable_without_password() -> None:
-    ports = f"127.0.0.1:{freePort()},127.0.0.1:{freePort()}"
+    ports = ",".join(f"127.0.0.1:{port}" for port in freePorts(2))
     message = await lookupFailure(f"etcd://{ports}/x?timeout=0.5&user=u&password=hunter2")
     assert f"registry etcd://{ports}/x?timeout=0.5&user=u&password=***: lookup of 'db'" in message
     assert "no answer within 0.5s" in message and "hunter2" not in message
