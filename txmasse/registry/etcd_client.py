@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IConsumer, IReactorTime
@@ -175,7 +175,7 @@ class EtcdClient:
             None,
             Headers({b"Content-Type": [b"application/json"]}),
         )
-        self._authenticating: Deferred[None] | None = None
+        self._authenticating = DeferredLock()
         self.closed = False
         self.lastError: str | None = None
 
@@ -350,18 +350,13 @@ class EtcdClient:
         """
         Get a token for the user (one request however many calls wait).
         """
-        if self._authenticating is None:
+        async with self._authenticating:
+            if self._token is not None:
+                return  # another call got one meanwhile
             body = json.dumps({"name": self._user, "password": self._password}).encode()
-            self._authenticating = Deferred.fromCoroutine(
-                self._getToken(index, body, self._attemptTimeout(remaining))
-            )
-        try:
-            await self._authenticating
-        finally:
-            self._authenticating = None
+            await self._getToken(index, body, self._attemptTimeout(remaining))
 
     async def _getToken(self, index: int, body: bytes, timeout: float) -> None:
-        self._token = None
         reply = await self._attempt(index, "/v3/auth/authenticate", body, timeout)
         token = reply.get("token")
         if not isinstance(token, str) or not token:
