@@ -42,6 +42,7 @@ def gateway(
     timeout: float = 5,
     ca: Path | None = None,
     token: str | None = None,
+    clientCert: tuple[Path, Path] | None = None,
 ) -> Any:
     """
     One call to a member's JSON gateway (blocking; test use only), over
@@ -56,6 +57,8 @@ def gateway(
         headers=headers,
     )
     context = ssl.create_default_context(cafile=str(ca)) if ca else None
+    if context is not None and clientCert is not None:
+        context.load_cert_chain(str(clientCert[0]), str(clientCert[1]))
     with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
         return json.loads(response.read())
 
@@ -77,9 +80,11 @@ class EtcdMember:
         peerPort: int,
         tls: tuple[Path, Path, Path] | None = None,
         extraArgs: tuple[str, ...] = (),
+        clientCert: tuple[Path, Path] | None = None,
     ):
         self.tls = tls  # certificate, key, and the CA that signed them
         self.extraArgs = extraArgs
+        self.clientCert = clientCert  # what the helper's own calls show, if asked
         self.directory = directory
         self.name = name
         self.clientPort = clientPort
@@ -170,7 +175,9 @@ class EtcdMember:
         self.process.send_signal(signal.SIGCONT)
 
     def status(self) -> Any:
-        return gateway(self.clientPort, "/v3/maintenance/status", {}, timeout=1, ca=self.ca)
+        return gateway(
+            self.clientPort, "/v3/maintenance/status", {}, 1, self.ca, clientCert=self.clientCert
+        )
 
     @property
     def ca(self) -> Path | None:
@@ -181,7 +188,14 @@ class EtcdMember:
         Whether this member serves linearizable reads (it has a leader).
         """
         try:
-            gateway(self.clientPort, "/v3/kv/range", {"key": b64("health")}, 1, self.ca)
+            gateway(
+                self.clientPort,
+                "/v3/kv/range",
+                {"key": b64("health")},
+                1,
+                self.ca,
+                clientCert=self.clientCert,
+            )
         except urllib.error.HTTPError as e:
             return e.code == 401  # auth enabled: it answers
         except (OSError, ValueError, urllib.error.URLError):
@@ -200,11 +214,20 @@ class EtcdCluster:
         size: int = 1,
         tls: tuple[Path, Path, Path] | None = None,
         extraArgs: tuple[str, ...] = (),
+        clientCert: tuple[Path, Path] | None = None,
     ):
         etcdExecutable()
         ports = freePorts(2 * size)
         self.members = [
-            EtcdMember(directory / f"m{i}", f"m{i}", ports[2 * i], ports[2 * i + 1], tls, extraArgs)
+            EtcdMember(
+                directory / f"m{i}",
+                f"m{i}",
+                ports[2 * i],
+                ports[2 * i + 1],
+                tls,
+                extraArgs,
+                clientCert,
+            )
             for i in range(size)
         ]
         self.tls = tls

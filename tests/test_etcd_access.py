@@ -39,6 +39,26 @@ def tls_etcd(
 
 
 @pytest.fixture(scope="module")
+def mtls_etcd(
+    tmp_path_factory: pytest.TempPathFactory, authority: Authority
+) -> Iterator[tuple[EtcdCluster, tuple[Path, Path]]]:
+    """
+    A member that requires a client certificate signed by the CA.
+    """
+    cert, key = authority.issue("127.0.0.1")
+    client = authority.issue("masse-peer")
+    cluster = EtcdCluster(
+        tmp_path_factory.mktemp("etcd-mtls"),
+        tls=(cert, key, authority.caPath),
+        extraArgs=("--client-cert-auth", "--trusted-ca-file", str(authority.caPath)),
+        clientCert=client,
+    )
+    cluster.start()
+    yield cluster, client
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
 def auth_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     """
     A member with auth on, whose tokens live one second.
@@ -89,6 +109,23 @@ async def test_etcds_refuses_a_certificate_for_another_host(
         assert "certificate verify failed for '127.0.0.1'" in message
     finally:
         cluster.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_etcds_with_a_client_certificate(
+    mtls_etcd: tuple[EtcdCluster, tuple[Path, Path]], authority: Authority
+) -> None:
+    cluster, (cert, key) = mtls_etcd
+    base = f"{cluster.url}/mtls?ca={authority.caPath}&timeout=1"
+    registry = newRegistry(f"{base}&cert={cert}&key={key}")
+    try:
+        lease = await registry.register(record(), 5)
+        assert await registry.lookup("dev", "db") == [lease.record]
+    finally:
+        await registry.close()
+    message = await lookupFailure(base)  # no certificate to show
+    assert f"registry {base}: lookup of 'db' failed" in message
+    assert "bad certificate" in message  # etcd's TLS alert, passed on
 
 
 def test_etcds_bad_ca_file_is_named(tmp_path: Path) -> None:
