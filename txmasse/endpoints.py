@@ -46,6 +46,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmasse import metrics
 from txmasse.errors import MasseError, NoReachablePeer, PeerNotFound
 from txmasse.peertls import PeerTLS, certificateName, peerClientEndpoint, tlsFromOptions
 from txmasse.records import Glob, PeerRecord, localHostIdentity, validateName
@@ -358,6 +359,7 @@ class MasseClientEndpoint:
             attempts[-1].cancel()
 
         connecting: Deferred[IProtocol] = Deferred(cancel)
+        metrics.connectStarted(connecting, self.namespace, self.name)
         timeout = self.timeout
         # One delayed call rather than Deferred.addTimeout: a third of what
         # a warm connect costs beyond the TCP connect itself.

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
+from txmasse import metrics
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry._base import (
     Lease,
@@ -60,6 +61,7 @@ class MemoryRegistry:
         self._deadlines: list[tuple[float, str, str, str]] = []
         self._sweep: IDelayedCall | None = None
 
+    @metrics.registryCall("register")
     def register(self, record: PeerRecord, ttl: float) -> Deferred[ILease]:
         try:
             ttl = validateTTL(ttl)
@@ -71,6 +73,7 @@ class MemoryRegistry:
         self._put(record, ttl)
         return succeed(lease)
 
+    @metrics.registryCall("lookup")
     def lookup(
         self, namespace: str, name: str, stale: float | None = None
     ) -> Deferred[list[PeerRecord]]:
@@ -85,6 +88,7 @@ class MemoryRegistry:
         entries = self._names.get((namespace, name), {})
         return succeed([entry.record for entry in entries.values()])
 
+    @metrics.registryCall("find")
     def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
         try:
             glob = validateSearch(namespace, pattern)
@@ -92,6 +96,7 @@ class MemoryRegistry:
             return fail()
         return succeed(list(self._matching(namespace, glob)))
 
+    @metrics.registryCall("leases")
     def leases(self, namespace: str, pattern: str) -> Deferred[list[LeaseStatus]]:
         try:
             glob = validateSearch(namespace, pattern)
@@ -99,6 +104,7 @@ class MemoryRegistry:
             return fail()
         return succeed(self._statuses(namespace, glob))
 
+    @metrics.registryCall("watch")
     def watch(
         self,
         namespace: str,
@@ -120,6 +126,7 @@ class MemoryRegistry:
         self._watchers.setdefault(namespace, set()).add(subscription)
         return subscription.resync().addCallback(lambda _: subscription)
 
+    @metrics.registryCall("report")
     def report(self, event: PeerEvent) -> Deferred[None]:
         try:
             validateUsage(event)
