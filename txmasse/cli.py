@@ -35,6 +35,7 @@ from txmasse.registry import (
     registryFromURL,
 )
 from txmasse.registry.signed import SignedRegistry
+from txmasse.web import cli as webcli
 
 
 class UsageError(Exception):
@@ -108,7 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument(
         "--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)"
     )
-    for sub in (ls, watch, resolve, connect, register):
+    web = commands.add_parser("web", help="serve the live dashboard and /metrics (docs/web.md)")
+    webcli.addArguments(web)
+    for sub in (ls, watch, resolve, connect, register, web):
         sub.error = parser.error  # type: ignore[method-assign]
     return parser
 
@@ -385,6 +388,8 @@ async def run(reactor: Any, args: Any, out: TextIO) -> None:
             await connect(reactor, registry, namespace, args)
         elif args.command == "register":
             await register(reactor, registry, namespace, args)
+        elif args.command == "web":
+            await webcli.run(reactor, registry, namespace, args)
     finally:
         await registry.close()
 
