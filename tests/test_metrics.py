@@ -235,3 +235,19 @@ def test_bad_metrics_endpoint() -> None:
     )
     with pytest.raises(usage.UsageError, match="--metrics 'nosuch:1'"):
         makeService(options)
+
+
+def test_notes_fold_in_batches_without_a_scrape() -> None:
+    """
+    Hooks only take notes; a scrape folds them in, and so does every
+    L{metrics.FOLD_AT}-th note, so they stay bounded when nobody scrapes.
+    """
+    metrics.fold()
+    for _ in range(metrics.FOLD_AT - 1):
+        metrics.watchEvent("folded")
+    assert len(metrics._notes) == metrics.FOLD_AT - 1
+    metrics.watchEvent("folded")
+    assert len(metrics._notes) == 0
+    assert value("masse_watch_events_total", kind="folded") == metrics.FOLD_AT
+    metrics.watchEvent("folded")
+    assert value("masse_watch_events_total", kind="folded") == metrics.FOLD_AT + 1

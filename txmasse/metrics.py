@@ -7,19 +7,23 @@ with its own; L{metricsResource} and L{metricsService} serve them otherwise
 (C{twistd masse --metrics ENDPOINT}).
 
 The names are public and stable. Each hook the rest of txmasse calls is one
-line and costs a few microseconds: the label children are looked up once
-and kept, since C{labels()} costs more than the increment itself.
+line. Counting on the spot costs a warm connect about 4% (the metrics'
+locks and lookups, cold in the middle of a connect), so the hooks only note
+what happened; the notes are added to the metrics in batches, at each
+scrape and every L{FOLD_AT} notes, where they cost a fraction of that.
 """
 
 from __future__ import annotations
 
 import functools
 import weakref
+from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any, ParamSpec, TypeVar
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
@@ -46,6 +50,50 @@ SECONDS_BUCKETS = (
     30.0,
 )
 """From a warm loopback connect (under 1 ms) to a connect's default deadline."""
+
+FOLD_AT = 1024
+"""Notes kept before they are added to the metrics without waiting for a scrape."""
+
+_Note = tuple[Any, tuple[str, ...], Any, tuple[str, ...], float]
+_notes: deque[_Note] = deque()
+"""(counter, its labels, histogram or None, its labels, seconds): appended by
+the reactor's thread, taken by whichever thread folds (deques are safe so)."""
+
+
+def fold() -> None:
+    """
+    Add the notes taken so far to the metrics.
+    """
+    while True:
+        try:
+            counter, labels, histogram, histogramLabels, seconds = _notes.popleft()
+        except IndexError:
+            return
+        _child(counter, *labels).inc()
+        if histogram is not None:
+            (_child(histogram, *histogramLabels) if histogramLabels else histogram).observe(seconds)
+
+
+def _note(note: _Note) -> None:
+    _notes.append(note)
+    if len(_notes) >= FOLD_AT:
+        fold()
+
+
+class _Folding:
+    """
+    Registered before the metrics, so a scrape folds the notes in first.
+    """
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> list[Metric]:
+        fold()
+        return []
+
+
+REGISTRY.register(_Folding())
 
 connects = Counter(
     "masse_connects",
@@ -119,19 +167,19 @@ def connectStarted(connecting: Deferred[Any], namespace: str, name: str) -> None
     Count and time a connect by name: call as it starts, with the Deferred
     its caller gets (the result passes through untouched).
     """
-    start = perf_counter()
+    connecting.addBoth(_connectDone, namespace, name, perf_counter())
 
-    def done(result: object) -> object:
-        _child(connects, namespace, name, outcomeOf(result)).inc()
-        connectSeconds.observe(perf_counter() - start)
-        return result
 
-    connecting.addBoth(done)
+def _connectDone(result: object, namespace: str, name: str, start: float) -> object:
+    labels = (namespace, name, outcomeOf(result))
+    _note((connects, labels, connectSeconds, (), perf_counter() - start))
+    return result
 
 
 def _callDone(result: object, op: str, start: float) -> object:
-    _child(registryCalls, op, outcomeOf(result)).inc()
-    _child(registryCallSeconds, op).observe(perf_counter() - start)
+    _note(
+        (registryCalls, (op, outcomeOf(result)), registryCallSeconds, (op,), perf_counter() - start)
+    )
     return result
 
 
@@ -176,7 +224,7 @@ def watchEvent(kind: str) -> None:
     """
     One event delivered to one watcher.
     """
-    _child(watchEvents, kind).inc()
+    _note((watchEvents, (kind,), None, (), 0.0))
 
 
 def metricsResource() -> Any:
