@@ -5,6 +5,7 @@ of the leases (only while someone looks) keeps the time each has left.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -21,6 +22,8 @@ from txmasse.web._records import recordJSON
 log = Logger()
 
 MAX_RETRY = 10.0
+RECENT = 200
+"""Events kept for a listener that arrives later (as C{recent} messages)."""
 
 
 class Listener(Protocol):
@@ -58,6 +61,7 @@ class NamespaceView:
         self._subscription: ISubscription | None = None
         self._expires: dict[str, float] = {}
         self._listeners: set[Listener] = set()
+        self._recent: deque[tuple[bool, dict[str, Any]]] = deque(maxlen=RECENT)
         self._retryDelay = 1.0
         self._pending: IDelayedCall | None = None
         self._polling = False
@@ -119,10 +123,14 @@ class NamespaceView:
 
     def listen(self, listener: Listener) -> Callable[[], None]:
         """
-        Tell C{listener} of the current members (as C{present}), then of
-        every change; returns the function that stops it.
+        Tell C{listener} of the last events (as C{recent} messages) and the
+        current members (as C{present}), then of every change; returns the
+        function that stops it.
         """
         self._listeners.add(listener)
+        for usage, message in self._recent:
+            if listener.usage or not usage:
+                listener.send("recent", message)
         listener.send("status", self._statusJSON())
         for record in self.members:
             listener.send(None, self._eventJSON("present", record))
@@ -163,7 +171,9 @@ class NamespaceView:
         usage = event.kind in USAGE_KINDS
         if not usage and self._subscription is not None:
             self.members = tuple(self._subscription.peers)
-        self._broadcast(None, self._eventJSON(event.kind, event.record, event.source), usage)
+        message = self._eventJSON(event.kind, event.record, event.source)
+        self._recent.append((usage, message))
+        self._broadcast(None, message, usage)
         if not usage:
             self._pollSoon(0.05)
 

@@ -73,7 +73,8 @@
       cell(row, "name", "name", r.name);
       cell(row, "instance", "instance", r.instance.slice(0, 12)).title = r.instance;
       lines(row, "endpoints", "endpoints", r.endpoints);
-      cell(row, "host", "host", r.host);
+      // The host identity is "hostname/machine-id": the hostname says enough.
+      cell(row, "host", "host", r.host.split("/")[0]).title = r.host;
       const ageCell = cell(row, "age", "age", age(Date.now() / 1000 - r.registered));
       const leftCell = cell(row, "lease left", "left", left(entry));
       const state = r.draining ? "draining" : "health-" + r.health;
@@ -160,6 +161,7 @@
   function onHello(hello) {
     peers.clear();
     statuses.clear();
+    $("events").replaceChildren(); // the stream sends the recent ones again
     $("registry").textContent = hello.registry;
     const select = $("namespace");
     const chosen = select.value;
@@ -187,6 +189,7 @@
       showStatus();
     });
     source.addEventListener("leases", (m) => onLeases(JSON.parse(m.data)));
+    source.addEventListener("recent", (m) => logEvent(JSON.parse(m.data)));
     source.onmessage = (m) => onEvent(JSON.parse(m.data));
     source.onerror = () => {
       const node = $("status");
