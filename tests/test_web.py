@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.browser import Browser
 from tests.conftest import RedisServer
-from tests.web_helpers import Dashboard, EventStream, Peer, firstLine, masseProcess
+from tests.web_helpers import Dashboard, EventStream, Peer, firstLine, masseProcess, reportUsage
+from txmasse.records import localHostIdentity
 
 NS = "webtest"
 OTHER = "webother"
@@ -96,7 +97,7 @@ def test_page_shows_peers_and_follows_a_sigkill(
     assert rows[a.instance]["health"] == "passing"
     assert rows[a.instance]["instance"] == a.instance[:12]
     assert rows[b.instance]["metadata"] == "zone=b"
-    assert rows[b.instance]["host"]
+    assert rows[b.instance]["host"] == localHostIdentity().split("/")[0]
     # The store's text stayed text: no element was made of it, nothing ran.
     assert browser.evaluate("document.scripts.length") == 1
     assert browser.evaluate("document.querySelectorAll('#peers img').length") == 0
@@ -272,6 +273,20 @@ def test_events_stream(redis: RedisServer, dashboard: Dashboard, peers: list[Pee
         assert (gone["kind"], gone["record"]["instance"]) == ("timedout", new.instance)
     finally:
         stream.close()
+    # A stream that opens later hears of them as recent events first.
+    later = EventStream(dashboard.port, f"?ns={NS}")
+    try:
+        assert later.next()[0] == "hello"
+        recent = []
+        while True:
+            event, message = later.next()
+            if event != "recent":
+                break
+            if message["record"]["instance"] == new.instance:
+                recent.append(message["kind"])
+        assert recent == ["joined", "timedout"]
+    finally:
+        later.close()
 
 
 def test_metrics(redis: RedisServer, dashboard: Dashboard, peers: list[Peer]) -> None:
@@ -332,3 +347,49 @@ def test_loopback_by_default(redis: RedisServer) -> None:
     process = masseProcess(redis.url, "web", "--help")
     out, _ = process.communicate(timeout=30)
     assert "tcp:8370:interface=127.0.0.1" in out
+
+
+def test_stream_use_when_asked(
+    redis: RedisServer, dashboard: Dashboard, browser: Browser, peers: list[Peer]
+) -> None:
+    """
+    C{connected}/C{disconnected} reports reach a stream (and the page) only
+    when asked for: C{?usage=1}, the page's "stream use" box.
+    """
+    peers.append(Peer(redis.url, NS, "used", 4061, ttl=5))
+    (used,) = peers
+    rowsOf(browser, used.instance)
+    browser.evaluate(
+        "(() => { const box = document.getElementById('usage'); box.checked = true;"
+        " box.dispatchEvent(new Event('change')); })()"
+    )
+    rowsOf(browser, used.instance)  # reconnected, with usage
+    plain = EventStream(dashboard.port, f"?ns={NS}")
+    withUsage = EventStream(dashboard.port, f"?ns={NS}&usage=1")
+    try:
+        for stream in (plain, withUsage):
+            while stream.next()[0] != "status":
+                pass  # then the members, as present
+        reportUsage(redis.url, NS, "used", "connected")
+        message = withUsage.nextPeerEvent()
+        while message["kind"] == "present":
+            message = withUsage.nextPeerEvent()
+        assert (message["kind"], message["source"]) == ("connected", "tester:1")
+        assert message["record"]["instance"] == used.instance
+        shown = browser.waitFor(
+            EVENTS, lambda events: ["connected", used.instance] in events, "the connected report"
+        )
+        assert ["connected", used.instance] in shown
+        # The plain stream's next peer event is the next join, not the report.
+        peers.append(Peer(redis.url, NS, "used-after", 4062, ttl=5))
+        message = plain.nextPeerEvent()
+        while message["kind"] == "present":
+            message = plain.nextPeerEvent()
+        assert (message["kind"], message["record"]["instance"]) == ("joined", peers[1].instance)
+    finally:
+        plain.close()
+        withUsage.close()
+        browser.evaluate(
+            "(() => { const box = document.getElementById('usage'); box.checked = false;"
+            " box.dispatchEvent(new Event('change')); })()"
+        )

@@ -209,3 +209,35 @@ class EventStream:
 
     def close(self) -> None:
         self._socket.close()
+
+
+_REPORT = """
+import sys
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from txmasse import EventKind, PeerEvent, registryFromURL
+
+async def main(reactor, url, namespace, name, kind):
+    registry = registryFromURL(reactor, url)
+    try:
+        (record,) = await registry.lookup(namespace, name)
+        await registry.report(PeerEvent(EventKind(kind), record, "tester:1"))
+    finally:
+        await registry.close()
+
+task.react(lambda reactor: Deferred.fromCoroutine(main(reactor, *sys.argv[1:])))
+"""
+
+
+def reportUsage(registry: str, namespace: str, name: str, kind: str) -> None:
+    """
+    Publish a C{connected} or C{disconnected} report about the one instance
+    of C{name}, from a process of its own, as a C{report=true} client does.
+    """
+    subprocess.run(
+        [sys.executable, "-c", _REPORT, registry, namespace, name, kind],
+        check=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd="/",
+    )
