@@ -43,11 +43,11 @@ async def measure(url: str, echoPort: int, rounds: int) -> dict[str, list[float]
         return await echoOnce(endpoint)
 
     async def off() -> float:
-        metrics.connectStarted = _noHook  # type: ignore[assignment]
+        metrics.connectStarted = _noHook
         try:
             return await echoOnce(endpoint)
         finally:
-            metrics.connectStarted = hook  # type: ignore[assignment]
+            metrics.connectStarted = hook
 
     # Two variants with metrics off: their ratio is the noise floor.
     variants = {"on": on, "off": off, "off2": off}
