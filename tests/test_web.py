@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -393,3 +394,34 @@ def test_stream_use_when_asked(
             "(() => { const box = document.getElementById('usage'); box.checked = false;"
             " box.dispatchEvent(new Event('change')); })()"
         )
+
+
+def test_registry_down_then_up(tmp_path: Path) -> None:
+    """
+    Started before its registry answers, the dashboard says why it shows
+    nothing (503, and a status on the stream), and catches up once the
+    registry is there.
+    """
+    server = RedisServer(tmp_path)  # its port chosen, not started yet
+    web = Dashboard(f"{server.url}?timeout=0.3", NS)
+    stream: EventStream | None = None
+    try:
+        status, _, body = web.get(f"api/peers?ns={NS}")
+        assert status == 503
+        assert f"127.0.0.1:{server.port}" in json.loads(body)["error"]
+        stream = EventStream(web.port, f"?ns={NS}")
+        assert stream.next()[0] == "hello"
+        event, down = stream.next()
+        assert (event, down["synced"]) == ("status", False)
+        assert f"127.0.0.1:{server.port}" in down["error"]
+        server.start()
+        while True:  # the watch is retried after 1 s, then 2 s...
+            event, message = stream.next(timeout=15)
+            if event == "status" and message["synced"]:
+                break
+        assert web.json(f"api/peers?ns={NS}") == []
+    finally:
+        if stream is not None:
+            stream.close()
+        web.stop()
+        server.stop()
