@@ -295,8 +295,8 @@ def test_metrics(redis: RedisServer, dashboard: Dashboard, peers: list[Peer]) ->
     C{/metrics} parses, with the registry's view (C{masse_instances}) and
     the dashboard process's own metrics.
     """
-    peers.append(Peer(redis.url, NS, "metered", 4051, ttl=5))
-    peers.append(Peer(redis.url, NS, "metered", 4052, ttl=5))
+    peers.append(Peer(redis.url, NS, "metered", 4051, ttl=1))
+    peers.append(Peer(redis.url, NS, "metered", 4052, ttl=1))
 
     def instances() -> dict[tuple[str, ...], float]:
         status, contentType, body = dashboard.get("metrics")
@@ -304,7 +304,7 @@ def test_metrics(redis: RedisServer, dashboard: Dashboard, peers: list[Peer]) ->
         families = {f.name: f for f in text_string_to_metric_families(body.decode())}
         assert families["masse_registry_calls"].type == "counter"
         ops = {s.labels["op"] for s in families["masse_registry_calls"].samples}
-        assert {"watch", "leases"} <= ops
+        assert "watch" in ops  # its own watches, counted by its own metrics
         assert families["masse_instances"].type == "gauge"
         return {
             (s.labels["namespace"], s.labels["name"], s.labels["health"]): s.value
