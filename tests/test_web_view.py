@@ -14,8 +14,9 @@ from twisted.web.test.requesthelper import DummyRequest
 from txmasse.records import PeerRecord
 from txmasse.registry import EventKind, PeerEvent
 from txmasse.registry.memory import MemoryRegistry
+from txmasse.web._collectors import InstancesCollector
+from txmasse.web._events import MAX_QUEUED, EventStream
 from txmasse.web._records import health, recordJSON
-from txmasse.web._resource import MAX_QUEUED, _EventStream, _Instances
 from txmasse.web._view import RECENT, NamespaceView
 
 
@@ -140,7 +141,7 @@ def test_a_reader_that_falls_behind_is_disconnected() -> None:
     clock = Clock()
     registry, view = started(clock)
     request = Request([b""])
-    stream = _EventStream(request, False, clock)  # type: ignore[arg-type]
+    stream = EventStream(request, False, clock)  # type: ignore[arg-type]
     stream.start([view], {"namespaces": ["dev"]})
     assert b"event: hello" in b"".join(request.written)
     stream.pauseProducing()
@@ -165,7 +166,7 @@ def test_instances_by_name_and_health() -> None:
     registry.register(record("db"), 5)
     registry.register(record("db"), 5)
     registry.register(record("web"), 5)
-    (family,) = _Instances([view]).collect()
+    (family,) = InstancesCollector([view]).collect()
     assert family.name == "masse_instances"
     assert {(s.labels["name"], s.labels["health"]): s.value for s in family.samples} == {
         ("db", "passing"): 2,

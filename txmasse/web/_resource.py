@@ -5,67 +5,32 @@ stream, and the metrics.
 
 from __future__ import annotations
 
-import json
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.metrics_core import Metric
+from prometheus_client import CollectorRegistry
 from twisted.internet.defer import FirstError, gatherResults
-from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.util import Redirect
-from zope.interface import implementer
 
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import validateName
 from txmasse.registry import IRegistry, LeaseStatus, defaultNamespace
-from txmasse.web._records import health, recordJSON
+from txmasse.web._collectors import InstancesCollector, ProcessCollector
+from txmasse.web._events import EventsResource
+from txmasse.web._http import BadQuery, jsonBody, secure
+from txmasse.web._records import recordJSON
 from txmasse.web._view import NamespaceView
-
-KEEPALIVE = 15.0
-MAX_QUEUED = 1000
-"""Messages kept for a stream whose reader is not keeping up; past that it
-is closed, and its browser reconnects to a fresh snapshot."""
-
-_HEADERS = {
-    b"Content-Security-Policy": (
-        b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-        b"img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-    b"X-Content-Type-Options": b"nosniff",
-    b"Referrer-Policy": b"no-referrer",
-    b"Cache-Control": b"no-store",
-}
 
 _STATIC = {
     b"": ("index.html", b"text/html; charset=utf-8"),
     b"dashboard.js": ("dashboard.js", b"text/javascript; charset=utf-8"),
     b"dashboard.css": ("dashboard.css", b"text/css; charset=utf-8"),
 }
-
-
-def _secure(request: Request) -> None:
-    for name, value in _HEADERS.items():
-        request.setHeader(name, value)
-
-
-def _json(request: Request, code: int, body: object) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"Content-Type", b"application/json")
-    return json.dumps(body, sort_keys=True).encode("ascii")
-
-
-class _BadQuery(Exception):
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 class _Static(Resource):
@@ -77,7 +42,7 @@ class _Static(Resource):
         self._type = contentType
 
     def render_GET(self, request: Request) -> bytes:
-        _secure(request)
+        secure(request)
         request.setHeader(b"Content-Type", self._type)
         return self._body
 
@@ -90,7 +55,7 @@ class _Refused(Resource):
         self._host = host
 
     def render(self, request: Request) -> bytes:
-        _secure(request)
+        secure(request)
         request.setResponseCode(403)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return (f"masse web: Host {self._host!r} is not one this dashboard answers to\n").encode(
@@ -106,17 +71,17 @@ class _Peers(Resource):
         self._dashboard = dashboard
 
     def render_GET(self, request: Request) -> bytes | int:
-        _secure(request)
+        secure(request)
         try:
             views = self._dashboard.viewsFor(request)
-        except _BadQuery as e:
-            return _json(request, e.code, {"error": str(e)})
+        except BadQuery as e:
+            return jsonBody(request, e.code, {"error": str(e)})
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
 
         def finish(code: int, body: object) -> None:
             if not gone:
-                request.write(_json(request, code, body))
+                request.write(jsonBody(request, code, body))
                 request.finish()
 
         def answered(results: list[list[LeaseStatus]]) -> None:
@@ -133,136 +98,6 @@ class _Peers(Resource):
         asked = [view.registry.leases(view.namespace, "*") for view in views]
         gatherResults(asked, consumeErrors=True).addCallbacks(answered, failed)
         return NOT_DONE_YET
-
-
-@implementer(IPushProducer)
-class _EventStream:
-    """
-    One Server-Sent Events stream: pauses when its reader does, and is
-    closed if the reader falls more than L{MAX_QUEUED} messages behind.
-    """
-
-    def __init__(self, request: Request, usage: bool, clock: IReactorTime):
-        self.usage = usage
-        self._request = request
-        self._paused = False
-        self._done = False
-        self._queue: list[bytes] = []
-        self._stops: list[Callable[[], None]] = []
-        self._keepalive = LoopingCall(self._write, b": keepalive\n\n")
-        self._keepalive.clock = clock
-
-    def start(self, views: Sequence[NamespaceView], hello: dict[str, Any]) -> None:
-        request = self._request
-        request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
-        request.setHeader(b"X-Accel-Buffering", b"no")
-        request.registerProducer(self, True)
-        request.notifyFinish().addBoth(self._finished)
-        self._write(b"retry: 1000\n\n")
-        self.send("hello", hello)
-        for view in views:
-            self._stops.append(view.listen(self))
-        self._keepalive.start(KEEPALIVE, now=False)
-
-    def send(self, event: str | None, data: dict[str, Any]) -> None:
-        head = f"event: {event}\n" if event is not None else ""
-        body = json.dumps(data, separators=(",", ":"), sort_keys=True)
-        self._write(f"{head}data: {body}\n\n".encode("ascii"))
-
-    def _write(self, data: bytes) -> None:
-        if self._done:
-            return
-        if not self._paused:
-            self._request.write(data)
-            return
-        self._queue.append(data)
-        if len(self._queue) > MAX_QUEUED:
-            self._finished(None)
-            self._request.loseConnection()
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        queued, self._queue = self._queue, []
-        for data in queued:
-            self._write(data)
-
-    def stopProducing(self) -> None:
-        self._finished(None)
-
-    def _finished(self, _: object) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._queue = []
-        if self._keepalive.running:
-            self._keepalive.stop()
-        for stop in self._stops:
-            stop()
-
-
-class _Events(Resource):
-    isLeaf = True
-
-    def __init__(self, dashboard: DashboardResource):
-        super().__init__()
-        self._dashboard = dashboard
-
-    def render_GET(self, request: Request) -> bytes | int:
-        _secure(request)
-        try:
-            views = self._dashboard.viewsFor(request)
-        except _BadQuery as e:
-            return _json(request, e.code, {"error": str(e)})
-        usage = request.args.get(b"usage", [b"0"])[-1] in (b"1", b"true", b"yes")
-        stream = _EventStream(request, usage, self._dashboard.clock)
-        hello = {
-            "namespaces": [view.namespace for view in views],
-            "usage": usage,
-            "registry": self._dashboard.registry.url,
-        }
-        stream.start(views, hello)
-        return NOT_DONE_YET
-
-
-class _Instances:
-    """
-    C{masse_instances}: the registry's view, counted at each scrape.
-    """
-
-    def __init__(self, views: Iterable[NamespaceView]):
-        self._views = list(views)
-
-    def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            "masse_instances",
-            "Live instances in the registry, as this dashboard sees them.",
-            labels=["namespace", "name", "health"],
-        )
-
-    def describe(self) -> list[Metric]:
-        return [self._family()]
-
-    def collect(self) -> Iterator[Metric]:
-        counts: Counter[tuple[str, str, str]] = Counter()
-        for view in self._views:
-            for record in view.members:  # a tuple, replaced whole: safe from this thread
-                counts[(record.namespace, record.name, health(record)[0])] += 1
-        family = self._family()
-        for labels, count in sorted(counts.items()):
-            family.add_metric(list(labels), count)
-        yield family
-
-
-class _ProcessMetrics:
-    """
-    The metrics of this process (C{prometheus_client}'s default registry).
-    """
-
-    def collect(self) -> Iterable[Metric]:
-        return REGISTRY.collect()
 
 
 class DashboardResource(Resource):
@@ -305,14 +140,14 @@ class DashboardResource(Resource):
         self.hosts = None if hosts is None else frozenset(host.lower() for host in hosts)
         self.views = {ns: NamespaceView(registry, ns, reactor, refresh) for ns in self.namespaces}
         self.metricsRegistry = CollectorRegistry()
-        self.metricsRegistry.register(_ProcessMetrics())
-        self.metricsRegistry.register(_Instances(self.views.values()))
+        self.metricsRegistry.register(ProcessCollector())
+        self.metricsRegistry.register(InstancesCollector(self.views.values()))
         for path, (filename, contentType) in _STATIC.items():
             body = resources.files("txmasse.web").joinpath("static", filename).read_bytes()
             self.putChild(path, _Static(body, contentType))
         api = Resource()
         api.putChild(b"peers", _Peers(self))
-        api.putChild(b"events", _Events(self))
+        api.putChild(b"events", EventsResource(self))
         self.putChild(b"api", api)
         from prometheus_client.twisted import MetricsResource
 
@@ -353,10 +188,10 @@ class DashboardResource(Resource):
             try:
                 validateName(namespace, "namespace")
             except ValueError as e:
-                raise _BadQuery(400, f"ns: {e}") from None
+                raise BadQuery(400, f"ns: {e}") from None
             view = self.views.get(namespace)
             if view is None:
-                raise _BadQuery(
+                raise BadQuery(
                     404,
                     f"namespace {namespace!r} is not shown here "
                     f"(shown: {', '.join(self.namespaces)})",
