@@ -251,3 +251,21 @@ def test_notes_fold_in_batches_without_a_scrape() -> None:
     assert value("masse_watch_events_total", kind="folded") == metrics.FOLD_AT
     metrics.watchEvent("folded")
     assert value("masse_watch_events_total", kind="folded") == metrics.FOLD_AT + 1
+
+
+def test_the_overhead_bench_runs() -> None:
+    """
+    C{python -m bench.metrics}, tiny: it keeps working (figures in
+    docs/metrics.md come from full runs).
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.metrics", "20"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ratio on/off:" in result.stdout
+    assert "(20 samples)" in result.stdout

@@ -8,6 +8,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import attrs
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -62,6 +63,18 @@ def test_a_listener_hears_the_members_then_each_change() -> None:
     clock.advance(0.05)  # soon after a join, the leases are read
     (leases,) = later.named("leases")
     assert sorted(leases["expiresIn"].values()) == [4.95, 4.95]
+
+
+def test_an_update_replaces_the_record() -> None:
+    clock = Clock()
+    registry, view = started(clock)
+    leasing = registry.register(record("a", v="1"), 5)
+    listener = Listener()
+    view.listen(listener)
+    leasing.addCallback(lambda lease: lease.update(attrs.evolve(lease.record, metadata={"v": "2"})))
+    (updated,) = [data for event, data in listener.messages if data.get("kind") == "updated"]
+    assert updated["record"]["metadata"] == {"v": "2"}
+    assert [dict(r.metadata) for r in view.members] == [{"v": "2"}]
 
 
 def test_leases_are_read_only_while_someone_listens() -> None:
