@@ -86,6 +86,7 @@
     }
     $("peers").replaceChild(body, $("peers").tBodies[0]);
     $("count").textContent = String(entries.length);
+    $("noun").textContent = entries.length === 1 ? "instance" : "instances";
     $("empty").hidden = entries.length > 0;
   }
 
