@@ -161,7 +161,9 @@ def test_narrow_window_stacks_the_events_under_cards(
     layout = """(() => {
       const table = document.getElementById('peers-section').getBoundingClientRect();
       const events = document.getElementById('events-section').getBoundingClientRect();
+      const card = document.querySelector('#peers tbody tr').getBoundingClientRect();
       return {head: getComputedStyle(document.querySelector('#peers thead')).display,
+              card: card.width,
               below: events.top >= table.bottom, width: document.documentElement.scrollWidth};
     })()"""
     try:
@@ -176,6 +178,7 @@ def test_narrow_window_stacks_the_events_under_cards(
         shown = browser.waitFor(layout, lambda v: v["head"] == "none", "the narrow layout")
         assert shown["below"] is True
         assert shown["width"] <= 380  # nothing scrolls sideways
+        assert shown["card"] >= 300  # each instance a card across the window
     finally:
         browser.call(
             "Emulation.setDeviceMetricsOverride",
