@@ -28,6 +28,7 @@ from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmasse import metrics
 from txmasse.checks import checkNumber, shown
 from txmasse.descriptions import transportOf
 from txmasse.errors import NoReachablePeer, PeerNotFound
@@ -250,6 +251,7 @@ class _Connect:
         self.factory = factory
         self.given = given
         self.result: Deferred[IProtocol] = Deferred(self._cancel)
+        metrics.connectStarted(self.result, client.namespace, client.name)
         self.registry: IRegistry | None = None
         self.pending: list[Candidate] = []
         self.failed: set[str] = set()
