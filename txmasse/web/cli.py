@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import math
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 
+from txmasse.checks import checkNumber
 from txmasse.records import validateName
 from txmasse.registry import IRegistry
 
@@ -27,12 +27,9 @@ def _namespace(text: str) -> str:
 
 def _seconds(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 0.1 <= value <= 3600):
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 0.1 to 3600 seconds")
-    return value
+        return checkNumber(text, f"{text!r}:", low=0.1, high=3600)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def addArguments(parser: argparse.ArgumentParser) -> None:
