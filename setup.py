@@ -16,13 +16,14 @@ setup(
     # Twisted's plugin scan finds twisted/plugins (an import-hook finder would hide it).
     package_dir={"": "."},
     packages=find_packages(include=["txmasse", "txmasse.*"]) + ["twisted.plugins"],
-    package_data={"txmasse": ["py.typed"]},
+    package_data={"txmasse": ["py.typed"], "txmasse.web": ["static/*"]},
     install_requires=[
         "twisted[tls]>=24.7",
         "txredisapi>=1.4.10",
         "zope.interface>=6",
         "attrs>=23.1",
         "shtab>=1.7",
+        "prometheus_client>=0.20",
         "treq>=23.11",
     ],
     entry_points={

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import site
 import socket
 import ssl
 import subprocess
@@ -30,6 +31,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -567,3 +569,49 @@ def copySource(destination: Path) -> Path:
     for name in ("txmasse", "twisted", "examples"):
         shutil.copytree(REPO / name, destination / name, ignore=ignore)
     return destination
+
+
+@attrs.frozen
+class FreshVenv:
+    """
+    A new virtualenv with txmasse (copied from the checkout) and C{packages}
+    installed by pip, not editable; the test environment's own packages
+    (Twisted, txredisapi...) reused through a .pth file, to stay quick.
+    """
+
+    python: Path
+    sitePackages: Path
+    elsewhere: Path
+    env: dict[str, str]
+
+    @classmethod
+    def create(cls, root: Path, *packages: Path) -> FreshVenv:
+        venv = root / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        python = venv / "bin" / "python"
+        [sitePackages] = (venv / "lib").glob("python*/site-packages")
+        (sitePackages / "_txmasse_test_deps.pth").write_text(
+            "\n".join(site.getsitepackages()) + "\n"
+        )
+        source = copySource(root / "source")
+        pip = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check"]
+        install = subprocess.run(
+            [*pip, "install", "--quiet", "--no-deps", str(source), *map(str, packages)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert install.returncode == 0, install.stdout + install.stderr
+        elsewhere = root / "elsewhere"
+        elsewhere.mkdir()
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MASSE_REGISTRY")}
+        return cls(python, sitePackages, elsewhere, env)
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """
+        Run C{args} in another directory, with this virtualenv's environment.
+        """
+        return subprocess.run(
+            list(args), cwd=self.elsewhere, env=self.env, capture_output=True, text=True,
+            timeout=timeout,
+        )  # fmt: skip

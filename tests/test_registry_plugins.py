@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import site
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +23,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, clientFromString, quo
 from twisted.internet.protocol import Factory
 
 from tests.endpoint_helpers import REPO, Collector, Echo
-from tests.helpers import copySource
+from tests.helpers import FreshVenv
 from txmasse.contract import *  # noqa: F403 (the contract, run over the plugin's registry)
 from txmasse.registry import parseRegistryURL, registryFromURL
 from txmasse.registry.plugins import registerScheme
@@ -119,42 +116,20 @@ def test_a_file_that_cannot_be_read_is_named(tmp_path: Path) -> None:
 
 
 def test_installed_in_a_fresh_venv_it_is_found_by_its_entry_point(tmp_path: Path) -> None:
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    [sitePackages] = (venv / "lib").glob("python*/site-packages")
-    (sitePackages / "_txmasse_test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    source = copySource(tmp_path / "source")
-    pip = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check"]
-    install = subprocess.run(
-        [*pip, "install", "--quiet", "--no-deps", str(source), str(EXAMPLE)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
+    venv = FreshVenv.create(tmp_path, EXAMPLE)
     path = peersFile(
         tmp_path, {"namespace": "dev", "name": "db", "endpoints": ["tcp:host=10.0.0.7:port=5432"]}
     )
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MASSE_REGISTRY")}
-    bin = venv / "bin"
-    listing = subprocess.run(
-        [str(bin / "masse"), "--registry", f"static://{path}", "--ns", "dev", "resolve", "db"],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    url = f"static://{path}"
+    bin = venv.python.parent
+    listing = venv.run(str(bin / "masse"), "--registry", url, "--ns", "dev", "resolve", "db")
     assert listing.returncode == 0, listing.stdout + listing.stderr
     assert "tcp:host=10.0.0.7:port=5432" in listing.stdout
     twistd = subprocess.Popen(
-        [str(python), "-c", TWISTD, "-n", "--pidfile=", "masse", "--registry", f"static://{path}",
+        [str(venv.python), "-c", TWISTD, "-n", "--pidfile=", "masse", "--registry", url,
          "--name", "web", "--ns", "dev", "--factory", "twisted.protocols.wire:Echo"],
-        cwd=elsewhere,
-        env=env,
+        cwd=venv.elsewhere,
+        env=venv.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -8,10 +8,6 @@ from endpoint strings alone.
 
 from __future__ import annotations
 
-import os
-import site
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -24,7 +20,7 @@ from twisted.internet.protocol import Factory
 
 import twisted.plugins
 from tests.endpoint_helpers import REPO, Collector, Echo
-from tests.helpers import copySource, eventually
+from tests.helpers import FreshVenv, eventually
 from txmasse import MasseError, MasseServerEndpoint
 from txmasse.registry import MemoryRegistry
 
@@ -116,30 +112,7 @@ ROUND_TRIP = textwrap.dedent(
 
 
 def test_installed_in_a_fresh_venv_it_works_from_endpoint_strings(tmp_path: Path) -> None:
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    [sitePackages] = (venv / "lib").glob("python*/site-packages")
-    (sitePackages / "_txmasse_test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    source = copySource(tmp_path / "source")
-    pip = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check"]
-    install = subprocess.run(
-        [*pip, "install", "--quiet", "--no-deps", str(source), str(EXAMPLE)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert install.returncode == 0, install.stdout + install.stderr
-    assert (sitePackages / "twisted" / "plugins" / "masse_xor_plugins.py").exists()
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MASSE_REGISTRY")}
-    run = subprocess.run(
-        [str(python), "-c", ROUND_TRIP],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    venv = FreshVenv.create(tmp_path, EXAMPLE)
+    assert (venv.sitePackages / "twisted" / "plugins" / "masse_xor_plugins.py").exists()
+    run = venv.run(str(venv.python), "-c", ROUND_TRIP)
     assert run.stdout == "xor\nhello over xor\n", run.stdout + run.stderr

@@ -547,6 +547,21 @@ async def dns(context: Context, args: Any) -> None:
     await dnscli.run(context.reactor, context.registry, args, context.out)
 
 
+# web: the dashboard and /metrics (txmasse.web.cli)
+
+
+def _webArguments(parser: argparse.ArgumentParser) -> None:
+    from txmasse.web.cli import addArguments
+
+    addArguments(parser)
+
+
+async def web(context: Context, args: Any) -> None:
+    from txmasse.web import cli as webcli
+
+    await webcli.run(context.reactor, context.registry, context.namespace, args)
+
+
 # providers, describe, call: RPC by name (txmasse.rpc.cli)
 
 
@@ -599,6 +614,7 @@ COMMANDS: list[Command] = [
     ),
     Command("register", "keep a name registered until stopped", _registerArguments, register),
     Command("dns", "answer DNS for the registry's live peers", _dnsArguments, dns),
+    Command("web", "serve the live dashboard and /metrics (docs/web.md)", _webArguments, web),
     Command(
         "providers",
         "list the instances that provide an AMP command",

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from txmasse.checks import checkNumber
 from txmasse.errors import MasseError
+from txmasse.metrics import metricsService
 from txmasse.peertls import PeerTLS, tlsFromOptions
 from txmasse.records import validateName
 from txmasse.registry import IRegistry, defaultNamespace, parseRegistryURL, registryFromURL
@@ -268,6 +269,7 @@ class Options(usage.Options):
         ["key", None, None, "The certificate's PEM key (default: the key in the --cert file)."],
         ["ca", None, None, "With --cert: require client certificates signed by this CA."],
         ["provides", None, None, "AMP commands to publish: dotted names of Command classes."],
+        ["metrics", None, None, "Serve Prometheus metrics at /metrics on this server endpoint."],
     ]
 
     def __init__(self) -> None:
@@ -327,6 +329,8 @@ def makeService(options: Options) -> RegistryService:
     """
     service = RegistryService(options["registry"])
     try:
+        if options["metrics"] is not None:  # before the peer: stopped after it
+            metricsService(service.reactor, options["metrics"]).setServiceParent(service)
         service.addPeer(
             options["name"],
             options["factory"],

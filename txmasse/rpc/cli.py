@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -20,6 +19,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import provider
 
+from txmasse.checks import checkNumber
 from txmasse.cli import UsageError, printJSON
 from txmasse.errors import PeerNotFound
 from txmasse.records import PeerRecord, validateName
@@ -174,8 +174,7 @@ async def _call(reactor: Any, registry: IRegistry, args: Any, out: TextIO, err: 
         for pair in args.arguments:  # the shape now; the values once the schema is known
             if not pair.partition("=")[0] or "=" not in pair:
                 raise ValueError(f"argument {pair!r} must be NAME=VALUE")
-        if not (math.isfinite(args.timeout) and args.timeout > 0):
-            raise ValueError(f"--timeout {args.timeout}: must be a positive number of seconds")
+        checkNumber(args.timeout, f"--timeout {args.timeout}:", low=0, above=True)
     except ValueError as e:
         raise UsageError(str(e)) from None
     rpc = RPC(registry, reactor, pick=args.pick, timeout=args.timeout)
