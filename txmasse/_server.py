@@ -189,7 +189,7 @@ class MasseListeningPort:
             if self._failures:
                 log.info(
                     "{port}: registered after {failures} failed tries",
-                    port=self,
+                    port=repr(self),
                     failures=self._failures,
                 )
             waiting, self._waiting = self._waiting, []
@@ -208,7 +208,7 @@ class MasseListeningPort:
                 log.warn(
                     "{port}: listening, but not yet registered (registering again until the "
                     "registry answers): {error}",
-                    port=self,
+                    port=repr(self),
                     error=failure.getErrorMessage(),
                 )
             self._retry = self._clock.callLater(delay, self._register)
@@ -237,9 +237,9 @@ class MasseListeningPort:
             except Exception as e:
                 log.warn(
                     "{port}: could not withdraw the name, it expires in {ttl}s: {error}",
-                    port=self,
+                    port=repr(self),
                     ttl=self._lease.ttl,
-                    error=e,
+                    error=str(e),
                 )
         await _stopAll([port for port in (self.unixPort, self.port) if port is not None])
 
