@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from txmasse.checks import checkNumber
 from txmasse.errors import MasseError
+from txmasse.health import HealthCheck, parseCheck
 from txmasse.peertls import PeerTLS, tlsFromOptions
 from txmasse.records import validateName
 from txmasse.registry import IRegistry, defaultNamespace, parseRegistryURL, registryFromURL
@@ -136,6 +137,9 @@ class RegistryService(MultiService):
         wrappers: Sequence[Any] = (),
         tls: PeerTLS | None = None,
         provides: Sequence[type] | None = None,
+        check: str | None = None,
+        healthCheck: HealthCheck | None = None,
+        drain: float = 0.0,
     ) -> NamedPeerService:
         """
         Serve C{factory} under C{name}: listen on C{listen} (a server endpoint
@@ -143,6 +147,9 @@ class RegistryService(MultiService):
         serve TLS with a certificate for C{NAME.NAMESPACE} (see
         L{txmasse.peertls}); C{provides}: the AMP commands to publish when
         the factory's protocol class does not declare them (L{txmasse.rpc}).
+        C{check}, C{healthCheck} and C{drain} are the server endpoint's
+        (L{txmasse.health}): checks run at every heartbeat, and how long
+        stopping waits, drained, for open connections to close.
         """
         from twisted.internet.endpoints import serverFromString
 
@@ -161,6 +168,9 @@ class RegistryService(MultiService):
             wrappers=wrappers,
             tls=tls,
             provides=provides,
+            check=check,
+            healthCheck=healthCheck,
+            drain=drain,
         )
         peer = NamedPeerService(endpoint, factory, self.reactor)
         peer.setName(f"{namespace}/{name}")
@@ -233,6 +243,8 @@ class Options(usage.Options):
         ["key", None, None, "The certificate's PEM key (default: the key in the --cert file)."],
         ["ca", None, None, "With --cert: require client certificates signed by this CA."],
         ["provides", None, None, "AMP commands to publish: dotted names of Command classes."],
+        ["check", None, None, "Health check at every heartbeat: tcp, or http:/PATH."],
+        ["drain", None, "0", "Seconds stopping waits, drained, for open connections to close."],
     ]
 
     def __init__(self) -> None:
@@ -259,6 +271,9 @@ class Options(usage.Options):
             if self["registry"] is not None:
                 parseRegistryURL(self["registry"])
             self["ttl"] = _seconds("--ttl", self["ttl"])
+            if self["check"] is not None:
+                parseCheck(self["check"])
+            self["drain"] = checkNumber(self["drain"], f"--drain {self['drain']!r}:", low=0)
             self["tls"] = tlsFromOptions(
                 {k: self[k] for k in ("cert", "key", "ca") if self[k] is not None}, server=True
             )
@@ -293,6 +308,8 @@ def makeService(options: Options) -> RegistryService:
             metadata=options["meta"],
             tls=options["tls"],
             provides=options["provides"],
+            check=options["check"],
+            drain=options["drain"],
         )
     except (ValueError, MasseError) as e:
         raise usage.UsageError(str(e)) from None
