@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from txmasse.checks import checkNumber
 from txmasse.errors import MasseError, PeerNotFound
+from txmasse.health_cli import matches, metaConditions, stateJSON
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry import (
     IRegistry,
@@ -114,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     addDNSArguments(dns)
     for sub in (ls, watch, resolve, connect, register, dns):
         sub.error = parser.error  # type: ignore[method-assign]
+    from txmasse import health_cli  # drain, undrain; --meta for ls and resolve
+
+    health_cli.addArguments(commands, parser)
+    health_cli.addMetaFilter(ls)
+    health_cli.addMetaFilter(resolve)
     from txmasse.rpc import cli as rpc  # providers, describe, call
 
     rpc.addArguments(commands, parser)
@@ -140,6 +146,7 @@ def _recordJSON(record: PeerRecord) -> dict[str, Any]:
         "metadata": dict(record.metadata),
         "host": record.host,
         "registered": record.registered,
+        **stateJSON(record),
     }
 
 
@@ -156,6 +163,8 @@ async def listPeers(registry: IRegistry, namespace: str, args: Any, out: TextIO)
         await listAll(registry, namespace, args, out)
         return
     statuses: list[LeaseStatus] = await registry.leases(namespace, args.pattern)
+    meta = metaConditions(args.meta)
+    statuses = [status for status in statuses if matches(status.record, meta)]
     _printLeases([(status, None) for status in statuses], args, out)
 
 
@@ -197,7 +206,7 @@ def _printLeases(
                 line["rejected"] = problem
             print(json.dumps(line, sort_keys=True), file=out)
         return
-    rows = [["NAME", "INSTANCE", "ENDPOINTS", "AGE", "LEFT", "METADATA"]]
+    rows = [["NAME", "INSTANCE", "ENDPOINTS", "AGE", "LEFT", "HEALTH", "METADATA"]]
     if status is not None:
         rows[0].append("STATUS")
     for lease, problem in checked:
@@ -209,6 +218,7 @@ def _printLeases(
                 " ".join(record.endpoints),
                 _age(now - record.registered),
                 f"{lease.expiresIn:.1f}s",
+                record.state,
                 " ".join(f"{k}={v}" for k, v in sorted(record.metadata.items())),
             ]
         )
@@ -229,6 +239,7 @@ def _eventLine(event: PeerEvent, asJSON: bool) -> str:
     return (
         f"{stamp}Z {event.kind:<8} {record.namespace}/{record.name} "
         f"{record.instance[:12]} {' '.join(record.endpoints)}{source}"
+        f"{'' if event.source is not None else ' ' + record.state}"
     )
 
 
@@ -243,6 +254,14 @@ async def watchPeers(registry: IRegistry, namespace: str, args: Any, out: TextIO
 async def resolve(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> None:
     validateName(args.name, "name")
     records = await registry.lookup(namespace, args.name)
+    meta = metaConditions(args.meta)
+    if records and meta and not any(matches(record, meta) for record in records):
+        shown = " ".join(f"--meta {key}={value}" for key, value in meta)
+        raise PeerNotFound(
+            f"{shown} matched none of the {len(records)} instance(s) of {args.name!r} "
+            f"in namespace {namespace!r} of registry {registry.url}"
+        )
+    records = [record for record in records if matches(record, meta)]
     if not records:
         raise PeerNotFound(
             f"no live instance of {args.name!r} in namespace {namespace!r} "
@@ -365,6 +384,7 @@ def _checkArguments(args: Any) -> tuple[str, str]:
                 parseRegistryURL(url)
             except ValueError as e:
                 raise ValueError(f"$MASSE_REGISTRY: {e}") from None
+        metaConditions(getattr(args, "meta", None) if args.command in ("ls", "resolve") else [])
         pattern = getattr(args, "pattern", None)
         if pattern is not None:
             Glob(pattern)
@@ -394,6 +414,10 @@ async def run(reactor: Any, args: Any, out: TextIO) -> None:
             await connect(reactor, registry, namespace, args)
         elif args.command == "register":
             await register(reactor, registry, namespace, args)
+        elif args.command in ("drain", "undrain"):
+            from txmasse import health_cli
+
+            await health_cli.run(registry, namespace, args, out)
         elif args.command == "dns":
             from txmasse.dns import cli as dnscli
 

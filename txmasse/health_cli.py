@@ -1,0 +1,124 @@
+"""
+The C{masse} command's part in choosing instances: C{masse drain} and
+C{masse undrain}, the C{--meta KEY=VALUE} filter of C{ls} and C{resolve},
+and how health and drain state are shown.
+
+C{masse drain} writes the instance's record with C{draining} set and a
+newer C{drainChanged} than the peer's own; the peer hears the change
+(it watches its own name), adopts it and keeps it in every record it
+writes after that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import attrs
+
+from txmasse.errors import MasseError
+from txmasse.records import PeerRecord, validateName
+from txmasse.registry import MIN_TTL, IRegistry
+
+DRAIN_COMMANDS = ("drain", "undrain")
+
+
+def addArguments(commands: Any, parser: argparse.ArgumentParser) -> None:
+    """
+    Add C{drain} and C{undrain} to C{masse}'s subcommands.
+    """
+    for command, what in (("drain", "take out of rotation"), ("undrain", "put back in rotation")):
+        sub = commands.add_parser(
+            command, help=f"{what} every instance of a name (or one, with --instance)"
+        )
+        sub.add_argument("name")
+        sub.add_argument(
+            "--instance", metavar="ID", help="only this instance (its id, or a unique prefix)"
+        )
+        sub.error = parser.error  # type: ignore[method-assign]
+
+
+def addMetaFilter(sub: argparse.ArgumentParser) -> None:
+    """
+    C{--meta KEY=VALUE} (repeatable) for C{ls} and C{resolve}.
+    """
+    sub.add_argument(
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only instances with this metadata (repeatable; all must match)",
+    )
+
+
+def metaConditions(pairs: Sequence[str]) -> list[tuple[str, str]]:
+    """
+    The C{--meta} pairs, checked.
+
+    @raise ValueError: naming the bad pair.
+    """
+    conditions = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not value:
+            raise ValueError(f"--meta {pair!r}: must be KEY=VALUE")
+        try:
+            validateName(key, "metadata key")
+        except ValueError as e:
+            raise ValueError(f"--meta {pair!r}: {e}") from None
+        conditions.append((key, value))
+    return conditions
+
+
+def matches(record: PeerRecord, conditions: Sequence[tuple[str, str]]) -> bool:
+    return all(record.metadata.get(key) == value for key, value in conditions)
+
+
+def stateJSON(record: PeerRecord) -> dict[str, Any]:
+    """
+    The health and drain fields of C{--json} output.
+    """
+    return {"health": record.health, "reason": record.reason, "draining": record.draining}
+
+
+async def run(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> None:
+    """
+    C{masse drain} / C{masse undrain}.
+
+    @raise MasseError: nothing to drain (exit status 1).
+    """
+    validateName(args.name, "name")
+    draining = args.command == "drain"
+    statuses = await registry.leases(namespace, args.name)
+    targets = [s for s in statuses if s.record.name == args.name]
+    if args.instance is not None:
+        targets = [s for s in targets if s.record.instance.startswith(args.instance)]
+        if len(targets) > 1:
+            raise MasseError(
+                f"--instance {args.instance!r} names {len(targets)} instances of {args.name!r}: "
+                "give more of the id"
+            )
+    if not targets:
+        which = "" if args.instance is None else f" with id {args.instance!r}"
+        raise MasseError(
+            f"nothing to {args.command}: no live instance of {args.name!r}{which} in "
+            f"namespace {namespace!r} of registry {registry.url}"
+        )
+    for status in targets:
+        record = status.record
+        if record.draining == draining:
+            print(f"{record.name} {record.instance[:12]}: already {record.state}", file=out)
+            continue
+        changed = attrs.evolve(
+            record,
+            signature=None,
+            draining=draining,
+            drainChanged=max(time.time(), record.drainChanged + 0.001),
+        )
+        # Written as the peer would, for the time its lease has left; the
+        # peer adopts it and keeps it alive from then on.
+        lease = await registry.register(changed, max(MIN_TTL, status.expiresIn))
+        lease.stop()
+        print(f"{record.name} {record.instance[:12]}: {changed.state}", file=out)
