@@ -327,7 +327,9 @@ def test_group_meta_filter_updates_and_call_all_skips_critical() -> None:
     everyone = network.successResultOf(group.callAll("ping", includeCritical=True))
     assert sorted(r.name for r in everyone) == ["db-1", "db-2"]
     assert sick.record.health == "critical"
-    network.successResultOf(group.stopService())
+    stopping = group.stopService()
+    network.flush()
+    network.successResultOf(stopping)
 
 
 # The record format
