@@ -19,7 +19,13 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent
 
 from tests.helpers import Events, record, warningsIn
-from txmasse import MasseListeningPort, MasseServerEndpoint, NoReachablePeer, PeerGroup, PeerNotFound
+from txmasse import (
+    MasseListeningPort,
+    MasseServerEndpoint,
+    NoReachablePeer,
+    PeerGroup,
+    PeerNotFound,
+)
 from txmasse.dns.addresses import answerable
 from txmasse.health import Health, parseCheck, runCheck, worst
 from txmasse.records import PeerRecord
@@ -301,7 +307,9 @@ def test_a_drain_written_elsewhere_is_adopted_and_kept() -> None:
 def test_group_meta_filter_updates_and_call_all_skips_critical() -> None:
     network = MasseNetwork()
     verdict: list[Any] = ["passing"]
-    sick = serve(network, "db-1", healthCheck=lambda: verdict[0], ttl=3, metadata={"role": "worker"})
+    sick = serve(
+        network, "db-1", healthCheck=lambda: verdict[0], ttl=3, metadata={"role": "worker"}
+    )
     serve(network, "db-2:meta.role=worker")
     serve(network, "db-3:meta.role=other")
     group = PeerGroup(
@@ -424,10 +432,8 @@ def test_bad_server_options(description: str, message: str) -> None:
 def test_checks_parse_and_twistd_takes_them() -> None:
     assert str(parseCheck("tcp")) == "tcp" and parseCheck("http:/health").path == "/health"
     options = Options()
-    options.parseOptions(
-        ["--name", "db", "--factory", "tests.endpoint_helpers:Echo", "--check", "http:/ok"]
-        + ["--drain", "7"]
-    )
+    arguments = ["--name", "db", "--factory", "tests.endpoint_helpers:Echo"]
+    options.parseOptions([*arguments, "--check", "http:/ok", "--drain", "7"])
     assert options["check"] == "http:/ok" and options["drain"] == 7
     from twisted.python.usage import UsageError
 

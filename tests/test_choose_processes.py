@@ -100,7 +100,7 @@ async def test_meta_reaches_only_the_primary(url: str, peers: list[PeerProcess])
     await start(peers, url, **{"meta.role": "replica"})
     reached = [await reachedPort(url, **{"meta.role": "primary"}) for _ in range(20)]
     assert set(reached) == {primary}
-    with pytest.raises(PeerNotFound, match="meta.role=witness matched none of the 2"):
+    with pytest.raises(PeerNotFound, match=r"meta\.role=witness matched none of the 2"):
         await reach(url, **{"meta.role": "witness"})
 
 

@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
-
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
@@ -26,7 +25,6 @@ from twisted.internet.endpoints import (
     quoteStringArgument,
     serverFromString,
 )
-from twisted.internet.protocol import connectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -35,6 +33,7 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -43,7 +42,15 @@ from zope.interface import implementer
 
 from txmasse.checks import checkNumber, shown
 from txmasse.errors import MasseError, RegistryUnavailable
-from txmasse.health import CHECK_TIMEOUT, CheckSpec, Health, HealthCheck, parseCheck, runCheck, worst
+from txmasse.health import (
+    CHECK_TIMEOUT,
+    CheckSpec,
+    Health,
+    HealthCheck,
+    parseCheck,
+    runCheck,
+    worst,
+)
 from txmasse.peertls import PeerTLS
 from txmasse.records import PeerRecord
 from txmasse.registry import (
@@ -298,9 +305,8 @@ class MasseListeningPort:
         if record.draining == draining:
             return succeed(None)
         log.info("{port}: {what}", port=self, what="draining" if draining else "back in rotation")
-        return self._publish(
-            attrs.evolve(record, draining=draining, drainChanged=max(time.time(), record.drainChanged))
-        )
+        changed = max(time.time(), record.drainChanged)
+        return self._publish(attrs.evolve(record, draining=draining, drainChanged=changed))
 
     def _publish(self, record: PeerRecord) -> Deferred[None]:
         """
@@ -309,7 +315,7 @@ class MasseListeningPort:
         """
         self._record = record
         lease = self._lease
-        if lease is None or self._stopping is not None and not record.draining:
+        if lease is None or (self._stopping is not None and not record.draining):
             return succeed(None)
         try:
             updating = lease.update(record)

@@ -384,7 +384,8 @@ def _checkArguments(args: Any) -> tuple[str, str]:
                 parseRegistryURL(url)
             except ValueError as e:
                 raise ValueError(f"$MASSE_REGISTRY: {e}") from None
-        metaConditions(getattr(args, "meta", None) if args.command in ("ls", "resolve") else [])
+        if args.command in ("ls", "resolve"):
+            metaConditions(args.meta)
         pattern = getattr(args, "pattern", None)
         if pattern is not None:
             Glob(pattern)

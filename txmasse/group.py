@@ -100,6 +100,11 @@ class PeerGroup(Service):
     Keeps one connection to every live instance whose name matches
     C{pattern} in C{namespace}.
 
+    The group connects only to instances a client endpoint would (not
+    C{critical}, not draining), but keeps its connection to one that turns
+    C{critical} or starts draining: L{onPeerUpdated} tells of the change,
+    and L{callAll} leaves such peers out unless asked.
+
     @param registry: an L{IRegistry}, or its URL.
     @param factory: builds the application's protocol for each connection.
     @param wrappers: protocol factory wrappers, the first nearest the wire,
@@ -114,11 +119,6 @@ class PeerGroup(Service):
     @param reactor: default: the global reactor.
     @param meta: metadata an instance must have to be in the group (all
         of it), as C{meta.KEY=VALUE} for a client endpoint.
-
-    The group connects only to instances a client endpoint would (not
-    C{critical}, not draining), but keeps its connection to one that turns
-    C{critical} or starts draining: L{onPeerUpdated} tells of the change,
-    and L{callAll} leaves such peers out unless asked.
 
     @ivar connections: (property) each connected instance's record, to the
         application's protocol.
@@ -210,7 +210,7 @@ class PeerGroup(Service):
         protocol is C{None} while it is not connected). Returns a function
         that stops the calls.
         """
-        return self._observe(self._updated, callback)  # type: ignore[arg-type]
+        return self._observe(self._updated, callback)
 
     @staticmethod
     def _observe(observers: list[Any], callback: Any) -> Callable[[], None]:

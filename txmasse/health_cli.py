@@ -37,7 +37,7 @@ def addArguments(commands: Any, parser: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--instance", metavar="ID", help="only this instance (its id, or a unique prefix)"
         )
-        sub.error = parser.error  # type: ignore[method-assign]
+        sub.error = parser.error
 
 
 def addMetaFilter(sub: argparse.ArgumentParser) -> None:

@@ -135,7 +135,8 @@ _REASON = re.compile(rf"[\x20-\x7e]{{0,{MAX_REASON}}}")
 
 def _validateHealth(instance: object, attribute: object, value: str) -> None:
     if value not in HEALTH_STATES:
-        raise ValueError(f"invalid health {_shown(value)}: must be one of {', '.join(HEALTH_STATES)}")
+        states = ", ".join(HEALTH_STATES)
+        raise ValueError(f"invalid health {_shown(value)}: must be one of {states}")
 
 
 def _validateReason(instance: object, attribute: object, value: str) -> None:
@@ -292,7 +293,9 @@ class PeerRecord:
             raise ValueError("record is not JSON: nested too deeply") from None
         expected = {"ns", "name", "id", "ep", "meta", "host", "t"}
         if not isinstance(fields, dict) or not expected <= set(fields):
-            raise ValueError(f"record must be an object with at least the fields {sorted(expected)}")
+            raise ValueError(
+                f"record must be an object with at least the fields {sorted(expected)}"
+            )
         return cls(
             **_stateOf(fields),
             namespace=fields["ns"],

@@ -108,6 +108,10 @@ class Selection:
     """
     Which instances a client tries, in which order, over which endpoints.
 
+    Whatever the options, C{critical} and draining instances are never
+    tried (they come last, as C{excluded} candidates that only say why),
+    and C{warning} ones only after every C{passing} one.
+
     @ivar pick: C{random}, C{first} (the longest registered) or
         C{roundrobin}: which instance comes first; the others follow.
     @ivar proto: transports accepted, best first; C{None} for any, in the
@@ -119,10 +123,6 @@ class Selection:
     @ivar prefer: C{(KEY, VALUE)} conditions, most important first:
         instances meeting more important ones come first, the rest stay as
         fallbacks; C{pick} orders within each group.
-
-    Whatever the options, C{critical} and draining instances are never
-    tried (they come last, as C{excluded} candidates that only say why),
-    and C{warning} ones only after every C{passing} one.
     """
 
     pick: str = "random"
@@ -183,9 +183,8 @@ class Selection:
             return self.order(records, turn)  # the common case, kept cheap
         groups: dict[tuple[int, ...], list[PeerRecord]] = {}
         for record in records:
-            rank = (_HEALTH_RANK.get(record.health, 2),) + tuple(
-                record.metadata.get(k) != v for k, v in prefer
-            )
+            metadata = record.metadata
+            rank = (_HEALTH_RANK.get(record.health, 2), *(metadata.get(k) != v for k, v in prefer))
             groups.setdefault(rank, []).append(record)
         ordered: list[PeerRecord] = []
         for rank in sorted(groups):
