@@ -177,6 +177,7 @@ def test_a_failing_check_stops_new_connections_within_one_interval_and_recovers(
     events = Events()
     network.successResultOf(network.registry.watch("default", "db", events))
     reached(network, "db")  # warm from here on
+    network.advance(0.5)  # checks: at registration, half an interval later, then each interval
     verdict[0] = ("critical", "db gone")
     network.advance(0.999)
     assert events == [] and isinstance(attempt(network, "db"), Collector)
@@ -292,6 +293,8 @@ def test_a_drain_written_elsewhere_is_adopted_and_kept() -> None:
     lease = network.successResultOf(network.registry.register(outside, 3))
     lease.stop()
     network.flush()
+    assert not port.draining and isinstance(attempt(network, "db"), NoReachablePeer)
+    network.advance(1)  # the peer looks at its record once an interval (ttl/3)
     assert port.draining
     network.advance(5)  # heartbeats go on writing the peer's record: still drained
     (stored,) = network.successResultOf(network.registry.lookup("default", "db"))

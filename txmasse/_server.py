@@ -45,7 +45,6 @@ from txmasse.errors import MasseError, RegistryUnavailable
 from txmasse.health import (
     CHECK_TIMEOUT,
     CheckSpec,
-    Health,
     HealthCheck,
     parseCheck,
     runCheck,
@@ -58,11 +57,8 @@ from txmasse.registry import (
     MIN_TTL,
     ILease,
     IRegistry,
-    ISubscription,
-    PeerEvent,
     defaultNamespace,
 )
-from txmasse.registry.interface import EventKind
 from txmasse.registry.opening import checkRegistry, openRegistry
 from txmasse.registry.url import parseRegistryURL
 from txmasse.retry import retryPolicy
@@ -141,9 +137,8 @@ class MasseListeningPort:
         self._drainTimeout = drainTimeout
         self._connections = connections
         self._upkeep: LoopingCall | None = None
-        self._checking = False
-        self._own: ISubscription | None = None
-        self._ownWatch: Deferred[ISubscription] | None = None
+        self._upkeepStart: IDelayedCall | None = None
+        self._tending = False
         self._lease: ILease | None = None
         self._record = record
         self._registry = registry
@@ -335,86 +330,89 @@ class MasseListeningPort:
 
     def _startUpkeep(self) -> None:
         """
-        Once registered: run the checks (and make sure the watch that hears
-        C{masse drain} runs) at every heartbeat interval.
+        Once registered, at every heartbeat interval: adopt a drain decided
+        elsewhere, and run the checks.
         """
         if self._upkeep is not None or self._stopping is not None:
             return
+        interval = self._ttl / 3
         self._upkeep = LoopingCall(self._tend)
         self._upkeep.clock = self._clock
-        self._upkeep.start(self._ttl / 3, now=True)
+        if self._checks:
+            self._tend()  # the first verdict at once
+        # Half an interval away from the heartbeats: a drain written
+        # elsewhere just before a heartbeat (which writes our record back)
+        # would otherwise never be seen; masse drain writes it again when
+        # a heartbeat undid it, and this finds it there.
+        self._upkeepStart = self._clock.callLater(interval / 2, self._upkeep.start, interval)
 
     def _stopUpkeep(self) -> None:
+        if self._upkeepStart is not None and self._upkeepStart.active():
+            self._upkeepStart.cancel()
+        self._upkeepStart = None
         if self._upkeep is not None and self._upkeep.running:
             self._upkeep.stop()
         self._upkeep = None
-        if self._ownWatch is not None:
-            self._ownWatch.cancel()
-        if self._own is not None:
-            self._own.stop()
-            self._own = None
 
-    def _tend(self) -> None:
-        if self._own is None and self._ownWatch is None:
-            self._watchOwnName()
-        if not self._checks or self._checking:
+    def _tend(self) -> Deferred[None]:
+        """
+        One round of upkeep; the next waits for it (a slow registry or
+        check never piles rounds up).
+        """
+        return Deferred.fromCoroutine(self._tendOnce())
+
+    async def _tendOnce(self) -> None:
+        if self._tending:
             return
-        self._checking = True
+        self._tending = True
+        try:
+            await self._adoptDrain()
+            if self._checks:
+                await self._check()
+        except Exception:
+            log.failure("{port}: upkeep", port=self)
+        finally:
+            self._tending = False
+
+    async def _adoptDrain(self) -> None:
+        """
+        C{masse drain} and C{masse undrain} write this instance's record
+        from elsewhere: a newer drain decision than ours is adopted, so our
+        own writes keep it. One lookup of our name per interval (no watch:
+        a watch hears every event of the namespace).
+        """
+        ours = self.record
+        try:
+            stored = await self._registry.lookup(ours.namespace, ours.name)
+        except Exception:
+            return  # the registry is away; the heartbeat says so
+        ours = self.record
+        for theirs in stored:
+            if theirs.instance != ours.instance or theirs.drainChanged <= ours.drainChanged:
+                continue
+            if self._stopping is None:
+                log.info(
+                    "{port}: {what} from outside",
+                    port=self,
+                    what="drained" if theirs.draining else "undrained",
+                )
+                await self._publish(
+                    attrs.evolve(ours, draining=theirs.draining, drainChanged=theirs.drainChanged)
+                )
+
+    async def _check(self) -> None:
         timeout = min(CHECK_TIMEOUT, self._ttl / 3)
-        running = [runCheck(check, self._clock, timeout) for check in self._checks]
-
-        def checked(verdicts: list[Health]) -> None:
-            self._checking = False
-            verdict = worst(verdicts)
-            record = self.record
-            if (verdict.state, verdict.reason) == (record.health, record.reason):
-                return
-            if self._stopping is not None:
-                return
-            log.info("{port}: health is now {state}", port=self, state=verdict.state)
-            self._publish(attrs.evolve(record, health=verdict.state, reason=verdict.reason))
-
-        gatherResults(running).addCallback(checked).addErrback(
-            lambda failure: log.failure("{port}: health checks", failure, port=self)
+        verdicts = await gatherResults(
+            [runCheck(check, self._clock, timeout) for check in self._checks]
         )
-
-    def _watchOwnName(self) -> None:
-        """
-        Hear C{masse drain} and C{masse undrain}, which write this
-        instance's record from elsewhere: a newer drain decision than ours
-        is adopted (and so kept by our own writes).
-        """
+        verdict = worst(verdicts)
         record = self.record
-        watching = self._ownWatch = self._registry.watch(record.namespace, record.name, self._heard)
-
-        def watched(subscription: ISubscription) -> None:
-            self._ownWatch = None
-            if self._stopping is not None:
-                subscription.stop()
-                return
-            self._own = subscription
-            for peer in subscription.peers:
-                self._heard(PeerEvent(EventKind.UPDATED, peer))
-
-        def failed(failure: Failure) -> None:
-            if watching is self._ownWatch:
-                self._ownWatch = None  # tried again at the next interval
-
-        watching.addCallbacks(watched, failed)
-
-    def _heard(self, event: PeerEvent) -> None:
-        theirs, ours = event.record, self.record
-        if event.kind != EventKind.UPDATED or theirs.instance != ours.instance:
+        if (verdict.state, verdict.reason) == (record.health, record.reason):
             return
-        if theirs.drainChanged > ours.drainChanged and self._stopping is None:
-            log.info(
-                "{port}: {what} from outside",
-                port=self,
-                what="drained" if theirs.draining else "undrained",
-            )
-            self._publish(
-                attrs.evolve(ours, draining=theirs.draining, drainChanged=theirs.drainChanged)
-            )
+        if self._stopping is not None:
+            return
+        log.info("{port}: health is now {state}", port=self, state=verdict.state)
+        await self._publish(attrs.evolve(record, health=verdict.state, reason=verdict.reason))
 
     async def _drainBeforeStopping(self) -> None:
         """

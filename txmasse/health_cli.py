@@ -18,11 +18,15 @@ from typing import Any, TextIO
 
 import attrs
 
+from txmasse.checks import checkNumber
 from txmasse.errors import MasseError
 from txmasse.records import PeerRecord, validateName
 from txmasse.registry import MIN_TTL, IRegistry
 
 DRAIN_COMMANDS = ("drain", "undrain")
+
+POLL = 0.05
+"""Seconds between looks at the instance while waiting for it to keep a drain."""
 
 
 def addArguments(commands: Any, parser: argparse.ArgumentParser) -> None:
@@ -37,7 +41,20 @@ def addArguments(commands: Any, parser: argparse.ArgumentParser) -> None:
         sub.add_argument(
             "--instance", metavar="ID", help="only this instance (its id, or a unique prefix)"
         )
+        sub.add_argument(
+            "--timeout",
+            type=_seconds,
+            default=30.0,
+            help="seconds to wait for each instance to keep the change (default 30)",
+        )
         sub.error = parser.error
+
+
+def _seconds(text: str) -> float:
+    try:
+        return checkNumber(text, f"--timeout {text!r}:", low=0, above=True)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def addMetaFilter(sub: argparse.ArgumentParser) -> None:
@@ -117,8 +134,48 @@ async def run(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> No
             draining=draining,
             drainChanged=max(time.time(), record.drainChanged + 0.001),
         )
-        # Written as the peer would, for the time its lease has left; the
-        # peer adopts it and keeps it alive from then on.
-        lease = await registry.register(changed, max(MIN_TTL, status.expiresIn))
-        lease.stop()
+        await _writeUntilKept(registry, changed, status.expiresIn, args.timeout)
         print(f"{record.name} {record.instance[:12]}: {changed.state}", file=out)
+
+
+async def _write(registry: IRegistry, record: PeerRecord, expiresIn: float) -> None:
+    """
+    Write C{record} as its peer would, for the time its lease has left.
+    """
+    lease = await registry.register(record, max(MIN_TTL, expiresIn))
+    lease.stop()
+
+
+async def _writeUntilKept(
+    registry: IRegistry, changed: PeerRecord, expiresIn: float, timeout: float
+) -> None:
+    """
+    Write C{changed}, and again whenever the peer's heartbeat wrote its
+    old record back before it looked, until a heartbeat keeps the new one
+    (the peer adopted it).
+
+    @raise MasseError: the instance left, or did not adopt it in time (a
+        txmasse older than drain, say).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    await _write(registry, changed, expiresIn)
+    deadline = time.monotonic() + timeout
+    last = expiresIn
+    while time.monotonic() < deadline:
+        await deferLater(reactor, POLL, lambda: None)
+        statuses = await registry.leases(changed.namespace, changed.name)
+        now = [s for s in statuses if s.record.instance == changed.instance]
+        if not now:
+            raise MasseError(f"instance {changed.instance[:12]} of {changed.name!r} left")
+        stored = now[0]
+        if stored.record.drainChanged < changed.drainChanged:
+            await _write(registry, changed, stored.expiresIn)  # a heartbeat undid it
+        elif stored.expiresIn > last + POLL:
+            return  # a heartbeat kept it
+        last = stored.expiresIn
+    raise MasseError(
+        f"instance {changed.instance[:12]} of {changed.name!r} did not keep the change within "
+        f"{timeout:g}s (is it a txmasse without drain?)"
+    )
