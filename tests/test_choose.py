@@ -30,7 +30,7 @@ from txmasse.dns.addresses import answerable
 from txmasse.health import Health, parseCheck, runCheck, worst
 from txmasse.records import PeerRecord
 from txmasse.resolver import Selection
-from txmasse.service import Options
+from txmasse.service import Options, RegistryService
 from txmasse.testing import MasseNetwork
 
 
@@ -302,6 +302,26 @@ def test_a_drain_written_elsewhere_is_adopted_and_kept() -> None:
     network.successResultOf(port.undrain())
     network.flush()
     assert isinstance(attempt(network, "db"), Collector)
+
+
+def test_registry_service_peers_take_a_health_check_and_drain() -> None:
+    network = MasseNetwork()
+    service = RegistryService(network.registry, reactor=network.reactor)
+    peer = service.addPeer(
+        "db", Factory.forProtocol(Echo), healthCheck=lambda: ("warning", "slow"), drain=3
+    )
+    service.startService()
+    network.flush()
+    assert isinstance(peer.port, MasseListeningPort)
+    assert peer.port.record.state == "warning: slow"
+    (stored,) = network.successResultOf(network.registry.lookup("default", "db"))
+    assert stored.state == "warning: slow"
+    open_ = network.successResultOf(_connectNow(network))
+    stopping = service.stopService()
+    network.advance(2.999)
+    assert not stopping.called and not open_.transport.disconnected
+    network.advance(0.001)
+    assert network.successResultOf(stopping) is None
 
 
 # PeerGroup
