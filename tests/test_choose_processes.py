@@ -22,6 +22,7 @@ from twisted.internet.protocol import Factory
 
 from tests.endpoint_helpers import (
     REPO,
+    ChildProcess,
     Collector,
     PeerProcess,
     peerEnvironment,
@@ -225,11 +226,35 @@ async def test_masse_drain_moves_new_connections_and_keeps_the_open_one(
     open_.transport.loseConnection()
 
 
+class TwistdProcess(ChildProcess):
+    """
+    C{twistd -n masse ...}; C{ready} once its name is registered.
+    """
+
+
+async def startTwistd(peers: list[Any], url: str, tmp_path: Path, *options: str) -> None:
+    peer = TwistdProcess()
+    twistd = str(Path(sys.executable).parent / "twistd")
+    args = [twistd, "-n", "--pidfile=", "masse", "--name", "db", "--ns", NS]
+    args += ["--registry", url, "--factory", "tests.endpoint_helpers:Echo", *options]
+    reactor.spawnProcess(peer, twistd, args, env=peerEnvironment(url), path=str(tmp_path))
+    peers.append(peer)
+    registry = registryFromURL(reactor, url)
+    deadline = time.monotonic() + 30
+    while not await registry.lookup(NS, "db"):
+        assert peer.running and time.monotonic() < deadline, peer.output.decode()[-3000:]
+        await sleep(0.05)  # real time: twistd starting
+
+
+@pytest.mark.parametrize("how", ["serverFromString", "twistd masse"])
 @pytest_twisted.ensureDeferred
 async def test_sigterm_with_drain_lets_an_open_request_finish(
-    redis_url: str, peers: list[PeerProcess]
+    redis_url: str, peers: list[Any], how: str, tmp_path: Path
 ) -> None:
-    await start(peers, redis_url, drain="5")
+    if how == "twistd masse":
+        await startTwistd(peers, redis_url, tmp_path, "--drain", "5", "--check", "tcp")
+    else:
+        await start(peers, redis_url, drain="5")
     registry = registryFromURL(reactor, redis_url)
     events = Events()
     await registry.watch(NS, "db", events)
@@ -246,4 +271,5 @@ async def test_sigterm_with_drain_lets_an_open_request_finish(
     open_.transport.loseConnection()
     await peers[0].ended
     assert events.kinds() == [("updated", "db"), ("left", "db")]
+    assert b"waiting up to 5s for 1 open connection(s) to close" in peers[0].output
     assert await registry.lookup(NS, "db") == []
