@@ -11,13 +11,19 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
+    # Packages at the top of the checkout, declared as such (package_dir): a
+    # plain "pip install -e ." then puts the checkout on sys.path, so that
+    # Twisted's plugin scan finds twisted/plugins (an import-hook finder would hide it).
+    package_dir={"": "."},
     packages=find_packages(include=["txmasse", "txmasse.*"]) + ["twisted.plugins"],
-    package_data={"txmasse": ["py.typed"]},
+    package_data={"txmasse": ["py.typed"], "txmasse.web": ["static/*"]},
     install_requires=[
         "twisted[tls]>=24.7",
         "txredisapi>=1.4.10",
         "zope.interface>=6",
         "attrs>=23.1",
+        "shtab>=1.7",
+        "prometheus_client>=0.20",
     ],
     entry_points={"console_scripts": ["masse = txmasse.cli:main"]},
     extras_require={

@@ -7,6 +7,13 @@ registers "echo" and "greeter" (namespace from $MASSE_NAMESPACE, registry
 from $MASSE_REGISTRY) and releases both names when twistd stops.
 """
 
+import os
+import sys
+
+# twistd does not put the current directory on sys.path: make the checkout
+# (this file's directory's parent) importable, for examples.greeter.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 from twisted.application.service import Application
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import site
 import socket
 import ssl
 import subprocess
@@ -30,12 +31,12 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.logger import LogEvent, LogLevel, formatEvent
 from twisted.python.failure import Failure
@@ -46,7 +47,10 @@ from bench.redis import _read as _read
 from bench.redis import freePort as freePort
 from tests.endpoint_helpers import REPO as REPO
 from tests.endpoint_helpers import ChildProcess, peerEnvironment
-from txmasse import PeerEvent, PeerRecord
+from txmasse.contract import Events as Events
+from txmasse.contract import eventually as eventually
+from txmasse.contract import record as record
+from txmasse.contract import sleep as sleep
 from txmasse.errors import RegistryUnavailable
 from txmasse.registry.interface import IRegistry
 from txmasse.registry.opening import openURL
@@ -230,29 +234,6 @@ async def lookupFailure(url: str) -> str:
 # Waiting on the real reactor
 
 
-async def eventually(
-    predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.01
-) -> float:
-    """
-    Wait until C{predicate()} is true; return how long that took.
-    """
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await deferLater(reactor, interval, lambda: None)
-    return time.monotonic() - start
-
-
-async def sleep(seconds: float) -> None:
-    """
-    Let the real reactor run for C{seconds}: only where real time must
-    pass (a TTL on a real server, a process's heartbeats); say why at the
-    call.
-    """
-    await deferLater(reactor, seconds, lambda: None)
-
-
 async def gather(coroutines: Sequence[Coroutine[Any, Any, Any]]) -> list[Any]:
     """
     Run coroutines side by side; their results in order.
@@ -348,22 +329,6 @@ class FakeNetwork:
 # Records and events
 
 
-def record(name: str = "db", namespace: str = "dev", port: int = 4000, **kwargs: Any) -> PeerRecord:
-    return PeerRecord(namespace, name, [f"tcp:host=127.0.0.1:port={port}"], **kwargs)
-
-
-class Events(list[PeerEvent]):
-    """
-    A watch callback that keeps every event.
-    """
-
-    def __call__(self, event: PeerEvent) -> None:
-        self.append(event)
-
-    def kinds(self, name: str | None = None) -> list[tuple[str, str]]:
-        return [(e.kind, e.record.name) for e in self if name in (None, e.record.name)]
-
-
 # Logs (captured with twisted.logger.capturedLogs or the `logged` fixture)
 
 
@@ -428,10 +393,15 @@ def _masseEnvironment(registry: str | None) -> dict[str, str]:
 
 
 def masse(
-    *args: str, registry: str | None, stdin: str = "", timeout: float = 30
+    *args: str,
+    registry: str | None,
+    stdin: str = "",
+    timeout: float = 30,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """
-    Run C{masse ARGS} to its end, from another directory.
+    Run C{masse ARGS} to its end, from another directory (C{env}: more
+    environment variables).
     """
     return subprocess.run(
         [sys.executable, "-m", "txmasse", *args],
@@ -439,7 +409,7 @@ def masse(
         text=True,
         input=stdin,
         timeout=timeout,
-        env=_masseEnvironment(registry),
+        env={**_masseEnvironment(registry), **(env or {})},
         cwd="/",
     )
 
@@ -582,3 +552,66 @@ def aclServer(directory: Path, rules: str = MASSE_ACL, **options: Any) -> RedisS
 
 def masseURL(server: RedisServer, password: str = PASSWORD, user: str = "masse") -> str:
     return f"redis://{user}:{password}@127.0.0.1:{server.port}/0"
+
+
+# Installing txmasse somewhere else
+
+
+def copySource(destination: Path) -> Path:
+    """
+    The files a build needs, so pip leaves no build output in the tree.
+    """
+    destination.mkdir(exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "dropin.cache", "*.pyc")
+    for name in ("setup.py", "README.md", "pyproject.toml", "LICENSE"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, destination / name)
+    for name in ("txmasse", "twisted", "examples"):
+        shutil.copytree(REPO / name, destination / name, ignore=ignore)
+    return destination
+
+
+@attrs.frozen
+class FreshVenv:
+    """
+    A new virtualenv with txmasse (copied from the checkout) and C{packages}
+    installed by pip, not editable; the test environment's own packages
+    (Twisted, txredisapi...) reused through a .pth file, to stay quick.
+    """
+
+    python: Path
+    sitePackages: Path
+    elsewhere: Path
+    env: dict[str, str]
+
+    @classmethod
+    def create(cls, root: Path, *packages: Path) -> FreshVenv:
+        venv = root / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        python = venv / "bin" / "python"
+        [sitePackages] = (venv / "lib").glob("python*/site-packages")
+        (sitePackages / "_txmasse_test_deps.pth").write_text(
+            "\n".join(site.getsitepackages()) + "\n"
+        )
+        source = copySource(root / "source")
+        pip = [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check"]
+        install = subprocess.run(
+            [*pip, "install", "--quiet", "--no-deps", str(source), *map(str, packages)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert install.returncode == 0, install.stdout + install.stderr
+        elsewhere = root / "elsewhere"
+        elsewhere.mkdir()
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MASSE_REGISTRY")}
+        return cls(python, sitePackages, elsewhere, env)
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """
+        Run C{args} in another directory, with this virtualenv's environment.
+        """
+        return subprocess.run(
+            list(args), cwd=self.elsewhere, env=self.env, capture_output=True, text=True,
+            timeout=timeout,
+        )  # fmt: skip

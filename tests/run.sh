@@ -21,6 +21,14 @@ if ! command -v dig >/dev/null 2>&1 || ! have_dnsmasq; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq bind9-dnsutils dnsmasq-base >/dev/null
 fi
 
+# The dashboard's tests drive a real headless browser.
+if ! [ -x /usr/bin/chromium ]; then
+    echo "tests/run.sh: chromium is missing; installing it with apt-get" >&2
+    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+
 venv="${TXMASSE_VENV:-.venv}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \

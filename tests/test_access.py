@@ -173,9 +173,9 @@ async def test_connection_retries_name_the_registry_without_its_password(
     port = freePort()
     message = await lookupFailure(f"redis://masse:{PASSWORD}@127.0.0.1:{port}/0?timeout=1")
     assert "Connection refused" in message
-    retries = [text for text in map(formatEvent, logged) if "Scheduling retry" in text]
+    retries = [text for text in map(formatEvent, logged) if "unreachable" in text]
     assert retries, [formatEvent(e) for e in logged]
-    shown = f"<Redis at redis://masse:***@127.0.0.1:{port}/0?timeout=1>"
+    shown = f"registry redis://masse:***@127.0.0.1:{port}/0?timeout=1 unreachable"
     assert all(shown in text for text in retries), retries
     assertHidden(logText(logged))
 

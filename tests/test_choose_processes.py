@@ -211,7 +211,7 @@ async def test_masse_drain_moves_new_connections_and_keeps_the_open_one(
     await echoes(open_, b"still served")
     listed = masseOK("ls", url=redis_url)
     assert "draining" in next(line for line in listed.splitlines() if target.instance[:12] in line)
-    rows = [json.loads(line) for line in masseOK("ls", "--json", url=redis_url).splitlines()]
+    rows = [json.loads(line) for line in masseOK("ls", "--jsonl", url=redis_url).splitlines()]
     assert {row["instance"]: row["draining"] for row in rows}[target.instance] is True
     masseOK("undrain", "db", "--instance", target.instance[:12], url=redis_url)
     await heartbeats(registry, target.instance, 2, draining=False)

@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import pytest_twisted
 
-from tests.helpers import RedisServer, masse, startMasse
+from tests.cli_helpers import Lines
+from tests.helpers import RedisServer, masse, newRegistry, startMasse
+from txmasse import PeerRecord, __version__, cli
 
 
 @pytest.fixture
@@ -48,29 +51,67 @@ def test_ls_resolve_and_json(redis_server: RedisServer, registered: subprocess.P
     assert row.endswith("role=front")
 
     listed = masse("ls", "w*", "--json", registry=redis_server.url)
-    (entry,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    (entry,) = json.loads(listed.stdout)  # one document, an array
     assert entry["name"] == "web" and entry["metadata"] == {"role": "front"}
     assert 0 < entry["expiresIn"] <= 5
-    assert masse("ls", "db*", "--json", registry=redis_server.url).stdout == ""
+    assert json.loads(masse("ls", "db*", "--json", registry=redis_server.url).stdout) == []
+    lines = masse("ls", "--jsonl", registry=redis_server.url).stdout.splitlines()
+    assert [json.loads(line)["name"] for line in lines] == ["web"]
+    assert masse("ls", "db*", "--jsonl", registry=redis_server.url).stdout == ""
 
     resolved = masse("resolve", "web", registry=redis_server.url)
     assert resolved.stdout.splitlines() == [
         "tcp:host=127.0.0.1:port=8080",
         "unix:path=/tmp/web.sock",
     ]
+    (record,) = json.loads(masse("resolve", "web", "--json", registry=redis_server.url).stdout)
+    assert record["endpoints"] == ["tcp:host=127.0.0.1:port=8080", "unix:path=/tmp/web.sock"]
 
 
-def test_register_releases_on_stop_and_watch_sees_it(
+@pytest.mark.parametrize(
+    "argv, ns, registry",
+    [
+        (["--ns", "a", "ls"], "a", None),
+        (["ls", "--ns", "a"], "a", None),
+        (["--ns", "a", "ls", "--ns", "b"], "b", None),
+        (["--registry", "memory://", "watch", "--ns", "a"], "a", "memory://"),
+        (["resolve", "db", "--registry", "memory://"], None, "memory://"),
+        (["ls"], None, None),
+    ],
+)
+def test_global_options_on_either_side(argv: list[str], ns: str, registry: str) -> None:
+    args = cli._parser().parse_args(argv)
+    assert (args.ns, args.registry, args.timeout) == (ns, registry, None)
+
+
+def test_global_options_after_the_command(
+    redis_server: RedisServer, registered: subprocess.Popen[str]
+) -> None:
+    """
+    With no registry in the environment (the tests' points nowhere), the
+    options after the command are the ones used.
+    """
+    here = masse("ls", "--jsonl", "--registry", redis_server.url, "--ns", "dev", registry=None)
+    assert [json.loads(line)["name"] for line in here.stdout.splitlines()] == ["web"], here.stderr
+    elsewhere = masse(
+        "--registry", redis_server.url, "ls", "--ns", "other", "--jsonl", registry=None
+    )
+    assert (elsewhere.returncode, elsewhere.stdout) == (0, ""), elsewhere.stderr
+
+
+def test_version() -> None:
+    result = masse("--version", registry=None)
+    assert (result.returncode, result.stdout) == (0, f"masse (txmasse) {__version__}\n")
+
+
+def test_watch_prints_members_then_changes(
     redis_server: RedisServer, registered: subprocess.Popen[str]
 ) -> None:
     watcher = startMasse("watch", "--json", registry=redis_server.url)
+    assert watcher.stdout is not None
+    lines = Lines(watcher.stdout)
     try:
-        # Its subscription is up once Redis counts a subscriber; it reads its
-        # first view right after, long before the register below starts.
-        deadline = time.monotonic() + 30
-        while redis_server.command("PUBSUB", "NUMSUB", "masse:{dev}:events")[1] == 0:
-            assert watcher.poll() is None and time.monotonic() < deadline, "watch did not start"
-            time.sleep(0.01)
+        lines.waitFor('"present"')  # printed once the watch is live
         other = startMasse(
             "register",
             "db",
@@ -79,14 +120,52 @@ def test_register_releases_on_stop_and_watch_sees_it(
             registry=redis_server.url,
         )
         assert other.stdout is not None and other.stdout.readline().startswith("registered")
+        lines.waitFor('"joined"')
         other.send_signal(signal.SIGTERM)
         assert other.wait(10) == 0
+        lines.waitFor('"left"')
     finally:
         watcher.send_signal(signal.SIGTERM)
-        out, err = watcher.communicate(timeout=10)
-    assert watcher.returncode == 0, err
-    events = [json.loads(line) for line in out.splitlines()]
-    assert [(e["kind"], e["record"]["name"]) for e in events] == [("joined", "db"), ("left", "db")]
+        watcher.wait(10)
+    assert watcher.returncode == 0
+    events = [json.loads(line) for line in lines.seen]
+    assert [(e["kind"], e["record"]["name"]) for e in events] == [
+        ("present", "web"),
+        ("joined", "db"),
+        ("left", "db"),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_watch_no_initial(
+    redis_server: RedisServer, registered: subprocess.Popen[str]
+) -> None:
+    """
+    With --no-initial, web (there before) is not shown; changes are: a probe
+    registered and released until the watch, once live, prints it.
+    """
+    watcher = startMasse("watch", "--no-initial", registry=redis_server.url)
+    assert watcher.stdout is not None
+    lines = Lines(watcher.stdout)
+    registry = newRegistry(redis_server.url)
+    try:
+        for _ in range(100):
+            lease = await registry.register(
+                PeerRecord("dev", "probe", ["tcp:host=127.0.0.1:port=9"]), 5
+            )
+            await lease.release()
+            try:
+                lines.waitFor("dev/probe", timeout=0.2)
+                break
+            except AssertionError:
+                continue
+    finally:
+        await registry.close()
+        watcher.send_signal(signal.SIGTERM)
+        watcher.wait(10)
+    kinds = [line.split()[1:3] for line in lines.seen]
+    assert kinds and all(name == "dev/probe" for _, name in kinds), lines.seen
+    assert kinds[0][0] in ("joined", "left"), lines.seen
 
 
 @pytest.mark.parametrize(
@@ -97,7 +176,13 @@ def test_register_releases_on_stop_and_watch_sees_it(
         (["resolve", "bad name"], "invalid name 'bad name'"),
         (["ls", "a:b"], "invalid pattern 'a:b'"),
         (["--ns", "x/y", "ls"], "invalid namespace 'x/y'"),
+        (["ls", "--ns", "x/y"], "invalid namespace 'x/y'"),
         (["--registry", "http://x", "ls"], "scheme 'http'"),
+        (["ls", "--timeout", "0"], "--timeout '0': must be a number of seconds greater than 0"),
+        (["ls", "--json", "--jsonl"], "--jsonl: not allowed with argument --json"),
+        (["connect", "web", "--wait", "-1"], "--wait -1: must be a number of seconds, 0 or more"),
+        (["connect", "web", "--wait", "1", "--half-close"], "not allowed with argument --wait"),
+        (["completion", "ksh"], "invalid choice: 'ksh'"),
         (["register", "web"], "--endpoint"),
         (["register", "web", "--endpoint", "nonsense"], "invalid endpoint description"),
         (["register", "web", "--endpoint", "tcp:host=a:port=1", "--ttl", "0"], "invalid ttl"),
@@ -109,7 +194,7 @@ def test_bad_arguments_are_one_line(
     redis_server: RedisServer, args: list[str], message: str
 ) -> None:
     result = masse(*args, registry=redis_server.url)
-    assert result.returncode in (1, 2)
+    assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -124,3 +209,46 @@ def test_unknown_peer_and_unreachable_registry(redis_server: RedisServer) -> Non
     down = masse("ls", registry="redis://127.0.0.1:1/0?timeout=0.5")
     assert down.returncode == 1
     assert "Connection refused" in down.stderr and len(down.stderr.splitlines()) == 1
+
+
+def test_masse_timeout_is_the_default_deadline(redis_server: RedisServer) -> None:
+    """
+    Against a paused Redis (calls allowed 30 s by the URL), $MASSE_TIMEOUT
+    bounds the command; --timeout wins over it; garbage in it is refused.
+    """
+    bad = masse("ls", registry=redis_server.url, env={"MASSE_TIMEOUT": "soon"})
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "masse: $MASSE_TIMEOUT 'soon': must be a number of seconds greater than 0\n",
+    )
+    slow = redis_server.url + "?timeout=30"
+    redis_server.pause()
+    try:
+        late = masse("ls", registry=slow, env={"MASSE_TIMEOUT": "0.3"})
+        later = masse(
+            "resolve", "db", "--timeout", "0.4", registry=slow, env={"MASSE_TIMEOUT": "x"}
+        )
+    finally:
+        redis_server.resume()
+    assert (late.returncode, late.stderr) == (1, "masse: ls: no answer within 0.3s (--timeout)\n")
+    assert later.stderr == "masse: resolve: no answer within 0.4s (--timeout)\n"
+
+
+def test_bash_completion(tmp_path: Path) -> None:
+    """
+    The bash script, sourced in a real bash, completes commands and options.
+    """
+    script = masse("completion", "bash", registry=None)
+    assert script.returncode == 0, script.stderr
+    (tmp_path / "masse.bash").write_text(script.stdout)
+    complete = (
+        f"source {tmp_path / 'masse.bash'}\n"
+        "COMP_WORDS=(masse l); COMP_CWORD=1; _shtab_masse; echo ${COMPREPLY[@]}\n"
+        "COMP_WORDS=(masse connect --ha); COMP_CWORD=2; _shtab_masse; echo ${COMPREPLY[@]}\n"
+        "COMP_WORDS=(masse ls --j); COMP_CWORD=2; _shtab_masse; echo ${COMPREPLY[@]}\n"
+    )
+    result = subprocess.run(["bash", "-c", complete], capture_output=True, text=True, timeout=30)
+    assert result.stdout.splitlines() == ["ls", "--half-close", "--json --jsonl"], result.stderr
+    for shell in ("zsh", "fish"):
+        other = masse("completion", shell, registry=None)
+        assert other.returncode == 0 and "half-close" in other.stdout, other.stderr

@@ -30,7 +30,7 @@ ROOT = Path(__file__).parent.parent
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 
-PENDING = {"cli.md", "web.md", "metrics.md", "etcd.md"}
+PENDING = {"etcd.md"}
 """Pages other branches add; docs/index.md links them already."""
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -90,7 +90,7 @@ def test_readme_keeps_the_commands_ci_and_newcomers_run() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "```sh\nbash tests/run.sh\n```" in readme
     assert "```sh\npip install . && python -m examples.demo\n```" in readme
-    assert "pip install -e . --config-settings editable_mode=compat" in readme
+    assert "editable with `pip install -e .`:" in readme  # plain -e works: test_plugin_install
     assert len(readme.splitlines()) <= 220, "the README is a guide: move reference to docs/"
 
 

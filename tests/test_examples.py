@@ -133,4 +133,4 @@ def test_tac_file_and_masse_connect(background: Background) -> None:
     assert (echoed.returncode, echoed.stdout) == (0, "hello by name\n"), echoed.stderr
     peers.send_signal(signal.SIGTERM)
     peers.wait(10)
-    assert background.call("-m", "txmasse", "ls", "--json") == ""
+    assert background.call("-m", "txmasse", "ls", "--jsonl") == ""

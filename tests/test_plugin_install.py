@@ -2,22 +2,27 @@
 The masse: prefix works once txmasse is installed, from any directory.
 
 Builds the package with pip into a fresh virtualenv (no repository on the
-path), then connects and listens by name in a process started elsewhere.
-The test environment's own packages (Twisted, txredisapi...) are reused
-through a .pth file instead of being installed again, to stay quick.
+path), then connects and listens by name in a process started elsewhere;
+runs the README's C{twistd -ny examples/peers.tac} from the checkout; then
+installs it again with a plain C{pip install -e .} and checks the same from
+elsewhere. The test environment's own packages (Twisted, txredisapi...) are
+reused through a .pth file instead of being installed again, to stay quick.
+Processes run with C{python -P}: the current directory is not importable,
+as with the C{twistd} and C{masse} scripts.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import site
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from tests.endpoint_helpers import REPO
+from tests.helpers import copySource
+
+TWISTD = ("-P", "-c", "from twisted.scripts.twistd import run; run()")  # as the twistd script
 
 ROUND_TRIP = textwrap.dedent(
     r"""
@@ -62,17 +67,29 @@ ROUND_TRIP = textwrap.dedent(
 )
 
 
-def copySource(destination: Path) -> Path:
+def runsTheTac(python: Path, checkout: Path, env: dict[str, str]) -> None:
     """
-    The files a build needs, so pip leaves no build output in the tree.
+    C{twistd -ny examples/peers.tac} from the checkout: its peers listen.
     """
-    ignore = shutil.ignore_patterns("__pycache__", "dropin.cache", "*.pyc")
-    for name in ("setup.py", "README.md", "pyproject.toml", "LICENSE"):
-        if (REPO / name).exists():
-            shutil.copy(REPO / name, destination / name)
-    for name in ("txmasse", "twisted"):
-        shutil.copytree(REPO / name, destination / name, ignore=ignore)
-    return destination
+    process = subprocess.Popen(
+        [str(python), *TWISTD, "-ny", "examples/peers.tac", "--pidfile="],
+        cwd=checkout,
+        env={**env, "MASSE_REGISTRY": "memory://"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line)
+            if "default/greeter is listening" in line:
+                break
+    finally:
+        process.kill()
+        process.wait()
+    assert "default/greeter is listening" in seen[-1], "".join(seen[-20:])
 
 
 def test_pip_install_provides_the_masse_prefix(tmp_path: Path) -> None:
@@ -99,7 +116,7 @@ def test_pip_install_provides_the_masse_prefix(tmp_path: Path) -> None:
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MASSE_REGISTRY")}
     run = subprocess.run(
-        [str(python), "-c", ROUND_TRIP, str(sitePackages)],
+        [str(python), "-P", "-c", ROUND_TRIP, str(sitePackages)],
         cwd=elsewhere,
         env=env,
         capture_output=True,
@@ -107,3 +124,35 @@ def test_pip_install_provides_the_masse_prefix(tmp_path: Path) -> None:
         timeout=60,
     )
     assert run.stdout == "hello by name\n", run.stdout + run.stderr
+    runsTheTac(python, source, env)
+
+    # A plain editable install: masse:, twistd masse and masse, from elsewhere
+    editable = subprocess.run(
+        [*pip, "install", "--quiet", "--no-deps", "-e", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert editable.returncode == 0, editable.stdout + editable.stderr
+    again = subprocess.run(
+        [str(python), "-P", "-c", ROUND_TRIP, str(source)],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.stdout == "hello by name\n", again.stdout + again.stderr
+    twistd = subprocess.run(
+        [str(python), *TWISTD, "masse", "--help"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "--unix=" in twistd.stdout, twistd.stdout + twistd.stderr
+    version = subprocess.run(
+        [str(venv / "bin" / "masse"), "--version"], cwd=elsewhere, env=env, capture_output=True
+    )
+    assert version.stdout.startswith(b"masse (txmasse) "), version

@@ -43,7 +43,7 @@ def test_discovery_and_calls(redis_server: RedisServer, peers: Peers) -> None:
     assert found.returncode == 0, found.stderr
     assert found.stdout.split()[:2] == ["adder", instance]
     assert "tcp:host=127.0.0.1" in found.stdout
-    greeters = masse("--ns", "dev", "providers", "Greet", "--json", registry=url)
+    greeters = masse("--ns", "dev", "providers", "Greet", "--jsonl", registry=url)
     [line] = greeters.stdout.splitlines()
     assert json.loads(line)["name"] == "greeter"
     assert masse("providers", "Nothing", "--ns", "dev", registry=url).stdout == ""

@@ -445,7 +445,7 @@ def test_masse_ls_all_shows_and_counts_forgeries(redis_server: RedisServer, tmp_
     assert total == "rejected in namespace dev: 2"
     assert "ignoring a record" not in listed.stderr
 
-    asJSON = masse("ls", "--all", "--json", registry=url)
+    asJSON = masse("ls", "--all", "--jsonl", registry=url)
     lines = {
         entry["instance"]: entry["rejected"]
         for entry in map(json.loads, asJSON.stdout.splitlines())

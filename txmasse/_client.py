@@ -28,6 +28,7 @@ from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmasse import metrics
 from txmasse.checks import checkNumber, shown
 from txmasse.descriptions import transportOf
 from txmasse.errors import NoReachablePeer, PeerNotFound
@@ -147,6 +148,7 @@ class MasseClientEndpoint:
         self._display = registryDisplay(self.registry)
         self._endpoints: dict[tuple[str, str], IStreamClientEndpoint] = {}
         self._opened: IRegistry | None = None
+        self._resolver: Resolver | None = None
 
     @property
     def pick(self) -> str:
@@ -200,6 +202,16 @@ class MasseClientEndpoint:
         if opened is None or opened.closed:
             opened = self._opened = openRegistry(self._reactor, self.registry)
         return opened
+
+    def resolverFor(self, registry: IRegistry) -> Resolver:
+        """
+        The process's resolver for C{registry} (shared by every endpoint
+        using it), remembered for the registry this endpoint opened.
+        """
+        resolver = self._resolver
+        if resolver is None or resolver.registry is not registry:
+            resolver = self._resolver = resolverFor(registry, self._reactor)
+        return resolver
 
     def endpointFor(self, candidate: Candidate, registry: IRegistry) -> IStreamClientEndpoint:
         """
@@ -270,6 +282,7 @@ class _Connect:
         self.factory = factory
         self.given = given
         self.result: Deferred[IProtocol] = Deferred(self._cancel)
+        metrics.connectStarted(self.result, client.namespace, client.name)
         self.registry: IRegistry | None = None
         self.pending: list[Candidate] = []
         self.failed: set[str] = set()
@@ -321,7 +334,7 @@ class _Connect:
 
     def _resolver(self) -> Resolver:
         assert self.registry is not None
-        return resolverFor(self.registry, self.client._reactor)
+        return self.client.resolverFor(self.registry)
 
     def _resolve(self) -> None:
         client = self.client

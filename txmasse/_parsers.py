@@ -24,6 +24,9 @@ from txmasse.registry import parseRegistryURL
 from txmasse.registry.url import redactText, redactURL
 from txmasse.wrappers import Wrapper, parseWrappers
 
+MAX_MESSAGE = 500
+"""Characters of an error's detail shown: the bad part comes first."""
+
 CLIENT_OPTIONS = (
     "name",
     "ns",
@@ -73,7 +76,10 @@ def _bad(detail: str | ValueError) -> ValueError:
     # One line: a control character in the description is shown escaped;
     # and no password, should a part quoted here hold a URL's.
     shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(detail))
-    return _InvalidDescription(f"invalid masse: endpoint: {redactText(shown)}")
+    text = redactText(shown)
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE] + "..."
+    return _InvalidDescription(f"invalid masse: endpoint: {text}")
 
 
 def _isKnown(key: str, known: Sequence[str]) -> bool:

@@ -62,6 +62,7 @@ from txmasse.registry import (
 from txmasse.registry.opening import checkRegistry, openRegistry
 from txmasse.registry.url import parseRegistryURL
 from txmasse.retry import retryPolicy
+from txmasse.transports import describeAddress
 from txmasse.wrappers import Wrapper, checkWrappers, stackFactory
 
 log = Logger()
@@ -693,4 +694,15 @@ class MasseServerEndpoint:
                 host = await addressToward(self._reactor, registry.url)
             scheme = "tcp" if self.tls is None else "tls"
             return f"{scheme}:host={quoteStringArgument(host)}:port={address.port}"
-        raise MasseError(f"cannot advertise {address!r}: listen on TCP or a UNIX socket")
+        if self.tls is None:
+            host = self.advertise or await addressToward(self._reactor, registry.url)
+            try:
+                description = describeAddress(address, host)
+            except ValueError as e:
+                raise MasseError(f"cannot advertise {address!r}: {e}") from None
+            if description is not None:
+                return description
+        raise MasseError(
+            f"cannot advertise {address!r}: listen on TCP or a UNIX socket, or install the "
+            "IMasseTransport plugin of its transport (see txmasse.transports)"
+        )

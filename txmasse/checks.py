@@ -46,11 +46,13 @@ def checkNumber(
     raise ValueError(f"{what} must be a number of {unit}{separator}{rule}")
 
 
-def shown(value: object) -> str:
+def shown(value: object, limit: int = 80) -> str:
     """
-    C{value} as a message quotes it: numbers plainly, anything else by repr.
+    C{value} as a message quotes it: numbers plainly, anything else by
+    repr, cut short past C{limit} characters (a message stays one short line).
     """
-    return f"{value:g}" if isinstance(value, float | int) else repr(value)
+    text = f"{value:g}" if isinstance(value, float | int) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def checkFlag(text: str, what: str) -> bool:
@@ -63,4 +65,4 @@ def checkFlag(text: str, what: str) -> bool:
         return True
     if text.lower() in ("false", "no", "0"):
         return False
-    raise ValueError(f"{what}={text!r}: must be true or false")
+    raise ValueError(f"{what}={shown(text)}: must be true or false")

@@ -4,27 +4,32 @@ reach or register peers by name.
 
 Exit status: 0 on success, 1 when the registry or the peer fails us, 2 for
 bad arguments. Errors are one line on stderr, never a traceback.
+
+Adding a subcommand: write its C{arguments(parser)} and an C{async
+run(context, args)}, and add a L{Command} to L{COMMANDS}. The global options
+(L{GLOBAL_OPTIONS}) are accepted before and after every subcommand;
+C{jsonOutput} gives it C{--json} (one JSON document) and C{--jsonl} (JSON
+Lines), read back as C{args.format}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
+import attrs
 from twisted.internet import task
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
-from twisted.python.failure import Failure
-from zope.interface import implementer
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.protocol import Factory
 
-from txmasse.checks import checkNumber
+from txmasse.checks import checkNumber, shown
 from txmasse.errors import MasseError, PeerNotFound
-from txmasse.health_cli import matches, metaConditions, stateJSON
+from txmasse.health_cli import addMetaFilter, matches, metaConditions, stateJSON
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry import (
     IRegistry,
@@ -37,6 +42,9 @@ from txmasse.registry import (
 )
 from txmasse.registry.signed import SignedRegistry
 
+DEFAULT_TIMEOUT = 10.0
+SHELLS = ("bash", "zsh", "fish", "tcsh")
+
 
 class UsageError(Exception):
     """
@@ -44,86 +52,157 @@ class UsageError(Exception):
     """
 
 
+@attrs.define
+class Context:
+    """
+    What a subcommand runs with: the checked global options, the registry
+    (opened for commands that need one) and where to print.
+    """
+
+    reactor: Any
+    namespace: str
+    timeout: float
+    out: TextIO
+    url: str
+    _registry: IRegistry | None = None
+
+    @property
+    def registry(self) -> IRegistry:
+        if self._registry is None:
+            raise RuntimeError("this command opened no registry")
+        return self._registry
+
+    def deadline(self, d: Deferred[Any], what: str) -> Deferred[Any]:
+        """
+        C{d}, failing with a L{MasseError} naming C{what} if it has not
+        fired within the C{--timeout}.
+        """
+
+        def late(failure: Any) -> None:
+            failure.trap(TimeoutError)
+            raise MasseError(f"{what}: no answer within {self.timeout:g}s (--timeout)")
+
+        return d.addTimeout(self.timeout, self.reactor).addErrback(late)
+
+
+@attrs.frozen
+class Command:
+    """
+    One subcommand of C{masse}.
+
+    @ivar arguments: adds the subcommand's own arguments to its parser.
+    @ivar run: does the work.
+    @ivar needsRegistry: whether the registry is opened for it.
+    @ivar jsonOutput: whether it takes C{--json} and C{--jsonl}.
+    """
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[Context, Any], Awaitable[None]]
+    needsRegistry: bool = True
+    jsonOutput: bool = False
+    description: str | None = None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+GLOBAL_OPTIONS: dict[str, Any] = {"registry": None, "ns": None, "timeout": None}
+
+
+class _MainParser(_Parser):
+    """
+    The top-level parser. Global options have no default on any parser (so
+    a subcommand's parser never overwrites what was given before it); the
+    defaults are filled in here, once everything is parsed.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        for option, default in GLOBAL_OPTIONS.items():
+            if not hasattr(parsed, option):
+                setattr(parsed, option, default)
+        return parsed, extra
+
+
+def _globalOptions() -> _Parser:
+    """
+    The options every subcommand takes, before or after its name.
+    """
+    parent = _Parser(add_help=False)
+    group = parent.add_argument_group("global options (before or after the command)")
+    group.add_argument(
+        "--registry",
+        metavar="URL",
+        default=argparse.SUPPRESS,
+        help="registry URL (default $MASSE_REGISTRY, else redis://127.0.0.1:6379/0)",
+    )
+    group.add_argument(
+        "--ns",
+        metavar="NAMESPACE",
+        default=argparse.SUPPRESS,
+        help="namespace (default $MASSE_NAMESPACE, else default)",
+    )
+    group.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        default=argparse.SUPPRESS,
+        help=(
+            "deadline for reaching the registry, and for connect the peer "
+            f"(default $MASSE_TIMEOUT, else {DEFAULT_TIMEOUT:g})"
+        ),
+    )
+    return parent
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    from txmasse import __version__
+
+    parent = _globalOptions()
+    parser = _MainParser(
         prog="masse",
         description="Look into a txmasse registry, and reach peers by name.",
-        epilog="The registry defaults to $MASSE_REGISTRY, the namespace to $MASSE_NAMESPACE.",
+        epilog="Full reference: docs/cli.md. Exit status 0, 1 (registry or peer failed), "
+        "2 (bad arguments).",
+        parents=[parent],
     )
-    parser.add_argument("--registry", metavar="URL", help="registry URL")
-    parser.add_argument("--ns", metavar="NAMESPACE", help="namespace")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    ls = commands.add_parser("ls", help="list live instances")
-    ls.add_argument("pattern", nargs="?", default="*", help="name glob (default *)")
-    ls.add_argument("--json", action="store_true", help="one JSON object a line")
-    ls.add_argument(
-        "--all",
-        action="store_true",
-        help="also the records a signed namespace ignores, flagged, and how many",
+    parser.add_argument("--version", action="version", version=f"masse (txmasse) {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
-
-    watch = commands.add_parser(
-        "watch", help="print events (and streams clients report) until Ctrl-C"
-    )
-    watch.add_argument("pattern", nargs="?", default="*", help="name glob (default *)")
-    watch.add_argument("--json", action="store_true", help="one JSON object a line")
-
-    resolve = commands.add_parser("resolve", help="print the endpoints of a name")
-    resolve.add_argument("name")
-
-    connect = commands.add_parser(
-        "connect",
-        help="stdin/stdout to a peer, by name; end of input half-closes (like nc -N)",
-    )
-    connect.add_argument("name")
-    connect.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
-    connect.add_argument(
-        "--ca", metavar="PEM", help="connect only over TLS, verified against this CA"
-    )
-    connect.add_argument(
-        "--cert", metavar="PEM", help="client certificate over TLS (and its key, unless --key)"
-    )
-    connect.add_argument("--key", metavar="PEM", help="the client certificate's key")
-    connect.add_argument(
-        "--tls",
-        action="store_true",
-        help="connect only over TLS, verified against the system trust roots",
-    )
-
-    register = commands.add_parser("register", help="keep a name registered until stopped")
-    register.add_argument("name")
-    register.add_argument(
-        "--endpoint",
-        action="append",
-        required=True,
-        metavar="DESC",
-        help="client endpoint description, e.g. tcp:host=10.0.0.7:port=8080 (repeatable)",
-    )
-    register.add_argument("--ttl", type=float, default=10.0, help="lease seconds (default 10)")
-    register.add_argument(
-        "--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)"
-    )
-    from txmasse.dns.cli import addArguments as addDNSArguments
-
-    dns = commands.add_parser("dns", help="answer DNS for the registry's live peers")
-    addDNSArguments(dns)
-    for sub in (ls, watch, resolve, connect, register, dns):
-        sub.error = parser.error  # type: ignore[method-assign]
-    from txmasse import health_cli  # drain, undrain; --meta for ls and resolve
-
-    health_cli.addArguments(commands, parser)
-    health_cli.addMetaFilter(ls)
-    health_cli.addMetaFilter(resolve)
-    from txmasse.rpc import cli as rpc  # providers, describe, call
-
-    rpc.addArguments(commands, parser)
+    for command in COMMANDS:
+        sub = commands.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description or command.help,
+            parents=[parent],
+        )
+        command.arguments(sub)
+        if command.jsonOutput:
+            formats = sub.add_mutually_exclusive_group()
+            formats.add_argument(
+                "--json",
+                dest="format",
+                action="store_const",
+                const="json",
+                help="one JSON document (an array)",
+            )
+            formats.add_argument(
+                "--jsonl",
+                dest="format",
+                action="store_const",
+                const="jsonl",
+                help="JSON Lines: one JSON object a line",
+            )
     return parser
+
+
+# Output
 
 
 def _age(seconds: float) -> str:
@@ -150,6 +229,18 @@ def _recordJSON(record: PeerRecord) -> dict[str, Any]:
     }
 
 
+def printJSON(items: list[dict[str, Any]], format: str, out: TextIO) -> None:
+    """
+    C{items} as one JSON array (C{json}) or one object a line (C{jsonl}):
+    what C{--json} and C{--jsonl} print.
+    """
+    if format == "json":
+        print(json.dumps(items, sort_keys=True, indent=2), file=out)
+    else:
+        for item in items:
+            print(json.dumps(item, sort_keys=True), file=out)
+
+
 def _table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -158,28 +249,46 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-async def listPeers(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> None:
+# ls
+
+
+def _lsArguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pattern", nargs="?", default="*", help="name glob (default *)")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="also the records a signed namespace ignores, flagged, and how many",
+    )
+    addMetaFilter(parser)
+
+
+async def listPeers(context: Context, args: Any) -> None:
+    registry, namespace = context.registry, context.namespace
     if args.all:
-        await listAll(registry, namespace, args, out)
+        await listAll(context, args)
         return
-    statuses: list[LeaseStatus] = await registry.leases(namespace, args.pattern)
+    statuses: list[LeaseStatus] = await context.deadline(
+        registry.leases(namespace, args.pattern), "ls"
+    )
     meta = metaConditions(args.meta)
     statuses = [status for status in statuses if matches(status.record, meta)]
-    _printLeases([(status, None) for status in statuses], args, out)
+    _printLeases([(status, None) for status in statuses], args, context.out)
 
 
-async def listAll(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> None:
+async def listAll(context: Context, args: Any) -> None:
     """
     C{masse ls --all}: every lease, each with why a signed namespace
     ignores it (or C{ok}), then how many it ignores.
     """
+    registry, namespace, out = context.registry, context.namespace, context.out
     signed = isinstance(registry, SignedRegistry) and registry.signs(namespace)
     if isinstance(registry, SignedRegistry):
-        checked = await registry.audit(namespace, args.pattern)
+        checked = await context.deadline(registry.audit(namespace, args.pattern), "ls --all")
     else:
-        checked = [(status, None) for status in await registry.leases(namespace, args.pattern)]
+        leases = await context.deadline(registry.leases(namespace, args.pattern), "ls --all")
+        checked = [(status, None) for status in leases]
     _printLeases(checked, args, out, status="ok" if signed else "unsigned")
-    if not args.json:
+    if args.format is None:
         rejected = sum(problem is not None for _, problem in checked)
         if signed:
             print(f"rejected in namespace {namespace}: {rejected}", file=out)
@@ -194,17 +303,19 @@ def _printLeases(
     status: str | None = None,
 ) -> None:
     """
-    The table (or JSON lines) of C{masse ls}; with C{status}, a STATUS
-    column says which leases are rejected and why (C{status} for the rest).
+    The table (or JSON) of C{masse ls}; with C{status}, a STATUS column says
+    which leases are rejected and why (C{status} for the rest).
     """
     checked = sorted(checked, key=lambda c: (c[0].record.name, c[0].record.registered))
     now = time.time()
-    if args.json:
+    if args.format is not None:
+        items = []
         for lease, problem in checked:
-            line = {**_recordJSON(lease.record), "expiresIn": round(lease.expiresIn, 3)}
+            item = {**_recordJSON(lease.record), "expiresIn": round(lease.expiresIn, 3)}
             if status is not None:
-                line["rejected"] = problem
-            print(json.dumps(line, sort_keys=True), file=out)
+                item["rejected"] = problem
+            items.append(item)
+        printJSON(items, args.format, out)
         return
     rows = [["NAME", "INSTANCE", "ENDPOINTS", "AGE", "LEFT", "HEALTH", "METADATA"]]
     if status is not None:
@@ -227,33 +338,79 @@ def _printLeases(
     print(_table(rows), file=out)
 
 
-def _eventLine(event: PeerEvent, asJSON: bool) -> str:
-    record = event.record
-    if asJSON:
-        line = {"time": time.time(), "kind": str(event.kind), "record": _recordJSON(record)}
-        if event.source is not None:
-            line["source"] = event.source
-        return json.dumps(line, sort_keys=True)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    source = f" from {event.source}" if event.source is not None else ""
-    return (
-        f"{stamp}Z {event.kind:<8} {record.namespace}/{record.name} "
-        f"{record.instance[:12]} {' '.join(record.endpoints)}{source}"
-        f"{'' if event.source is not None else ' ' + record.state}"
+# watch
+
+
+def _watchArguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pattern", nargs="?", default="*", help="name glob (default *)")
+    parser.add_argument(
+        "--no-initial",
+        dest="initial",
+        action="store_false",
+        help="do not print the members already there (kind present) first",
+    )
+    parser.add_argument(
+        "--json", "--jsonl", dest="json", action="store_true", help="one JSON object a line"
     )
 
 
-async def watchPeers(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> None:
-    def show(event: PeerEvent) -> None:
-        print(_eventLine(event, args.json), file=out, flush=True)
+def _eventLine(kind: str, record: PeerRecord, source: str | None, asJSON: bool) -> str:
+    if asJSON:
+        line = {"time": time.time(), "kind": kind, "record": _recordJSON(record)}
+        if source is not None:
+            line["source"] = source
+        return json.dumps(line, sort_keys=True)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    shownSource = f" from {source}" if source is not None else ""
+    return (
+        f"{stamp}Z {kind:<8} {record.namespace}/{record.name} "
+        f"{record.instance[:12]} {' '.join(record.endpoints)}{shownSource}"
+        f"{'' if source is not None else ' ' + record.state}"
+    )
 
-    await registry.watch(namespace, args.pattern, show, usage=True)
+
+async def watchPeers(context: Context, args: Any) -> None:
+    """
+    C{masse watch}: the current members first (kind C{present}), then every
+    change, like C{kubectl get -w}.
+    """
+    out = context.out
+    early: list[PeerEvent] = []
+    started = False
+
+    def show(event: PeerEvent) -> None:
+        if not started:
+            early.append(event)  # the watch's first view includes it
+            return
+        print(_eventLine(str(event.kind), event.record, event.source, args.json), file=out)
+        out.flush()
+
+    subscription = await context.deadline(
+        context.registry.watch(context.namespace, args.pattern, show, usage=True), "watch"
+    )
+    if args.initial:
+        for record in sorted(subscription.peers, key=lambda r: (r.name, r.registered)):
+            print(_eventLine("present", record, None, args.json), file=out)
+    started = True
+    for event in early:
+        if event.source is not None:  # stream use is not in the view: pass it on
+            show(event)
+    out.flush()
     await Deferred()  # until Ctrl-C stops the reactor
 
 
-async def resolve(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> None:
+# resolve
+
+
+def _resolveArguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name")
+    addMetaFilter(parser)
+
+
+async def resolve(context: Context, args: Any) -> None:
+    registry, namespace = context.registry, context.namespace
     validateName(args.name, "name")
-    records = await registry.lookup(namespace, args.name)
+    records = await context.deadline(registry.lookup(namespace, args.name), "resolve")
     meta = metaConditions(args.meta)
     if records and meta and not any(matches(record, meta) for record in records):
         shown = " ".join(f"--meta {key}={value}" for key, value in meta)
@@ -267,51 +424,55 @@ async def resolve(registry: IRegistry, namespace: str, args: Any, out: TextIO) -
             f"no live instance of {args.name!r} in namespace {namespace!r} "
             f"of registry {registry.url}"
         )
+    records = sorted(records, key=lambda r: r.registered)
+    if args.format is not None:
+        printJSON([_recordJSON(record) for record in records], args.format, context.out)
+        return
     for record in records:
         for endpoint in record.endpoints:
-            print(endpoint, file=out)
+            print(endpoint, file=context.out)
 
 
-@implementer(IHalfCloseableProtocol)
-class _Relay(Protocol):
-    """
-    Copies bytes to C{peer}'s transport. Like netcat: when our input ends,
-    the peer's output is half-closed; when the remote end stops sending (or
-    either connection is lost), it is over.
-    """
-
-    def __init__(self, remote: bool):
-        self.lost: Deferred[None] = Deferred()
-        self.remote = remote
-        self.peer: _Relay | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.write(data)
-
-    def readConnectionLost(self) -> None:
-        if self.remote:
-            self.transport.loseConnection()  # type: ignore[union-attr]
-        elif self.peer is not None and self.peer.transport is not None:
-            loseWrite = getattr(self.peer.transport, "loseWriteConnection", None)
-            if loseWrite is not None:
-                loseWrite()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self.lost.callback(None)
+# connect
 
 
-async def connect(reactor: Any, registry: IRegistry, namespace: str, args: Any) -> None:
-    from twisted.internet.stdio import StandardIO
+def _connectArguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="a name, or a glob for any one matching peer")
+    closing = parser.add_mutually_exclusive_group()
+    closing.add_argument(
+        "--wait",
+        metavar="SECONDS",
+        type=float,
+        default=1.0,
+        help="after end of input, keep reading until the peer closes or sends nothing "
+        "for this long (like nc -q; default 1)",
+    )
+    closing.add_argument(
+        "--half-close",
+        action="store_true",
+        help="at end of input, half-close and wait for the peer to close (like nc -N)",
+    )
+    parser.add_argument(
+        "--ca", metavar="PEM", help="connect only over TLS, verified against this CA"
+    )
+    parser.add_argument(
+        "--cert", metavar="PEM", help="client certificate over TLS (and its key, unless --key)"
+    )
+    parser.add_argument("--key", metavar="PEM", help="the client certificate's key")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect only over TLS, verified against the system trust roots",
+    )
 
+
+async def connect(context: Context, args: Any) -> None:
+    from txmasse._cli_connect import Relay, relayStandardIO
     from txmasse.endpoints import MasseClientEndpoint
     from txmasse.peertls import tlsFromOptions
 
     try:
-        checkNumber(args.timeout, f"--timeout {args.timeout}:", low=0, above=True)
+        checkNumber(args.wait, f"--wait {shown(args.wait)}:", low=0)
     except ValueError as e:
         raise UsageError(str(e)) from None
     options = {key: getattr(args, key) for key in ("cert", "key", "ca") if getattr(args, key)}
@@ -322,18 +483,34 @@ async def connect(reactor: Any, registry: IRegistry, namespace: str, args: Any) 
     except ValueError as e:
         raise UsageError(str(e)) from None
     endpoint = MasseClientEndpoint(
-        reactor, args.name, namespace=namespace, registry=registry, timeout=args.timeout, tls=tls
+        context.reactor,
+        args.name,
+        namespace=context.namespace,
+        registry=context.registry,
+        timeout=context.timeout,
+        tls=tls,
     )
-    remote = _Relay(remote=True)
-    await endpoint.connect(Factory.forProtocol(lambda: remote))
-    local = _Relay(remote=False)
-    local.peer, remote.peer = remote, local
-    stdio = StandardIO(local, reactor=reactor)
-    await DeferredList([remote.lost, local.lost], fireOnOneCallback=True)
-    if remote.transport is not None:
-        remote.transport.loseConnection()
-    stdio.loseConnection()
-    await local.lost  # stdout has had everything the peer sent
+    relay = Relay(context.reactor, args.wait, args.half_close)
+    await endpoint.connect(Factory.forProtocol(lambda: relay.remote))
+    await relayStandardIO(context.reactor, relay)
+
+
+# register
+
+
+def _registerArguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name")
+    parser.add_argument(
+        "--endpoint",
+        action="append",
+        required=True,
+        metavar="DESC",
+        help="client endpoint description, e.g. tcp:host=10.0.0.7:port=8080 (repeatable)",
+    )
+    parser.add_argument("--ttl", type=float, default=10.0, help="lease seconds (default 10)")
+    parser.add_argument(
+        "--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)"
+    )
 
 
 def _metadata(pairs: Sequence[str]) -> dict[str, str]:
@@ -346,15 +523,20 @@ def _metadata(pairs: Sequence[str]) -> dict[str, str]:
     return metadata
 
 
-async def register(reactor: Any, registry: IRegistry, namespace: str, args: Any) -> None:
+async def register(context: Context, args: Any) -> None:
+    reactor, registry, namespace = context.reactor, context.registry, context.namespace
     try:
         record = PeerRecord(namespace, args.name, args.endpoint, _metadata(args.meta))
     except ValueError as e:
         raise UsageError(str(e)) from None
-    lease = await registry.register(record, args.ttl)
+    try:
+        lease = await context.deadline(registry.register(record, args.ttl), "register")
+    except ValueError as e:  # the registry's checks of the record and ttl
+        raise UsageError(str(e)) from None
     print(
         f"registered {namespace}/{args.name} instance {record.instance} "
         f"(ttl {args.ttl:g}s) in {registry.url}; Ctrl-C to release",
+        file=context.out,
         flush=True,
     )
     stopped: Deferred[None] = Deferred()
@@ -366,14 +548,169 @@ async def register(reactor: Any, registry: IRegistry, namespace: str, args: Any)
     await stopped
 
 
+# dns
+
+
+def _dnsArguments(parser: argparse.ArgumentParser) -> None:
+    from txmasse.dns.cli import addArguments
+
+    addArguments(parser)
+
+
+async def dns(context: Context, args: Any) -> None:
+    from txmasse.dns import cli as dnscli
+
+    await dnscli.run(context.reactor, context.registry, args, context.out)
+
+
+# web: the dashboard and /metrics (txmasse.web.cli)
+
+
+def _webArguments(parser: argparse.ArgumentParser) -> None:
+    from txmasse.web.cli import addArguments
+
+    addArguments(parser)
+
+
+async def web(context: Context, args: Any) -> None:
+    from txmasse.web import cli as webcli
+
+    await webcli.run(context.reactor, context.registry, context.namespace, args)
+
+
+# providers, describe, call: RPC by name (txmasse.rpc.cli)
+
+
+def _rpcArguments(name: str) -> Callable[[argparse.ArgumentParser], None]:
+    def arguments(parser: argparse.ArgumentParser) -> None:
+        from txmasse.rpc import cli as rpc
+
+        getattr(rpc, name)(parser)
+
+    return arguments
+
+
+async def _rpc(context: Context, args: Any) -> None:
+    from txmasse.rpc import cli as rpc
+
+    await rpc.run(
+        context.reactor, context.registry, context.namespace, args, context.out, sys.stderr
+    )
+
+
+# drain, undrain (txmasse.health_cli)
+
+
+def _drainArguments(parser: argparse.ArgumentParser) -> None:
+    from txmasse.health_cli import drainArguments
+
+    drainArguments(parser)
+
+
+async def _drain(context: Context, args: Any) -> None:
+    from txmasse import health_cli
+
+    await health_cli.run(context, args)
+
+
+DRAIN_COMMANDS = [
+    Command(
+        "drain",
+        "take every instance of a name (or one: --instance) out of rotation",
+        _drainArguments,
+        _drain,
+    ),
+    Command("undrain", "put drained instances back in rotation", _drainArguments, _drain),
+]
+
+
+# completion
+
+
+def _completionArguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("shell", choices=SHELLS, help="the shell to complete in")
+
+
+async def completion(context: Context, args: Any) -> None:
+    import shtab
+
+    print(shtab.complete(_parser(), shell=args.shell), file=context.out)
+
+
+COMMANDS: list[Command] = [
+    Command("ls", "list live instances", _lsArguments, listPeers, jsonOutput=True),
+    Command(
+        "watch",
+        "print the members, then events (and streams clients report) until Ctrl-C",
+        _watchArguments,
+        watchPeers,
+    ),
+    Command(
+        "resolve", "print the endpoints of a name", _resolveArguments, resolve, jsonOutput=True
+    ),
+    Command(
+        "connect",
+        "stdin/stdout to a peer, by name (end of input: like nc -q, or nc -N with --half-close)",
+        _connectArguments,
+        connect,
+    ),
+    Command("register", "keep a name registered until stopped", _registerArguments, register),
+    Command("dns", "answer DNS for the registry's live peers", _dnsArguments, dns),
+    *DRAIN_COMMANDS,
+    Command("web", "serve the live dashboard and /metrics (docs/web.md)", _webArguments, web),
+    Command(
+        "providers",
+        "list the instances that provide an AMP command",
+        _rpcArguments("providersArguments"),
+        _rpc,
+        jsonOutput=True,
+    ),
+    Command(
+        "describe",
+        "print a peer's AMP commands and their schemas",
+        _rpcArguments("describeArguments"),
+        _rpc,
+        jsonOutput=True,
+    ),
+    Command(
+        "call",
+        "call an AMP command by URI: masse://NS/PEER/COMMAND NAME=VALUE...",
+        _rpcArguments("callArguments"),
+        _rpc,
+    ),
+    Command(
+        "completion",
+        'print a shell completion script: eval "$(masse completion bash)"',
+        _completionArguments,
+        completion,
+        needsRegistry=False,
+    ),
+]
+
+
+# Running
+
+
+def _seconds(option: str, text: str) -> float:
+    return checkNumber(text, f"{option} {text!r}:", low=0, above=True)
+
+
 def _checkArguments(args: Any) -> tuple[str, str]:
     """
     The namespace and registry URL to use, once the arguments (and the
     environment standing in for them) are checked, before anything opens.
+    Also resolves C{args.timeout} to seconds.
 
-    @raise UsageError: naming the bad namespace, URL, name or pattern.
+    @raise UsageError: naming the bad namespace, URL, name, pattern or
+        timeout.
     """
     try:
+        if args.timeout is not None:
+            args.timeout = _seconds("--timeout", str(args.timeout))
+        elif os.environ.get("MASSE_TIMEOUT"):
+            args.timeout = _seconds("$MASSE_TIMEOUT", os.environ["MASSE_TIMEOUT"])
+        else:
+            args.timeout = DEFAULT_TIMEOUT
         namespace = defaultNamespace() if args.ns is None else validateName(args.ns, "namespace")
         if args.registry is not None:
             url = args.registry
@@ -401,34 +738,24 @@ def _checkArguments(args: Any) -> tuple[str, str]:
     return namespace, url
 
 
+def _command(name: str) -> Command:
+    for command in COMMANDS:
+        if command.name == name:
+            return command
+    raise UsageError(f"unknown command {name!r}")
+
+
 async def run(reactor: Any, args: Any, out: TextIO) -> None:
+    command = _command(args.command)
+    if not command.needsRegistry:
+        await command.run(Context(reactor, "", DEFAULT_TIMEOUT, out, ""), args)
+        return
     namespace, url = _checkArguments(args)
-    registry = registryFromURL(reactor, url)
+    context = Context(reactor, namespace, args.timeout, out, url, registryFromURL(reactor, url))
     try:
-        if args.command == "ls":
-            await listPeers(registry, namespace, args, out)
-        elif args.command == "watch":
-            await watchPeers(registry, namespace, args, out)
-        elif args.command == "resolve":
-            await resolve(registry, namespace, args, out)
-        elif args.command == "connect":
-            await connect(reactor, registry, namespace, args)
-        elif args.command == "register":
-            await register(reactor, registry, namespace, args)
-        elif args.command in ("drain", "undrain"):
-            from txmasse import health_cli
-
-            await health_cli.run(registry, namespace, args, out)
-        elif args.command == "dns":
-            from txmasse.dns import cli as dnscli
-
-            await dnscli.run(reactor, registry, args, out)
-        else:
-            from txmasse.rpc import cli as rpc
-
-            await rpc.run(reactor, registry, namespace, args, out, sys.stderr)
+        await command.run(context, args)
     finally:
-        await registry.close()
+        await context.registry.close()
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> NoReturn:
@@ -438,7 +765,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> NoRetur
     try:
         args = _parser().parse_args(argv)
     except UsageError as e:
-        _fail(f"masse: {e} (see masse --help)", 2)
+        _fail(f"masse: {e}", 2)
 
     status = 0
 

@@ -14,47 +14,27 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any
 
 import attrs
 
-from txmasse.checks import checkNumber
 from txmasse.errors import MasseError
 from txmasse.records import PeerRecord, validateName
 from txmasse.registry import MIN_TTL, IRegistry
-
-DRAIN_COMMANDS = ("drain", "undrain")
 
 POLL = 0.05
 """Seconds between looks at the instance while waiting for it to keep a drain."""
 
 
-def addArguments(commands: Any, parser: argparse.ArgumentParser) -> None:
+def drainArguments(parser: argparse.ArgumentParser) -> None:
     """
-    Add C{drain} and C{undrain} to C{masse}'s subcommands.
+    The arguments of C{masse drain} and C{masse undrain}; the global
+    C{--timeout} bounds the wait for each instance to keep the change.
     """
-    for command, what in (("drain", "take out of rotation"), ("undrain", "put back in rotation")):
-        sub = commands.add_parser(
-            command, help=f"{what} every instance of a name (or one, with --instance)"
-        )
-        sub.add_argument("name")
-        sub.add_argument(
-            "--instance", metavar="ID", help="only this instance (its id, or a unique prefix)"
-        )
-        sub.add_argument(
-            "--timeout",
-            type=_seconds,
-            default=30.0,
-            help="seconds to wait for each instance to keep the change (default 30)",
-        )
-        sub.error = parser.error
-
-
-def _seconds(text: str) -> float:
-    try:
-        return checkNumber(text, f"--timeout {text!r}:", low=0, above=True)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    parser.add_argument("name")
+    parser.add_argument(
+        "--instance", metavar="ID", help="only this instance (its id, or a unique prefix)"
+    )
 
 
 def addMetaFilter(sub: argparse.ArgumentParser) -> None:
@@ -100,15 +80,17 @@ def stateJSON(record: PeerRecord) -> dict[str, Any]:
     return {"health": record.health, "reason": record.reason, "draining": record.draining}
 
 
-async def run(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> None:
+async def run(context: Any, args: Any) -> None:
     """
-    C{masse drain} / C{masse undrain}.
+    C{masse drain} / C{masse undrain}, with the C{masse} command's context
+    (L{txmasse.cli.Context}).
 
     @raise MasseError: nothing to drain (exit status 1).
     """
+    registry, namespace, out = context.registry, context.namespace, context.out
     validateName(args.name, "name")
     draining = args.command == "drain"
-    statuses = await registry.leases(namespace, args.name)
+    statuses = await context.deadline(registry.leases(namespace, args.name), args.command)
     targets = [s for s in statuses if s.record.name == args.name]
     if args.instance is not None:
         targets = [s for s in targets if s.record.instance.startswith(args.instance)]
@@ -134,7 +116,7 @@ async def run(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> No
             draining=draining,
             drainChanged=max(time.time(), record.drainChanged + 0.001),
         )
-        await _writeUntilKept(registry, changed, status.expiresIn, args.timeout)
+        await _writeUntilKept(registry, changed, status.expiresIn, context.timeout)
         print(f"{record.name} {record.instance[:12]}: {changed.state}", file=out)
 
 
@@ -177,5 +159,5 @@ async def _writeUntilKept(
         last = stored.expiresIn
     raise MasseError(
         f"instance {changed.instance[:12]} of {changed.name!r} did not keep the change within "
-        f"{timeout:g}s (is it a txmasse without drain?)"
+        f"{timeout:g}s (--timeout; is it a txmasse without drain?)"
     )

@@ -388,7 +388,11 @@ class _GateFactory(WrappingFactory):
     def refused(self, error: BaseException, address: object = None) -> None:
         error = _handshakeError(self.peer, error)
         if self.ready is None:
-            log.info("TLS connection from {address} refused: {error}", address=address, error=error)
+            log.info(
+                "TLS connection from {address} refused: {error}",
+                address=str(address),
+                error=str(error),
+            )
         elif not self.ready.called:
             self.ready.errback(Failure(error))
 

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from txmasse.checks import checkNumber
 from txmasse.errors import MasseError
 from txmasse.health import HealthCheck, parseCheck
+from txmasse.metrics import metricsService
 from txmasse.peertls import PeerTLS, tlsFromOptions
 from txmasse.records import validateName
 from txmasse.registry import IRegistry, defaultNamespace, parseRegistryURL, registryFromURL
@@ -71,7 +72,7 @@ class NamedPeerService(Service):
         self._listening = None
         self.port = port
         self._failures = 0
-        log.info("{name} is listening on {address}", name=self.name, address=port.getHost())
+        log.info("{name} is listening on {address}", name=self.name, address=str(port.getHost()))
         return None
 
     def _failed(self, failure: Failure, attempt: Deferred[IListeningPort]) -> None:
@@ -136,6 +137,7 @@ class RegistryService(MultiService):
         metadata: Mapping[str, str] | None = None,
         wrappers: Sequence[Any] = (),
         tls: PeerTLS | None = None,
+        unix: str | None = None,
         provides: Sequence[type] | None = None,
         check: str | None = None,
         healthCheck: HealthCheck | None = None,
@@ -145,11 +147,13 @@ class RegistryService(MultiService):
         Serve C{factory} under C{name}: listen on C{listen} (a server endpoint
         description) and register the address while running; with C{tls},
         serve TLS with a certificate for C{NAME.NAMESPACE} (see
-        L{txmasse.peertls}); C{provides}: the AMP commands to publish when
-        the factory's protocol class does not declare them (L{txmasse.rpc}).
-        C{check}, C{healthCheck} and C{drain} are the server endpoint's
-        (L{txmasse.health}): checks run at every heartbeat, and how long
-        stopping waits, drained, for open connections to close.
+        L{txmasse.peertls}); with C{unix}, also on that UNIX socket,
+        advertised first (clients on the same host prefer it); C{provides}:
+        the AMP commands to publish when the factory's protocol class does
+        not declare them (L{txmasse.rpc}). C{check}, C{healthCheck} and
+        C{drain} are the server endpoint's (L{txmasse.health}): checks run
+        at every heartbeat, and how long stopping waits, drained, for open
+        connections to close.
         """
         from twisted.internet.endpoints import serverFromString
 
@@ -167,6 +171,7 @@ class RegistryService(MultiService):
             metadata=metadata,
             wrappers=wrappers,
             tls=tls,
+            unixPath=unix,
             provides=provides,
             check=check,
             healthCheck=healthCheck,
@@ -223,28 +228,60 @@ def loadFactory(spec: str) -> IProtocolFactory:
 
 class Options(usage.Options):
     """
-    Options of C{twistd masse}.
+    Options of C{twistd masse}: the C{masse:} server endpoint's options, as
+    flags.
     """
 
     synopsis = "--name NAME --factory MODULE:ATTR [options]"
     longdesc = (
-        "Run any Twisted protocol factory as a peer reachable by name. Stopping "
-        "twistd releases the name at once."
+        "Run any Twisted protocol factory as a peer reachable by name: it listens "
+        "on --listen (and --unix), registers its address under --name in namespace "
+        "--ns and keeps the lease alive; stopping twistd releases the name at once. "
+        "While the registry is down it listens anyway, and registers as soon as it answers. "
+        "Each option is the masse: server endpoint option of the same name "
+        "(--meta KEY=VALUE is meta.KEY=VALUE). Example: twistd -n masse --name echo "
+        "--factory twisted.protocols.wire:Echo --wrap log"
     )
     optParameters = [
         ["name", None, None, "Name to register under (required)."],
-        ["factory", None, None, "MODULE:ATTR: a protocol factory, or a callable returning one."],
+        [
+            "factory",
+            None,
+            None,
+            "MODULE:ATTR: a protocol factory, a callable returning one, or a Protocol "
+            "class (required); the current directory is importable.",
+        ],
         ["ns", None, None, "Namespace (default $MASSE_NAMESPACE, else 'default')."],
-        ["registry", None, None, "Registry URL (default $MASSE_REGISTRY, else local Redis)."],
+        [
+            "registry",
+            None,
+            None,
+            "Registry URL (default $MASSE_REGISTRY, else redis://127.0.0.1:6379/0).",
+        ],
         ["listen", None, "tcp:0", "Server endpoint description to listen on."],
+        [
+            "unix",
+            None,
+            None,
+            "Also listen on this UNIX socket, advertised first: clients on the same host "
+            "use it (not with --cert).",
+        ],
         ["advertise", None, None, "Host to publish (default: the address toward the registry)."],
         ["ttl", None, "10", "Lease seconds."],
+        [
+            "wrap",
+            None,
+            None,
+            "Wrappers to stack, the first nearest the wire: NAME or NAME=ARG, "
+            "comma-separated (e.g. log, idle=30).",
+        ],
         ["cert", None, None, "Serve TLS with this PEM certificate (it must name NAME.NAMESPACE)."],
         ["key", None, None, "The certificate's PEM key (default: the key in the --cert file)."],
         ["ca", None, None, "With --cert: require client certificates signed by this CA."],
         ["provides", None, None, "AMP commands to publish: dotted names of Command classes."],
         ["check", None, None, "Health check at every heartbeat: tcp, or http:/PATH."],
         ["drain", None, "0", "Seconds stopping waits, drained, for open connections to close."],
+        ["metrics", None, None, "Serve Prometheus metrics at /metrics on this server endpoint."],
     ]
 
     def __init__(self) -> None:
@@ -261,6 +298,10 @@ class Options(usage.Options):
         self["meta"][key] = value
 
     def postOptions(self) -> None:
+        from twisted.internet import reactor
+
+        from txmasse.wrappers import parseWrappers
+
         try:
             for option in ("name", "factory"):
                 if self[option] is None:
@@ -274,10 +315,15 @@ class Options(usage.Options):
             if self["check"] is not None:
                 parseCheck(self["check"])
             self["drain"] = checkNumber(self["drain"], f"--drain {self['drain']!r}:", low=0)
+            if self["unix"] is not None and not self["unix"]:
+                raise ValueError("--unix '': must be a socket path")
+            self["wrappers"] = [] if self["wrap"] is None else parseWrappers(reactor, self["wrap"])
             self["tls"] = tlsFromOptions(
                 {k: self[k] for k in ("cert", "key", "ca") if self[k] is not None}, server=True
             )
             if self["tls"] is not None:
+                if self["unix"] is not None:
+                    raise ValueError("--unix cannot be used with --cert: TLS peers listen on TCP")
                 self["tls"].checkServes(self["name"], self["ns"])
             self["factory"] = loadFactory(self["factory"])
             if self["provides"] is not None:
@@ -298,6 +344,8 @@ def makeService(options: Options) -> RegistryService:
     """
     service = RegistryService(options["registry"])
     try:
+        if options["metrics"] is not None:  # before the peer: stopped after it
+            metricsService(service.reactor, options["metrics"]).setServiceParent(service)
         service.addPeer(
             options["name"],
             options["factory"],
@@ -307,6 +355,8 @@ def makeService(options: Options) -> RegistryService:
             ttl=options["ttl"],
             metadata=options["meta"],
             tls=options["tls"],
+            wrappers=options["wrappers"],
+            unix=options["unix"],
             provides=options["provides"],
             check=options["check"],
             drain=options["drain"],

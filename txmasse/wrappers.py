@@ -213,8 +213,9 @@ class _LoggingProtocol(ProtocolWrapper):
         return f": {data[:200]!r}" + ("..." if len(data) > 200 else "")
 
     def makeConnection(self, transport: Any) -> None:
-        self.peer = transport.getPeer()
-        log.info("connected {host} <-> {peer}", host=transport.getHost(), peer=self.peer)
+        # Strings, not address objects: log events must be JSON-serialisable.
+        self.peer = str(transport.getPeer())
+        log.info("connected {host} <-> {peer}", host=str(transport.getHost()), peer=self.peer)
         super().makeConnection(transport)
 
     def write(self, data: bytes) -> None:

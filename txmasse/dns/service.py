@@ -7,7 +7,6 @@ three: L{DNSService}, with settings checked by L{Settings}.
 from __future__ import annotations
 
 import ipaddress
-import math
 from typing import Any
 
 import attrs
@@ -17,6 +16,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
+from txmasse.checks import checkNumber
 from txmasse.dns.authority import MasseAuthority
 from txmasse.dns.labels import checkDomain
 from txmasse.dns.server import MasseDNSFactory
@@ -57,13 +57,7 @@ def checkCount(option: str, text: object, high: int) -> int:
 
 
 def checkSeconds(option: str, text: object) -> float:
-    try:
-        value = float(str(text))
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 0 <= value <= 86400):
-        raise ValueError(f"{option} {text!r}: must be 0 to 86400 seconds")
-    return value
+    return checkNumber(str(text), f"{option} {text!r}:", low=0, high=86400)
 
 
 def _maxNamespaces(text: object) -> int:

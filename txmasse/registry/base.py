@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmasse import metrics
 from txmasse.checks import checkNumber
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord, validateName
@@ -226,6 +227,7 @@ class Lease:
         Begin heartbeating, once the record is registered.
         """
         localInstances.add(self.record.instance)
+        metrics.leaseStarted(self)
         self._loop.start(self.interval, now=False)
 
     def stop(self) -> None:
@@ -234,6 +236,7 @@ class Lease:
         a crash would: the store no longer writes it back after an outage.
         """
         self._stopped = True
+        metrics.leaseStopped(self)
         if self._loop.running:
             self._loop.stop()
         self._store.forgetLease(self)
@@ -247,6 +250,7 @@ class Lease:
         self._failing = False
 
     def _beatFailed(self, failure: Failure) -> None:
+        metrics.heartbeatFailed()
         if not self._failing:
             log.warn(
                 "{lease}: heartbeat failed, retrying every {interval:.2f}s: {error}",
@@ -256,6 +260,7 @@ class Lease:
             )
         self._failing = True
 
+    @metrics.registryCall("refresh")
     def refresh(self) -> Deferred[None]:
         if self._released or self._stopped:
             return succeed(None)
@@ -275,6 +280,7 @@ class Lease:
         self.record = record
         return self.refresh()
 
+    @metrics.registryCall("release")
     def release(self) -> Deferred[None]:
         if self._released:
             return succeed(None)
@@ -486,5 +492,6 @@ class Subscription:
         self._deliver(PeerEvent(kind, record))
 
     def _deliver(self, event: PeerEvent) -> None:
+        metrics.watchEvent(event.kind)
         d = maybeDeferred(self._callback, event)
         d.addErrback(lambda f: log.failure("watch callback failed on {event}", f, event=event))

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
+from txmasse import metrics
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry.base import (
     Lease,
@@ -70,6 +71,8 @@ class MemoryRegistry:
         """
         return cls(reactor)
 
+
+    @metrics.registryCall("register")
     def register(self, record: PeerRecord, ttl: float) -> Deferred[ILease]:
         try:
             ttl = validateTTL(ttl)
@@ -81,6 +84,7 @@ class MemoryRegistry:
         self.putRecord(record, ttl)
         return succeed(lease)
 
+    @metrics.registryCall("lookup")
     def lookup(
         self, namespace: str, name: str, stale: float | None = None
     ) -> Deferred[list[PeerRecord]]:
@@ -95,6 +99,7 @@ class MemoryRegistry:
         entries = self._names.get((namespace, name), {})
         return succeed([entry.record for entry in entries.values()])
 
+    @metrics.registryCall("find")
     def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
         try:
             glob = validateSearch(namespace, pattern)
@@ -102,6 +107,7 @@ class MemoryRegistry:
             return fail()
         return succeed(list(self._matching(namespace, glob)))
 
+    @metrics.registryCall("leases")
     def leases(self, namespace: str, pattern: str) -> Deferred[list[LeaseStatus]]:
         try:
             glob = validateSearch(namespace, pattern)
@@ -109,6 +115,7 @@ class MemoryRegistry:
             return fail()
         return succeed(self._statuses(namespace, glob))
 
+    @metrics.registryCall("watch")
     def watch(
         self,
         namespace: str,
@@ -130,6 +137,7 @@ class MemoryRegistry:
         self._watchers.setdefault(namespace, set()).add(subscription)
         return subscription.resync().addCallback(lambda _: subscription)
 
+    @metrics.registryCall("report")
     def report(self, event: PeerEvent) -> Deferred[None]:
         try:
             validateUsage(event)

@@ -68,10 +68,19 @@ def openBackend(reactor: IReactorTime, parsed: RegistryURL) -> IRegistry:
     """
     The backend for C{parsed}'s scheme, built from the parsed URL.
     """
-    moduleName, _, className = BACKENDS[parsed.scheme].partition(":")
-    backend: Any = getattr(importlib.import_module(moduleName), className)
-    registry: IRegistry = backend.fromURL(reactor, parsed)
-    return registry
+    where = BACKENDS.get(parsed.scheme)
+    if where is None:  # parsing found its plugin already
+        from txmasse.registry.plugins import schemePlugin
+
+        backend: Any = schemePlugin(parsed.scheme)
+    else:
+        moduleName, _, className = where.partition(":")
+        backend = getattr(importlib.import_module(moduleName), className)
+    registry = backend.fromURL(reactor, parsed)
+    if not IRegistry.providedBy(registry):
+        raise ValueError(f"the {parsed.scheme}:// plugin opened {registry!r}, not an IRegistry")
+    opened: IRegistry = registry
+    return opened
 
 
 def checkRegistry(registry: IRegistry | str | None) -> IRegistry | str:

@@ -37,6 +37,7 @@ from txmasse._tcp import tcpEndpoint
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry import redis_scripts as scripts
+from txmasse.registry._outage import OutageLog, QuietClientService
 from txmasse.registry.base import Lease, Snapshot
 from txmasse.registry.interface import (
     EventKind,
@@ -80,7 +81,10 @@ class _Factory(Factory):
     """
 
     isLazy = False
+    noisy = False  # no "Starting factory" at every reconnect attempt: OutageLog tells
     check: Callable[[Any], Deferred[None]] | None = None
+    outage: OutageLog | None = None
+    label = "calls"
 
     def __init__(
         self,
@@ -163,6 +167,8 @@ class _ReadyMixin:
 
     def _prepared(self, _: object) -> None:
         self.factory.lastError = None
+        if self.factory.outage is not None:
+            self.factory.outage.connected(self.factory.label)
         self.ready = True
         waiters, self._readyWaiters = self._readyWaiters, []
         for d in waiters:
@@ -170,6 +176,8 @@ class _ReadyMixin:
 
     def _notPrepared(self, failure: Failure) -> None:
         self.factory.lastError = failure.getErrorMessage()
+        if self.factory.outage is not None:
+            self.factory.outage.failed(self.factory.label, self.factory.lastError)
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
@@ -220,6 +228,8 @@ class _RecordingEndpoint:
             self._factory.lastError = failure.getErrorMessage()
             self._factory.unreachable = True
             self._factory.refused = failure.check(RefusedError, ConnectionRefusedError) is not None
+            if self._factory.outage is not None:
+                self._factory.outage.failed(self._factory.label, self._factory.lastError)
             return failure
 
         def connected(protocol: Any) -> Any:
@@ -361,6 +371,8 @@ class RedisRegistry(SharedStoreRegistry):
         self._subscriberFactory.registry = self  # type: ignore[attr-defined]
         check = getattr(endpoint, "checkConnection", None)
         self._commandFactory.check = self._subscriberFactory.check = check
+        self._commandFactory.outage = self._subscriberFactory.outage = OutageLog(reactor, url)
+        self._subscriberFactory.label = "events"
         self._subscriber: ClientService | None = None
         self._readyCommands: Any = None
         self._commands.startService()
@@ -385,7 +397,7 @@ class RedisRegistry(SharedStoreRegistry):
         return f"<RedisRegistry {self.url}>"
 
     def _service(self, factory: _Factory) -> ClientService:
-        return ClientService(
+        return QuietClientService(
             _RecordingEndpoint(self._endpoint, factory, self.url),
             factory,
             retryPolicy=RECONNECT,
@@ -496,7 +508,7 @@ class RedisRegistry(SharedStoreRegistry):
                 log.info(
                     "registry {url}: {error}; running the call again on a new connection",
                     url=self.url,
-                    error=lost,
+                    error=str(lost),  # strings: log events must be JSON-serialisable
                 )
             try:
                 protocol = await self._connectedCommands()
@@ -753,7 +765,9 @@ def _evalsha(protocol: Any, script: scripts.Script, args: Sequence[object]) -> D
 
 def _logReregisterFailure(failure: Failure, lease: Lease) -> None:
     log.warn(
-        "{lease}: could not register again: {error}", lease=lease, error=failure.getErrorMessage()
+        "{lease}: could not register again: {error}",
+        lease=str(lease),
+        error=failure.getErrorMessage(),
     )
 
 

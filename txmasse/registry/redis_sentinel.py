@@ -15,13 +15,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IReactorTime,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -213,7 +213,9 @@ class SentinelEndpoint:
         question = _Question(
             *self._auth, _command("SENTINEL", "get-master-addr-by-name", self._master)
         )
-        d = connectProtocol(self._endpoint(host, port), question)
+        factory = Factory.forProtocol(lambda: question)
+        factory.noisy = False  # no "Starting factory" for every question
+        d = self._endpoint(host, port).connect(factory)
         d.addCallback(lambda _: question.answer)
         d.addTimeout(self._timeout, self._reactor)
         try:
@@ -235,7 +237,7 @@ class SentinelEndpoint:
                     "sentinel master {master!r}: {peer} is not the master (role {role!r}); "
                     "asking the sentinels again",
                     master=self._master,
-                    peer=protocol.transport.getPeer(),
+                    peer=str(protocol.transport.getPeer()),
                     role=role,
                 )
                 raise NotMaster(f"the server named for master {self._master!r} is a replica")

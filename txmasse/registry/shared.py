@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from txmasse import metrics
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry.base import (
@@ -115,6 +116,7 @@ class SharedStoreRegistry:
 
     # IRegistry
 
+    @metrics.registryCall("register")
     def register(self, record: PeerRecord, ttl: float) -> Deferred[ILease]:
         try:
             ttl = validateTTL(ttl)
@@ -155,6 +157,7 @@ class SharedStoreRegistry:
 
         undoing.addBoth(done)
 
+    @metrics.registryCall("lookup")
     def lookup(
         self, namespace: str, name: str, stale: float | None = None
     ) -> Deferred[list[PeerRecord]]:
@@ -168,6 +171,7 @@ class SharedStoreRegistry:
             d.addErrback(self._lastAnswers.fallBack, key, stale)
         return d
 
+    @metrics.registryCall("find")
     def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
         try:
             glob = validateSearch(namespace, pattern)
@@ -175,6 +179,7 @@ class SharedStoreRegistry:
             return fail()
         return self._fetchFind(namespace, glob)
 
+    @metrics.registryCall("leases")
     def leases(self, namespace: str, pattern: str) -> Deferred[list[LeaseStatus]]:
         try:
             glob = validateSearch(namespace, pattern)
@@ -182,6 +187,7 @@ class SharedStoreRegistry:
             return fail()
         return self._fetchLeases(namespace, glob)
 
+    @metrics.registryCall("report")
     def report(self, event: PeerEvent) -> Deferred[None]:
         try:
             validateUsage(event)
@@ -189,6 +195,7 @@ class SharedStoreRegistry:
             return fail()
         return self._publishUsage(event)
 
+    @metrics.registryCall("watch")
     def watch(
         self,
         namespace: str,

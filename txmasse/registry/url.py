@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
@@ -88,6 +89,8 @@ class RegistryURL:
     sentinelUsername: str | None = attrs.field(default=None, repr=False)
     sentinelPassword: str | None = attrs.field(default=None, repr=False)
     secrets: str | None = attrs.field(default=None, repr=False)  # a path, shown in display
+    extra: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    """Options of a plugin's scheme (L{parseGenericURL}'s C{options}), as given."""
 
 
 def _bad(url: str, part: str, why: str) -> ValueError:
@@ -97,8 +100,9 @@ def _bad(url: str, part: str, why: str) -> ValueError:
 
 def _redactQuery(url: str) -> str:
     """
-    C{url} with the value of its C{sentinel_password} option hidden, even
-    with the option's name percent-encoded.
+    C{url} with the value of its C{password} and C{sentinel_password}
+    options (any whose name ends in C{password}) hidden, even with the
+    option's name percent-encoded.
     """
     base, question, query = url.partition("?")
     if not question:
@@ -106,7 +110,7 @@ def _redactQuery(url: str) -> str:
     pieces = []
     for piece in query.split("&"):
         name, equals, _ = piece.partition("=")
-        if equals and unquote_plus(name) == "sentinel_password":
+        if equals and unquote_plus(name).lower().endswith("password"):
             piece = f"{name}=***"
         pieces.append(piece)
     return base + "?" + "&".join(pieces)
@@ -186,7 +190,7 @@ def _parse(url: object) -> RegistryURL:
         raise _bad(url, "the address", why) from None
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
-        raise _bad(url, f"scheme {parts.scheme!r}", f"is not one of {', '.join(_SCHEMES)}")
+        return _pluginURL(url, parts.scheme)
     query: dict[str, str] = {}
     for raw in parts.query.split("&"):
         name = raw.partition("=")[0]
@@ -232,6 +236,73 @@ def _parse(url: object) -> RegistryURL:
         port=port if port is not None else 6379,
         db=db,
         **options,
+    )
+
+
+def _pluginURL(url: str, scheme: str) -> RegistryURL:
+    """
+    A URL of a scheme that a plugin offers (see L{txmasse.registry.plugins}).
+    """
+    from txmasse.registry.plugins import pluginSchemes, schemePlugin
+
+    try:
+        plugin = schemePlugin(scheme)
+    except ValueError as e:
+        raise _bad(url, f"scheme {scheme!r}:", str(e)) from None
+    if plugin is None:
+        known = ", ".join([*_SCHEMES, *pluginSchemes()])
+        raise _bad(url, f"scheme {scheme!r}", f"is not one of {known}")
+    try:
+        parsed = plugin.parseURL(url)
+    except ValueError as e:
+        raise ValueError(redactText(str(e))) from None
+    if not isinstance(parsed, RegistryURL) or parsed.scheme != scheme.lower():
+        raise ValueError(
+            f"invalid registry URL {_redact(url)!r}: the {scheme}:// plugin returned {parsed!r}, "
+            f"not a RegistryURL of its scheme"
+        )
+    return parsed
+
+
+def parseGenericURL(
+    url: str,
+    options: frozenset[str] | set[str] = frozenset(),
+    defaultPort: int | None = None,
+    needsHost: bool = True,
+) -> RegistryURL:
+    """
+    The usual reading of C{SCHEME://[USER[:PASSWORD]@]HOST[:PORT][/PATH][?OPTIONS]}
+    for a plugin's L{IRegistryScheme.parseURL<txmasse.registry.plugins.IRegistryScheme.parseURL>}:
+    host, port, path, user and password (percent-decoded), C{timeout=}
+    (seconds, checked, default 2), C{secrets=} (signed records), and the
+    plugin's own C{options} in C{extra}, any other option refused.
+
+    @raise ValueError: naming the bad part, the password hidden.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise _bad(url, "the address", "does not parse") from None
+    query: dict[str, str] = {}
+    allowed = {"timeout", "secrets", *options}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise _bad(url, f"option {key!r}", f"is unknown (allowed: {known})")
+        query[key] = value
+    if needsHost and not parts.hostname:
+        raise _bad(url, "the host", "is missing")
+    return RegistryURL(
+        parts.scheme.lower(),
+        _redact(url),
+        host=parts.hostname or "",
+        port=port if port is not None else (defaultPort or 0),
+        path=unquote(parts.path),
+        username=None if parts.username is None else unquote(parts.username) or None,
+        password=None if parts.password is None else unquote(parts.password),
+        timeout=_timeout(url, query.get("timeout")),
+        extra={key: value for key, value in query.items() if key in options},
     )
 
 

@@ -10,7 +10,6 @@ L{txmasse.PeerGroup} (every match).
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,6 +22,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from txmasse.checks import checkNumber
 from txmasse.endpoints import PICKS, MasseClientEndpoint
 from txmasse.errors import NoReachablePeer
 from txmasse.records import PeerRecord, validateName
@@ -43,13 +43,9 @@ def checkTimeout(timeout: object) -> float:
     """
     C{timeout} as seconds, if it is a usable deadline.
     """
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not (math.isfinite(timeout) and 0 < timeout <= 1e6)
-    ):
-        raise ValueError(f"timeout={timeout!r}: must be a positive number of seconds")
-    return float(timeout)
+    if isinstance(timeout, str):
+        raise ValueError(f"timeout={timeout!r}: must be a number of seconds, not text")
+    return checkNumber(timeout, f"timeout={timeout!r}:", low=0, above=True, high=1e6)
 
 
 def who(record: PeerRecord) -> str:

@@ -1,14 +1,15 @@
 """
 C{masse providers}, C{masse describe} and C{masse call}: discovery and calls
-by URI from a shell. L{txmasse.cli} adds these subcommands with
-L{addArguments} and runs them with L{run}.
+by URI from a shell. L{txmasse.cli} declares these subcommands with the
+argument functions below (the global options, C{--ns} and C{--timeout}
+among them, and C{--json}/C{--jsonl}, come from it) and runs them with
+L{run}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -18,7 +19,8 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import provider
 
-from txmasse.cli import UsageError
+from txmasse.checks import checkNumber
+from txmasse.cli import UsageError, printJSON
 from txmasse.errors import PeerNotFound
 from txmasse.records import PeerRecord, validateName
 from txmasse.registry import IRegistry
@@ -31,30 +33,19 @@ from txmasse.rpc.values import parsePairs, toJSON
 COMMANDS = ("providers", "describe", "call")
 
 
-def addArguments(commands: Any, parser: argparse.ArgumentParser) -> None:
-    """
-    Add the RPC subcommands to C{masse}'s subparsers.
-    """
-    providers = commands.add_parser("providers", help="list the instances that provide a command")
-    providers.add_argument("commandName", metavar="COMMAND", help="AMP command name")
-    providers.add_argument("--ns", metavar="NAMESPACE", default=argparse.SUPPRESS)
-    providers.add_argument("--json", action="store_true", help="one JSON object a line")
+def providersArguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("commandName", metavar="COMMAND", help="AMP command name")
 
-    described = commands.add_parser("describe", help="print a peer's commands and their schemas")
-    described.add_argument("name")
-    described.add_argument("--ns", metavar="NAMESPACE", default=argparse.SUPPRESS)
-    described.add_argument("--json", action="store_true", help="one JSON object a line")
 
-    call = commands.add_parser(
-        "call", help="call a command by URI: masse://NS/PEER/COMMAND NAME=VALUE..."
-    )
-    call.add_argument("uri", metavar="URI", help="masse://NS/PEER/COMMAND (PEER may be a glob)")
-    call.add_argument("arguments", nargs="*", metavar="NAME=VALUE")
-    call.add_argument("--all", action="store_true", help="call every match, one JSON line each")
-    call.add_argument("--pick", default="random", choices=["random", "first", "roundrobin"])
-    call.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
-    for sub in (providers, described, call):
-        sub.error = parser.error
+def describeArguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name")
+
+
+def callArguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("uri", metavar="URI", help="masse://NS/PEER/COMMAND (PEER may be a glob)")
+    parser.add_argument("arguments", nargs="*", metavar="NAME=VALUE")
+    parser.add_argument("--all", action="store_true", help="call every match, one JSON line each")
+    parser.add_argument("--pick", default="random", choices=["random", "first", "roundrobin"])
 
 
 @contextmanager
@@ -127,12 +118,12 @@ async def _providers(registry: IRegistry, namespace: str, args: Any, out: TextIO
     except ValueError as e:
         raise UsageError(str(e)) from None
     found = await findProviders(registry, namespace, args.commandName)
-    for record, schema in found:
-        if args.json:
-            line = {**_recordJSON(record), "command": schema.toJSON()}
-            print(json.dumps(line, sort_keys=True), file=out)
-        else:
-            print(f"{record.name}  {record.instance}  {' '.join(record.endpoints)}", file=out)
+    if args.format is not None:
+        items = [{**_recordJSON(record), "command": schema.toJSON()} for record, schema in found]
+        printJSON(items, args.format, out)
+        return
+    for record, _ in found:
+        print(f"{record.name}  {record.instance}  {' '.join(record.endpoints)}", file=out)
 
 
 async def _describe(registry: IRegistry, namespace: str, args: Any, out: TextIO) -> None:
@@ -144,15 +135,18 @@ async def _describe(registry: IRegistry, namespace: str, args: Any, out: TextIO)
             f"no live instance of {args.name!r} in namespace {namespace!r} "
             f"of registry {registry.url}"
         )
-    for record, schema in described:
-        commands = [] if schema is None else sorted(schema.commands.values(), key=_name)
-        if args.json:
-            line = {
+    if args.format is not None:
+        items = [
+            {
                 **_recordJSON(record),
-                "commands": {command.name: command.toJSON() for command in commands},
+                "commands": {command.name: command.toJSON() for command in _sorted(schema)},
             }
-            print(json.dumps(line, sort_keys=True), file=out)
-            continue
+            for record, schema in described
+        ]
+        printJSON(items, args.format, out)
+        return
+    for record, schema in described:
+        commands = _sorted(schema)
         print(f"{record.namespace}/{record.name} instance {record.instance}", file=out)
         if not commands:
             print("  (publishes no AMP commands)", file=out)
@@ -160,8 +154,8 @@ async def _describe(registry: IRegistry, namespace: str, args: Any, out: TextIO)
             print(f"  {_commandLine(command)}", file=out)
 
 
-def _name(schema: CommandSchema) -> str:
-    return schema.name
+def _sorted(schema: Schema | None) -> list[CommandSchema]:
+    return [] if schema is None else sorted(schema.commands.values(), key=lambda c: c.name)
 
 
 def _remoteMessage(failure: Failure) -> str:
@@ -180,8 +174,7 @@ async def _call(reactor: Any, registry: IRegistry, args: Any, out: TextIO, err: 
         for pair in args.arguments:  # the shape now; the values once the schema is known
             if not pair.partition("=")[0] or "=" not in pair:
                 raise ValueError(f"argument {pair!r} must be NAME=VALUE")
-        if not (math.isfinite(args.timeout) and args.timeout > 0):
-            raise ValueError(f"--timeout {args.timeout}: must be a positive number of seconds")
+        checkNumber(args.timeout, f"--timeout {args.timeout}:", low=0, above=True)
     except ValueError as e:
         raise UsageError(str(e)) from None
     rpc = RPC(registry, reactor, pick=args.pick, timeout=args.timeout)
