@@ -42,23 +42,10 @@ from zope.interface import implementer
 
 from txmasse.checks import checkNumber, shown
 from txmasse.errors import MasseError, RegistryUnavailable
-from txmasse.health import (
-    CHECK_TIMEOUT,
-    CheckSpec,
-    HealthCheck,
-    parseCheck,
-    runCheck,
-    worst,
-)
+from txmasse.health import CHECK_TIMEOUT, CheckSpec, HealthCheck, parseCheck, runCheck, worst
 from txmasse.peertls import PeerTLS
 from txmasse.records import PeerRecord
-from txmasse.registry import (
-    MAX_TTL,
-    MIN_TTL,
-    ILease,
-    IRegistry,
-    defaultNamespace,
-)
+from txmasse.registry import MAX_TTL, MIN_TTL, ILease, IRegistry, defaultNamespace
 from txmasse.registry.opening import checkRegistry, openRegistry
 from txmasse.registry.url import parseRegistryURL
 from txmasse.retry import retryPolicy
@@ -274,7 +261,6 @@ class MasseListeningPort:
                     error=e,
                 )
         await _stopAll([port for port in (self.unixPort, self.port) if port is not None])
-
 
     # Health and drain: the state this instance publishes in its record
 
