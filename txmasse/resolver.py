@@ -179,8 +179,8 @@ class Selection:
         C{prefer}, then per C{pick} within each group.
         """
         prefer = self.prefer
-        if not prefer and all(r.health == "passing" for r in records):
-            return self.order(records, turn)  # the common case, kept cheap
+        if len(records) == 1 or (not prefer and all(r.health == "passing" for r in records)):
+            return self.order(records, turn)  # the common cases, kept cheap
         groups: dict[tuple[int, ...], list[PeerRecord]] = {}
         for record in records:
             metadata = record.metadata
