@@ -19,6 +19,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory
+from twisted.logger import capturedLogs
 
 from tests.endpoint_helpers import (
     REPO,
@@ -30,8 +31,20 @@ from tests.endpoint_helpers import (
     quote,
     spawnPeer,
 )
-from tests.helpers import Events, RedisServer, eventually, masse, sleep
-from txmasse import NoReachablePeer, PeerNotFound
+from tests.helpers import (
+    Events,
+    RedisServer,
+    errorsIn,
+    eventsAbout,
+    eventually,
+    masse,
+    newRegistry,
+    readUntil,
+    record,
+    sleep,
+    startMasse,
+)
+from txmasse import MasseClientEndpoint, NoReachablePeer, PeerNotFound
 from txmasse.registry import IRegistry, registryFromURL
 
 NS = "dev"  # the masse command's namespace (tests.helpers.masse)
@@ -103,6 +116,13 @@ async def test_meta_reaches_only_the_primary(url: str, peers: list[PeerProcess])
     assert set(reached) == {primary}
     with pytest.raises(PeerNotFound, match=r"meta\.role=witness matched none of the 2"):
         await reach(url, **{"meta.role": "witness"})
+    listed = masseOK("ls", "--meta", "role=primary", "--jsonl", url=url).splitlines()
+    assert [json.loads(line)["metadata"] for line in listed] == [{"role": "primary"}]
+    resolved = masseOK("resolve", "db", "--meta", "role=primary", url=url)
+    assert resolved == f"tcp:host=127.0.0.1:port={primary}\n"
+    missed = masse("resolve", "db", "--meta", "role=witness", registry=url)
+    assert missed.returncode == 1
+    assert "--meta role=witness matched none of the 2 instance(s) of 'db'" in missed.stderr
 
 
 @pytest_twisted.ensureDeferred
@@ -202,7 +222,13 @@ async def test_masse_drain_moves_new_connections_and_keeps_the_open_one(
     ]
     client: Any = clientFromString(reactor, described("db", redis_url))
     open_ = await client.connectToRecord(target, Factory.forProtocol(Collector))
+    watcher = startMasse("watch", "db", registry=redis_url)
+    assert "present" in readUntil(watcher, "present")  # the watch is live
     out = masseOK("drain", "db", "--instance", target.instance[:12], url=redis_url)
+    shown = readUntil(watcher, "draining")
+    watcher.kill()
+    watcher.wait()
+    assert " updated " in shown and target.instance[:12] in shown, shown
     assert out == f"db {target.instance[:12]}: draining\n"
     # The peer adopts the drain and keeps it through its own heartbeats.
     await heartbeats(registry, target.instance, 2, draining=True)
@@ -273,3 +299,27 @@ async def test_sigterm_with_drain_lets_an_open_request_finish(
     assert events.kinds() == [("updated", "db"), ("left", "db")]
     assert b"waiting up to 5s for 1 open connection(s) to close" in peers[0].output
     assert await registry.lookup(NS, "db") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_garbage_state_in_redis_is_critical_with_a_warning(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    registry = registryFromURL(reactor, redis_url)
+    good = await registry.register(record("db", namespace=NS, port=9), 5)
+    fields = {**json.loads(good.record.toJSON()), "hs": "splendid", "future": [1, 2]}
+    key = f"masse:{{{NS}}}:n:db"
+    redis_server.command("HSET", key, good.record.instance, json.dumps(fields))
+    reader = newRegistry(redis_url)
+    try:
+        with capturedLogs() as logs:
+            (stored,) = await reader.lookup(NS, "db")
+            assert stored.state == "critical: garbage health state in the record"
+            client = MasseClientEndpoint(reactor, "db", NS, registry=reader, cache=False)
+            with pytest.raises(NoReachablePeer, match="not tried: critical: garbage health"):
+                await client.connect(Factory.forProtocol(Collector))
+        assert eventsAbout(logs, "garbage health or drain state, counted as critical")
+        assert errorsIn(logs) == []
+    finally:
+        await good.release()
+        await reader.close()
