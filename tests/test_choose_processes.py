@@ -17,8 +17,9 @@ from urllib.parse import quote as urlquote
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.endpoints import clientFromString
-from twisted.internet.protocol import Factory
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ServerEndpoint, clientFromString
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import capturedLogs
 
 from tests.endpoint_helpers import (
@@ -37,6 +38,7 @@ from tests.helpers import (
     errorsIn,
     eventsAbout,
     eventually,
+    freePort,
     masse,
     newRegistry,
     readUntil,
@@ -45,6 +47,7 @@ from tests.helpers import (
     startMasse,
 )
 from txmasse import MasseClientEndpoint, NoReachablePeer, PeerNotFound
+from txmasse.health import Health, parseCheck, runCheck, tcpCheck
 from txmasse.registry import IRegistry, registryFromURL
 
 NS = "dev"  # the masse command's namespace (tests.helpers.masse)
@@ -323,3 +326,26 @@ async def test_a_garbage_state_in_redis_is_critical_with_a_warning(
     finally:
         await good.release()
         await reader.close()
+
+
+class _Silent(Protocol):
+    """
+    Accepts a connection and never answers.
+    """
+
+
+@pytest_twisted.ensureDeferred
+async def test_built_in_checks_over_real_sockets(ports: list[Any]) -> None:
+    listening = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Factory.forProtocol(_Silent)
+    )
+    ports.append(listening)
+    port = listening.getHost().port
+    assert await tcpCheck(reactor, "127.0.0.1", port, 1) == Health("passing")
+    refused = await tcpCheck(reactor, "127.0.0.1", freePort(), 1)
+    assert refused.state == "critical" and "refused" in refused.reason.lower()
+    spec = parseCheck("http:/health")
+    silent = spec.bind(reactor, listening.getHost(), 0.2)
+    assert await runCheck(silent, reactor, 0.2) == Health("critical", "no answer within 0.2s")
+    bound = parseCheck("tcp").bind(reactor, IPv4Address("TCP", "0.0.0.0", port), 1)
+    assert await runCheck(bound, reactor, 1) == Health("passing")  # a wildcard: on loopback

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
@@ -85,18 +85,29 @@ def worst(verdicts: Sequence[Health]) -> Health:
 def runCheck(check: HealthCheck, clock: Any, timeout: float) -> Deferred[Health]:
     """
     Run one check, within C{timeout} seconds: an exception, a failure or
-    no answer in time is C{critical}, saying so; it never fails.
+    no answer in time (the check is cancelled then, whatever it makes of
+    that) is C{critical}, saying so; it never fails.
     """
     running: Deferred[Any] = maybeDeferred(check)
-    running.addTimeout(timeout, clock)
+    late: list[bool] = []
 
-    def failed(failure: Failure) -> Health:
-        if failure.check(TimeoutError):
+    def expire() -> None:
+        late.append(True)
+        running.cancel()
+
+    timer = clock.callLater(timeout, expire)
+
+    def verdict(outcome: object) -> Health:
+        if timer.active():
+            timer.cancel()
+        if late:
             return Health("critical", f"no answer within {timeout:g}s")
-        why = failure.getErrorMessage() or type(failure.value).__name__
-        return Health("critical", _short(f"check failed: {why}"))
+        if isinstance(outcome, Failure):
+            why = outcome.getErrorMessage() or type(outcome.value).__name__
+            return Health("critical", _short(f"check failed: {why}"))
+        return Health.of(outcome)
 
-    return running.addCallbacks(Health.of, failed)
+    return running.addBoth(verdict)
 
 
 @attrs.frozen
