@@ -215,19 +215,19 @@ def masseOK(*args: str, url: str) -> str:
 
 @pytest_twisted.ensureDeferred
 async def test_masse_drain_moves_new_connections_and_keeps_the_open_one(
-    redis_url: str, peers: list[PeerProcess]
+    url: str, peers: list[PeerProcess]
 ) -> None:
-    drained = await start(peers, redis_url, ttl="1.5")
-    other = await start(peers, redis_url, ttl="1.5")
-    registry: IRegistry = registryFromURL(reactor, redis_url)
+    drained = await start(peers, url, ttl="1.5")
+    other = await start(peers, url, ttl="1.5")
+    registry: IRegistry = registryFromURL(reactor, url)
     (target,) = [
         r for r in await registry.lookup(NS, "db") if r.endpoints[0].endswith(f"port={drained}")
     ]
-    client: Any = clientFromString(reactor, described("db", redis_url))
+    client: Any = clientFromString(reactor, described("db", url))
     open_ = await client.connectToRecord(target, Factory.forProtocol(Collector))
-    watcher = startMasse("watch", "db", registry=redis_url)
+    watcher = startMasse("watch", "db", registry=url)
     assert "present" in readUntil(watcher, "present")  # the watch is live
-    out = masseOK("drain", "db", "--instance", target.instance[:12], url=redis_url)
+    out = masseOK("drain", "db", "--instance", target.instance[:12], url=url)
     shown = readUntil(watcher, "draining")
     watcher.kill()
     watcher.wait()
@@ -236,20 +236,20 @@ async def test_masse_drain_moves_new_connections_and_keeps_the_open_one(
     # The peer adopts the drain and keeps it through its own heartbeats.
     await heartbeats(registry, target.instance, 2, draining=True)
     first = {"pick": "first", "cache": "false"}  # the drained one is the first registered
-    assert {await reachedPort(redis_url, **first) for _ in range(10)} == {other}
+    assert {await reachedPort(url, **first) for _ in range(10)} == {other}
     await echoes(open_, b"still served")
-    listed = masseOK("ls", url=redis_url)
+    listed = masseOK("ls", url=url)
     assert "draining" in next(line for line in listed.splitlines() if target.instance[:12] in line)
-    rows = [json.loads(line) for line in masseOK("ls", "--jsonl", url=redis_url).splitlines()]
+    rows = [json.loads(line) for line in masseOK("ls", "--jsonl", url=url).splitlines()]
     assert {row["instance"]: row["draining"] for row in rows}[target.instance] is True
-    masseOK("undrain", "db", "--instance", target.instance[:12], url=redis_url)
+    masseOK("undrain", "db", "--instance", target.instance[:12], url=url)
     await heartbeats(registry, target.instance, 2, draining=False)
-    assert await reachedPort(redis_url, **first) == drained
-    nothing = masse("drain", "nothing", registry=redis_url)
+    assert await reachedPort(url, **first) == drained
+    nothing = masse("drain", "nothing", registry=url)
     assert nothing.returncode == 1 and "nothing to drain: no live instance of 'nothing'" in (
         nothing.stderr
     )
-    bad = masse("ls", "--meta", "role", registry=redis_url)
+    bad = masse("ls", "--meta", "role", registry=url)
     assert bad.returncode == 2 and "--meta 'role': must be KEY=VALUE" in bad.stderr
     assert open_.transport is not None
     open_.transport.loseConnection()
