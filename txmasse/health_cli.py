@@ -4,9 +4,10 @@ C{masse undrain}, the C{--meta KEY=VALUE} filter of C{ls} and C{resolve},
 and how health and drain state are shown.
 
 C{masse drain} writes the instance's record with C{draining} set and a
-newer C{drainChanged} than the peer's own; the peer hears the change
-(it watches its own name), adopts it and keeps it in every record it
-writes after that.
+newer C{drainChanged} than the peer's own; the peer, which looks its record
+up once per heartbeat interval, adopts it and keeps it in every record it
+writes after that. Until then a heartbeat may write the old record back:
+the command writes it again, until a heartbeat keeps the new one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+from twisted.internet.task import deferLater
 
 from txmasse.errors import MasseError
 from txmasse.records import PeerRecord, validateName
@@ -116,7 +118,7 @@ async def run(context: Any, args: Any) -> None:
             draining=draining,
             drainChanged=max(time.time(), record.drainChanged + 0.001),
         )
-        await _writeUntilKept(registry, changed, status.expiresIn, context.timeout)
+        await _writeUntilKept(context.reactor, registry, changed, status.expiresIn, context.timeout)
         print(f"{record.name} {record.instance[:12]}: {changed.state}", file=out)
 
 
@@ -129,7 +131,7 @@ async def _write(registry: IRegistry, record: PeerRecord, expiresIn: float) -> N
 
 
 async def _writeUntilKept(
-    registry: IRegistry, changed: PeerRecord, expiresIn: float, timeout: float
+    reactor: Any, registry: IRegistry, changed: PeerRecord, expiresIn: float, timeout: float
 ) -> None:
     """
     Write C{changed}, and again whenever the peer's heartbeat wrote its
@@ -139,9 +141,6 @@ async def _writeUntilKept(
     @raise MasseError: the instance left, or did not adopt it in time (a
         txmasse older than drain, say).
     """
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
     await _write(registry, changed, expiresIn)
     deadline = time.monotonic() + timeout
     last = expiresIn
