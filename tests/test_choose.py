@@ -26,7 +26,6 @@ from txmasse import (
     PeerGroup,
     PeerNotFound,
 )
-from txmasse.dns.addresses import answerable
 from txmasse.health import Health, parseCheck, runCheck, worst
 from txmasse.records import PeerRecord
 from txmasse.resolver import Selection
@@ -410,11 +409,6 @@ def test_a_garbage_state_is_critical_with_a_warning(
 def test_bad_state_is_refused_when_made(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         record(**change)
-
-
-def test_dns_leaves_out_critical_and_draining_instances() -> None:
-    assert answerable(record()) and answerable(record(health="warning"))
-    assert not answerable(record(health="critical")) and not answerable(record(draining=True))
 
 
 # Bad input
