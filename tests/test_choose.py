@@ -98,7 +98,12 @@ def test_meta_selects_every_connect_and_a_miss_names_the_condition() -> None:
     assert reached(network, "d*:meta.role=primary") == portOf(primary)  # a pattern too
     missed = attempt(network, "db:meta.role=primary:meta.zone=b")
     assert isinstance(missed, PeerNotFound)
-    assert "meta.role=primary:meta.zone=b matched none of the 2 instance(s)" in str(missed)
+    assert str(missed).startswith("meta.zone=b matched none of the 2 instance(s) of 'db'")
+    each = [record(metadata={"role": "replica", "zone": "a"}), record(metadata={"role": "x"})]
+    both = Selection(meta=(("role", "replica"), ("zone", "b")))
+    assert both.unmatched(each) == "meta.zone=b"
+    each.append(record(metadata={"zone": "b"}))
+    assert both.unmatched(each) == "meta.role=replica:meta.zone=b (together)"
     assert isinstance(attempt(network, "nothing:meta.role=primary"), PeerNotFound)
 
 

@@ -41,7 +41,6 @@ from txmasse.resolver import (
     Resolver,
     Selection,
     checkConditions,
-    describeConditions,
     resolverFor,
 )
 from txmasse.usage import ReportingEndpoint
@@ -392,16 +391,16 @@ class _Connect:
         if selection.meta:
             matching = selection.matching(records)
             if not matching:
-                self._finish(Failure(self._noneMatching(len(records))))
+                self._finish(Failure(self._noneMatching(records)))
                 return
             records = matching
         self.pending = selection.candidates(records, self.turn, localHostIdentity())
         self._next()
 
-    def _noneMatching(self, found: int) -> PeerNotFound:
-        conditions = describeConditions(self.client.selection.meta)
+    def _noneMatching(self, records: Sequence[PeerRecord]) -> PeerNotFound:
+        conditions = self.client.selection.unmatched(records)
         return PeerNotFound(
-            f"{conditions} matched none of the {found} instance(s) of {self.target}"
+            f"{conditions} matched none of the {len(records)} instance(s) of {self.target}"
         )
 
     def _next(self) -> None:

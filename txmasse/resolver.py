@@ -173,6 +173,18 @@ class Selection:
         meta = self.meta
         return [r for r in records if all(r.metadata.get(k) == v for k, v in meta)]
 
+    def unmatched(self, records: Sequence[PeerRecord]) -> str:
+        """
+        For a message: the C{meta} conditions that no instance meets, or
+        all of them if each is met by some but none meets them all.
+        """
+        alone = tuple(
+            (k, v) for k, v in self.meta if not any(r.metadata.get(k) == v for r in records)
+        )
+        if alone:
+            return describeConditions(alone)
+        return f"{describeConditions(self.meta)} (together)"
+
     def ranked(self, records: Sequence[PeerRecord], turn: int) -> list[PeerRecord]:
         """
         The instances in the order to try them: by health, then by
