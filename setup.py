@@ -24,8 +24,16 @@ setup(
         "attrs>=23.1",
         "shtab>=1.7",
         "prometheus_client>=0.20",
+        "treq>=23.11",
     ],
-    entry_points={"console_scripts": ["masse = txmasse.cli:main"]},
+    entry_points={
+        "console_scripts": ["masse = txmasse.cli:main"],
+        # Built in, and a plugin like any other (txmasse/registry/plugins.py).
+        "txmasse.registries": [
+            "etcd = txmasse.registry.etcd:ETCD",
+            "etcds = txmasse.registry.etcd:ETCDS",
+        ],
+    },
     extras_require={
         "test": [
             "pytest>=8",

@@ -390,6 +390,13 @@ async def run(options: argparse.Namespace) -> int:
             say(f"registry load, {sizes.leases} leases")
             load = await measureLoad(redis, url, sizes.leases, sizes.leaseTTL, sizes.loadWindow)
             rows.append(loadRow(load))
+            if options.etcd:  # etcd beside Redis: bench/etcd.py
+                from bench import etcd
+
+                etcdSizes = etcd.QUICK if options.quick else etcd.FULL
+                etcdRows, etcdVersion = await etcd.measureEtcd(redis, url, etcdSizes, say)
+                rows += etcdRows
+                notes.append(f"etcd rows: etcd {etcdVersion}, one member on loopback")
         redisVersion = redis.version()
     finally:
         for child in children:
@@ -451,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "(default: BENCHMARKS.md in a full run, none with --quick)",
     )
     parser.add_argument("--json", help="also write the rows as JSON here")
+    parser.add_argument("--etcd", action="store_true", help="add the etcd rows (bench/etcd.py)")
     parser.add_argument(
         "--only-connect",
         action="store_true",

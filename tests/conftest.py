@@ -51,19 +51,38 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """
+    One etcd member for the whole run; each test keeps to a key prefix of
+    its own (see make_registry).
+    """
+    from tests.etcd_helpers import EtcdCluster
+
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+_etcdPrefixes = iter(range(1, 1_000_000))
+
+
 @pytest.fixture
 def make_registry(request: pytest.FixtureRequest) -> Iterator[Any]:
     """
     Build registries of the kind the test is parametrised with (memory,
-    redis, sqlite; C{signed-} before one of them signs with
+    redis, sqlite, etcd; C{signed-} before one of them signs with
     L{CONTRACT_SECRET}), closed at the end of the test. Memory registries
     share one store, as in one process; SQLite registries share one file,
-    each with a connection of its own.
+    each with a connection of its own; etcd registries of one test share a
+    key prefix on the session's etcd member.
     """
     made: list[Any] = []
     kind = request.param if hasattr(request, "param") else "redis"
     signed, _, kind = kind.rpartition("signed-")
     memory = MemoryRegistry(reactor)
+    prefix = next(_etcdPrefixes)  # etcd registries of one test share a key prefix
 
     def plain(**options: Any) -> IRegistry:
         if kind == "memory":
@@ -72,6 +91,11 @@ def make_registry(request: pytest.FixtureRequest) -> Iterator[Any]:
             # A new registry on the same file each time, as separate processes.
             path = request.getfixturevalue("tmp_path") / "registry.db"
             registry = newRegistry(f"sqlite://{quote(str(path))}?timeout=2", **options)
+            made.append(registry)
+            return registry  # type: ignore[no-any-return]
+        if kind == "etcd":
+            url = request.getfixturevalue("etcd_server").url + f"/test{prefix}?timeout=2"
+            registry = newRegistry(url, **options)
             made.append(registry)
             return registry  # type: ignore[no-any-return]
         server = request.getfixturevalue("redis_server")

@@ -11,6 +11,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
 fi
 
+if ! command -v etcd >/dev/null 2>&1; then
+    echo "tests/run.sh: etcd is missing; installing etcd-server with apt-get" >&2
+    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq etcd-server >/dev/null
+fi
+
 # The DNS tests and bench ask with dig and compare against dnsmasq (the
 # binary only: dnsmasq-base starts no system service).
 have_dnsmasq() { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; }

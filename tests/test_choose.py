@@ -16,7 +16,7 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.logger import LogEvent
+from twisted.logger import LogEvent, capturedLogs, eventAsJSON
 
 from tests.helpers import Events, record, warningsIn
 from txmasse import (
@@ -326,6 +326,34 @@ def test_registry_service_peers_take_a_health_check_and_drain() -> None:
     assert not stopping.called and not open_.transport.disconnected
     network.advance(0.001)
     assert network.successResultOf(stopping) is None
+
+
+def test_the_log_events_of_health_and_drain_are_json() -> None:
+    verdict: list[Any] = ["passing"]
+    with capturedLogs() as events:
+        network = MasseNetwork()
+        port = serve(network, "db", healthCheck=lambda: verdict[0], ttl=3, drain=1.0)
+        verdict[0] = ("critical", "disk")
+        network.advance(1)
+        record = port.record
+        outside = attrs.evolve(record, draining=True, drainChanged=record.drainChanged + 10)
+        network.successResultOf(network.registry.register(outside, 3)).stop()
+        network.advance(1)
+        verdict[0] = "passing"
+        port.undrain()
+        network.advance(1)
+        network.successResultOf(_connectNow(network))
+        port.stopListening()
+        network.advance(2)
+        PeerRecord.fromJSON(json.dumps({**json.loads(record.toJSON()), "hs": "bad"}))
+    seen = [e for e in events if str(e.get("log_namespace", "")).startswith("txmasse")]
+    formats = " ".join(str(e["log_format"]) for e in seen)
+    for expected in ("health is now", "from outside", "waiting up to", "still open", "garbage"):
+        assert expected in formats
+    for event in seen:
+        written = json.loads(eventAsJSON(event))
+        lost = [k for k, v in written.items() if v == {"unpersistable": True}]
+        assert [k for k in lost if not k.startswith("log_")] == [], event["log_format"]
 
 
 # PeerGroup

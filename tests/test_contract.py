@@ -15,7 +15,16 @@ from tests.helpers import MakeRegistry, record
 from txmasse import RegistryUnavailable
 from txmasse.contract import *  # noqa: F403 (the contract's tests, collected here)
 
-BACKENDS = ["memory", "redis", "sqlite", "signed-memory", "signed-redis", "signed-sqlite"]
+BACKENDS = [
+    "memory",
+    "redis",
+    "sqlite",
+    "etcd",
+    "signed-memory",
+    "signed-redis",
+    "signed-sqlite",
+    "signed-etcd",
+]
 """Every backend, plain and signed (records signed with one shared secret)."""
 
 
@@ -34,7 +43,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("make_registry", kinds, indirect=True)
 
 
-@pytest.mark.parametrize("make_registry", ["redis", "sqlite"], indirect=True)
+@pytest.mark.parametrize("make_registry", ["redis", "sqlite", "etcd"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_close_cancels_registrations_and_closes_once(make_registry: MakeRegistry) -> None:
     """

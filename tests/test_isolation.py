@@ -25,7 +25,9 @@ from txmasse import NAME_RULE, Glob, PeerRecord, validateName
 from txmasse.registry.interface import IRegistry
 from txmasse.registry.memory import MemoryRegistry
 
-BACKENDS = pytest.mark.parametrize("make_registry", ["memory", "redis", "sqlite"], indirect=True)
+BACKENDS = pytest.mark.parametrize(
+    "make_registry", ["memory", "redis", "sqlite", "etcd"], indirect=True
+)
 MakeRegistry = Callable[..., IRegistry]
 
 HOSTILE = [

@@ -125,6 +125,10 @@ def test_installed_in_a_fresh_venv_it_is_found_by_its_entry_point(tmp_path: Path
     listing = venv.run(str(bin / "masse"), "--registry", url, "--ns", "dev", "resolve", "db")
     assert listing.returncode == 0, listing.stdout + listing.stderr
     assert "tcp:host=10.0.0.7:port=5432" in listing.stdout
+    # txmasse's own etcd:// comes the same way, by its entry point.
+    etcd = venv.run(str(bin / "masse"), "--registry", "etcd://127.0.0.1:1?timeout=1", "ls")
+    assert etcd.returncode == 1 and "etcd://127.0.0.1:1" in etcd.stderr, etcd
+    assert "is not one of" not in etcd.stderr
     twistd = subprocess.Popen(
         [str(venv.python), "-c", TWISTD, "-n", "--pidfile=", "masse", "--registry", url,
          "--name", "web", "--ns", "dev", "--factory", "twisted.protocols.wire:Echo"],

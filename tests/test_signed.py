@@ -42,7 +42,9 @@ from txmasse.registry.signed import (
     loadSecrets,
 )
 
-BACKENDS = pytest.mark.parametrize("make_registry", ["memory", "redis", "sqlite"], indirect=True)
+BACKENDS = pytest.mark.parametrize(
+    "make_registry", ["memory", "redis", "sqlite", "etcd"], indirect=True
+)
 
 SECRET = "correct-horse-battery-staple"
 OTHER_SECRET = "tr0ub4dor&3-tr0ub4dor&3"

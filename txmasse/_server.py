@@ -204,7 +204,7 @@ class MasseListeningPort:
             if self._failures:
                 log.info(
                     "{port}: registered after {failures} failed tries",
-                    port=self,
+                    port=repr(self),
                     failures=self._failures,
                 )
             waiting, self._waiting = self._waiting, []
@@ -224,7 +224,7 @@ class MasseListeningPort:
                 log.warn(
                     "{port}: listening, but not yet registered (registering again until the "
                     "registry answers): {error}",
-                    port=self,
+                    port=repr(self),
                     error=failure.getErrorMessage(),
                 )
             self._retry = self._clock.callLater(delay, self._register)
@@ -256,9 +256,9 @@ class MasseListeningPort:
             except Exception as e:
                 log.warn(
                     "{port}: could not withdraw the name, it expires in {ttl}s: {error}",
-                    port=self,
+                    port=repr(self),
                     ttl=self._lease.ttl,
-                    error=e,
+                    error=str(e),
                 )
         await _stopAll([port for port in (self.unixPort, self.port) if port is not None])
 
@@ -286,7 +286,8 @@ class MasseListeningPort:
         record = self.record
         if record.draining == draining:
             return succeed(None)
-        log.info("{port}: {what}", port=self, what="draining" if draining else "back in rotation")
+        what = "draining" if draining else "back in rotation"
+        log.info("{port}: {what}", port=repr(self), what=what)
         changed = max(time.time(), record.drainChanged)
         return self._publish(attrs.evolve(record, draining=draining, drainChanged=changed))
 
@@ -308,7 +309,7 @@ class MasseListeningPort:
             log.warn(
                 "{port}: could not publish its new state ({state}), the next heartbeat "
                 "writes it: {error}",
-                port=self,
+                port=repr(self),
                 state=record.state,
                 error=failure.getErrorMessage(),
             )
@@ -357,7 +358,7 @@ class MasseListeningPort:
             if self._checks:
                 await self._check()
         except Exception:
-            log.failure("{port}: upkeep", port=self)
+            log.failure("{port}: upkeep", port=repr(self))
         finally:
             self._tending = False
 
@@ -380,7 +381,7 @@ class MasseListeningPort:
             if self._stopping is None:
                 log.info(
                     "{port}: {what} from outside",
-                    port=self,
+                    port=repr(self),
                     what="drained" if theirs.draining else "undrained",
                 )
                 await self._publish(
@@ -398,7 +399,7 @@ class MasseListeningPort:
             return
         if self._stopping is not None:
             return
-        log.info("{port}: health is now {state}", port=self, state=verdict.state)
+        log.info("{port}: health is now {state}", port=repr(self), state=verdict.state)
         await self._publish(attrs.evolve(record, health=verdict.state, reason=verdict.reason))
 
     async def _drainBeforeStopping(self) -> None:
@@ -412,7 +413,7 @@ class MasseListeningPort:
             return
         log.info(
             "{port}: waiting up to {seconds:g}s for {count} open connection(s) to close",
-            port=self,
+            port=repr(self),
             seconds=self._drainTimeout,
             count=connections.open,
         )
@@ -423,7 +424,7 @@ class MasseListeningPort:
         except Exception:
             log.info(
                 "{port}: {count} connection(s) still open after {seconds:g}s; stopping",
-                port=self,
+                port=repr(self),
                 count=connections.open,
                 seconds=self._drainTimeout,
             )
@@ -450,6 +451,7 @@ class OpenConnections(WrappingFactory[_Counted]):
     Counts the connections open to a factory, for a graceful stop.
     """
 
+    noisy = False  # no "Starting factory" lines
     protocol = _Counted
 
     def __init__(self, wrappedFactory: IProtocolFactory):

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn, TextIO
 
 import attrs
@@ -330,7 +330,7 @@ def _printLeases(
                 _age(now - record.registered),
                 f"{lease.expiresIn:.1f}s",
                 record.state,
-                " ".join(f"{k}={v}" for k, v in sorted(record.metadata.items())),
+                _metadataShown(record.metadata),
             ]
         )
         if status is not None:
@@ -511,6 +511,24 @@ def _registerArguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata (repeatable)"
     )
+
+
+def _metadataShown(metadata: Mapping[str, str]) -> str:
+    """
+    Metadata as C{masse ls} shows it: C{KEY=VALUE} each; a published AMP
+    schema (see L{txmasse.rpc}) as the names of its commands.
+    """
+    from txmasse.rpc.schema import isSchemaKey, readSchema
+
+    shown = [f"{k}={v}" for k, v in sorted(metadata.items()) if not isSchemaKey(k)]
+    if any(isSchemaKey(key) for key in metadata):
+        try:
+            schema = readSchema(metadata)
+        except ValueError:
+            schema = None
+        commands = "?" if schema is None else ",".join(sorted(schema.commands))
+        shown.append(f"amp.commands={commands}")
+    return " ".join(shown)
 
 
 def _metadata(pairs: Sequence[str]) -> dict[str, str]:

@@ -356,7 +356,9 @@ class PeerGroup(Service):
         member = self._members.get(record.instance)
         if not self._endpoint.selection.matching([record]):
             if member is not None:
-                log.info("{group}: {record} no longer matches", group=self, record=record)
+                log.info(
+                    "{group}: {record} no longer matches", group=repr(self), record=repr(record)
+                )
                 self._drop(record.instance)
             return
         if member is None:
@@ -382,7 +384,9 @@ class PeerGroup(Service):
             try:
                 callback(member.record, member.protocol)
             except Exception:
-                log.failure("{group}: observer {callback!r} failed", group=self, callback=callback)
+                log.failure(
+                    "{group}: observer {callback} failed", group=repr(self), callback=repr(callback)
+                )
         if member.record.usable and member.retry is not None and member.retry.active():
             member.retry.cancel()
             member.failures = 0

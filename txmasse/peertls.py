@@ -245,6 +245,7 @@ class _TLSFactory(TLSMemoryBIOFactory):
     peer's close_notify arrives first: a server answering a request that
     came with the client's close would lose the answer.
     """
+    noisy = False  # one per connection: no "Starting factory" lines
 
     protocol = TLSMemoryBIOProtocol
 
@@ -366,6 +367,7 @@ class _GateFactory(WrappingFactory):
     protocol, or fails with why it never got connected. C{peer} names the
     other side in errors.
     """
+    noisy = False  # one per connection: no "Starting factory" lines
 
     protocol = _Gate
 

@@ -334,7 +334,7 @@ def _stateOf(fields: dict[str, Any]) -> dict[str, Any]:
             "record of instance {instance!r}: garbage health or drain state, counted as "
             "critical: {error}",
             instance=_shown(fields.get("id")),
-            error=e,
+            error=str(e),
         )
         return {"health": "critical", "reason": "garbage health state in the record"}
     return state

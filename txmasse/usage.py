@@ -40,6 +40,7 @@ class _Reporting(ProtocolWrapper):
 
 
 class _ReportingFactory(WrappingFactory):
+    noisy = False  # one per connection: no "Starting factory" lines
     protocol = _Reporting
 
 

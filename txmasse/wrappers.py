@@ -245,6 +245,7 @@ class _LoggingProtocol(ProtocolWrapper):
 
 
 class _LoggingFactory(WrappingFactory[_LoggingProtocol]):
+    noisy = False  # one per connection: no "Starting factory" lines
     protocol = _LoggingProtocol
 
     def __init__(self, wrappedFactory: IProtocolFactory, showData: bool):
@@ -333,6 +334,7 @@ class _DelayingProtocol(ProtocolWrapper):
 
 
 class _DelayingFactory(WrappingFactory[_DelayingProtocol]):
+    noisy = False  # one per connection: no "Starting factory" lines
     protocol = _DelayingProtocol
 
     def __init__(self, wrappedFactory: IProtocolFactory, clock: IReactorTime, delay: float):
@@ -345,6 +347,7 @@ class _IdleFactory(TimeoutFactory):
     """
     L{TimeoutFactory} on the given clock.
     """
+    noisy = False  # one per connection: no "Starting factory" lines
 
     def __init__(self, wrappedFactory: IProtocolFactory, period: float, clock: IReactorTime):
         super().__init__(wrappedFactory, timeoutPeriod=period)
@@ -358,6 +361,7 @@ class _LimitFactory(ThrottlingFactory):
     """
     L{ThrottlingFactory} on the given clock, one limit both ways.
     """
+    noisy = False  # one per connection: no "Starting factory" lines
 
     def __init__(self, wrappedFactory: IProtocolFactory, limit: int, clock: IReactorTime):
         super().__init__(wrappedFactory, readLimit=limit, writeLimit=limit)

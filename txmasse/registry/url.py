@@ -178,8 +178,10 @@ def _parse(url: object) -> RegistryURL:
         raise _bad(url, "the URL", "must be at most 2048 printable characters")
     try:
         parts = urlsplit(url)
-        # A sentinel URL lists several host:port pairs, which urlsplit cannot read.
-        port = None if parts.scheme.lower() in _SENTINEL_SCHEMES else parts.port
+        # A sentinel URL lists several host:port pairs, which urlsplit cannot
+        # read; a plugin's scheme (etcd's lists members) reads its own.
+        scheme = parts.scheme.lower()
+        port = None if scheme in _SENTINEL_SCHEMES or scheme not in _SCHEMES else parts.port
     except ValueError as e:
         # urllib's words may quote a piece of the password: not with credentials.
         why = "does not parse" + (

@@ -17,11 +17,14 @@ from twisted.python.failure import Failure
 from txmasse.records import PeerRecord
 from txmasse.registry import IRegistry, ISubscription, LeaseStatus, PeerEvent
 from txmasse.registry.interface import USAGE_KINDS
+from txmasse.retry import retryPolicy
 from txmasse.web._records import recordJSON
 
 log = Logger()
 
-MAX_RETRY = 10.0
+WATCH_RETRY = retryPolicy(1.0, 10.0)
+"""Seconds before watching a namespace again, by failures so far."""
+
 RECENT = 200
 """Events kept for a listener that arrives later (as C{recent} messages)."""
 
@@ -62,7 +65,7 @@ class NamespaceView:
         self._expires: dict[str, float] = {}
         self._listeners: set[Listener] = set()
         self._recent: deque[tuple[bool, dict[str, Any]]] = deque(maxlen=RECENT)
-        self._retryDelay = 1.0
+        self._failures = 0
         self._pending: IDelayedCall | None = None
         self._polling = False
         self._stopped = False
@@ -97,7 +100,7 @@ class NamespaceView:
             subscription.stop()
             return
         self._subscription = subscription
-        self._retryDelay = 1.0
+        self._failures = 0
         self.error = None
         self.members = tuple(subscription.peers)
         for record in self.members:
@@ -109,15 +112,16 @@ class NamespaceView:
         if self._stopped:
             return
         self.error = failure.getErrorMessage()
+        delay = WATCH_RETRY(self._failures)
+        self._failures += 1
         log.warn(
-            "dashboard: cannot watch namespace {ns}, retrying in {delay:g}s: {error}",
+            "dashboard: cannot watch namespace {ns}, retrying in {delay:.2f}s: {error}",
             ns=self.namespace,
-            delay=self._retryDelay,
+            delay=delay,
             error=self.error,
         )
         self._statusChanged()
-        self._pending = self._clock.callLater(self._retryDelay, self.start)
-        self._retryDelay = min(self._retryDelay * 2, MAX_RETRY)
+        self._pending = self._clock.callLater(delay, self.start)
 
     # Listeners
 

@@ -1,0 +1,451 @@
+"""
+The etcd registry beside Redis, in the same run: C{python -m bench.etcd}
+(C{--quick} for tiny sizes), or C{python -m bench --etcd} to add these
+rows to the full table.
+
+Starts its own etcd (Debian's etcd-server, one member on loopback, the
+election settings of the tests: 50 ms heartbeat, 500 ms election) and its
+own redis-server. Measures lookups against the raw gateway range call
+they are made of (through Twisted's Agent and through treq, same member,
+same body), connects cold and warm, event latency and SIGKILL ->
+C{timedout}, each beside the same figure on Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import treq
+import txredisapi
+from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
+
+from bench.children import Child, spawn
+from bench.connect import measureConnects
+from bench.events import measureDetection, measureEventLatency
+from bench.peer import fakeRecord, registerMany, registerSpread
+from bench.redis import RedisProcess
+from bench.stats import Row, micros, millis, p50, p99, table
+from txmasse.registry import registryFromURL
+
+
+@attrs.frozen
+class EtcdSizes:
+    lookups: int
+    connects: int
+    events: int
+    eventGap: float
+    ttls: list[float]
+    detectionRounds: int
+    leases: int
+    leaseTTL: float
+    loadWindow: float
+
+
+FULL = EtcdSizes(
+    lookups=2000,
+    connects=500,
+    events=200,
+    eventGap=0.01,
+    ttls=[1, 3],
+    detectionRounds=2,
+    leases=1000,
+    leaseTTL=3,
+    loadWindow=10,
+)
+QUICK = EtcdSizes(
+    lookups=50,
+    connects=20,
+    events=10,
+    eventGap=0.005,
+    ttls=[1],
+    detectionRounds=1,
+    leases=50,
+    leaseTTL=1,
+    loadWindow=1,
+)
+
+
+def freePorts(count: int) -> list[int]:
+    """
+    C{count} different free loopback ports: all held at once while chosen,
+    so that none comes back twice (as closing and asking again may).
+    """
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class EtcdProcess:
+    """
+    One etcd member of the bench's own, on free loopback ports.
+    """
+
+    def __init__(self) -> None:
+        executable = shutil.which("etcd")
+        if executable is None:
+            raise SystemExit("bench: etcd is not installed (apt-get install -y etcd-server)")
+        self.executable = executable
+        self.port, self.peerPort = freePorts(2)
+        self.directory = tempfile.TemporaryDirectory(prefix="txmasse-bench-etcd-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"etcd://127.0.0.1:{self.port}/bench"
+
+    def start(self) -> None:
+        client, peer = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.peerPort}"
+        self.process = subprocess.Popen(
+            [
+                self.executable,
+                "--name", "bench",
+                "--data-dir", f"{self.directory.name}/data",
+                "--listen-client-urls", client,
+                "--advertise-client-urls", client,
+                "--listen-peer-urls", peer,
+                "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"bench={peer}",
+                "--heartbeat-interval", "50",
+                "--election-timeout", "500",
+                "--logger", "zap",
+                "--log-level", "error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.version()
+                return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"bench: etcd on port {self.port} did not start")
+            time.sleep(0.05)
+
+    def version(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/version", timeout=2) as r:
+            return str(json.loads(r.read()).get("etcdserver", "?"))
+
+    def cpuSeconds(self) -> float:
+        assert self.process is not None
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+        self.directory.cleanup()
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A request body already in memory, as the least a raw client sends.
+    """
+
+    def __init__(self, data: bytes):
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._data)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _Collect(Protocol):
+    def __init__(self, done: Deferred[bytes]):
+        self._done = done
+        self._chunks: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self._chunks.append(data)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        self._done.callback(b"".join(self._chunks))
+
+
+async def measureLookups(
+    etcd: EtcdProcess, etcdURL: str, redis: RedisProcess, redisURL: str, rounds: int
+) -> dict[str, list[float]]:
+    """
+    Samples (seconds): C{etcd} (txmasse's lookup), C{agent} and C{treq}
+    (the same range call, raw), C{redis} (txmasse's Redis lookup) and
+    C{get} (a Redis GET), alternating in a shuffled order.
+    """
+    namespace, name = "gw", "peer-00005"
+    registries = [registryFromURL(reactor, etcdURL), registryFromURL(reactor, redisURL)]
+    for registry in registries:
+        records = [fakeRecord(namespace, f"peer-{i:05d}") for i in range(10)]
+        await registerMany(registry, records, ttl=3600)
+    etcdRegistry, redisRegistry = registries
+    key = f"bench/{namespace}/r/{name}/".encode()
+    end = key[:-1] + bytes([key[-1] + 1])
+    body = json.dumps(
+        {"key": base64.b64encode(key).decode(), "range_end": base64.b64encode(end).decode()}
+    ).encode()
+    address = f"http://127.0.0.1:{etcd.port}/v3/kv/range"
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    agent = Agent(reactor, pool=pool)
+    treqPool = HTTPConnectionPool(reactor, persistent=True)
+    redisConnection = await txredisapi.Connection("127.0.0.1", redis.port, reconnect=False)
+    await redisConnection.set("bench", "x")
+
+    async def timed(call: Callable[[], Awaitable[Any]]) -> float:
+        start = time.perf_counter()
+        await call()
+        return time.perf_counter() - start
+
+    headers = Headers({b"Content-Type": [b"application/json"]})
+
+    async def viaAgent() -> Any:
+        response = await agent.request(b"POST", address.encode(), headers, BytesProducer(body))
+        done: Deferred[bytes] = Deferred()
+        response.deliverBody(_Collect(done))
+        return json.loads(await done)
+
+    async def viaTreq() -> Any:
+        response = await treq.post(address, data=body, headers=headers, pool=treqPool)
+        return await response.json()
+
+    async def lookup() -> None:
+        found = await etcdRegistry.lookup(namespace, name)
+        if len(found) != 1:
+            raise RuntimeError(f"bench: etcd lookup found {len(found)}")
+
+    variants: dict[str, Callable[[], Awaitable[Any]]] = {
+        "etcd": lookup,
+        "agent": viaAgent,
+        "treq": viaTreq,
+        "redis": lambda: redisRegistry.lookup(namespace, name),
+        "get": lambda: redisConnection.get("bench"),
+    }
+    if len((await viaAgent()).get("kvs", [])) != 1:
+        raise RuntimeError("bench: the raw range call does not read the record")
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    order = list(variants)
+    for round in range(rounds + 50):  # the first 50 rounds warm up
+        random.shuffle(order)
+        for variant in order:
+            elapsed = await timed(variants[variant])
+            if round >= 50:
+                samples[variant].append(elapsed)
+    await redisConnection.disconnect()
+    await pool.closeCachedConnections()
+    await treqPool.closeCachedConnections()
+    return samples
+
+
+async def measureLoad(etcd: EtcdProcess, url: str, sizes: EtcdSizes) -> Row:
+    """
+    C{sizes.leases} leases kept alive by one process (a keepalive each per
+    ttl/3): etcd's CPU over a window, and whether every lease lived.
+    """
+    registry = registryFromURL(reactor, url)
+    records = [fakeRecord("load", f"load-{i:05d}") for i in range(sizes.leases)]
+    await registerSpread(registry, records, sizes.leaseTTL, over=sizes.leaseTTL / 3)
+    cpu, start = etcd.cpuSeconds(), time.monotonic()
+    await task.deferLater(reactor, sizes.loadWindow, lambda: None)
+    used = (etcd.cpuSeconds() - cpu) / (time.monotonic() - start)
+    alive = len(await registry.find("load", "load-*"))
+    await registry.close()
+    beats = sizes.leases / (sizes.leaseTTL / 3)
+    return Row(
+        "etcd",
+        f"etcd: {sizes.leases:,} leases at ttl {sizes.leaseTTL:g} s",
+        f"{beats:,.0f} keepalives/s; etcd CPU {used * 100:.0f}%; {alive:,} alive",
+        "",
+        None,
+        "",
+        f"all {sizes.leases:,} alive",
+        alive == sizes.leases,
+        number=beats,
+    )
+
+
+def p50p99(samples: list[float]) -> str:
+    return f"{micros(p50(samples))} (p99 {micros(p99(samples))})"
+
+
+def lookupRows(s: dict[str, list[float]]) -> list[Row]:
+    agent, etcd, redis = p50(s["agent"]), p50(s["etcd"]), p50(s["redis"])
+    return [
+        Row("etcd", "gateway range, raw Agent + JSON", p50p99(s["agent"]), "", None, "",
+            number=agent),
+        Row("etcd", "gateway range, raw treq + JSON", p50p99(s["treq"]), f"Agent {micros(agent)}",
+            p50(s["treq"]) / agent, f"{p50(s['treq']) / agent:.3f}x", number=p50(s["treq"])),
+        Row("etcd", "etcd lookup(name), 10 peers", p50p99(s["etcd"]), f"Agent {micros(agent)}",
+            etcd / agent, f"{etcd / agent:.3f}x", "≤ 1.2x", etcd / agent <= 1.2, number=etcd),
+        Row("etcd", "Redis lookup(name), 10 peers", p50p99(s["redis"]), f"etcd {micros(etcd)}",
+            redis / etcd, f"{redis / etcd:.3f}x", number=redis),
+        Row("etcd", "Redis GET round trip", p50p99(s["get"]), f"Agent {micros(agent)}",
+            p50(s["get"]) / agent, f"{p50(s['get']) / agent:.3f}x", number=p50(s["get"])),
+    ]  # fmt: skip
+
+
+def connectRows(which: str, s: dict[str, list[float]], roundTrip: float, what: str) -> list[Row]:
+    raw, warm, cold = p50(s["raw"]), p50(s["warm"]), p50(s["nocache"])
+    extra = (cold - raw) / roundTrip
+    return [
+        Row("etcd", f"{which}: masse warm (cached)", p50p99(s["warm"]), f"raw {micros(raw)}",
+            warm / raw, f"{warm / raw:.3f}x", "≤ 1.10x", warm / raw <= 1.10, number=warm),
+        Row("etcd", f"{which}: masse cold (cache=false)", p50p99(s["nocache"]),
+            f"raw {micros(raw)} + {what} {micros(roundTrip)}", extra,
+            f"raw + {extra:.2f}x {what}", "≤ raw + 1.5x", extra <= 1.5, number=cold),
+    ]  # fmt: skip
+
+
+def eventRow(which: str, latencies: list[float]) -> Row:
+    return Row(
+        "etcd",
+        f"{which}: register -> watcher callback, other process",
+        f"p50 {millis(p50(latencies))}, p99 {millis(p99(latencies))}",
+        "",
+        None,
+        "",
+        number=p99(latencies),
+    )
+
+
+def detectionRows(which: str, detection: dict[float, list[float]]) -> list[Row]:
+    rows = []
+    for ttl, seconds in sorted(detection.items()):
+        worst = max(seconds)
+        rows.append(
+            Row(
+                "etcd",
+                f"{which}: SIGKILL -> timedout, ttl {ttl:g} s",
+                f"max {worst:.3f} s (mean {sum(seconds) / len(seconds):.3f} s, "
+                f"{len(seconds)} kills)",
+                f"ttl {ttl:g} s",
+                worst / ttl,
+                f"{worst / ttl:.3f}x ttl",
+                "≤ ttl + 1 s",
+                worst <= ttl + 1,
+                number=worst,
+            )
+        )
+    return rows
+
+
+async def measureEtcd(
+    redis: RedisProcess, redisURL: str, sizes: EtcdSizes, say: Callable[[str], None]
+) -> tuple[list[Row], str]:
+    """
+    Every etcd row, each beside Redis; and the etcd version.
+    """
+    etcd = EtcdProcess()
+    etcd.start()
+    etcdURL = f"{etcd.url}?timeout=5"
+    children: list[Child] = []
+    rows: list[Row] = []
+    try:
+        say(f"etcd {etcd.version()}: lookups against the raw gateway call, {sizes.lookups} rounds")
+        lookups = await measureLookups(etcd, etcdURL, redis, redisURL, sizes.lookups)
+        rows += lookupRows(lookups)
+        say(f"etcd and Redis: connect + echo, {sizes.connects} rounds each")
+        for which, url, roundTrip, what in (
+            ("etcd", etcdURL, p50(lookups["agent"]), "range"),
+            ("Redis", redisURL, p50(lookups["get"]), "GET"),
+        ):
+            server = spawn("serve", url, "bench-etcd")
+            children.append(server)
+            echoPort = int((await server.expect("ready"))[0])
+            connects = await measureConnects(
+                url, "bench-etcd", echoPort, redis.port, None, sizes.connects
+            )
+            rows += connectRows(which, connects, roundTrip, what)
+        say(f"etcd and Redis: event latency, {sizes.events} events each")
+        for which, url in (("etcd", etcdURL), ("Redis", redisURL)):
+            rows.append(
+                eventRow(which, await measureEventLatency(url, sizes.events, sizes.eventGap))
+            )
+        say(f"etcd and Redis: failure detection, ttl {', '.join(f'{t:g}' for t in sizes.ttls)} s")
+        for which, url in (("etcd", etcdURL), ("Redis", redisURL)):
+            detection = await measureDetection(url, sizes.ttls, sizes.detectionRounds)
+            rows += detectionRows(which, detection)
+        say(f"etcd: {sizes.leases} leases at ttl {sizes.leaseTTL:g} s")
+        rows.append(await measureLoad(etcd, etcdURL, sizes))
+        version = etcd.version()
+    finally:
+        for child in children:
+            await child.stop()
+        for url in (etcdURL, redisURL):
+            await registryFromURL(reactor, url).close()
+        etcd.stop()
+    return rows, version
+
+
+async def run(options: argparse.Namespace) -> int:
+    redis = RedisProcess()
+    redis.start()
+    try:
+        rows, version = await measureEtcd(
+            redis,
+            f"{redis.url}?timeout=5",
+            QUICK if options.quick else FULL,
+            lambda text: print(f"bench: {text}", flush=True),
+        )
+        redisVersion = redis.version()
+    finally:
+        redis.stop()
+    print()
+    print(f"etcd {version}, Redis {redisVersion}, loopback, one member each")
+    print(table(rows))
+    if options.json is not None:
+        with open(options.json, "w") as f:
+            json.dump([attrs.asdict(r) for r in rows], f, indent=1)
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.etcd", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes")
+    parser.add_argument("--json", help="also write the rows as JSON here")
+    options = parser.parse_args()
+    task.react(lambda _: Deferred.fromCoroutine(run(options)))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
