@@ -168,7 +168,8 @@ def test_every_instance_critical_fails_listing_them_with_reasons() -> None:
     failed = attempt(network, "db")
     assert isinstance(failed, NoReachablePeer)
     message = str(failed)
-    assert "critical: database unreachable" in message and "critical: queue full" in message
+    assert ": left out instance " in message and "tried" not in message
+    assert "(critical: database unreachable)" in message and "(critical: queue full)" in message
 
 
 # Health checks and drain on the server

@@ -267,6 +267,7 @@ class _Connect:
         "result",
         "step",
         "timer",
+        "skipped",
         "tried",
         "turn",
     )
@@ -286,6 +287,7 @@ class _Connect:
         self.pending: list[Candidate] = []
         self.failed: set[str] = set()
         self.tried: list[str] = []
+        self.skipped: list[str] = []  # critical or draining instances, and why
         self.doing = "waiting for the registry"
         self.fromCache = False
         self.turn = client.selection.takeTurn() if client.pick == "roundrobin" else 0
@@ -407,9 +409,9 @@ class _Connect:
         while self.pending:
             candidate = self.pending.pop(0)
             if candidate.excluded is not None:
-                self.tried.append(
-                    f"instance {candidate.record.instance[:8]} not tried: {candidate.excluded}"
-                )
+                skipped = f"instance {candidate.record.instance[:8]} ({candidate.excluded})"
+                if skipped not in self.skipped:
+                    self.skipped.append(skipped)
             elif candidate.description is None:
                 self.tried.append(self._unusable(candidate.record))
             elif candidate.description not in self.failed:
@@ -455,7 +457,10 @@ class _Connect:
         return f"instance {record.instance[:8]}: {why} among {list(record.endpoints)}"
 
     def _told(self) -> str:
-        return f"tried {'; '.join(self.tried)}"
+        told = [f"tried {'; '.join(self.tried)}"] if self.tried else []
+        if self.skipped:
+            told.append(f"left out {', '.join(self.skipped)}")
+        return "; ".join(told)
 
     # The outcome
 
@@ -494,7 +499,7 @@ class _Connect:
             self.result.callback(outcome)
 
     def _timedOut(self) -> NoReachablePeer:
-        done = f"{self._told()}; " if self.tried else ""
+        done = f"{self._told()}; " if self.tried or self.skipped else ""
         return NoReachablePeer(
             f"no connection to {self.target} within {self.client.timeout:g}s: "
             f"{done}gave up {self.doing}"
