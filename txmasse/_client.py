@@ -265,9 +265,9 @@ class _Connect:
         "pending",
         "registry",
         "result",
+        "skipped",
         "step",
         "timer",
-        "skipped",
         "tried",
         "turn",
     )
