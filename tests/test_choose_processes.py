@@ -319,7 +319,8 @@ async def test_a_garbage_state_in_redis_is_critical_with_a_warning(
             (stored,) = await reader.lookup(NS, "db")
             assert stored.state == "critical: garbage health state in the record"
             client = MasseClientEndpoint(reactor, "db", NS, registry=reader, cache=False)
-            with pytest.raises(NoReachablePeer, match=r"left out instance \w{8} \(critical: garbage health"):
+            leftOut = r"left out instance \w{8} \(critical: garbage health"
+            with pytest.raises(NoReachablePeer, match=leftOut):
                 await client.connect(Factory.forProtocol(Collector))
         assert eventsAbout(logs, "garbage health or drain state, counted as critical")
         assert errorsIn(logs) == []
