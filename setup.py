@@ -38,6 +38,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
+            "pytest-xdist>=3.5",
             "hypothesis>=6",
             "cryptography>=42",
             "mypy>=1.10",

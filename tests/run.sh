@@ -45,4 +45,7 @@ venv="${TXMASSE_VENV:-.venv}"
 "$venv/bin/mypy" txmasse tests examples twisted/plugins bench docs
 # API docs from the docstrings (pydoctor, into docs/api/): a broken L{} link fails.
 "$venv/bin/python" docs/apidocs.py
-exec "$venv/bin/python" -m pytest "$@"
+# Two workers (pytest-xdist) on the machine's two cores: the tests spend most
+# of their time waiting on servers and processes of their own. -n 0 after the
+# command runs them in one process.
+exec "$venv/bin/python" -m pytest -n "${TXMASSE_TEST_WORKERS:-2}" "$@"
