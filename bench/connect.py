@@ -21,6 +21,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
+from bench.peer import SELECTED
 from txmasse.endpoints import MasseClientEndpoint
 from txmasse.registry import registryFromURL
 from txmasse.resolver import resolverFor
@@ -66,6 +67,7 @@ async def measureConnects(
 ) -> dict[str, list[float]]:
     """
     Samples (seconds) per variant: C{raw}, C{nocache}, C{miss}, C{warm},
+    C{selected} (warm, with two C{meta.} conditions and one C{prefer.}),
     C{get}, C{byhand} (a lookup, then C{raw}), and C{pyro} if C{pyroURI}.
     """
     registry = registryFromURL(reactor, url)
@@ -73,6 +75,9 @@ async def measureConnects(
     raw = TCP4ClientEndpoint(reactor, "127.0.0.1", echoPort)
     cached = MasseClientEndpoint(reactor, "echo", namespace, registry=url)
     uncached = MasseClientEndpoint(reactor, "echo", namespace, registry=url, cache=False)
+    selecting = MasseClientEndpoint(
+        reactor, "echo", namespace, registry=url, meta=SELECTED, prefer={"zone": "a"}
+    )
     redis = await txredisapi.Connection("127.0.0.1", redisPort, reconnect=False)
     await redis.set("bench", "x")
 
@@ -117,6 +122,7 @@ async def measureConnects(
         "nocache": lambda: echoOnce(uncached),
         "miss": miss,
         "warm": lambda: echoOnce(cached),
+        "selected": lambda: echoOnce(selecting),
         "get": get,
         "byhand": byHand,
     }

@@ -122,6 +122,10 @@ class Source(LineReceiver):
         transport.registerProducer(_Bytes(transport, int(line)), False)
 
 
+SELECTED = {"role": "primary", "zone": "a"}
+"""The echo's metadata: the bench's selecting connect asks for both, prefers one."""
+
+
 async def serve(url: str, namespace: str) -> None:
     ports = []
     services: list[tuple[str, IProtocolFactory, list[Wrapper]]] = [
@@ -137,6 +141,7 @@ async def serve(url: str, namespace: str) -> None:
             registry=url,
             endpoint=TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1", backlog=1024),
             wrappers=wrappers,
+            metadata=SELECTED,  # what the selecting warm connect asks for
         )
         port = await endpoint.listen(factory)
         ports.append(port.getHost().port)  # type: ignore[attr-defined]

@@ -118,6 +118,20 @@ def connectRows(s: dict[str, list[float]]) -> list[Row]:
             number=warm,
         )
     )
+    selected = p50(s["selected"])
+    rows.append(
+        Row(
+            "connect",
+            "masse: warm, meta.role= meta.zone= prefer.zone=",
+            p50p99(s["selected"]),
+            f"warm {micros(warm)}",
+            selected / warm,
+            f"{selected / warm:.3f}x",
+            "≤ 1.03x",
+            selected / warm <= 1.03,
+            number=selected,
+        )
+    )
     for key, figure in (("nocache", "masse: cold (cache=false)"), ("miss", "masse: cache miss")):
         cold = p50(s[key])
         extra = (cold - raw) / get

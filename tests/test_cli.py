@@ -46,7 +46,7 @@ def test_ls_resolve_and_json(redis_server: RedisServer, registered: subprocess.P
     result = masse("ls", registry=redis_server.url)
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()
-    assert header.split() == ["NAME", "INSTANCE", "ENDPOINTS", "AGE", "LEFT", "METADATA"]
+    assert header.split() == ["NAME", "INSTANCE", "ENDPOINTS", "AGE", "LEFT", "HEALTH", "METADATA"]
     assert row.startswith("web ") and "tcp:host=127.0.0.1:port=8080" in row
     assert row.endswith("role=front")
 

@@ -22,7 +22,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from txmasse.descriptions import parseDescription
-from txmasse.dns.addresses import HostPort, hostPort
+from txmasse.dns.addresses import HostPort, answerable, hostPort
 from txmasse.dns.authority import MasseAuthority, NoSuchName, Refused
 from txmasse.dns.labels import Target, checkDomain, labelOf, parseQueryName
 from txmasse.dns.server import MasseDNSFactory
@@ -168,6 +168,20 @@ def test_answers() -> None:
     chaos.addErrback(lambda f: None)
     assert [r.type for r in zone.ask("masse", dns.SOA)[0]] == [dns.SOA]
     assert [r.type for r in zone.ask("masse", dns.NS)[0]] == [dns.NS]
+
+
+def test_critical_and_draining_instances_are_left_out() -> None:
+    zone = Zone()
+    zone.register("p", "db", "tcp:host=10.0.0.1:port=1")
+    zone.register("p", "db", "tcp:host=10.0.0.4:port=4")
+    for host, state in (("10.0.0.2", {"health": "critical"}), ("10.0.0.3", {"draining": True})):
+        zone.registry.register(PeerRecord("p", "db", [f"tcp:host={host}:port=2"], **state), 30)
+    warning = PeerRecord("p", "db", ["tcp:host=10.0.0.5:port=5"], health="warning")
+    zone.registry.register(warning, 30)
+    answers, _, _ = zone.ask("db.p.masse")
+    assert sorted(a.payload.dottedQuad() for a in answers) == ["10.0.0.1", "10.0.0.4", "10.0.0.5"]
+    assert answerable(PeerRecord("p", "db", ["tcp:host=10.0.0.1:port=1"]))
+    assert not answerable(PeerRecord("p", "db", ["tcp:host=10.0.0.1:port=1"], draining=True))
 
 
 def test_answers_follow_events_without_registry_calls() -> None:

@@ -271,7 +271,7 @@ async def listen(ports: list[IListeningPort], registry: IRegistry, ttl: float = 
         reactor,
         "echo",
         "t",
-        registry=registry,
+        registry=getattr(registry, "inner", registry),  # counted: the clients' calls only
         endpoint=TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
         ttl=ttl,
     )

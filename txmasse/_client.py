@@ -11,7 +11,7 @@ loop, L{_Connect}.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -36,7 +36,13 @@ from txmasse.peertls import PeerTLS, certificateName
 from txmasse.records import Glob, PeerRecord, isPattern, localHostIdentity, validateName
 from txmasse.registry import IRegistry, defaultNamespace
 from txmasse.registry.opening import checkRegistry, openRegistry, registryDisplay
-from txmasse.resolver import Candidate, Resolver, Selection, resolverFor
+from txmasse.resolver import (
+    Candidate,
+    Resolver,
+    Selection,
+    checkConditions,
+    resolverFor,
+)
 from txmasse.usage import ReportingEndpoint
 from txmasse.wrappers import Wrapper, checkWrappers, wrapEndpoint
 
@@ -83,6 +89,11 @@ class MasseClientEndpoint:
         are used, each verified against its instance's C{NAME.NAMESPACE}.
         Without it, C{tls:} endpoints are still verified, against the
         system trust roots.
+    @param meta: metadata an instance must have to be tried: a mapping or
+        C{(KEY, VALUE)} pairs, all of which must match (C{meta.KEY=VALUE}).
+    @param prefer: metadata to try first, most important first (a mapping
+        in order, or pairs); the other instances stay as fallbacks
+        (C{prefer.KEY=VALUE}). See L{txmasse.resolver.Selection}.
     """
 
     def __init__(
@@ -98,6 +109,8 @@ class MasseClientEndpoint:
         report: bool = False,
         cache: bool = True,
         tls: PeerTLS | None = None,
+        meta: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+        prefer: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     ):
         if isinstance(name, str) and isPattern(name):
             Glob(name)
@@ -118,7 +131,13 @@ class MasseClientEndpoint:
             raise ValueError(f"tls={tls!r}: must be a PeerTLS")
         if tls is not None and checkedProto is not None and "tls" not in checkedProto:
             raise ValueError(f"proto={','.join(checkedProto)}: TLS clients connect only by tls")
-        self.selection = Selection(pick, checkedProto, tlsOnly=tls is not None)
+        self.selection = Selection(
+            pick,
+            checkedProto,
+            tlsOnly=tls is not None,
+            meta=checkConditions(meta, "meta"),
+            prefer=checkConditions(prefer, "prefer"),
+        )
         self.wrappers = checkWrappers(wrappers)
         self.report = bool(report)
         self.cache = bool(cache)
@@ -246,6 +265,7 @@ class _Connect:
         "pending",
         "registry",
         "result",
+        "skipped",
         "step",
         "timer",
         "tried",
@@ -267,6 +287,7 @@ class _Connect:
         self.pending: list[Candidate] = []
         self.failed: set[str] = set()
         self.tried: list[str] = []
+        self.skipped: list[str] = []  # critical or draining instances, and why
         self.doing = "waiting for the registry"
         self.fromCache = False
         self.turn = client.selection.takeTurn() if client.pick == "roundrobin" else 0
@@ -368,13 +389,30 @@ class _Connect:
     # Order, attempt
 
     def _walk(self, records: Sequence[PeerRecord]) -> None:
-        self.pending = self.client.selection.candidates(records, self.turn, localHostIdentity())
+        selection = self.client.selection
+        if selection.meta:
+            matching = selection.matching(records)
+            if not matching:
+                self._finish(Failure(self._noneMatching(records)))
+                return
+            records = matching
+        self.pending = selection.candidates(records, self.turn, localHostIdentity())
         self._next()
+
+    def _noneMatching(self, records: Sequence[PeerRecord]) -> PeerNotFound:
+        conditions = self.client.selection.unmatched(records)
+        return PeerNotFound(
+            f"{conditions} matched none of the {len(records)} instance(s) of {self.target}"
+        )
 
     def _next(self) -> None:
         while self.pending:
             candidate = self.pending.pop(0)
-            if candidate.description is None:
+            if candidate.excluded is not None:
+                skipped = f"instance {candidate.record.instance[:8]} ({candidate.excluded})"
+                if skipped not in self.skipped:
+                    self.skipped.append(skipped)
+            elif candidate.description is None:
                 self.tried.append(self._unusable(candidate.record))
             elif candidate.description not in self.failed:
                 self._attempt(candidate)
@@ -419,7 +457,10 @@ class _Connect:
         return f"instance {record.instance[:8]}: {why} among {list(record.endpoints)}"
 
     def _told(self) -> str:
-        return f"tried {'; '.join(self.tried)}"
+        told = [f"tried {'; '.join(self.tried)}"] if self.tried else []
+        if self.skipped:
+            told.append(f"left out {', '.join(self.skipped)}")
+        return "; ".join(told)
 
     # The outcome
 
@@ -458,7 +499,7 @@ class _Connect:
             self.result.callback(outcome)
 
     def _timedOut(self) -> NoReachablePeer:
-        done = f"{self._told()}; " if self.tried else ""
+        done = f"{self._told()}; " if self.tried or self.skipped else ""
         return NoReachablePeer(
             f"no connection to {self.target} within {self.client.timeout:g}s: "
             f"{done}gave up {self.doing}"

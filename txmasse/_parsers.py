@@ -41,6 +41,8 @@ CLIENT_OPTIONS = (
     "ca",
     "cert",
     "key",
+    "meta.KEY",
+    "prefer.KEY",
 )
 SERVER_OPTIONS = (
     "name",
@@ -58,6 +60,8 @@ SERVER_OPTIONS = (
     "key",
     "ca",
     "provides",
+    "check",
+    "drain",
 )
 
 class _InvalidDescription(ValueError):
@@ -79,7 +83,34 @@ def _bad(detail: str | ValueError) -> ValueError:
 
 
 def _isKnown(key: str, known: Sequence[str]) -> bool:
-    return key in known or ("meta.KEY" in known and key.startswith("meta."))
+    return (
+        key in known
+        or ("meta.KEY" in known and key.startswith("meta."))
+        or ("prefer.KEY" in known and key.startswith("prefer."))
+    )
+
+
+def _conditions(
+    option: str, args: Sequence[str], kwargs: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    """
+    The C{OPTION.KEY=VALUE} parts, in the order given; a part without its
+    C{=VALUE} (which the string grammar makes a stray positional part),
+    an empty key or an empty value is an error naming it.
+    """
+    prefix = f"{option}."
+    for part in args:
+        if part.startswith(prefix):
+            raise _bad(f"{part!r} needs a value: {part}=VALUE")
+    pairs = []
+    for key, value in kwargs.items():
+        if key.startswith(prefix):
+            if key == prefix:
+                raise _bad(f"{key}={value!r}: the key after {prefix!r} is missing")
+            if not value:
+                raise _bad(f"{key!r} needs a value: {key}=VALUE")
+            pairs.append((key[len(prefix) :], value))
+    return pairs
 
 
 def _checkRegistryCut(args: Sequence[str], kwargs: Mapping[str, str], known: Sequence[str]) -> None:
@@ -167,6 +198,8 @@ def parseClient(reactor: Any, /, *args: str, **kwargs: str) -> MasseClientEndpoi
     """
     _checkRegistryCut(args, kwargs, CLIENT_OPTIONS)
     _checkKeys(kwargs, CLIENT_OPTIONS)
+    meta = _conditions("meta", args, kwargs)
+    prefer = _conditions("prefer", args, kwargs)
     name = _takeName(args, kwargs)
     registry = _registryOption(kwargs)
     wrappers = _wrapOption(reactor, kwargs)
@@ -185,6 +218,8 @@ def parseClient(reactor: Any, /, *args: str, **kwargs: str) -> MasseClientEndpoi
             report=_flag("report", kwargs.get("report", "false")),
             cache=_flag("cache", kwargs.get("cache", "true")),
             tls=tlsFromOptions(kwargs, server=False),
+            meta=meta,
+            prefer=prefer,
         )
     except ValueError as e:
         raise _bad(e) from None
@@ -205,6 +240,9 @@ def parseServer(reactor: Any, /, *args: str, **kwargs: str) -> MasseServerEndpoi
     """
     _checkRegistryCut(args, kwargs, SERVER_OPTIONS)
     _checkKeys(kwargs, SERVER_OPTIONS)
+    _conditions("meta", args, {})  # meta.KEY without =VALUE
+    if "meta." in kwargs:
+        raise _bad(f"meta.={kwargs['meta.']!r}: the key after 'meta.' is missing")
     name = _takeName(args, kwargs)
     registry = _registryOption(kwargs)
     wrappers = _wrapOption(reactor, kwargs)
@@ -224,6 +262,8 @@ def parseServer(reactor: Any, /, *args: str, **kwargs: str) -> MasseServerEndpoi
             wrappers=wrappers,
             tls=tlsFromOptions(kwargs, server=True),
             provides=_providesOption(kwargs),
+            check=kwargs.get("check"),
+            drain=_number("drain", kwargs["drain"]) if "drain" in kwargs else 0.0,
         )
     except ValueError as e:
         raise _bad(e) from None

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import (
     UNIXServerEndpoint,
     quoteStringArgument,
@@ -31,12 +33,16 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamServerEndpoint,
 )
+from twisted.internet.protocol import connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmasse.checks import checkNumber, shown
 from txmasse.errors import MasseError, RegistryUnavailable
+from txmasse.health import CHECK_TIMEOUT, CheckSpec, HealthCheck, parseCheck, runCheck, worst
 from txmasse.peertls import PeerTLS
 from txmasse.records import PeerRecord
 from txmasse.registry import MAX_TTL, MIN_TTL, ILease, IRegistry, defaultNamespace
@@ -109,9 +115,18 @@ class MasseListeningPort:
         registry: IRegistry,
         ttl: float,
         clock: IReactorTime,
+        checks: Sequence[HealthCheck] = (),
+        drainTimeout: float = 0.0,
+        connections: OpenConnections | None = None,
     ):
         self.port = port
         self.unixPort = unixPort
+        self._checks = list(checks)
+        self._drainTimeout = drainTimeout
+        self._connections = connections
+        self._upkeep: LoopingCall | None = None
+        self._upkeepStart: IDelayedCall | None = None
+        self._tending = False
         self._lease: ILease | None = None
         self._record = record
         self._registry = registry
@@ -195,6 +210,7 @@ class MasseListeningPort:
             waiting, self._waiting = self._waiting, []
             for d in waiting:
                 d.callback(lease)
+            self._startUpkeep()
 
         def failed(failure: Failure) -> Failure | None:
             if attempt is not self._attempt:
@@ -225,6 +241,9 @@ class MasseListeningPort:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
+        if self._drainTimeout > 0 and self._lease is not None:
+            await self._drainBeforeStopping()
+        self._stopUpkeep()
         attempt, self._attempt = self._attempt, None
         if attempt is not None:
             attempt.cancel()  # the registry takes back a registration it cancels
@@ -242,6 +261,217 @@ class MasseListeningPort:
                     error=str(e),
                 )
         await _stopAll([port for port in (self.unixPort, self.port) if port is not None])
+
+    # Health and drain: the state this instance publishes in its record
+
+    @property
+    def draining(self) -> bool:
+        return self.record.draining
+
+    def drain(self) -> Deferred[None]:
+        """
+        Take this instance out of rotation: its name and its open
+        connections stay, no client opens a new one; watchers see
+        C{updated}. Fires once the registry has the change.
+        """
+        return self._setDraining(True)
+
+    def undrain(self) -> Deferred[None]:
+        """
+        Put this instance back in rotation.
+        """
+        return self._setDraining(False)
+
+    def _setDraining(self, draining: bool) -> Deferred[None]:
+        record = self.record
+        if record.draining == draining:
+            return succeed(None)
+        what = "draining" if draining else "back in rotation"
+        log.info("{port}: {what}", port=repr(self), what=what)
+        changed = max(time.time(), record.drainChanged)
+        return self._publish(attrs.evolve(record, draining=draining, drainChanged=changed))
+
+    def _publish(self, record: PeerRecord) -> Deferred[None]:
+        """
+        Make C{record} this instance's, in the registry at once if
+        registered (else it is what registering writes).
+        """
+        self._record = record
+        lease = self._lease
+        if lease is None or (self._stopping is not None and not record.draining):
+            return succeed(None)
+        try:
+            updating = lease.update(record)
+        except ValueError:
+            return succeed(None)  # released meanwhile
+
+        def failed(failure: Failure) -> None:
+            log.warn(
+                "{port}: could not publish its new state ({state}), the next heartbeat "
+                "writes it: {error}",
+                port=repr(self),
+                state=record.state,
+                error=failure.getErrorMessage(),
+            )
+
+        return updating.addErrback(failed)
+
+    def _startUpkeep(self) -> None:
+        """
+        Once registered, at every heartbeat interval: adopt a drain decided
+        elsewhere, and run the checks.
+        """
+        if self._upkeep is not None or self._stopping is not None:
+            return
+        interval = self._ttl / 3
+        self._upkeep = LoopingCall(self._tend)
+        self._upkeep.clock = self._clock
+        if self._checks:
+            self._tend()  # the first verdict at once
+        # Half an interval away from the heartbeats: a drain written
+        # elsewhere just before a heartbeat (which writes our record back)
+        # would otherwise never be seen; masse drain writes it again when
+        # a heartbeat undid it, and this finds it there.
+        self._upkeepStart = self._clock.callLater(interval / 2, self._upkeep.start, interval)
+
+    def _stopUpkeep(self) -> None:
+        if self._upkeepStart is not None and self._upkeepStart.active():
+            self._upkeepStart.cancel()
+        self._upkeepStart = None
+        if self._upkeep is not None and self._upkeep.running:
+            self._upkeep.stop()
+        self._upkeep = None
+
+    def _tend(self) -> Deferred[None]:
+        """
+        One round of upkeep; the next waits for it (a slow registry or
+        check never piles rounds up).
+        """
+        return Deferred.fromCoroutine(self._tendOnce())
+
+    async def _tendOnce(self) -> None:
+        if self._tending:
+            return
+        self._tending = True
+        try:
+            await self._adoptDrain()
+            if self._checks:
+                await self._check()
+        except Exception:
+            log.failure("{port}: upkeep", port=repr(self))
+        finally:
+            self._tending = False
+
+    async def _adoptDrain(self) -> None:
+        """
+        C{masse drain} and C{masse undrain} write this instance's record
+        from elsewhere: a newer drain decision than ours is adopted, so our
+        own writes keep it. One lookup of our name per interval (no watch:
+        a watch hears every event of the namespace).
+        """
+        ours = self.record
+        try:
+            stored = await self._registry.lookup(ours.namespace, ours.name)
+        except Exception:
+            return  # the registry is away; the heartbeat says so
+        ours = self.record
+        for theirs in stored:
+            if theirs.instance != ours.instance or theirs.drainChanged <= ours.drainChanged:
+                continue
+            if self._stopping is None:
+                log.info(
+                    "{port}: {what} from outside",
+                    port=repr(self),
+                    what="drained" if theirs.draining else "undrained",
+                )
+                await self._publish(
+                    attrs.evolve(ours, draining=theirs.draining, drainChanged=theirs.drainChanged)
+                )
+
+    async def _check(self) -> None:
+        timeout = min(CHECK_TIMEOUT, self._ttl / 3)
+        verdicts = await gatherResults(
+            [runCheck(check, self._clock, timeout) for check in self._checks]
+        )
+        verdict = worst(verdicts)
+        record = self.record
+        if (verdict.state, verdict.reason) == (record.health, record.reason):
+            return
+        if self._stopping is not None:
+            return
+        log.info("{port}: health is now {state}", port=repr(self), state=verdict.state)
+        await self._publish(attrs.evolve(record, health=verdict.state, reason=verdict.reason))
+
+    async def _drainBeforeStopping(self) -> None:
+        """
+        Graceful stop: drain, then wait up to C{drain=} seconds for the
+        open connections to close.
+        """
+        await self.drain()
+        connections = self._connections
+        if connections is None or not connections.open:
+            return
+        log.info(
+            "{port}: waiting up to {seconds:g}s for {count} open connection(s) to close",
+            port=repr(self),
+            seconds=self._drainTimeout,
+            count=connections.open,
+        )
+        idle = connections.whenIdle()
+        timer = self._clock.callLater(self._drainTimeout, idle.cancel)
+        try:
+            await idle
+        except Exception:
+            log.info(
+                "{port}: {count} connection(s) still open after {seconds:g}s; stopping",
+                port=repr(self),
+                count=connections.open,
+                seconds=self._drainTimeout,
+            )
+        if timer.active():
+            timer.cancel()
+
+
+class _Counted(ProtocolWrapper):
+    factory: OpenConnections
+
+    def connectionMade(self) -> None:
+        self.factory.open += 1
+        super().connectionMade()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.factory.closed()
+
+
+class OpenConnections(WrappingFactory[_Counted]):
+    """
+    Counts the connections open to a factory, for a graceful stop.
+    """
+
+    noisy = False  # no "Starting factory" lines
+    protocol = _Counted
+
+    def __init__(self, wrappedFactory: IProtocolFactory):
+        super().__init__(wrappedFactory)
+        self.open = 0
+        self._idle: list[Deferred[None]] = []
+
+    def closed(self) -> None:
+        self.open -= 1
+        if self.open <= 0:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    def whenIdle(self) -> Deferred[None]:
+        if self.open <= 0:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda d: self._idle.remove(d) if d in self._idle else None)
+        self._idle.append(d)
+        return d
 
 
 async def addressToward(reactor: Any, registryURL: str) -> str:
@@ -296,6 +526,15 @@ class MasseServerEndpoint:
     @param provides: the AMP commands to publish (L{amp.Command<twisted.protocols.amp.Command>}
         classes, or protocol classes with responders) when the factory's
         own protocol class does not declare them (see L{txmasse.rpc}).
+    @param check: a built-in health check of the listening address:
+        C{"tcp"} or C{"http:/PATH"} (see L{txmasse.health}).
+    @param healthCheck: a callable the port calls at every heartbeat
+        interval; it returns, or fires with, a state (C{passing},
+        C{warning}, C{critical}) and a reason. With C{check}, the worse
+        verdict counts.
+    @param drain: seconds C{stopListening()} waits for open connections to
+        close, drained (no new ones), before it withdraws the name; 0 (the
+        default) withdraws it at once.
     """
 
     def __init__(
@@ -312,8 +551,21 @@ class MasseServerEndpoint:
         wrappers: Sequence[Wrapper] = (),
         tls: PeerTLS | None = None,
         provides: Sequence[type] | None = None,
+        check: str | CheckSpec | None = None,
+        healthCheck: HealthCheck | None = None,
+        drain: float = 0.0,
     ):
         from txmasse.rpc.publish import checkProvides
+
+        self.check = parseCheck(check) if isinstance(check, str) else check
+        if self.check is not None and not isinstance(self.check, CheckSpec):
+            raise ValueError(f"check={check!r}: must be tcp or http:/PATH")
+        if healthCheck is not None and not callable(healthCheck):
+            raise ValueError(f"healthCheck={healthCheck!r}: must be callable")
+        if self.check is not None and self.check.kind == "http" and tls is not None:
+            raise ValueError(f"check={self.check}: a TLS peer cannot be checked over plain HTTP")
+        self.healthCheck = healthCheck
+        self.drain = checkNumber(drain, f"drain={shown(drain)}:", low=0, high=MAX_TTL)
 
         self.provides = checkProvides(provides)
         namespace = defaultNamespace() if namespace is None else namespace
@@ -365,6 +617,9 @@ class MasseServerEndpoint:
         wrapped = stackFactory(factory, self.wrappers)
         if self.tls is not None:
             wrapped = self.tls.serverFactory(wrapped)
+        connections = None
+        if self.drain > 0:
+            wrapped = connections = OpenConnections(wrapped)
         port: IListeningPort = await self.endpoint.listen(wrapped)
         unixPort: IListeningPort | None = None
         try:
@@ -378,7 +633,15 @@ class MasseServerEndpoint:
             metadata = {**self.metadata, **published(factory, self.provides)}
             record = PeerRecord(self.namespace, self.name, endpoints, metadata)
             listening = MasseListeningPort(
-                port, unixPort, record, registry, self.ttl, self._reactor
+                port,
+                unixPort,
+                record,
+                registry,
+                self.ttl,
+                self._reactor,
+                checks=self._checks(port),
+                drainTimeout=self.drain,
+                connections=connections,
             )
             await listening.register()
         except BaseException:
@@ -393,6 +656,15 @@ class MasseServerEndpoint:
             registered="" if listening.registered else ", not yet registered",
         )
         return listening
+
+    def _checks(self, port: IListeningPort) -> list[HealthCheck]:
+        checks = []
+        if self.check is not None:
+            timeout = min(CHECK_TIMEOUT, self.ttl / 3)
+            checks.append(self.check.bind(self._reactor, port.getHost(), timeout))
+        if self.healthCheck is not None:
+            checks.append(self.healthCheck)
+        return checks
 
     async def _describe(self, address: IAddress, registry: IRegistry) -> str:
         """

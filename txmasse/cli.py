@@ -29,6 +29,7 @@ from twisted.internet.protocol import Factory
 
 from txmasse.checks import checkNumber, shown
 from txmasse.errors import MasseError, PeerNotFound
+from txmasse.health_cli import addMetaFilter, matches, metaConditions, stateJSON
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry import (
     IRegistry,
@@ -224,6 +225,7 @@ def _recordJSON(record: PeerRecord) -> dict[str, Any]:
         "metadata": dict(record.metadata),
         "host": record.host,
         "registered": record.registered,
+        **stateJSON(record),
     }
 
 
@@ -257,6 +259,7 @@ def _lsArguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also the records a signed namespace ignores, flagged, and how many",
     )
+    addMetaFilter(parser)
 
 
 async def listPeers(context: Context, args: Any) -> None:
@@ -267,6 +270,8 @@ async def listPeers(context: Context, args: Any) -> None:
     statuses: list[LeaseStatus] = await context.deadline(
         registry.leases(namespace, args.pattern), "ls"
     )
+    meta = metaConditions(args.meta)
+    statuses = [status for status in statuses if matches(status.record, meta)]
     _printLeases([(status, None) for status in statuses], args, context.out)
 
 
@@ -312,7 +317,7 @@ def _printLeases(
             items.append(item)
         printJSON(items, args.format, out)
         return
-    rows = [["NAME", "INSTANCE", "ENDPOINTS", "AGE", "LEFT", "METADATA"]]
+    rows = [["NAME", "INSTANCE", "ENDPOINTS", "AGE", "LEFT", "HEALTH", "METADATA"]]
     if status is not None:
         rows[0].append("STATUS")
     for lease, problem in checked:
@@ -324,6 +329,7 @@ def _printLeases(
                 " ".join(record.endpoints),
                 _age(now - record.registered),
                 f"{lease.expiresIn:.1f}s",
+                record.state,
                 _metadataShown(record.metadata),
             ]
         )
@@ -359,6 +365,7 @@ def _eventLine(kind: str, record: PeerRecord, source: str | None, asJSON: bool) 
     return (
         f"{stamp}Z {kind:<8} {record.namespace}/{record.name} "
         f"{record.instance[:12]} {' '.join(record.endpoints)}{shownSource}"
+        f"{'' if source is not None else ' ' + record.state}"
     )
 
 
@@ -397,12 +404,21 @@ async def watchPeers(context: Context, args: Any) -> None:
 
 def _resolveArguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name")
+    addMetaFilter(parser)
 
 
 async def resolve(context: Context, args: Any) -> None:
     registry, namespace = context.registry, context.namespace
     validateName(args.name, "name")
     records = await context.deadline(registry.lookup(namespace, args.name), "resolve")
+    meta = metaConditions(args.meta)
+    if records and meta and not any(matches(record, meta) for record in records):
+        shown = " ".join(f"--meta {key}={value}" for key, value in meta)
+        raise PeerNotFound(
+            f"{shown} matched none of the {len(records)} instance(s) of {args.name!r} "
+            f"in namespace {namespace!r} of registry {registry.url}"
+        )
+    records = [record for record in records if matches(record, meta)]
     if not records:
         raise PeerNotFound(
             f"no live instance of {args.name!r} in namespace {namespace!r} "
@@ -600,6 +616,32 @@ async def _rpc(context: Context, args: Any) -> None:
     )
 
 
+# drain, undrain (txmasse.health_cli)
+
+
+def _drainArguments(parser: argparse.ArgumentParser) -> None:
+    from txmasse.health_cli import drainArguments
+
+    drainArguments(parser)
+
+
+async def _drain(context: Context, args: Any) -> None:
+    from txmasse import health_cli
+
+    await health_cli.run(context, args)
+
+
+DRAIN_COMMANDS = [
+    Command(
+        "drain",
+        "take every instance of a name (or one: --instance) out of rotation",
+        _drainArguments,
+        _drain,
+    ),
+    Command("undrain", "put drained instances back in rotation", _drainArguments, _drain),
+]
+
+
 # completion
 
 
@@ -632,6 +674,7 @@ COMMANDS: list[Command] = [
     ),
     Command("register", "keep a name registered until stopped", _registerArguments, register),
     Command("dns", "answer DNS for the registry's live peers", _dnsArguments, dns),
+    *DRAIN_COMMANDS,
     Command("web", "serve the live dashboard and /metrics (docs/web.md)", _webArguments, web),
     Command(
         "providers",
@@ -696,6 +739,8 @@ def _checkArguments(args: Any) -> tuple[str, str]:
                 parseRegistryURL(url)
             except ValueError as e:
                 raise ValueError(f"$MASSE_REGISTRY: {e}") from None
+        if args.command in ("ls", "resolve"):
+            metaConditions(args.meta)
         pattern = getattr(args, "pattern", None)
         if pattern is not None:
             Glob(pattern)

@@ -11,7 +11,7 @@ and reconnects to those whose endpoints change.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -34,6 +34,7 @@ from txmasse.wrappers import Wrapper
 log = Logger()
 
 PeerObserver = Callable[[PeerRecord, IProtocol], object]
+UpdateObserver = Callable[[PeerRecord, IProtocol | None], object]
 
 
 def defaultRetryPolicy() -> Callable[[int], float]:
@@ -99,6 +100,11 @@ class PeerGroup(Service):
     Keeps one connection to every live instance whose name matches
     C{pattern} in C{namespace}.
 
+    The group connects only to instances a client endpoint would (not
+    C{critical}, not draining), but keeps its connection to one that turns
+    C{critical} or starts draining: L{onPeerUpdated} tells of the change,
+    and L{callAll} leaves such peers out unless asked.
+
     @param registry: an L{IRegistry}, or its URL.
     @param factory: builds the application's protocol for each connection.
     @param wrappers: protocol factory wrappers, the first nearest the wire,
@@ -111,6 +117,8 @@ class PeerGroup(Service):
     @param retryPolicy: attempt number (0 for the first retry) to seconds
         to wait, as for L{twisted.application.internet.ClientService}.
     @param reactor: default: the global reactor.
+    @param meta: metadata an instance must have to be in the group (all
+        of it), as C{meta.KEY=VALUE} for a client endpoint.
 
     @ivar connections: (property) each connected instance's record, to the
         application's protocol.
@@ -130,6 +138,7 @@ class PeerGroup(Service):
         connectTimeout: float = 10.0,
         retryPolicy: Callable[[int], float] | None = None,
         reactor: Any = None,
+        meta: Mapping[str, str] | None = None,
     ):
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -150,6 +159,7 @@ class PeerGroup(Service):
             timeout=connectTimeout,
             proto=proto,
             wrappers=wrappers,
+            meta=meta,
         )
         self._reactor = reactor
         self._members: dict[str, _Member] = {}
@@ -159,6 +169,7 @@ class PeerGroup(Service):
         self._watchFailures = 0
         self._added: list[PeerObserver] = []
         self._removed: list[PeerObserver] = []
+        self._updated: list[UpdateObserver] = []
 
     def __repr__(self) -> str:
         return f"<PeerGroup {self.namespace}/{self.pattern} connected={len(self.connections)}>"
@@ -192,8 +203,17 @@ class PeerGroup(Service):
         """
         return self._observe(self._removed, callback)
 
+    def onPeerUpdated(self, callback: UpdateObserver) -> Callable[[], None]:
+        """
+        Call C{callback(record, protocol)} each time a member's record
+        changes in place (its health, drain state or metadata; the
+        protocol is C{None} while it is not connected). Returns a function
+        that stops the calls.
+        """
+        return self._observe(self._updated, callback)
+
     @staticmethod
-    def _observe(observers: list[PeerObserver], callback: PeerObserver) -> Callable[[], None]:
+    def _observe(observers: list[Any], callback: Any) -> Callable[[], None]:
         observers.append(callback)
         return lambda: observers.remove(callback) if callback in observers else None
 
@@ -209,10 +229,15 @@ class PeerGroup(Service):
     # Fan-out
 
     def callAll(
-        self, command: Any, callTimeout: float | None = None, **arguments: object
+        self,
+        command: Any,
+        callTimeout: float | None = None,
+        includeCritical: bool = False,
+        **arguments: object,
     ) -> Deferred[dict[PeerRecord, object]]:
         """
-        Call the AMP C{command} on every connected peer at once.
+        Call the AMP C{command} on every connected peer at once; those
+        C{critical} or draining only with C{includeCritical}.
 
         Fires with each peer's record mapped to its answer, or to the
         L{Failure<twisted.python.failure.Failure>} it gave (a peer that is
@@ -223,6 +248,8 @@ class PeerGroup(Service):
         records: list[PeerRecord] = []
         calls: list[Deferred[object]] = []
         for record, protocol in self.connections.items():
+            if not (includeCritical or record.usable):
+                continue
             records.append(record)
             try:
                 call: Deferred[object] = protocol.callRemote(command, **arguments)  # type: ignore[attr-defined]
@@ -327,16 +354,43 @@ class PeerGroup(Service):
         if not self._wanted(record):
             return
         member = self._members.get(record.instance)
+        if not self._endpoint.selection.matching([record]):
+            if member is not None:
+                log.info(
+                    "{group}: {record} no longer matches", group=repr(self), record=repr(record)
+                )
+                self._drop(record.instance)
+            return
         if member is None:
             member = self._members[record.instance] = _Member(record)
             self._connect(member)
         elif member.record.endpoints == record.endpoints:
+            changed = member.record != record
             member.record = record
+            if changed:
+                self._changed(member)
         else:
             log.info("{group}: {record} moved, reconnecting", group=self, record=record)
             newcomer = _Member(record)
             self._drop(record.instance).addCallback(lambda _: self._connect(newcomer))
             self._members[record.instance] = newcomer
+
+    def _changed(self, member: _Member) -> None:
+        """
+        A member's record changed in place: tell, and if it is usable again
+        while waiting to reconnect, reconnect now.
+        """
+        for callback in list(self._updated):
+            try:
+                callback(member.record, member.protocol)
+            except Exception:
+                log.failure(
+                    "{group}: observer {callback} failed", group=repr(self), callback=repr(callback)
+                )
+        if member.record.usable and member.retry is not None and member.retry.active():
+            member.retry.cancel()
+            member.failures = 0
+            self._connect(member)
 
     def _connect(self, member: _Member) -> None:
         member.retry = None

@@ -20,6 +20,9 @@ from types import MappingProxyType
 from typing import Any
 
 import attrs
+from twisted.logger import Logger
+
+log = Logger()
 
 NAME_RULE = "a letter or digit, then up to 127 letters, digits, '.', '_' or '-'"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -123,6 +126,32 @@ def _validateSignature(instance: object, attribute: object, value: str | None) -
         )
 
 
+HEALTH_STATES = ("passing", "warning", "critical")
+"""An instance's health, best first; a record that says none is C{passing}."""
+
+MAX_REASON = 200
+_REASON = re.compile(rf"[\x20-\x7e]{{0,{MAX_REASON}}}")
+
+
+def _validateHealth(instance: object, attribute: object, value: str) -> None:
+    if value not in HEALTH_STATES:
+        states = ", ".join(HEALTH_STATES)
+        raise ValueError(f"invalid health {_shown(value)}: must be one of {states}")
+
+
+def _validateReason(instance: object, attribute: object, value: str) -> None:
+    if not isinstance(value, str) or _REASON.fullmatch(value) is None:
+        raise ValueError(
+            f"invalid health reason {_shown(value)}: must be at most {MAX_REASON} "
+            "printable ASCII characters"
+        )
+
+
+def _validateDraining(instance: object, attribute: object, value: bool) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"invalid draining {_shown(value)}: must be True or False")
+
+
 def _readMachineId() -> str:
     try:
         with open("/etc/machine-id", encoding="ascii") as f:
@@ -167,6 +196,15 @@ class PeerRecord:
     @ivar signature: in a namespace with a shared secret, the HMAC that
         L{txmasse.registry.signed.SignedRegistry} checks; else C{None}. Not
         compared: records that say the same are equal however signed.
+    @ivar health: C{passing}, C{warning} or C{critical}, as the peer's own
+        checks last found (see L{txmasse.health}); clients skip C{critical}
+        instances and try C{warning} ones last.
+    @ivar reason: a few words on why, for C{warning} and C{critical}.
+    @ivar draining: out of rotation: no client opens a new connection to
+        it, open ones go on.
+    @ivar drainChanged: when C{draining} last changed (seconds since the
+        epoch; 0 for never): the newer decision wins when the peer and
+        C{masse drain} both write the record.
     """
 
     namespace: str = attrs.field(validator=_validateNamespace)
@@ -177,6 +215,29 @@ class PeerRecord:
     host: str = attrs.field(factory=localHostIdentity, validator=_validateHost)
     registered: float = attrs.field(factory=time.time, validator=_validateTime)
     signature: str | None = attrs.field(default=None, validator=_validateSignature, eq=False)
+    health: str = attrs.field(default="passing", validator=_validateHealth)
+    reason: str = attrs.field(default="", validator=_validateReason)
+    draining: bool = attrs.field(default=False, validator=_validateDraining)
+    drainChanged: float = attrs.field(default=0.0, validator=_validateTime)
+
+    @property
+    def usable(self) -> bool:
+        """
+        Whether a client may open a new connection to this instance.
+        """
+        return self.health != "critical" and not self.draining
+
+    @property
+    def state(self) -> str:
+        """
+        The state as C{masse ls} shows it: C{draining}, C{passing},
+        C{warning: REASON} or C{critical: REASON}.
+        """
+        if self.draining:
+            return "draining"
+        if self.health == "passing" or not self.reason:
+            return self.health
+        return f"{self.health}: {self.reason}"
 
     def toJSON(self) -> bytes:
         """
@@ -194,6 +255,14 @@ class PeerRecord:
         }
         if self.signature is not None:
             fields["sig"] = self.signature
+        # Written only when they say something: a passing record that was
+        # never drained reads the same to a txmasse that predates them.
+        if self.health != "passing" or self.reason:
+            fields["hs"] = self.health
+            fields["hr"] = self.reason
+        if self.draining or self.drainChanged:
+            fields["dr"] = self.draining
+            fields["dt"] = self.drainChanged
         return json.dumps(fields, separators=(",", ":"), sort_keys=True).encode("ascii")
 
     @classmethod
@@ -201,8 +270,12 @@ class PeerRecord:
         """
         Parse what L{toJSON} wrote, refusing anything else.
 
-        @raise ValueError: for garbage, wrong types, missing or unknown
-            fields, and records larger than L{MAX_RECORD_BYTES}.
+        Fields this version does not know (written by a newer txmasse) are
+        ignored; health or drain fields that are garbage make the record
+        C{critical}, with a logged warning, rather than unreadable.
+
+        @raise ValueError: for garbage, wrong types, missing fields, and
+            records larger than L{MAX_RECORD_BYTES}.
         """
         if len(data) > MAX_RECORD_BYTES:
             raise ValueError(f"record of {len(data)} bytes is over {MAX_RECORD_BYTES}")
@@ -219,11 +292,12 @@ class PeerRecord:
         except RecursionError:  # "[[[[...": small, but deeper than Python's stack
             raise ValueError("record is not JSON: nested too deeply") from None
         expected = {"ns", "name", "id", "ep", "meta", "host", "t"}
-        if not isinstance(fields, dict) or set(fields) - {"sig"} != expected:
+        if not isinstance(fields, dict) or not expected <= set(fields):
             raise ValueError(
-                f"record must be an object with fields {sorted(expected)} (and maybe 'sig')"
+                f"record must be an object with at least the fields {sorted(expected)}"
             )
         return cls(
+            **_stateOf(fields),
             namespace=fields["ns"],
             name=fields["name"],
             endpoints=fields["ep"],
@@ -233,6 +307,37 @@ class PeerRecord:
             registered=fields["t"],
             signature=fields.get("sig"),
         )
+
+
+def _stateOf(fields: dict[str, Any]) -> dict[str, Any]:
+    """
+    The health and drain fields of a parsed record, as L{PeerRecord}
+    arguments; garbage there is C{critical} (and logged), never an error:
+    an instance that cannot say it is well is not used.
+    """
+    state: dict[str, Any] = {}
+    if "hs" in fields or "hr" in fields:
+        state["health"], state["reason"] = fields.get("hs", "passing"), fields.get("hr", "")
+    if "dr" in fields or "dt" in fields:
+        state["draining"], state["drainChanged"] = fields.get("dr", False), fields.get("dt", 0.0)
+    try:
+        for field, validate in (
+            ("health", _validateHealth),
+            ("reason", _validateReason),
+            ("draining", _validateDraining),
+            ("drainChanged", _validateTime),
+        ):
+            if field in state:
+                validate(None, None, state[field])
+    except ValueError as e:
+        log.warn(
+            "record of instance {instance!r}: garbage health or drain state, counted as "
+            "critical: {error}",
+            instance=_shown(fields.get("id")),
+            error=str(e),
+        )
+        return {"health": "critical", "reason": "garbage health state in the record"}
+    return state
 
 
 _REMEMBERED_SIZE = 2048

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from random import Random
 
 import attrs
@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from txmasse.descriptions import transportOf
-from txmasse.records import PeerRecord, isPattern
+from txmasse.records import PeerRecord, isPattern, validateName
 from txmasse.registry.interface import IRegistry, ISubscription, PeerEvent
 from txmasse.retry import retryPolicy
 
@@ -56,11 +56,51 @@ PICKS = ("random", "first", "roundrobin")
 class Candidate:
     """
     One thing a connect may try: an instance, and one of its endpoint
-    descriptions (C{None} when the client accepts none of them).
+    descriptions (C{None} when the client accepts none of them, or when
+    C{excluded} says why the instance is not tried).
     """
 
     record: PeerRecord
     description: str | None
+    excluded: str | None = None
+
+
+Conditions = tuple[tuple[str, str], ...]
+"""C{(KEY, VALUE)} metadata conditions, in the order given."""
+
+
+def checkConditions(conditions: object, option: str) -> Conditions:
+    """
+    C{meta.KEY=VALUE} or C{prefer.KEY=VALUE} conditions, from a mapping or
+    pairs, checked: keys follow the metadata key rule, values are text.
+
+    @raise ValueError: naming the bad condition.
+    """
+    if conditions is None:
+        return ()
+    items = list(conditions.items()) if isinstance(conditions, Mapping) else conditions
+    if isinstance(items, str):
+        raise ValueError(f"{option}: must be KEY=VALUE pairs, not {items!r}")
+    checked = []
+    for item in items:  # type: ignore[attr-defined]
+        if not (isinstance(item, tuple | list) and len(item) == 2):
+            raise ValueError(f"{option}: must be KEY=VALUE pairs, not {item!r}")
+        key, value = item
+        try:
+            validateName(key, "metadata key")
+        except ValueError as e:
+            raise ValueError(f"{option}.{key}={value}: {e}") from None
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{option}.{key}: needs a value ({option}.{key}=VALUE)")
+        checked.append((key, value))
+    return tuple(checked)
+
+
+def describeConditions(conditions: Conditions, option: str = "meta") -> str:
+    return ":".join(f"{option}.{key}={value}" for key, value in conditions)
+
+
+_HEALTH_RANK = {"passing": 0, "warning": 1}
 
 
 @attrs.define(eq=False)
@@ -68,17 +108,28 @@ class Selection:
     """
     Which instances a client tries, in which order, over which endpoints.
 
+    Whatever the options, C{critical} and draining instances are never
+    tried (they come last, as C{excluded} candidates that only say why),
+    and C{warning} ones only after every C{passing} one.
+
     @ivar pick: C{random}, C{first} (the longest registered) or
         C{roundrobin}: which instance comes first; the others follow.
     @ivar proto: transports accepted, best first; C{None} for any, in the
         peer's order.
     @ivar tlsOnly: only C{tls:} endpoints (a client that requires TLS never
         falls back to plain streams).
+    @ivar meta: C{(KEY, VALUE)} conditions an instance's metadata must all
+        meet to be a candidate at all.
+    @ivar prefer: C{(KEY, VALUE)} conditions, most important first:
+        instances meeting more important ones come first, the rest stay as
+        fallbacks; C{pick} orders within each group.
     """
 
     pick: str = "random"
     proto: tuple[str, ...] | None = None
     tlsOnly: bool = False
+    meta: Conditions = ()
+    prefer: Conditions = ()
     random: Random = attrs.field(factory=Random, repr=False)
     _turns: int = attrs.field(default=0, init=False, repr=False)
 
@@ -102,16 +153,59 @@ class Selection:
         usable descriptions per C{proto}.
         """
         candidates = []
-        for record in self.order(records, turn):
+        excluded = []
+        for record in self.ranked(records, turn):
+            if not record.usable:
+                excluded.append(Candidate(record, None, record.state))
+                continue
             descriptions = self.usable(record, here)
             if not descriptions:
                 candidates.append(Candidate(record, None))
             candidates.extend(Candidate(record, description) for description in descriptions)
-        return candidates
+        return candidates + excluded
+
+    def matching(self, records: Sequence[PeerRecord]) -> Sequence[PeerRecord]:
+        """
+        The instances whose metadata meets every C{meta} condition.
+        """
+        if not self.meta:
+            return records
+        meta = self.meta
+        return [r for r in records if all(r.metadata.get(k) == v for k, v in meta)]
+
+    def unmatched(self, records: Sequence[PeerRecord]) -> str:
+        """
+        For a message: the C{meta} conditions that no instance meets, or
+        all of them if each is met by some but none meets them all.
+        """
+        alone = tuple(
+            (k, v) for k, v in self.meta if not any(r.metadata.get(k) == v for r in records)
+        )
+        if alone:
+            return describeConditions(alone)
+        return f"{describeConditions(self.meta)} (together)"
+
+    def ranked(self, records: Sequence[PeerRecord], turn: int) -> list[PeerRecord]:
+        """
+        The instances in the order to try them: by health, then by
+        C{prefer}, then per C{pick} within each group.
+        """
+        prefer = self.prefer
+        if len(records) == 1 or (not prefer and all(r.health == "passing" for r in records)):
+            return self.order(records, turn)  # the common cases, kept cheap
+        groups: dict[tuple[int, ...], list[PeerRecord]] = {}
+        for record in records:
+            metadata = record.metadata
+            rank = (_HEALTH_RANK.get(record.health, 2), *(metadata.get(k) != v for k, v in prefer))
+            groups.setdefault(rank, []).append(record)
+        ordered: list[PeerRecord] = []
+        for rank in sorted(groups):
+            ordered.extend(self.order(groups[rank], turn))
+        return ordered
 
     def order(self, records: Sequence[PeerRecord], turn: int) -> list[PeerRecord]:
         """
-        The instances in the order to try them.
+        The instances in the order C{pick} gives.
         """
         if len(records) == 1:
             return list(records)

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 
 from txmasse.checks import checkNumber
 from txmasse.errors import MasseError
+from txmasse.health import HealthCheck, parseCheck
 from txmasse.metrics import metricsService
 from txmasse.peertls import PeerTLS, tlsFromOptions
 from txmasse.records import validateName
@@ -138,6 +139,9 @@ class RegistryService(MultiService):
         tls: PeerTLS | None = None,
         unix: str | None = None,
         provides: Sequence[type] | None = None,
+        check: str | None = None,
+        healthCheck: HealthCheck | None = None,
+        drain: float = 0.0,
     ) -> NamedPeerService:
         """
         Serve C{factory} under C{name}: listen on C{listen} (a server endpoint
@@ -146,7 +150,10 @@ class RegistryService(MultiService):
         L{txmasse.peertls}); with C{unix}, also on that UNIX socket,
         advertised first (clients on the same host prefer it); C{provides}:
         the AMP commands to publish when the factory's protocol class does
-        not declare them (L{txmasse.rpc}).
+        not declare them (L{txmasse.rpc}). C{check}, C{healthCheck} and
+        C{drain} are the server endpoint's (L{txmasse.health}): checks run
+        at every heartbeat, and how long stopping waits, drained, for open
+        connections to close.
         """
         from twisted.internet.endpoints import serverFromString
 
@@ -166,6 +173,9 @@ class RegistryService(MultiService):
             tls=tls,
             unixPath=unix,
             provides=provides,
+            check=check,
+            healthCheck=healthCheck,
+            drain=drain,
         )
         peer = NamedPeerService(endpoint, factory, self.reactor)
         peer.setName(f"{namespace}/{name}")
@@ -269,6 +279,8 @@ class Options(usage.Options):
         ["key", None, None, "The certificate's PEM key (default: the key in the --cert file)."],
         ["ca", None, None, "With --cert: require client certificates signed by this CA."],
         ["provides", None, None, "AMP commands to publish: dotted names of Command classes."],
+        ["check", None, None, "Health check at every heartbeat: tcp, or http:/PATH."],
+        ["drain", None, "0", "Seconds stopping waits, drained, for open connections to close."],
         ["metrics", None, None, "Serve Prometheus metrics at /metrics on this server endpoint."],
     ]
 
@@ -300,6 +312,9 @@ class Options(usage.Options):
             if self["registry"] is not None:
                 parseRegistryURL(self["registry"])
             self["ttl"] = _seconds("--ttl", self["ttl"])
+            if self["check"] is not None:
+                parseCheck(self["check"])
+            self["drain"] = checkNumber(self["drain"], f"--drain {self['drain']!r}:", low=0)
             if self["unix"] is not None and not self["unix"]:
                 raise ValueError("--unix '': must be a socket path")
             self["wrappers"] = [] if self["wrap"] is None else parseWrappers(reactor, self["wrap"])
@@ -343,6 +358,8 @@ def makeService(options: Options) -> RegistryService:
             wrappers=options["wrappers"],
             unix=options["unix"],
             provides=options["provides"],
+            check=options["check"],
+            drain=options["drain"],
         )
     except (ValueError, MasseError) as e:
         raise usage.UsageError(str(e)) from None

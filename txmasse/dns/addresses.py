@@ -64,8 +64,7 @@ def hostPort(description: str) -> HostPort | None:
 
 def answerable(record: PeerRecord) -> bool:
     """
-    Whether DNS may hand out this instance. Every live instance, today;
-    the one place to leave out C{critical} and draining instances once
-    records say so.
+    Whether DNS may hand out this instance: as for a client endpoint, not
+    one that is C{critical} or draining.
     """
-    return True
+    return record.usable
