@@ -5,7 +5,6 @@ when, what stays bounded, and health as the page reads it.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import attrs
@@ -190,8 +189,9 @@ def test_instances_by_name_and_health() -> None:
 def test_health_as_the_page_shows_it() -> None:
     assert health(record("a")) == ("passing", None)
     assert recordJSON(record("a"))["health"] == "passing"
-    state = SimpleNamespace(state="warning", reason="slow disk")
-    assert health(SimpleNamespace(health=state)) == ("warning", "slow disk")  # type: ignore[arg-type]
-    assert health(SimpleNamespace(health="critical")) == ("critical", None)  # type: ignore[arg-type]
-    garbage = health(SimpleNamespace(health="fine!"))  # type: ignore[arg-type]
-    assert garbage == ("critical", "unreadable health state 'fine!'")
+    slow = attrs.evolve(record("a"), health="warning", reason="slow disk")
+    assert health(slow) == ("warning", "slow disk")
+    assert recordJSON(slow)["reason"] == "slow disk"
+    assert health(attrs.evolve(record("a"), health="critical")) == ("critical", None)
+    drained = recordJSON(attrs.evolve(record("a"), draining=True, drainChanged=1.0))
+    assert drained["draining"] is True and drained["health"] == "passing"

@@ -5,6 +5,7 @@ txmasse: reach Twisted peers by name, not by address.
 from txmasse.endpoints import MasseClientEndpoint, MasseListeningPort, MasseServerEndpoint
 from txmasse.errors import MasseError, NoReachablePeer, PeerNotFound, RegistryUnavailable
 from txmasse.group import PeerGroup
+from txmasse.health import Health
 from txmasse.records import NAME_RULE, Glob, PeerRecord, validateName
 from txmasse.registry import (
     EventKind,
@@ -26,6 +27,7 @@ __all__ = [
     "NAME_RULE",
     "EventKind",
     "Glob",
+    "Health",
     "ILease",
     "IMasseWrapper",
     "IRegistry",

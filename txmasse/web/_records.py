@@ -9,30 +9,20 @@ from typing import Any
 
 from txmasse.records import PeerRecord
 
-HEALTH_STATES = ("passing", "warning", "critical")
-
 
 def health(record: PeerRecord) -> tuple[str, str | None]:
     """
-    The instance's health state and its reason: C{passing} for records that
-    carry none (every record until peers publish health checks).
+    The instance's health state and its reason (C{None} when it gives none);
+    records from peers without checks are C{passing}.
     """
-    state: Any = getattr(record, "health", None)
-    if state is None:
-        return "passing", None
-    reason = getattr(state, "reason", None)
-    state = getattr(state, "state", state)
-    if not isinstance(state, str) or state not in HEALTH_STATES:
-        return "critical", f"unreadable health state {state!r}"
-    return state, reason if isinstance(reason, str) else None
+    return record.health, record.reason or None
 
 
 def draining(record: PeerRecord) -> bool:
     """
-    Whether the instance is out of rotation (records without drain state
-    are not).
+    Whether the instance is out of rotation.
     """
-    return getattr(record, "draining", False) is True
+    return record.draining
 
 
 def recordJSON(record: PeerRecord, expiresIn: float | None = None) -> dict[str, Any]:
