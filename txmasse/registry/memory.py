@@ -21,6 +21,7 @@ from txmasse.registry.base import (
     Lease,
     Snapshot,
     Subscription,
+    extendByPutting,
     validateQuery,
     validateSearch,
     validateTTL,
@@ -60,7 +61,6 @@ class MemoryRegistry:
         self._watchers: dict[str, set[Subscription]] = {}
         self._deadlines: list[tuple[float, str, str, str]] = []
         self._sweep: IDelayedCall | None = None
-
 
     @classmethod
     def fromURL(cls, reactor: IReactorTime, parsed: RegistryURL) -> MemoryRegistry:
@@ -177,6 +177,9 @@ class MemoryRegistry:
             self._announce(EventKind.UPDATED, record)
         self._scheduleSweep()
         return succeed(None)
+
+    def extendLeases(self, records: Sequence[PeerRecord], ttl: float) -> Deferred[None]:
+        return extendByPutting(self, records, ttl)
 
     def removeRecord(self, record: PeerRecord) -> Deferred[None]:
         self._expire()

@@ -21,6 +21,7 @@ from txmasse.registry.base import (
     Lease,
     Snapshot,
     Subscription,
+    extendByPutting,
     validateQuery,
     validateSearch,
     validateTTL,
@@ -69,6 +70,9 @@ class SharedStoreRegistry:
 
     def putRecord(self, record: PeerRecord, ttl: float) -> Deferred[None]:
         raise NotImplementedError
+
+    def extendLeases(self, records: Sequence[PeerRecord], ttl: float) -> Deferred[None]:
+        return extendByPutting(self, records, ttl)
 
     def removeRecord(self, record: PeerRecord) -> Deferred[None]:
         raise NotImplementedError
