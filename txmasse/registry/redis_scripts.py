@@ -16,8 +16,9 @@ one Redis Cluster slot):
     evicted first, so they stay bounded whatever the churn
 
 No script runs long: finds and listings read at most L{SCAN_CHUNK} names
-per call and the client calls again from where the last call stopped; a
-heartbeat extends at most a few hundred leases per call.
+(and L{RECORD_CHUNK} records) per call, and the client calls again from
+where the last call stopped; a heartbeat extends at most a few hundred
+leases per call.
 
 Time comes from the Redis server (C{TIME}), never from the clients, so
 clocks that disagree cannot expire a lease early. An expired instance is
@@ -43,6 +44,9 @@ GONE_SECONDS = 600
 SCAN_CHUNK = 400
 """Most names one find or listing call reads: each call stays well under 1 ms."""
 
+RECORD_CHUNK = 50
+"""A find or listing call stops once it has this many records."""
+
 
 @attrs.frozen
 class Script:
@@ -61,7 +65,12 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(source.encode()).hexdigest())
 
 
-_CONSTANTS = {"GONE_CAP": GONE_CAP, "GONE_SECONDS": GONE_SECONDS, "SCAN_CHUNK": SCAN_CHUNK}
+_CONSTANTS = {
+    "GONE_CAP": GONE_CAP,
+    "GONE_SECONDS": GONE_SECONDS,
+    "SCAN_CHUNK": SCAN_CHUNK,
+    "RECORD_CHUNK": RECORD_CHUNK,
+}
 
 
 _COMMON = r"""
@@ -69,6 +78,7 @@ local P = ARGV[1]
 local GONE_SECONDS = @GONE_SECONDS@
 local GONE_CAP = @GONE_CAP@
 local SCAN_CHUNK = @SCAN_CHUNK@
+local RECORD_CHUNK = @RECORD_CHUNK@
 local MAXSEQ = '9223372036854775807'
 local function nowMs()
   local t = redis.call('TIME')
@@ -162,7 +172,8 @@ local function live(name, now, out, left, bad)
 end
 -- Does live() for the names starting with prefix that match pattern,
 -- reading at most SCAN_CHUNK names after cursor (from the first if it is
--- ''). Returns the last name read, or '' if no name is left to read.
+-- ''), and stopping once it has RECORD_CHUNK records. Returns the last
+-- name read, or '' if no name is left to read.
 local function matching(prefix, pattern, cursor, now, out, left, bad)
   local low, high = '-', '+'
   if prefix ~= '' then
@@ -172,9 +183,13 @@ local function matching(prefix, pattern, cursor, now, out, left, bad)
     low = '(' .. cursor
   end
   local names = redis.call('ZRANGEBYLEX', P .. 'names', low, high, 'LIMIT', 0, SCAN_CHUNK)
-  for _, name in ipairs(names) do
+  local start = #out
+  for i, name in ipairs(names) do
     if string.find(name, pattern) then
       live(name, now, out, left, bad)
+      if #out - start >= RECORD_CHUNK and i < #names then
+        return name
+      end
     end
   end
   if #names < SCAN_CHUNK then

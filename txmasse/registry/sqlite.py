@@ -78,6 +78,13 @@ KEEP_EVENTS = 10_000
 
 PRUNE_INTERVAL = 10.0
 
+KEEP_GONE = 10_000
+"""
+Most tombstones (what became of an instance: left or timed out) the file
+keeps after a prune, the oldest deleted first; between prunes (every
+L{PRUNE_INTERVAL} seconds) it may hold those of that interval's churn more.
+"""
+
 APPLICATION_ID = 0x6D617373
 """C{PRAGMA application_id} of a txmasse registry ("mass")."""
 
@@ -123,6 +130,10 @@ FIND_SQL = (
 _FIND_ALL_SQL = "SELECT name, instance, record, expires FROM masse_records WHERE namespace = ?"
 _ONE_SQL = (
     "SELECT record, expires FROM masse_records WHERE namespace = ? AND name = ? AND instance = ?"
+)
+_CAP_GONE_SQL = (
+    "DELETE FROM masse_gone WHERE (namespace, instance) IN"
+    " (SELECT namespace, instance FROM masse_gone ORDER BY at DESC LIMIT -1 OFFSET ?)"
 )
 DUE_SQL = "SELECT name, instance FROM masse_records WHERE namespace = ? AND expires <= ? LIMIT ?"
 # Text and blobs sort after every number: rows with a garbage expiry.
@@ -181,6 +192,7 @@ class _Database:
         self.keepSeconds = KEEP_SECONDS
         self.keepEvents = KEEP_EVENTS
         self.pruneInterval = PRUNE_INTERVAL
+        self.keepGone = KEEP_GONE
         self.deliver: Callable[[list[_Event], bool], None] = lambda events, gap: None
         self._connection: sqlite3.Connection | None = None
         self._cursor: int | None = None
@@ -445,6 +457,7 @@ class _Database:
                     (boundary,),
                 )
             c.execute("DELETE FROM masse_gone WHERE at < ?", (cutoff,))
+            c.execute(_CAP_GONE_SQL, (self.keepGone,))
 
     # Helpers, inside a transaction
 
