@@ -3,7 +3,8 @@ A helper process that holds many leases and measures what they cost it:
 C{python -m bench.holder URL NS COUNT TTL HOW WINDOW [put]}.
 
 C{HOW} is C{atonce} (registered 200 at a time, as a program starting up
-does) or C{spread} (evenly over ttl/3). It prints one line, C{result JSON}:
+does) or C{spread} (evenly over ttl/3); or C{finds}: C{COUNT} finds of ten
+records, for their client CPU. It prints one line, C{result JSON}:
 its RSS before and after registering, and the CPU it used over C{WINDOW}
 seconds of heartbeats with the number of leases those heartbeats renewed.
 With C{put}, every heartbeat writes its whole record again, one script call
@@ -53,6 +54,9 @@ async def hold(url: str, namespace: str, count: int, ttl: float, how: str, windo
         return extend(records, ttl)  # type: ignore[no-any-return]
 
     registry.extendLeases = counting
+    if how == "finds":
+        await finds(registry, namespace, count)
+        return
     records = [fakeRecord(namespace, f"hold-{i:05d}") for i in range(count)]
     gc.collect()
     before = rss()
@@ -84,6 +88,22 @@ async def hold(url: str, namespace: str, count: int, ttl: float, how: str, windo
         ),
         flush=True,
     )
+    await registry.close()
+
+
+async def finds(registry: Any, namespace: str, count: int) -> None:
+    """
+    The client CPU of a find that returns ten records, C{count} times.
+    """
+    held = await registerMany(registry, [fakeRecord(namespace, f"f-{i}") for i in range(10)], 60)
+    for _ in range(100):
+        await registry.find(namespace, "f-*")  # warm
+    cpu0 = time.process_time()
+    for _ in range(count):
+        if len(await registry.find(namespace, "f-*")) != 10:
+            raise RuntimeError("bench: find lost records")
+    cpu = time.process_time() - cpu0
+    print("result", json.dumps({"cpu": cpu, "finds": count, "leases": len(held)}), flush=True)
     await registry.close()
 
 

@@ -128,6 +128,20 @@ def spawnWith(env: dict[str, str], *args: str) -> Child:
                 os.environ[key] = value
 
 
+async def findCPU(redis: RedisProcess, count: int, hiredis: bool) -> float:
+    """
+    Client CPU seconds per find of ten records.
+    """
+    redis.command("FLUSHALL")
+    env = {} if hiredis else {"BENCH_NO_HIREDIS": "1"}
+    child = spawnWith(env, redis.url + "?timeout=10", NAMESPACE, str(count), "60", "finds", "0")
+    try:
+        result = json.loads(" ".join(await child.expect("result", timeout=300)))
+    finally:
+        await child.stop()
+    return float(result["cpu"]) / count
+
+
 async def redisPerBeat(redis: RedisProcess, sizes: Sizes, put: bool) -> tuple[float, float, float]:
     """
     Scripts, commands and Redis CPU seconds per heartbeat, measured over a
@@ -315,6 +329,18 @@ def rows(sizes: Sizes, results: dict[str, Any]) -> list[Row]:
                 number=with_.cpuPerBeat,
             )
         )
+    if "finds" in results:
+        with_, without = results["finds"]
+        out.append(
+            _row(
+                "leases",
+                "client CPU per find of ten records with txredisapi's hiredis parser",
+                f"{with_ * 1e6:.1f} µs",
+                f"{without * 1e6:.1f} µs (pure-Python parser)",
+                with_ / without,
+                number=with_,
+            )
+        )
     scripts, commands, cpu = results["redis"]
     oldScripts, oldCommands, oldCpu = results["redis put"]
     out.append(
@@ -368,6 +394,18 @@ def rows(sizes: Sizes, results: dict[str, Any]) -> list[Row]:
             number=share,
         )
     )
+    perHolder = max(0.0, share - predicted) / sizes.holders
+    holders = 0.5 / (perHolder + sizes.perHolder * cpu / interval)
+    out.append(
+        _row(
+            "capacity",
+            "Redis CPU per holder process (its sweeps, every 0.5 s, and its connection)",
+            f"{perHolder * 100:.4f}% of a core",
+            f"so half a core serves about {holders:,.0f} holders of {sizes.perHolder} leases",
+            None,
+            number=perHolder,
+        )
+    )
     longest = results["find"]
     for pattern, label in (
         ("peer-0000*", "literal prefix"),
@@ -401,8 +439,13 @@ async def run(options: argparse.Namespace) -> list[Row]:
                 say(f"{sizes.leases} leases, {how}{' (old heartbeat)' if put else ''}")
                 results[how + (" put" if put else "")] = await hold(redis, sizes, how, put)
         if installed("hiredis"):
-            say("the same without hiredis")
+            say("the same without hiredis; finds of ten records with and without")
             results["no hiredis"] = await hold(redis, sizes, "atonce", hiredis=False)
+            finds = sizes.events * 2
+            results["finds"] = (
+                await findCPU(redis, finds, hiredis=True),
+                await findCPU(redis, finds, hiredis=False),
+            )
         say("Redis's own cost per heartbeat")
         results["redis"] = await redisPerBeat(redis, sizes, put=False)
         results["redis put"] = await redisPerBeat(redis, sizes, put=True)

@@ -123,6 +123,14 @@ def _validateSignature(instance: object, attribute: object, value: str | None) -
         )
 
 
+_FRESHNESS = re.compile(r"[0-9a-f.]{1,128}")
+
+
+def _validateFreshness(instance: object, attribute: object, value: str | None) -> None:
+    if value is not None and (not isinstance(value, str) or _FRESHNESS.fullmatch(value) is None):
+        raise ValueError(f"invalid freshness stamp {_shown(value)}: 1 to 128 of 0-9 a-f .")
+
+
 def _readMachineId() -> str:
     try:
         with open("/etc/machine-id", encoding="ascii") as f:
@@ -167,6 +175,9 @@ class PeerRecord:
     @ivar signature: in a namespace with a shared secret, the HMAC that
         L{txmasse.registry.signed.SignedRegistry} checks; else C{None}. Not
         compared: records that say the same are equal however signed.
+    @ivar freshness: in such a namespace, the holder's signed stamp of the
+        lease's expiry, renewed by its heartbeats; not part of the JSON
+        (the store keeps it beside it) and not compared.
     """
 
     namespace: str = attrs.field(validator=_validateNamespace)
@@ -177,6 +188,9 @@ class PeerRecord:
     host: str = attrs.field(factory=localHostIdentity, validator=_validateHost)
     registered: float = attrs.field(factory=time.time, validator=_validateTime)
     signature: str | None = attrs.field(default=None, validator=_validateSignature, eq=False)
+    freshness: str | None = attrs.field(
+        default=None, validator=_validateFreshness, eq=False, repr=False
+    )
 
     def toJSON(self) -> bytes:
         """

@@ -226,11 +226,22 @@ class Lease:
     gone (store flushed or restarted) writes it back.
     """
 
-    __slots__ = ("_due", "_failing", "_released", "_stopped", "_store", "_wheel", "record", "ttl")
+    __slots__ = (
+        "_due",
+        "_failing",
+        "_released",
+        "_stopped",
+        "_store",
+        "_wheel",
+        "record",
+        "stamper",
+        "ttl",
+    )
 
     def __init__(self, store: Store, record: PeerRecord, ttl: float, clock: IReactorTime):
         self.record = record
         self.ttl = ttl
+        self.stamper: Callable[[PeerRecord, float], PeerRecord] | None = None
         self._store = store
         self._released = False
         self._stopped = False
@@ -262,6 +273,15 @@ class Lease:
             return
         self._due = self._wheel.clock.seconds() + self.interval
         self._wheel.add(self, self._due)
+
+    def renewed(self) -> PeerRecord:
+        """
+        The record, with its freshness stamp renewed where a signed
+        namespace's L{stamper} is set: what a heartbeat sends.
+        """
+        if self.stamper is not None:
+            self.record = self.stamper(self.record, self.ttl)
+        return self.record
 
     def nextDue(self, now: float) -> float:
         """
@@ -304,7 +324,7 @@ class Lease:
         """
         if self._released or self._stopped:
             return succeed(None)
-        return self._store.putRecord(self.record, self.ttl)
+        return self._store.putRecord(self.renewed(), self.ttl)
 
     def update(self, record: PeerRecord) -> Deferred[None]:
         old = self.record

@@ -124,7 +124,7 @@ class HeartbeatWheel:
     def _beat(self, leases: list[Lease], ttl: float, now: float) -> None:
         for lease in leases:
             self.add(lease, lease.nextDue(now))
-        d = maybeDeferred(self._store.extendLeases, [lease.record for lease in leases], ttl)
+        d = maybeDeferred(self._store.extendLeases, [lease.renewed() for lease in leases], ttl)
 
         def succeeded(_: object) -> None:
             for lease in leases:

@@ -36,6 +36,7 @@ from zope.interface import implementer
 from txmasse._tcp import tcpEndpoint
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
+from txmasse.registry import freshness
 from txmasse.registry import redis_scripts as scripts
 from txmasse.registry.base import Lease, Snapshot, extendByPutting
 from txmasse.registry.interface import (
@@ -597,7 +598,7 @@ class RedisRegistry(SharedStoreRegistry):
             _prefix(record.namespace),
             record.name,
             record.instance,
-            record.toJSON(),
+            freshness.stored(record),
             int(ttl * 1000),
         )
         return d.addCallback(lambda _: None)
@@ -665,9 +666,12 @@ class RedisRegistry(SharedStoreRegistry):
         """
         if not records:
             return succeed(None)
-        args: list[object] = [_prefix(records[0].namespace), int(ttl * 1000)]
+        stamped = records[0].freshness is not None  # a signed namespace: stamps renewed too
+        args: list[object] = [_prefix(records[0].namespace), int(ttl * 1000), 3 if stamped else 2]
         for record in records:
             args += (record.name, record.instance)
+            if stamped:
+                args.append(record.freshness or "0")
         what = (
             f"heartbeat of {len(records)} leases"
             if len(records) > 1

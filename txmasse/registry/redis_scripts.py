@@ -143,6 +143,17 @@ local function drop(name, inst, kind, now)
     announce(kind, rec)
   end
 end
+-- A stored record without its freshness stamp (see txmasse.registry.freshness).
+local function body(rec)
+  if string.sub(rec, 1, 1) == '{' then
+    return rec
+  end
+  local space = string.find(rec, ' ', 1, true)
+  if not space then
+    return rec
+  end
+  return string.sub(rec, space + 1)
+end
 local function expired(name, inst, now)
   local score = redis.call('ZSCORE', P .. 'exp', name .. '/' .. inst)
   return (not score) or tonumber(score) <= now
@@ -235,7 +246,7 @@ redis.call('HDEL', P .. 'gone', inst)
 redis.call('ZREM', P .. 'gonet', inst)
 if not old then
   announce('joined', rec)
-elseif old ~= rec then
+elseif body(old) ~= body(rec) then
   announce('updated', rec)
 end
 return 1
@@ -313,30 +324,41 @@ return out
 """
 )
 
-# ARGV: prefix, ttl in ms, then name and instance of each lease. A
-# heartbeat: extends the live leases named, without writing their records.
-# Returns the positions (from 1) of those it could not extend: lost by the
-# store, or expired (timed out here first); the client writes them back.
+# ARGV: prefix, ttl in ms, stride (2 or 3), then name and instance of each
+# lease (and with stride 3 its new freshness stamp). A heartbeat: extends
+# the live leases named, without writing their records (but for renewing
+# the stamp in front of one). Returns the positions (from 1) of those it
+# could not extend: lost by the store, or expired (timed out here first);
+# the client writes them back.
 EXTEND = Script(
     _COMMON
     + r"""
-local ttl = tonumber(ARGV[2])
+local ttl, stride = tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = nowMs()
 local exp = P .. 'exp'
 local missing, scored = {}, {}
-for i = 3, #ARGV - 1, 2 do
+for i = 4, #ARGV - stride + 1, stride do
   local name, inst = ARGV[i], ARGV[i + 1]
   local member = name .. '/' .. inst
   local score = redis.call('ZSCORE', exp, member)
-  if score and tonumber(score) > now
-      and redis.pcall('HEXISTS', P .. 'n:' .. name, inst) == 1 then
+  local live = score and tonumber(score) > now
+  if live and stride == 3 then
+    local isHash, rec = onRecords(name, 'HGET', inst)
+    live = isHash and rec
+    if live then
+      redis.call('HSET', P .. 'n:' .. name, inst, ARGV[i + 2] .. ' ' .. body(rec))
+    end
+  elseif live then
+    live = redis.pcall('HEXISTS', P .. 'n:' .. name, inst) == 1
+  end
+  if live then
     scored[#scored + 1] = now + ttl
     scored[#scored + 1] = member
   else
     if score then
       drop(name, inst, 'timedout', now)
     end
-    missing[#missing + 1] = (i - 1) / 2
+    missing[#missing + 1] = (i - 4) / stride + 1
   end
 end
 if #scored > 0 then

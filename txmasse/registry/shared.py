@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
+from txmasse.registry import freshness
 from txmasse.registry.base import (
     LastAnswers,
     Lease,
@@ -261,7 +262,7 @@ class SharedStoreRegistry:
         may be garbage, or written by someone else where it does not belong.
         """
         try:
-            record = PeerRecord.fromJSON(data)  # type: ignore[arg-type]
+            record = freshness.parsed(data)  # type: ignore[arg-type]
             if (
                 record.namespace != namespace
                 or (glob is not None and not glob.matches(record.name))

@@ -50,6 +50,7 @@ from zope.interface import implementer
 
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
+from txmasse.registry import freshness
 from txmasse.registry.base import Snapshot
 from txmasse.registry.interface import (
     USAGE_KINDS,
@@ -160,6 +161,15 @@ class _Late(Exception):
     """
     A call's deadline passed before its turn on the registry's thread.
     """
+
+
+def _body(data: object) -> object:
+    """
+    A stored record without its freshness stamp (L{freshness}).
+    """
+    if isinstance(data, str) and data[:1] != "{":
+        return data.partition(" ")[2]
+    return data
 
 
 def _number(value: object) -> bool:
@@ -372,7 +382,7 @@ class _Database:
             c.execute("DELETE FROM masse_gone WHERE namespace = ? AND instance = ?", (ns, instance))
             if old is None:
                 self._announce(c, ns, EventKind.JOINED, data, now)
-            elif old != data:
+            elif _body(old) != _body(data):  # a new freshness stamp alone is no news
                 self._announce(c, ns, EventKind.UPDATED, data, now)
 
     def remove(self, ns: str, name: str, instance: str) -> None:
@@ -697,7 +707,7 @@ class SQLiteRegistry(SharedStoreRegistry):
             record.namespace,
             record.name,
             record.instance,
-            record.toJSON().decode("ascii"),
+            freshness.stored(record).decode("ascii"),
             ttl,
         )
         return d.addCallback(self._wrote)
