@@ -45,15 +45,16 @@ async def hold(url: str, namespace: str, count: int, ttl: float, how: str, windo
     registry: Any = registryFromURL(reactor, url)
     await registry.lookup(namespace, "warm-up")  # connected, scripts loaded
     renewed = [0]
-    extend = registry.extendLeases
+    store = getattr(registry, "registry", registry)  # under a SignedRegistry
+    extend = store.extendLeases
 
     def counting(records: Sequence[PeerRecord], ttl: float) -> Deferred[None]:
         renewed[0] += len(records)
         if put:
-            return extendByPutting(registry, records, ttl)
+            return extendByPutting(store, records, ttl)
         return extend(records, ttl)  # type: ignore[no-any-return]
 
-    registry.extendLeases = counting
+    store.extendLeases = counting
     if how == "finds":
         await finds(registry, namespace, count)
         return

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -86,12 +87,18 @@ def counters(redis: RedisProcess) -> tuple[dict[str, int], float]:
 
 
 async def hold(
-    redis: RedisProcess, sizes: Sizes, how: str, put: bool = False, hiredis: bool = True
+    redis: RedisProcess,
+    sizes: Sizes,
+    how: str,
+    put: bool = False,
+    hiredis: bool = True,
+    secrets: str | None = None,
 ) -> Holding:
     redis.command("FLUSHALL")
     env = {} if hiredis else {"BENCH_NO_HIREDIS": "1"}
     window = sizes.window
-    args = [redis.url + "?timeout=10", NAMESPACE, str(sizes.leases), f"{sizes.ttl:g}", how]
+    url = redis.url + "?timeout=10" + (f"&secrets={secrets}" if secrets else "")
+    args = [url, NAMESPACE, str(sizes.leases), f"{sizes.ttl:g}", how]
     child = spawnWith(env, *args, f"{window:g}", *(["put"] if put else []))
     try:
         # Redis counters over about the child's window: it starts ttl/3 +
@@ -258,14 +265,18 @@ async def longestFind(redis: RedisProcess, sizes: Sizes) -> dict[str, float]:
         redis.command("CONFIG", "SET", "slowlog-max-len", "100000")
         redis.command("CONFIG", "SET", "slowlog-log-slower-than", "0")
         for pattern, expected in (("peer-0000*", 10), ("?eer-00005", 1), ("*", sizes.names)):
-            redis.command("SLOWLOG", "RESET")
-            found = await registry.find("big", pattern)
-            if len(found) != expected:
-                raise RuntimeError(f"bench: find {pattern!r} gave {len(found)}, not {expected}")
-            entries = redis.command("SLOWLOG", "GET", "-1")
-            scripts = [e for e in entries if e[3][0].lower() in (b"evalsha", b"eval")]
-            longest[pattern] = max(e[2] for e in scripts)
-            longest[pattern + " calls"] = len(scripts)
+            # Three runs, the least of their longest commands: this machine's
+            # other processes may deschedule Redis in the middle of one.
+            runs = []
+            for _ in range(3):
+                redis.command("SLOWLOG", "RESET")
+                found = await registry.find("big", pattern)
+                if len(found) != expected:
+                    raise RuntimeError(f"bench: find {pattern!r} gave {len(found)}, not {expected}")
+                entries = redis.command("SLOWLOG", "GET", "-1")
+                scripts = [e for e in entries if e[3][0].lower() in (b"evalsha", b"eval")]
+                runs.append((max(e[2] for e in scripts), len(scripts)))
+            longest[pattern], longest[pattern + " calls"] = min(runs)
         redis.command("CONFIG", "SET", "slowlog-log-slower-than", "10000")
     finally:
         await registry.close()
@@ -315,6 +326,19 @@ def rows(sizes: Sizes, results: dict[str, Any]) -> list[Row]:
                 number=new.rssPerLease,
             )
         )
+    signedHolding = results["signed"]
+    out.append(
+        _row(
+            "leases",
+            f"client CPU per heartbeat, {signedHolding.leases:,} leases at once, signed namespace",
+            f"{signedHolding.cpuPerBeat * 1e6:.1f} µs ({signedHolding.alive:,} alive)",
+            f"{results['atonce'].cpuPerBeat * 1e6:.1f} µs unsigned",
+            signedHolding.cpuPerBeat / results["atonce"].cpuPerBeat,
+            "≤ 35 µs",
+            signedHolding.cpuPerBeat <= 35e-6 and signedHolding.alive == signedHolding.leases,
+            number=signedHolding.cpuPerBeat,
+        )
+    )
     if "no hiredis" in results:
         with_, without = results["atonce"], results["no hiredis"]
         out.append(
@@ -417,7 +441,7 @@ def rows(sizes: Sizes, results: dict[str, Any]) -> list[Row]:
                 "find",
                 f"longest Redis command, find({pattern!r}) at {sizes.names:,} names ({label})",
                 f"{longest[pattern]:,.0f} µs in {longest[pattern + ' calls']:.0f} calls",
-                "SLOWLOG, slowlog-log-slower-than 0",
+                "SLOWLOG, slowlog-log-slower-than 0; least of 3 runs",
                 None,
                 "≤ ~1,000 µs",
                 longest[pattern] <= 1500,
@@ -438,6 +462,13 @@ async def run(options: argparse.Namespace) -> list[Row]:
             for put in (False, True):
                 say(f"{sizes.leases} leases, {how}{' (old heartbeat)' if put else ''}")
                 results[how + (" put" if put else "")] = await hold(redis, sizes, how, put)
+        say(f"{sizes.leases} leases, at once, in a signed namespace")
+        with tempfile.TemporaryDirectory() as directory:
+            secrets = os.path.join(directory, "secrets")
+            with open(secrets, "w") as f:
+                f.write("bench-secret-bench-secret\n")
+            os.chmod(secrets, 0o600)
+            results["signed"] = await hold(redis, sizes, "atonce", secrets=secrets)
         if installed("hiredis"):
             say("the same without hiredis; finds of ten records with and without")
             results["no hiredis"] = await hold(redis, sizes, "atonce", hiredis=False)
