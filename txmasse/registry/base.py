@@ -2,7 +2,8 @@
 The backend contract, and the leases and subscriptions every backend shares.
 
 A backend only stores and fetches: it provides L{Store}, the operations
-below (L{Store.extendLeases} optional), and hands the events it hears to its subscriptions
+below (L{extendByPutting} makes L{Store.extendLeases} for a store with no
+cheaper way), and hands the events it hears to its subscriptions
 (L{Subscription.received}). The logic users depend on (when to heartbeat,
 which events a watcher sees, how it catches up after missing some) lives
 here once, in L{Lease} and L{Subscription}, so every backend behaves the
@@ -100,7 +101,9 @@ class LastAnswers:
     def __init__(self, clock: IReactorTime, size: int = 1024):
         self._clock = clock
         self._size = size
-        self._answers: OrderedDict[tuple[str, str], tuple[float, list[PeerRecord]]] = OrderedDict()
+        self._answers: OrderedDict[tuple[str, str], tuple[float, list[PeerRecord]]] = (
+            OrderedDict()
+        )
 
     def remember(self, records: list[PeerRecord], key: tuple[str, str]) -> list[PeerRecord]:
         self._answers[key] = (self._clock.seconds(), list(records))  # the caller may change its own

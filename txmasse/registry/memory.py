@@ -62,6 +62,7 @@ class MemoryRegistry:
         self._deadlines: list[tuple[float, str, str, str]] = []
         self._sweep: IDelayedCall | None = None
 
+
     @classmethod
     def fromURL(cls, reactor: IReactorTime, parsed: RegistryURL) -> MemoryRegistry:
         """
