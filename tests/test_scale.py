@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.task import Clock
 
 from tests.helpers import Events, RedisServer, eventually, newRegistry, record
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry import redis_scripts
+from txmasse.registry.base import Lease
 from txmasse.registry.heartbeats import CHUNK
 from txmasse.registry.interface import EventKind, ILease
 from txmasse.registry.memory import MemoryRegistry
@@ -44,6 +45,32 @@ def test_one_timer_for_every_lease() -> None:
     for d in leases:
         d.addCallback(lambda lease: lease.stop())
     assert not [c for c in clock.getDelayedCalls() if "HeartbeatWheel" in repr(c)]
+
+
+class _PutOnlyStore:
+    """
+    A store from before the contract had extendLeases.
+    """
+
+    def __init__(self) -> None:
+        self.puts: list[str] = []
+
+    def putRecord(self, record: PeerRecord, ttl: float) -> Deferred[None]:
+        self.puts.append(record.name)
+        return succeed(None)
+
+    def forgetLease(self, lease: Lease) -> None:
+        pass
+
+
+def test_a_store_without_extend_leases_gets_a_put_each() -> None:
+    clock, store = Clock(), _PutOnlyStore()
+    leases = [Lease(store, record(f"p{i}"), 3.0, clock) for i in range(3)]  # type: ignore[arg-type]
+    for lease in leases:
+        lease.start()
+    clock.advance(1.0)
+    assert store.puts == ["p0", "p1", "p2"]
+    assert all(lease.beating and not lease._failing for lease in leases)
 
 
 def _scores(server: RedisServer) -> list[float]:

@@ -18,25 +18,14 @@ from __future__ import annotations
 import heapq
 import math
 import weakref
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from txmasse.records import PeerRecord
-
 if TYPE_CHECKING:
     from txmasse.registry.base import Lease
-
-
-class Extending(Protocol):
-    """
-    What a wheel needs of its store (L{txmasse.registry.base.Store}).
-    """
-
-    def extendLeases(self, records: Sequence[PeerRecord], ttl: float) -> Deferred[None]: ...
 
 
 TICK = 0.05
@@ -54,7 +43,7 @@ class HeartbeatWheel:
     The heartbeat timer of one store's leases.
     """
 
-    def __init__(self, store: Extending, clock: IReactorTime):
+    def __init__(self, store: object, clock: IReactorTime):
         self._store = store
         self.clock = clock
         self._slots: dict[int, dict[Lease, None]] = {}
@@ -124,7 +113,15 @@ class HeartbeatWheel:
     def _beat(self, leases: list[Lease], ttl: float, now: float) -> None:
         for lease in leases:
             self.add(lease, lease.nextDue(now))
-        d = maybeDeferred(self._store.extendLeases, [lease.renewed() for lease in leases], ttl)
+        records = [lease.renewed() for lease in leases]
+        extend = getattr(self._store, "extendLeases", None)
+        if extend is None:  # a store written before the contract had it
+            from txmasse.registry.base import extendByPutting
+
+            store: Any = self._store
+            d = maybeDeferred(extendByPutting, store, records, ttl)
+        else:
+            d = maybeDeferred(extend, records, ttl)
 
         def succeeded(_: object) -> None:
             for lease in leases:
@@ -145,7 +142,7 @@ hashable), and a wheel no lease uses any more goes away.
 """
 
 
-def wheelFor(store: Extending, clock: IReactorTime) -> HeartbeatWheel:
+def wheelFor(store: object, clock: IReactorTime) -> HeartbeatWheel:
     """
     The wheel of C{store}'s leases, made on first use.
     """
