@@ -6,6 +6,8 @@ written back into the store (a replay) is refused everywhere.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -115,5 +117,32 @@ async def test_a_record_without_a_current_stamp_is_refused(
         assert [r.name for r in await registry.find("dev", "*")] == ["db"]
         assert registry.problem(unstamped) == signed.NO_FRESHNESS
         assert registry.problem(forged) == signed.WRONG_FRESHNESS
+    finally:
+        await registry.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replayed_signed_row_is_refused_by_sqlite(
+    tmp_path: Path, logged: Sequence[LogEvent], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(signed, "FRESHNESS_SLACK", 0.05)
+    path = tmp_path / "registry.db"
+    registry: SignedRegistry = newRegistry(f"sqlite:///{path}?secrets={_secrets(tmp_path)}")
+    try:
+        lease = await registry.register(record("db"), 0.6)
+        with sqlite3.connect(path) as c:
+            (stored,) = c.execute("SELECT record FROM masse_records").fetchone()
+        captured = freshness.parsed(stored)
+        await lease.release()
+        await eventually(lambda: registry.problem(captured) == LAPSED, timeout=3)
+        with sqlite3.connect(path) as c:
+            c.execute(
+                "INSERT INTO masse_records (namespace, name, instance, record, expires)"
+                " VALUES ('dev', 'db', ?, ?, ?)",
+                (captured.instance, stored, time.time() + 600),
+            )
+        assert await registry.lookup("dev", "db") == []
+        assert await registry.find("dev", "*") == []
+        assert any("lapsed freshness" in w for w in warningsIn(logged))
     finally:
         await registry.close()
