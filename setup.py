@@ -47,6 +47,7 @@ setup(
             "pydoctor>=25.10",
         ],
         "bench": ["pyro5>=5.15", "matplotlib>=3.8"],
+        "hiredis": ["hiredis>=3"],  # txredisapi parses replies in C: see docs/costs.md
     },
     classifiers=[
         "Framework :: Twisted",

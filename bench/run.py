@@ -21,6 +21,7 @@ import attrs
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
 
+from bench import leases as scale
 from bench import report
 from bench.children import REPO, Child, spawn
 from bench.connect import measureConnects
@@ -397,6 +398,9 @@ async def run(options: argparse.Namespace) -> int:
                 etcdRows, etcdVersion = await etcd.measureEtcd(redis, url, etcdSizes, say)
                 rows += etcdRows
                 notes.append(f"etcd rows: etcd {etcdVersion}, one member on loopback")
+            if not options.quick or options.scale:
+                say("cost at scale (python -m bench.leases: leases, capacity, find)")
+                rows += await scale.measure(options.quick)
         redisVersion = redis.version()
     finally:
         for child in children:
@@ -463,6 +467,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--only-connect",
         action="store_true",
         help="only the connect rows (writes no report unless --output)",
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="with --quick, the cost-at-scale rows too (a full run has them)",
     )
     options = parser.parse_args(argv)
 

@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from tests.helpers import Events, record
 from txmasse import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
-from txmasse.registry.base import Lease, Snapshot, Subscription
+from txmasse.registry.base import Lease, Snapshot, Subscription, extendByPutting
 from txmasse.registry.interface import EventKind
 
 
@@ -34,6 +34,9 @@ class ScriptedStore:
             self.failPuts -= 1
             return fail(RegistryUnavailable("registry memory://: down"))
         return succeed(None)
+
+    def extendLeases(self, records: Sequence[PeerRecord], ttl: float) -> Deferred[None]:
+        return extendByPutting(self, records, ttl)
 
     def removeRecord(self, record: PeerRecord) -> Deferred[None]:
         return succeed(None)
@@ -56,7 +59,7 @@ def test_failed_heartbeats_are_retried() -> None:
     lease.start()
     clock.advance(1.0)
     clock.advance(1.0)
-    assert lease._failing and lease._loop.running
+    assert lease._failing and lease.beating
     clock.advance(1.0)
     assert not lease._failing
     assert len(store.puts) == 3

@@ -89,5 +89,5 @@ def test_close_stops_heartbeats_without_releasing() -> None:
     registry = MemoryRegistry(clock)
     lease = registered(registry, 1.0)
     registry.close()
-    assert not lease._loop.running
+    assert not lease.beating
     assert clock.getDelayedCalls() == []

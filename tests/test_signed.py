@@ -32,7 +32,7 @@ from tests.helpers import (
     warningsIn,
 )
 from txmasse import EventKind, PeerEvent, PeerRecord
-from txmasse.registry import registryFromURL
+from txmasse.registry import freshness, registryFromURL
 from txmasse.registry.interface import ILease, IRegistry, ISubscription, StaleRecords
 from txmasse.registry.memory import MemoryRegistry
 from txmasse.registry.signed import (
@@ -303,7 +303,8 @@ def test_bad_signature_values_are_refused(signature: object) -> None:
 
 def test_stale_answers_are_filtered_and_stay_stale(tmp_path: Path) -> None:
     good = SignedRegistry(MemoryRegistry(reactor), loadSecrets(secretsFile(tmp_path, SECRET)))
-    answer = StaleRecords([good.sign(record("db")), record("db")], 3.0, "registry is down")
+    fresh = good.stamp(good.sign(record("db")), 1.0)  # fresh 3 s ago, as the answer was
+    answer = StaleRecords([fresh, record("db")], 3.0, "registry is down")
 
     class Down(MemoryRegistry):
         def lookup(self, namespace: str, name: str, stale: float | None = None) -> Any:
@@ -422,11 +423,13 @@ def test_bad_secrets_option(tmp_path: Path) -> None:
 def test_masse_ls_all_shows_and_counts_forgeries(redis_server: RedisServer, tmp_path: Path) -> None:
     path = secretsFile(tmp_path, f"dev {SECRET}\n")
     url = f"{redis_server.url}?secrets={path}"
-    good = SignedRegistry(MemoryRegistry(reactor), loadSecrets(path)).sign(record("db"))
+    signer = SignedRegistry(MemoryRegistry(reactor), loadSecrets(path))
+    good = signer.stamp(signer.sign(record("db")), 600)
     forged = attrs.evolve(good, endpoints=["tcp:host=203.0.113.66:port=6666"], instance="evil")
     expires = int(redis_server.command("TIME")[0]) * 1000 + 600_000
     for rec in (good, forged, record("web", instance="plain")):
-        redis_server.command("HSET", f"masse:{{dev}}:n:{rec.name}", rec.instance, rec.toJSON())
+        data = freshness.stored(rec)
+        redis_server.command("HSET", f"masse:{{dev}}:n:{rec.name}", rec.instance, data)
         redis_server.command("ZADD", "masse:{dev}:exp", expires, f"{rec.name}/{rec.instance}")
         redis_server.command("ZADD", "masse:{dev}:names", 0, rec.name)
 

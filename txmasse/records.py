@@ -152,6 +152,14 @@ def _validateDraining(instance: object, attribute: object, value: bool) -> None:
         raise ValueError(f"invalid draining {_shown(value)}: must be True or False")
 
 
+_FRESHNESS = re.compile(r"[0-9a-f.]{1,128}")
+
+
+def _validateFreshness(instance: object, attribute: object, value: str | None) -> None:
+    if value is not None and (not isinstance(value, str) or _FRESHNESS.fullmatch(value) is None):
+        raise ValueError(f"invalid freshness stamp {_shown(value)}: 1 to 128 of 0-9 a-f .")
+
+
 def _readMachineId() -> str:
     try:
         with open("/etc/machine-id", encoding="ascii") as f:
@@ -205,6 +213,9 @@ class PeerRecord:
     @ivar drainChanged: when C{draining} last changed (seconds since the
         epoch; 0 for never): the newer decision wins when the peer and
         C{masse drain} both write the record.
+    @ivar freshness: in such a namespace, the holder's signed stamp of the
+        lease's expiry, renewed by its heartbeats; not part of the JSON
+        (the store keeps it beside it) and not compared.
     """
 
     namespace: str = attrs.field(validator=_validateNamespace)
@@ -238,6 +249,9 @@ class PeerRecord:
         if self.health == "passing" or not self.reason:
             return self.health
         return f"{self.health}: {self.reason}"
+    freshness: str | None = attrs.field(
+        default=None, validator=_validateFreshness, eq=False, repr=False
+    )
 
     def toJSON(self) -> bytes:
         """

@@ -1,8 +1,9 @@
 """
 The backend contract, and the leases and subscriptions every backend shares.
 
-A backend only stores and fetches: it provides L{Store}, the five
-operations below, and hands the events it hears to its subscriptions
+A backend only stores and fetches: it provides L{Store}, the operations
+below (L{extendByPutting} makes L{Store.extendLeases} for a store with no
+cheaper way), and hands the events it hears to its subscriptions
 (L{Subscription.received}). The logic users depend on (when to heartbeat,
 which events a watcher sees, how it catches up after missing some) lives
 here once, in L{Lease} and L{Subscription}, so every backend behaves the
@@ -18,9 +19,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -29,6 +29,7 @@ from txmasse import metrics
 from txmasse.checks import checkNumber
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord, validateName
+from txmasse.registry.heartbeats import wheelFor
 from txmasse.registry.interface import (
     MAX_TTL,
     MIN_TTL,
@@ -164,8 +165,19 @@ class Store(Protocol):
         """
         Write C{record}, or refresh it, to live C{ttl} seconds from now,
         atomically; announce C{joined} to the namespace's watchers if it
-        was not there and C{updated} if it differed. A heartbeat is a
-        C{putRecord} of the same record.
+        was not there and C{updated} if it differed. Leases call it to
+        register, to update, and to write a record back after an outage;
+        their heartbeats use L{extendLeases}.
+        """
+
+    def extendLeases(self, records: Sequence[PeerRecord], ttl: float) -> Deferred[None]:
+        """
+        A heartbeat of C{records} (all of one namespace): make each live
+        C{ttl} seconds from now without writing it again; write back, as
+        L{putRecord} would, those the store lost or let expire. The default,
+        L{extendByPutting}, is a L{putRecord} of each; a store that can
+        should do it in one call: a process may hold thousands of leases,
+        and this is what their heartbeats cost.
         """
 
     def removeRecord(self, record: PeerRecord) -> Deferred[None]:
@@ -195,24 +207,52 @@ class Store(Protocol):
         """
 
 
+def extendByPutting(store: Store, records: Sequence[PeerRecord], ttl: float) -> Deferred[None]:
+    """
+    L{Store.extendLeases} for a store that has no cheaper way: a
+    L{Store.putRecord} of each record (fails with the first failure).
+    """
+    puts = [store.putRecord(record, ttl) for record in records]
+    d = DeferredList(puts, fireOnOneErrback=True, consumeErrors=True)
+    return d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
+
+
 @implementer(ILease)
 class Lease:
     """
     Keeps one record alive with a heartbeat every C{ttl}/3 seconds.
 
-    A failed heartbeat is logged and the next one tries again; a heartbeat
-    that finds the record gone (store flushed or restarted) writes it back.
+    The record is written whole at registration and on update; a heartbeat
+    only extends it (L{Store.extendLeases}), and the heartbeats of every
+    lease of one store share one timer (L{HeartbeatWheel}), so a process
+    may hold many thousands of leases cheaply. A failed heartbeat is
+    logged and the next one tries again; a heartbeat that finds the record
+    gone (store flushed or restarted) writes it back.
     """
+
+    __slots__ = (
+        "__weakref__",  # the masse_leases gauge counts live leases weakly
+        "_due",
+        "_failing",
+        "_released",
+        "_stopped",
+        "_store",
+        "_wheel",
+        "record",
+        "stamper",
+        "ttl",
+    )
 
     def __init__(self, store: Store, record: PeerRecord, ttl: float, clock: IReactorTime):
         self.record = record
         self.ttl = ttl
+        self.stamper: Callable[[PeerRecord, float], PeerRecord] | None = None
         self._store = store
         self._released = False
         self._stopped = False
         self._failing = False
-        self._loop = LoopingCall(self._heartbeat)
-        self._loop.clock = clock
+        self._wheel = wheelFor(store, clock)
+        self._due = 0.0  # when the next heartbeat is due; 0 until started
 
     def __repr__(self) -> str:
         r = self.record
@@ -222,34 +262,60 @@ class Lease:
     def interval(self) -> float:
         return self.ttl / 3
 
+    @property
+    def beating(self) -> bool:
+        """
+        Whether the heartbeat runs: started, neither stopped nor released.
+        """
+        return bool(self._due) and not (self._stopped or self._released)
+
     def start(self) -> None:
         """
         Begin heartbeating, once the record is registered.
         """
         localInstances.add(self.record.instance)
+        if self._released or self._stopped or self._due:
+            return
         metrics.leaseStarted(self)
-        self._loop.start(self.interval, now=False)
+        self._due = self._wheel.clock.seconds() + self.interval
+        self._wheel.add(self, self._due)
+
+    def renewed(self) -> PeerRecord:
+        """
+        The record, with its freshness stamp renewed where a signed
+        namespace's L{stamper} is set: what a heartbeat sends.
+        """
+        if self.stamper is not None:
+            self.record = self.stamper(self.record, self.ttl)
+        return self.record
+
+    def nextDue(self, now: float) -> float:
+        """
+        The heartbeat due now is being sent: when the next one is due (in
+        step with the first, unless that time has passed already).
+        """
+        self._due += self.interval
+        if self._due <= now:
+            self._due = now + self.interval
+        return self._due
 
     def stop(self) -> None:
         """
         Stop heartbeating without removing the record (it will expire), as
         a crash would: the store no longer writes it back after an outage.
         """
+        if self.beating:
+            self._wheel.remove(self, self._due)
         self._stopped = True
         metrics.leaseStopped(self)
-        if self._loop.running:
-            self._loop.stop()
         self._store.forgetLease(self)
 
-    def _heartbeat(self) -> Deferred[None]:
-        return self.refresh().addCallbacks(self._beatSucceeded, self._beatFailed)
-
-    def _beatSucceeded(self, _: None) -> None:
+    def beatSucceeded(self) -> None:
         if self._failing:
             log.info("{lease}: heartbeat works again", lease=self)
         self._failing = False
 
-    def _beatFailed(self, failure: Failure) -> None:
+    def beatFailed(self, failure: Failure) -> None:
         metrics.heartbeatFailed()
         if not self._failing:
             log.warn(
@@ -262,9 +328,12 @@ class Lease:
 
     @metrics.registryCall("refresh")
     def refresh(self) -> Deferred[None]:
+        """
+        Write the whole record again now (registration, update, write-back).
+        """
         if self._released or self._stopped:
             return succeed(None)
-        return self._store.putRecord(self.record, self.ttl)
+        return self._store.putRecord(self.renewed(), self.ttl)
 
     def update(self, record: PeerRecord) -> Deferred[None]:
         old = self.record

@@ -46,11 +46,13 @@ from zope.interface import implementer
 
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
+from txmasse.registry import freshness
 from txmasse.registry.base import (
     LastAnswers,
     Lease,
     Snapshot,
     Subscription,
+    extendByPutting,
     validateQuery,
     validateSearch,
     validateTTL,
@@ -420,6 +422,13 @@ class EtcdRegistry:
 
     # The store, as leases and subscriptions use it
 
+    def extendLeases(self, records: Sequence[PeerRecord], ttl: float) -> Deferred[None]:
+        """
+        Heartbeats: a keepalive of each record's etcd lease (L{putRecord}
+        does it, writing back what etcd lost).
+        """
+        return extendByPutting(self, records, ttl)
+
     def putRecord(self, record: PeerRecord, ttl: float) -> Deferred[None]:
         """
         Register C{record}, or heartbeat it: a keepalive of its etcd lease,
@@ -430,7 +439,7 @@ class EtcdRegistry:
             # written by the next.
             return succeed(None)
         held = self._held.get(record.instance)
-        value = record.toJSON()
+        value = freshness.stored(record)
         what = f"registration of {record.name!r}"
         if held is None:
             return self._grant(record, ttl, value, what)
@@ -733,7 +742,7 @@ class EtcdRegistry:
             if not key.startswith(prefix):
                 raise ValueError(f"key {key[:80]!r} is outside {prefix!r}")
             placedName, slash, instance = key[len(prefix) :].partition("/")
-            record = PeerRecord.fromJSON(unb64(kv.get("value", "")))
+            record = freshness.parsed(unb64(kv.get("value", "")))
             if (
                 not slash
                 or record.namespace != namespace

@@ -22,6 +22,7 @@ from txmasse.registry.base import (
     Lease,
     Snapshot,
     Subscription,
+    extendByPutting,
     validateQuery,
     validateSearch,
     validateTTL,
@@ -185,6 +186,9 @@ class MemoryRegistry:
             self._announce(EventKind.UPDATED, record)
         self._scheduleSweep()
         return succeed(None)
+
+    def extendLeases(self, records: Sequence[PeerRecord], ttl: float) -> Deferred[None]:
+        return extendByPutting(self, records, ttl)
 
     def removeRecord(self, record: PeerRecord) -> Deferred[None]:
         self._expire()

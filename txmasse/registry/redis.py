@@ -36,9 +36,10 @@ from zope.interface import implementer
 from txmasse._tcp import tcpEndpoint
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
+from txmasse.registry import freshness
 from txmasse.registry import redis_scripts as scripts
 from txmasse.registry._outage import OutageLog, QuietClientService
-from txmasse.registry.base import Lease, Snapshot
+from txmasse.registry.base import Lease, Snapshot, extendByPutting
 from txmasse.registry.interface import (
     EventKind,
     IRegistry,
@@ -59,7 +60,11 @@ that a call learns of a refusal, or of a server back again, within a
 quarter second; a refused attempt on loopback or a LAN costs next to nothing.
 """
 
-SWEEP_BATCH = 500
+SWEEP_BATCH = 100
+"""Most expired leases one sweep call times out: each call stays short."""
+
+GONE_CHUNK = 500
+"""Most tombstones one call reads, as a watcher catches up."""
 
 MAX_EVENT_NUMBER = 2**63 - 1
 """Redis counts events with signed 64-bit integers: a number past this is garbage."""
@@ -529,24 +534,36 @@ class RedisRegistry(SharedStoreRegistry):
         return self._query(f"lookup of {name!r}", parse, scripts.LOOKUP, _prefix(namespace), name)
 
     def _fetchLeases(self, namespace: str, glob: Glob) -> Deferred[list[LeaseStatus]]:
-        def parse(reply: _Reply) -> list[LeaseStatus]:
+        return Deferred.fromCoroutine(self._leasesInChunks(namespace, glob))
+
+    async def _leasesInChunks(self, namespace: str, glob: Glob) -> list[LeaseStatus]:
+        statuses: list[LeaseStatus] = []
+
+        def parse(reply: _Reply) -> bytes:
+            (cursor,) = reply.strings(1, "cursor")
             records = self._records(reply, namespace, glob)
             lefts = [reply.number("ms left") for _ in records]
             reply.end()
-            return [
+            statuses.extend(
                 LeaseStatus(record, left / 1000)
                 for record, left in zip(records, lefts, strict=True)
                 if record is not None
-            ]
+            )
+            return cursor
 
-        return self._query(
-            f"listing of {glob.pattern!r}",
-            parse,
-            scripts.LEASES,
-            _prefix(namespace),
-            glob.prefix,
-            glob.luaPattern,
-        )
+        cursor = b""
+        while True:
+            cursor = await self._query(
+                f"listing of {glob.pattern!r}",
+                parse,
+                scripts.LEASES,
+                _prefix(namespace),
+                glob.prefix,
+                glob.luaPattern,
+                cursor,
+            )
+            if not cursor:
+                return statuses
 
     def _listen(self, namespace: str) -> Deferred[None]:
         return self._subscribe(namespace)
@@ -593,7 +610,7 @@ class RedisRegistry(SharedStoreRegistry):
             _prefix(record.namespace),
             record.name,
             record.instance,
-            record.toJSON(),
+            freshness.stored(record),
             int(ttl * 1000),
         )
         return d.addCallback(lambda _: None)
@@ -609,28 +626,82 @@ class RedisRegistry(SharedStoreRegistry):
         return d.addCallback(lambda _: None)
 
     def snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
-        def parse(reply: _Reply) -> Snapshot:
-            (counter,) = reply.take(1, "event counter")
-            seq = self._counter(counter, namespace)
-            records = [r for r in self._records(reply, namespace, glob) if r is not None]
-            tombstones = reply.rest()
-            if len(tombstones) != len(known):
-                raise _BadReply(f"{len(known)} tombstones expected, {len(tombstones)} found")
-            gone = {}
-            for instance, kind in zip(known, tombstones, strict=True):
-                if kind in (b"left", b"timedout"):
-                    gone[instance] = EventKind(kind.decode())
-            return Snapshot(seq, records, gone)
+        return Deferred.fromCoroutine(self._snapshotInChunks(namespace, glob, known))
 
-        return self._query(
-            f"find of {glob.pattern!r}",
-            parse,
-            scripts.FIND,
-            _prefix(namespace),
-            glob.prefix,
-            glob.luaPattern,
-            *known,
+    async def _snapshotInChunks(self, namespace: str, glob: Glob, known: Sequence[str]) -> Snapshot:
+        """
+        Read the matching records a chunk at a time, so that no script
+        blocks Redis for long, whatever the pattern. The snapshot counts as
+        taken at the first chunk: events after it are applied on top of it,
+        and applying one that a later chunk already shows changes nothing.
+        """
+        what = f"find of {glob.pattern!r}"
+        counters: list[int] = []
+        records: list[PeerRecord] = []
+
+        def parse(reply: _Reply) -> bytes:
+            counter, cursor = reply.take(2, "event counter and cursor")
+            if not isinstance(cursor, bytes):
+                raise _BadReply(f"cursor: {_shown(cursor)} is not a string")
+            counters.append(self._counter(counter, namespace))
+            records.extend(r for r in self._records(reply, namespace, glob) if r is not None)
+            reply.end()
+            return cursor
+
+        prefix, cursor = _prefix(namespace), b""
+        while True:
+            cursor = await self._query(
+                what, parse, scripts.FIND, prefix, glob.prefix, glob.luaPattern, cursor
+            )
+            if not cursor:
+                break
+        gone: dict[str, EventKind] = {}
+        for start in range(0, len(known), GONE_CHUNK):
+            chunk = known[start : start + GONE_CHUNK]
+
+            def tombstones(reply: _Reply, chunk: Sequence[str] = chunk) -> None:
+                kinds = reply.rest()
+                if len(kinds) != len(chunk):
+                    raise _BadReply(f"{len(chunk)} tombstones expected, {len(kinds)} found")
+                for instance, kind in zip(chunk, kinds, strict=True):
+                    if kind in (b"left", b"timedout"):
+                        gone[instance] = EventKind(kind.decode())
+
+            await self._query(what, tombstones, scripts.GONE, prefix, *chunk)
+        return Snapshot(counters[0], records, gone)
+
+    def extendLeases(self, records: Sequence[PeerRecord], ttl: float) -> Deferred[None]:
+        """
+        A heartbeat of C{records}, all of one namespace: one script call
+        extends them (names and instances only, never the records); those
+        Redis lost or let expire are written back whole.
+        """
+        if not records:
+            return succeed(None)
+        stamped = records[0].freshness is not None  # a signed namespace: stamps renewed too
+        args: list[object] = [_prefix(records[0].namespace), int(ttl * 1000), 3 if stamped else 2]
+        for record in records:
+            args += (record.name, record.instance)
+            if stamped:
+                args.append(record.freshness or "0")
+        what = (
+            f"heartbeat of {len(records)} leases"
+            if len(records) > 1
+            else (f"heartbeat of {records[0].name!r}")
         )
+
+        def writeBack(missing: object) -> Deferred[None] | None:
+            if not isinstance(missing, list):
+                raise RegistryUnavailable(
+                    f"registry {self.url}: {what} failed: unexpected reply from Redis: "
+                    f"{_shown(missing)}"
+                )
+            lost = [records[i - 1] for i in missing if isinstance(i, int) and 0 < i <= len(records)]
+            if not lost:
+                return None
+            return extendByPutting(self, lost, ttl)  # a putRecord of each
+
+        return self._eval(what, scripts.EXTEND, *args).addCallback(writeBack)
 
     def _records(
         self, reply: _Reply, namespace: str, glob: Glob | None = None

@@ -11,7 +11,14 @@ one Redis Cluster slot):
   - C{seq}: number of the last event published on the channel C{events};
     one that is garbage starts again from 1 (readers take it as 0)
   - C{gone} / C{gonet}: tombstones, instance id -> C{left} or C{timedout}
-    and when, kept ten minutes so a reconnecting watcher learns which it was
+    and when, so a reconnecting watcher learns which it was: kept ten
+    minutes (L{GONE_SECONDS}) and at most L{GONE_CAP} of them, the oldest
+    evicted first, so they stay bounded whatever the churn
+
+No script runs long: finds and listings read at most L{SCAN_CHUNK} names
+(and L{RECORD_CHUNK} records) per call, and the client calls again from
+where the last call stopped; a heartbeat extends at most a few hundred
+leases per call.
 
 Time comes from the Redis server (C{TIME}), never from the clients, so
 clocks that disagree cannot expire a lease early. An expired instance is
@@ -28,6 +35,18 @@ import hashlib
 
 import attrs
 
+GONE_CAP = 10_000
+"""Most tombstones a namespace keeps: one more evicts the oldest."""
+
+GONE_SECONDS = 600
+"""How long a tombstone is kept (if not evicted first)."""
+
+SCAN_CHUNK = 400
+"""Most names one find or listing call reads: each call stays well under 1 ms."""
+
+RECORD_CHUNK = 50
+"""A find or listing call stops once it has this many records."""
+
 
 @attrs.frozen
 class Script:
@@ -39,11 +58,27 @@ class Script:
     sha: str = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+        source = self.source
+        for name, value in _CONSTANTS.items():
+            source = source.replace(f"@{name}@", str(value))
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "sha", hashlib.sha1(source.encode()).hexdigest())
+
+
+_CONSTANTS = {
+    "GONE_CAP": GONE_CAP,
+    "GONE_SECONDS": GONE_SECONDS,
+    "SCAN_CHUNK": SCAN_CHUNK,
+    "RECORD_CHUNK": RECORD_CHUNK,
+}
 
 
 _COMMON = r"""
 local P = ARGV[1]
+local GONE_SECONDS = @GONE_SECONDS@
+local GONE_CAP = @GONE_CAP@
+local SCAN_CHUNK = @SCAN_CHUNK@
+local RECORD_CHUNK = @RECORD_CHUNK@
 local MAXSEQ = '9223372036854775807'
 local function nowMs()
   local t = redis.call('TIME')
@@ -100,8 +135,24 @@ local function drop(name, inst, kind, now)
   if rec then
     redis.call('HSET', P .. 'gone', inst, kind)
     redis.call('ZADD', P .. 'gonet', now, inst)
+    -- The oldest past the cap, if any (commands the documented ACL allows).
+    for _, old in ipairs(redis.call('ZRANGE', P .. 'gonet', 0, -GONE_CAP - 1)) do
+      redis.call('ZREM', P .. 'gonet', old)
+      redis.call('HDEL', P .. 'gone', old)
+    end
     announce(kind, rec)
   end
+end
+-- A stored record without its freshness stamp (see txmasse.registry.freshness).
+local function body(rec)
+  if string.sub(rec, 1, 1) == '{' then
+    return rec
+  end
+  local space = string.find(rec, ' ', 1, true)
+  if not space then
+    return rec
+  end
+  return string.sub(rec, space + 1)
 end
 local function expired(name, inst, now)
   local score = redis.call('ZSCORE', P .. 'exp', name .. '/' .. inst)
@@ -130,17 +181,32 @@ local function live(name, now, out, left, bad)
     end
   end
 end
--- Does live() for every name starting with prefix that matches pattern.
-local function matching(prefix, pattern, now, out, left, bad)
+-- Does live() for the names starting with prefix that match pattern,
+-- reading at most SCAN_CHUNK names after cursor (from the first if it is
+-- ''), and stopping once it has RECORD_CHUNK records. Returns the last
+-- name read, or '' if no name is left to read.
+local function matching(prefix, pattern, cursor, now, out, left, bad)
   local low, high = '-', '+'
   if prefix ~= '' then
     low, high = '[' .. prefix, '[' .. prefix .. '\255'
   end
-  for _, name in ipairs(redis.call('ZRANGEBYLEX', P .. 'names', low, high)) do
+  if cursor ~= '' then
+    low = '(' .. cursor
+  end
+  local names = redis.call('ZRANGEBYLEX', P .. 'names', low, high, 'LIMIT', 0, SCAN_CHUNK)
+  local start = #out
+  for i, name in ipairs(names) do
     if string.find(name, pattern) then
       live(name, now, out, left, bad)
+      if #out - start >= RECORD_CHUNK and i < #names then
+        return name
+      end
     end
   end
+  if #names < SCAN_CHUNK then
+    return ''
+  end
+  return names[#names]
 end
 -- Appends to out the names live() skipped and the records it found, each
 -- list after its length: bad count, name..., record count, record...
@@ -180,7 +246,7 @@ redis.call('HDEL', P .. 'gone', inst)
 redis.call('ZREM', P .. 'gonet', inst)
 if not old then
   announce('joined', rec)
-elseif old ~= rec then
+elseif body(old) ~= body(rec) then
   announce('updated', rec)
 end
 return 1
@@ -217,36 +283,88 @@ return listed({}, records, bad)
 """
 )
 
-# ARGV: prefix, literal prefix of the pattern, Lua pattern, known instance...
-# Reads only the names under the literal prefix. Returns {event counter,
-# bad count, name..., record count, placed record..., tombstone
-# of each known instance (or nil)}.
+# ARGV: prefix, literal prefix of the pattern, Lua pattern, cursor (''
+# to start). Reads only the names under the literal prefix, at most
+# SCAN_CHUNK of them. Returns {event counter, cursor to go on from ('' when
+# done), bad count, name..., record count, placed record...}.
 FIND = Script(
     _COMMON
     + r"""
 local records, bad = {}, {}
-matching(ARGV[2], ARGV[3], nowMs(), records, nil, bad)
-local out = listed({counter()}, records, bad)
-for i = 4, #ARGV do
+local cursor = matching(ARGV[2], ARGV[3], ARGV[4], nowMs(), records, nil, bad)
+return listed({counter(), cursor}, records, bad)
+"""
+)
+
+# ARGV: prefix, instance... Returns the tombstone of each (or nil).
+GONE = Script(
+    _COMMON
+    + r"""
+local out = {}
+for i = 2, #ARGV do
   out[#out + 1] = redis.call('HGET', P .. 'gone', ARGV[i])
 end
 return out
 """
 )
 
-# ARGV: prefix, literal prefix of the pattern, Lua pattern. Returns
-# {bad count, name..., record count, placed record..., ms left
-# on each lease...}.
+# ARGV: prefix, literal prefix of the pattern, Lua pattern, cursor. Returns
+# {cursor, bad count, name..., record count, placed record..., ms left on
+# each lease...}.
 LEASES = Script(
     _COMMON
     + r"""
 local records, left, bad = {}, {}, {}
-matching(ARGV[2], ARGV[3], nowMs(), records, left, bad)
-local out = listed({}, records, bad)
+local cursor = matching(ARGV[2], ARGV[3], ARGV[4], nowMs(), records, left, bad)
+local out = listed({cursor}, records, bad)
 for _, ms in ipairs(left) do
   out[#out + 1] = ms
 end
 return out
+"""
+)
+
+# ARGV: prefix, ttl in ms, stride (2 or 3), then name and instance of each
+# lease (and with stride 3 its new freshness stamp). A heartbeat: extends
+# the live leases named, without writing their records (but for renewing
+# the stamp in front of one). Returns the positions (from 1) of those it
+# could not extend: lost by the store, or expired (timed out here first);
+# the client writes them back.
+EXTEND = Script(
+    _COMMON
+    + r"""
+local ttl, stride = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = nowMs()
+local exp = P .. 'exp'
+local missing, scored = {}, {}
+for i = 4, #ARGV - stride + 1, stride do
+  local name, inst = ARGV[i], ARGV[i + 1]
+  local member = name .. '/' .. inst
+  local score = redis.call('ZSCORE', exp, member)
+  local live = score and tonumber(score) > now
+  if live and stride == 3 then
+    local isHash, rec = onRecords(name, 'HGET', inst)
+    live = isHash and rec
+    if live then
+      redis.call('HSET', P .. 'n:' .. name, inst, ARGV[i + 2] .. ' ' .. body(rec))
+    end
+  elseif live then
+    live = redis.pcall('HEXISTS', P .. 'n:' .. name, inst) == 1
+  end
+  if live then
+    scored[#scored + 1] = now + ttl
+    scored[#scored + 1] = member
+  else
+    if score then
+      drop(name, inst, 'timedout', now)
+    end
+    missing[#missing + 1] = (i - 4) / stride + 1
+  end
+end
+if #scored > 0 then
+  redis.call('ZADD', exp, 'XX', unpack(scored))
+end
+return missing
 """
 )
 
@@ -266,7 +384,8 @@ for _, member in ipairs(due) do
     redis.call('ZREM', P .. 'exp', member)
   end
 end
-local old = redis.call('ZRANGEBYSCORE', P .. 'gonet', '-inf', now - 600000, 'LIMIT', 0, limit)
+local cutoff = now - GONE_SECONDS * 1000
+local old = redis.call('ZRANGEBYSCORE', P .. 'gonet', '-inf', cutoff, 'LIMIT', 0, limit)
 for _, inst in ipairs(old) do
   redis.call('HDEL', P .. 'gone', inst)
   redis.call('ZREM', P .. 'gonet', inst)
@@ -280,4 +399,4 @@ return {#due, nextMs}
 """
 )
 
-ALL = (PUT, REMOVE, LOOKUP, FIND, LEASES, SWEEP)
+ALL = (PUT, EXTEND, REMOVE, LOOKUP, FIND, GONE, LEASES, SWEEP)

@@ -17,11 +17,13 @@ from twisted.python.failure import Failure
 from txmasse import metrics
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
+from txmasse.registry import freshness
 from txmasse.registry.base import (
     LastAnswers,
     Lease,
     Snapshot,
     Subscription,
+    extendByPutting,
     validateQuery,
     validateSearch,
     validateTTL,
@@ -70,6 +72,9 @@ class SharedStoreRegistry:
 
     def putRecord(self, record: PeerRecord, ttl: float) -> Deferred[None]:
         raise NotImplementedError
+
+    def extendLeases(self, records: Sequence[PeerRecord], ttl: float) -> Deferred[None]:
+        return extendByPutting(self, records, ttl)
 
     def removeRecord(self, record: PeerRecord) -> Deferred[None]:
         raise NotImplementedError
@@ -264,7 +269,7 @@ class SharedStoreRegistry:
         may be garbage, or written by someone else where it does not belong.
         """
         try:
-            record = PeerRecord.fromJSON(data)  # type: ignore[arg-type]
+            record = freshness.parsed(data)  # type: ignore[arg-type]
             if (
                 record.namespace != namespace
                 or (glob is not None and not glob.matches(record.name))

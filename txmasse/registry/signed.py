@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from txmasse.records import NAME_RULE, PeerRecord, validateName
+from txmasse.registry.base import Lease, validateTTL
 from txmasse.registry.interface import (
     USAGE_KINDS,
     EventKind,
@@ -57,6 +59,17 @@ WARNED_INSTANCES = 4096
 
 NO_SIGNATURE = "no signature"
 WRONG_SIGNATURE = "wrong signature"
+NO_FRESHNESS = "no freshness stamp"
+WRONG_FRESHNESS = "wrong freshness stamp"
+LAPSED = "lapsed freshness (an old record written back?)"
+
+FRESHNESS_SLACK = 2.0
+"""
+Seconds past a freshness stamp's expiry that a reader still believes it:
+room for clocks of the holder and reader that disagree a little.
+"""
+
+_FRESHNESS = b"txmasse freshness 1\0"
 
 _NAMESPACE_KEY = b"txmasse namespace key\0"
 _RECORD = b"txmasse signed record 1\0"
@@ -151,6 +164,11 @@ def loadSecrets(path: str) -> Secrets:
     return Secrets(path, everyNamespace, byNamespace)
 
 
+def _stampCode(key: bytes, record: PeerRecord, expiry: str) -> str:
+    signed = f"{record.instance}\0{record.signature}\0{expiry}".encode()
+    return hmac.new(key, _FRESHNESS + signed, hashlib.sha256).hexdigest()[:32]
+
+
 def _signed(key: bytes, record: PeerRecord) -> str:
     unsigned = attrs.evolve(record, signature=None) if record.signature is not None else record
     return hmac.new(key, _RECORD + unsigned.toJSON(), hashlib.sha256).hexdigest()
@@ -170,8 +188,9 @@ class SignedRegistry:
     def __init__(self, registry: IRegistry, secrets: Secrets):
         self.registry = registry
         self.secrets = secrets
+        self.now: Callable[[], float] = time.time  # wall clock: stamps cross machines
         self.rejected: Counter[str] = Counter()
-        self._warned: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._warned: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"<SignedRegistry {self.registry!r} secrets={self.secrets.path!r}>"
@@ -209,9 +228,27 @@ class SignedRegistry:
             return record
         return attrs.evolve(record, signature=_signed(key, record))
 
-    def problem(self, record: PeerRecord) -> str | None:
+    def stamp(self, record: PeerRecord, ttl: float) -> PeerRecord:
         """
-        Why C{record} must be ignored, or C{None} if it may be used.
+        C{record} with a freshness stamp good for C{ttl} seconds from now:
+        what its holder's heartbeats renew (unchanged if the namespace is
+        not signed). The stamp signs the instance, the record's signature
+        and the expiry, so it vouches for this record alone, until then.
+        """
+        key = self._key(record.namespace)
+        if key is None:
+            return record
+        expiry = str(int((self.now() + ttl) * 1000))
+        return attrs.evolve(record, freshness=f"{expiry}.{_stampCode(key, record, expiry)}")
+
+    def problem(
+        self, record: PeerRecord, fresh: bool = True, at: float | None = None
+    ) -> str | None:
+        """
+        Why C{record} must be ignored, or C{None} if it may be used: its
+        signature, and (unless C{fresh} is false) its freshness stamp, which
+        must be current (at C{at}, default now), so that an old record
+        written back is refused.
         """
         key = self._key(record.namespace)
         if key is None:
@@ -220,14 +257,25 @@ class SignedRegistry:
             return NO_SIGNATURE
         if not hmac.compare_digest(_signed(key, record), record.signature):
             return WRONG_SIGNATURE
+        if not fresh:
+            return None
+        if record.freshness is None:
+            return NO_FRESHNESS
+        expiry, _, code = record.freshness.partition(".")
+        if not expiry.isdigit() or not hmac.compare_digest(
+            _stampCode(key, record, expiry), code
+        ):
+            return WRONG_FRESHNESS
+        if int(expiry) / 1000 + FRESHNESS_SLACK < (self.now() if at is None else at):
+            return LAPSED
         return None
 
-    def accept(self, record: PeerRecord) -> bool:
+    def accept(self, record: PeerRecord, fresh: bool = True, at: float | None = None) -> bool:
         """
         Whether C{record} may be used; if not, count it and log it (once per
-        instance id).
+        instance id and reason).
         """
-        problem = self.problem(record)
+        problem = self.problem(record, fresh, at)
         if problem is None:
             return True
         self._reject(record, problem)
@@ -235,7 +283,7 @@ class SignedRegistry:
 
     def _reject(self, record: PeerRecord, problem: str) -> None:
         self.rejected[record.namespace] += 1
-        key = (record.namespace, record.instance)
+        key = (record.namespace, record.instance, problem)
         if key in self._warned:
             self._warned.move_to_end(key)
             return
@@ -255,18 +303,29 @@ class SignedRegistry:
         )
 
     def _kept(self, records: list[PeerRecord]) -> list[PeerRecord]:
-        kept = [record for record in records if self.accept(record)]
         if isinstance(records, StaleRecords):
+            # An answer from before the outage: fresh as of when it was given.
+            at = self.now() - records.age
+            kept = [record for record in records if self.accept(record, at=at)]
             return StaleRecords(kept, records.age, records.reason)
-        return kept
+        return [record for record in records if self.accept(record)]
 
     # IRegistry
 
     def register(self, record: PeerRecord, ttl: float) -> Deferred[ILease]:
         if self._key(record.namespace) is None:
             return self.registry.register(record, ttl)
-        d = self.registry.register(self.sign(record), ttl)
-        return d.addCallback(lambda lease: SignedLease(self, lease))
+        try:
+            stamped = self.stamp(self.sign(record), validateTTL(ttl))
+        except ValueError:
+            return fail()
+
+        def started(lease: ILease) -> ILease:
+            if isinstance(lease, Lease):
+                lease.stamper = self.stamp  # every heartbeat renews the stamp
+            return SignedLease(self, lease)
+
+        return self.registry.register(stamped, ttl).addCallback(started)
 
     def lookup(
         self, namespace: str, name: str, stale: float | None = None
@@ -368,7 +427,8 @@ class SignedLease:
         return self._lease.refresh()
 
     def update(self, record: PeerRecord) -> Deferred[None]:
-        return self._lease.update(self._registry.sign(record))
+        registry = self._registry
+        return self._lease.update(registry.stamp(registry.sign(record), self.ttl))
 
     def release(self) -> Deferred[None]:
         return self._lease.release()
@@ -433,8 +493,8 @@ class SignedSubscription:
         An event of the wrapped watch: passed on, changed, or dropped.
         """
         record, instance = event.record, event.record.instance
-        if event.kind in USAGE_KINDS:
-            return self._callback(event) if self._registry.accept(record) else None
+        if event.kind in USAGE_KINDS:  # reports of stream use, not of a lease
+            return self._callback(event) if self._registry.accept(record, fresh=False) else None
         if event.kind in (EventKind.JOINED, EventKind.UPDATED):
             if self._registry.accept(record):
                 self._bad.pop(instance, None)

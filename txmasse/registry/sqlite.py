@@ -50,6 +50,7 @@ from zope.interface import implementer
 
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
+from txmasse.registry import freshness
 from txmasse.registry.base import Snapshot
 from txmasse.registry.interface import (
     USAGE_KINDS,
@@ -77,6 +78,13 @@ KEEP_EVENTS = 10_000
 """...and so are events beyond the newest this many."""
 
 PRUNE_INTERVAL = 10.0
+
+KEEP_GONE = 10_000
+"""
+Most tombstones (what became of an instance: left or timed out) the file
+keeps after a prune, the oldest deleted first; between prunes (every
+L{PRUNE_INTERVAL} seconds) it may hold those of that interval's churn more.
+"""
 
 APPLICATION_ID = 0x6D617373
 """C{PRAGMA application_id} of a txmasse registry ("mass")."""
@@ -124,6 +132,10 @@ _FIND_ALL_SQL = "SELECT name, instance, record, expires FROM masse_records WHERE
 _ONE_SQL = (
     "SELECT record, expires FROM masse_records WHERE namespace = ? AND name = ? AND instance = ?"
 )
+_CAP_GONE_SQL = (
+    "DELETE FROM masse_gone WHERE (namespace, instance) IN"
+    " (SELECT namespace, instance FROM masse_gone ORDER BY at DESC LIMIT -1 OFFSET ?)"
+)
 DUE_SQL = "SELECT name, instance FROM masse_records WHERE namespace = ? AND expires <= ? LIMIT ?"
 # Text and blobs sort after every number: rows with a garbage expiry.
 _BAD_EXPIRY_SQL = (
@@ -149,6 +161,15 @@ class _Late(Exception):
     """
     A call's deadline passed before its turn on the registry's thread.
     """
+
+
+def _body(data: object) -> object:
+    """
+    A stored record without its freshness stamp (L{freshness}).
+    """
+    if isinstance(data, str) and data[:1] != "{":
+        return data.partition(" ")[2]
+    return data
 
 
 def _number(value: object) -> bool:
@@ -181,6 +202,7 @@ class _Database:
         self.keepSeconds = KEEP_SECONDS
         self.keepEvents = KEEP_EVENTS
         self.pruneInterval = PRUNE_INTERVAL
+        self.keepGone = KEEP_GONE
         self.deliver: Callable[[list[_Event], bool], None] = lambda events, gap: None
         self._connection: sqlite3.Connection | None = None
         self._cursor: int | None = None
@@ -360,7 +382,7 @@ class _Database:
             c.execute("DELETE FROM masse_gone WHERE namespace = ? AND instance = ?", (ns, instance))
             if old is None:
                 self._announce(c, ns, EventKind.JOINED, data, now)
-            elif old != data:
+            elif _body(old) != _body(data):  # a new freshness stamp alone is no news
                 self._announce(c, ns, EventKind.UPDATED, data, now)
 
     def remove(self, ns: str, name: str, instance: str) -> None:
@@ -445,6 +467,7 @@ class _Database:
                     (boundary,),
                 )
             c.execute("DELETE FROM masse_gone WHERE at < ?", (cutoff,))
+            c.execute(_CAP_GONE_SQL, (self.keepGone,))
 
     # Helpers, inside a transaction
 
@@ -684,7 +707,7 @@ class SQLiteRegistry(SharedStoreRegistry):
             record.namespace,
             record.name,
             record.instance,
-            record.toJSON().decode("ascii"),
+            freshness.stored(record).decode("ascii"),
             ttl,
         )
         return d.addCallback(self._wrote)
