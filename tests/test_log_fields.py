@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.defer import fail
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogEvent, capturedLogs, eventAsJSON
 
+from txmasse import PeerGroup
 from txmasse.errors import RegistryUnavailable
 from txmasse.testing import MasseNetwork
 
@@ -39,8 +41,8 @@ def txmasseEvents(events: list[LogEvent]) -> list[LogEvent]:
 def test_the_events_of_the_usual_paths_are_json() -> None:
     with capturedLogs() as events:
         network = MasseNetwork()
+        dead = network.serve("db:ns=t", Factory.forProtocol(Echo))  # the first one picked
         alive = network.serve("db:ns=t:wrap=log=data", Factory.forProtocol(Echo))
-        dead = network.serve("db:ns=t", Factory.forProtocol(Echo))
         dead.port.stopListening()  # type: ignore[attr-defined]  # refuses: clients fail over
         for _ in range(3):
             client = Factory.forProtocol(Protocol)
@@ -51,6 +53,13 @@ def test_the_events_of_the_usual_paths_are_json() -> None:
             network.flush()
             protocol.transport.loseConnection()
             network.flush()
+        group = PeerGroup(
+            network.registry, "t", "d*", Factory.forProtocol(Protocol), reactor=network.reactor,
+            includeSelf=True,  # the peers are this process's own here
+        )
+        group.startService()
+        network.advance(1)
+        assert len(group.connections) == 1, group.connections
         registry: Any = network.registry
         original = registry.register
         registry.register = lambda *a: (_ for _ in ()).throw(RegistryUnavailable("down"))
@@ -59,7 +68,17 @@ def test_the_events_of_the_usual_paths_are_json() -> None:
         network.advance(5)
         alive.stopListening()
         network.advance(1)
+        group.stopService()
+        failing: Any = network.registry
+        watch = failing.watch
+        failing.watch = lambda *a, **k: fail(RegistryUnavailable("no watch"))
+        network.serve("cache:ns=t", Factory.forProtocol(Echo))
+        network.connect("masse:cache:ns=t", Factory.forProtocol(Protocol))
+        network.advance(1)  # the resolver could not watch the name, and says so
+        failing.watch = watch
     seen = txmasseEvents(list(events))
-    assert len(seen) >= 5, [e["log_format"] for e in seen]
+    formats = " | ".join(str(e["log_format"]) for e in seen)
+    for expected in ("connected to", "could not watch", "not yet registered", "trying the next"):
+        assert expected in formats, formats  # each path was really taken
     lost = {e["log_format"]: unpersistable(e) for e in seen if unpersistable(e)}
     assert lost == {}

@@ -379,7 +379,7 @@ class _Connect:
             log.info(
                 "{target}: could not resolve again ({error}); trying the cached instances left",
                 target=self.target,
-                error=failure.value,
+                error=str(failure.value),
             )
             self._next()
 

@@ -84,7 +84,7 @@ async def _stopAll(ports: Sequence[IListeningPort]) -> None:
             if stopping is not None:
                 await stopping
         except Exception:
-            log.failure("could not stop listening: {port!r}", port=port)
+            log.failure("could not stop listening: {port}", port=repr(port))
 
 
 REGISTER_RETRY = retryPolicy(0.25, 3.0)

@@ -224,7 +224,11 @@ class PeerGroup(Service):
             try:
                 callback(record, protocol)
             except Exception:
-                log.failure("{group}: observer {callback!r} failed", group=self, callback=callback)
+                log.failure(
+                    "{group}: observer {callback} failed",
+                    group=str(self),
+                    callback=repr(callback),
+                )
 
     # Fan-out
 
@@ -277,7 +281,9 @@ class PeerGroup(Service):
             try:
                 transport.write(data)
             except Exception:
-                log.failure("{group}: could not write to {record}", group=self, record=record)
+                log.failure(
+                    "{group}: could not write to {record}", group=str(self), record=str(record)
+                )
             else:
                 written += 1
         return written
@@ -330,7 +336,7 @@ class PeerGroup(Service):
         self._watchFailures += 1
         log.warn(
             "{group}: cannot watch the registry, retrying in {delay:.2f}s: {error}",
-            group=self,
+            group=str(self),
             delay=delay,
             error=failure.getErrorMessage(),
         )
@@ -370,7 +376,7 @@ class PeerGroup(Service):
             if changed:
                 self._changed(member)
         else:
-            log.info("{group}: {record} moved, reconnecting", group=self, record=record)
+            log.info("{group}: {record} moved, reconnecting", group=str(self), record=str(record))
             newcomer = _Member(record)
             self._drop(record.instance).addCallback(lambda _: self._connect(newcomer))
             self._members[record.instance] = newcomer
@@ -421,7 +427,7 @@ class PeerGroup(Service):
             _close(member)
             return
         member.protocol = protocol
-        log.info("{group}: connected to {record}", group=self, record=member.record)
+        log.info("{group}: connected to {record}", group=str(self), record=str(member.record))
         self._notify(self._added, member.record, protocol)
 
     def _failed(self, member: _Member, failure: Failure) -> None:
@@ -434,8 +440,8 @@ class PeerGroup(Service):
         member.failures += 1
         log.info(
             "{group}: {record}: {why}; retrying in {delay:.2f}s",
-            group=self,
-            record=member.record,
+            group=str(self),
+            record=str(member.record),
             why=why,
             delay=delay,
         )

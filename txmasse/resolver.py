@@ -424,7 +424,7 @@ class Resolver:
         entry.subscription = subscription
         entry.failures = 0
         if self._watchFailing:
-            log.info("{resolver}: watches work again", resolver=self)
+            log.info("{resolver}: watches work again", resolver=str(self))
         self._watchFailing = False
 
     def _watchFailed(self, failure: Failure, entry: _Entry) -> None:
@@ -436,7 +436,7 @@ class Resolver:
             log.warn(
                 "{resolver}: could not watch {name!r} in namespace {namespace!r}, so connects "
                 "to it ask the registry each time (watching again in {retry:g}s): {error}",
-                resolver=self,
+                resolver=str(self),
                 name=entry.name,
                 namespace=entry.namespace,
                 retry=retry,

@@ -70,5 +70,5 @@ class ReportingEndpoint:
         event = PeerEvent(kind, self.record, f"{socket.gethostname()}:{os.getpid()}")
         reporting = self.registry.report(event)
         reporting.addErrback(
-            lambda f: log.warn("could not report {kind}: {error}", kind=kind, error=f.value)
+            lambda f: log.warn("could not report {kind}: {error}", kind=kind, error=str(f.value))
         )

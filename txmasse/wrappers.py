@@ -175,7 +175,7 @@ def availableWrappers() -> dict[str, IMasseWrapper]:
         if isinstance(name, str) and name:
             found.setdefault(name, plugin)
         else:
-            log.warn("ignoring wrapper plugin {plugin!r}: it has no name", plugin=plugin)
+            log.warn("ignoring wrapper plugin {plugin}: it has no name", plugin=repr(plugin))
     found.update(BUILTIN)
     return found
 

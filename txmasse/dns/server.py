@@ -120,8 +120,8 @@ class MasseDNSFactory(DNSServerFactory):
                 "masse dns: unreadable packet ({length} bytes) from {source}: {error!r} "
                 "({count} so far; logged at most every 10s)",
                 length=len(data),
-                source=address or _peer(protocol),
-                error=error,
+                source=str(address or _peer(protocol)),
+                error=str(error),
                 count=self.garbage,
             )
         if len(data) < _HEADER.size:
@@ -219,4 +219,8 @@ class MasseDNSFactory(DNSServerFactory):
         try:
             protocol.writeBytes(data, address)
         except Exception as e:
-            log.info("masse dns: cannot reply to {address}: {error}", address=address, error=e)
+            log.info(
+                "masse dns: cannot reply to {address}: {error}",
+                address=str(address),
+                error=str(e),
+            )

@@ -45,7 +45,7 @@ def _streams(description: str) -> HostPort | None:
     try:
         return hostPort(description)
     except ValueError as e:
-        log.warn("masse dns: skipping endpoint: {error}", error=e)
+        log.warn("masse dns: skipping endpoint: {error}", error=str(e))
         return None
 
 

@@ -72,7 +72,7 @@ class OutageLog:
             log.warn(
                 "registry {url} unreachable: {error}; reconnecting until it answers",
                 url=self._url,
-                error=error,
+                error=str(error),
             )
             return
         self._down.add(connection)
@@ -83,7 +83,7 @@ class OutageLog:
                 url=self._url,
                 seconds=now - self._since,
                 attempts=self._attempts,
-                error=error,
+                error=str(error),
             )
             self._interval = min(self._interval * 2, MAX_PROGRESS)
             self._nextProgress = now + self._interval

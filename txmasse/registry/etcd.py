@@ -760,7 +760,7 @@ class EtcdRegistry:
                 "registry {url}: skipping a bad record in namespace {ns}: {error}",
                 url=self.url,
                 ns=namespace,
-                error=e,
+                error=str(e),
             )
             return None
         return record
@@ -786,7 +786,11 @@ class EtcdRegistry:
                 PeerEvent(EventKind(str(data.get("kind"))), record, data.get("source"))
             )
         except (ValueError, TypeError) as e:
-            log.warn("registry {url}: skipping a bad usage event: {error}", url=self.url, error=e)
+            log.warn(
+                "registry {url}: skipping a bad usage event: {error}",
+                url=self.url,
+                error=str(e),
+            )
             return
         for subscription in self.subscriptions(namespace):
             subscription.receivedUsage(event)

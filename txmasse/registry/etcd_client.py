@@ -552,7 +552,7 @@ class _Lines(Protocol):
             try:
                 message = _decode(line)
             except _BadReply as e:
-                log.warn("etcd stream: skipping a message that is {error}", error=e)
+                log.warn("etcd stream: skipping a message that is {error}", error=str(e))
                 continue
             try:
                 self._received(message)

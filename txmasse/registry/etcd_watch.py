@@ -109,7 +109,10 @@ class NamespaceWatch:
         History before C{progress} is gone (compacted): start from now, and
         have every subscription catch up.
         """
-        log.warn("{watch}: etcd compacted the history it needs; catching up afresh", watch=self)
+        log.warn(
+            "{watch}: etcd compacted the history it needs; catching up afresh",
+            watch=str(self),
+        )
         self.progress = None
         self._fresh = True
         self._abort()
@@ -169,7 +172,7 @@ class NamespaceWatch:
         if self._stopped:
             return
         if wasLive:
-            log.info("{watch}: stream lost; resuming", watch=self)
+            log.info("{watch}: stream lost; resuming", watch=str(self))
             for subscription in self._registry.subscriptions(self.namespace):
                 subscription.interrupted()
         if self._client.current == self._member:
@@ -204,7 +207,7 @@ class NamespaceWatch:
                 self._lastError = reason(failure)
                 log.info(
                     "{watch}: member {member} does not answer ({error}); moving the watch",
-                    watch=self,
+                    watch=str(self),
                     member=self._client.memberName(member),
                     error=self._lastError,
                 )
@@ -223,7 +226,7 @@ class NamespaceWatch:
             if isinstance(error, dict) and error.get("grpc_code") in AUTH_CODES:
                 self._client.tokenRejected()
             self._lastError = str(error)[:200]
-            log.warn("{watch}: the stream failed: {error}", watch=self, error=self._lastError)
+            log.warn("{watch}: the stream failed: {error}", watch=str(self), error=self._lastError)
             self._abort()
             return
         try:
@@ -235,7 +238,9 @@ class NamespaceWatch:
             return
         if result.get("canceled"):
             self._lastError = str(result.get("cancel_reason", "watch cancelled"))[:200]
-            log.warn("{watch}: etcd cancelled the watch: {why}", watch=self, why=self._lastError)
+            log.warn(
+                "{watch}: etcd cancelled the watch: {why}", watch=str(self), why=self._lastError
+            )
             self._abort()
             return
         if result.get("created"):
@@ -284,7 +289,7 @@ class NamespaceWatch:
                 revision = number(kv.get("mod_revision"))
                 deleted = event.get("type") == "DELETE"
             except (KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
-                log.warn("{watch}: skipping a bad event: {error}", watch=self, error=repr(e))
+                log.warn("{watch}: skipping a bad event: {error}", watch=str(self), error=repr(e))
                 continue
             if key.startswith(self._prefix):
                 revisions.setdefault(revision, []).append(

@@ -285,7 +285,7 @@ class SharedStoreRegistry:
                 "registry {url}: skipping a bad record in namespace {ns}: {error}",
                 url=self.url,
                 ns=namespace,
-                error=e,
+                error=str(e),
             )
             return None
         return record
@@ -305,7 +305,7 @@ class SharedStoreRegistry:
                 url=self.url,
                 seq=seq,
                 ns=namespace,
-                error=e,
+                error=str(e),
             )
             return
         record = self._stored(data, namespace)
@@ -325,7 +325,11 @@ class SharedStoreRegistry:
         try:
             event = validateUsage(PeerEvent(EventKind(kind), record, source))
         except ValueError as e:
-            log.warn("registry {url}: skipping a bad usage event: {error}", url=self.url, error=e)
+            log.warn(
+                "registry {url}: skipping a bad usage event: {error}",
+                url=self.url,
+                error=str(e),
+            )
             return
         for subscription in list(self._watchers.get(namespace, ())):
             subscription.receivedUsage(event)

@@ -140,7 +140,7 @@ def published(factory: IProtocolFactory, provides: Sequence[Provided] = ()) -> d
     except SchemaError as e:
         if provides:
             raise
-        log.warn("not publishing the AMP commands of {f!r}: {error}", f=factory, error=e)
+        log.warn("not publishing the AMP commands of {f}: {error}", f=repr(factory), error=str(e))
         return {}
     for stale in [key for key, peer in _served.items() if peer.factory() is None]:
         del _served[stale]
