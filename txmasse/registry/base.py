@@ -28,6 +28,7 @@ from zope.interface import implementer
 from txmasse.checks import checkNumber
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord, validateName
+from txmasse.registry.checking import REMOVALS, Doubts, EventChecks, Key, Stored, sameRecord
 from txmasse.registry.interface import (
     MAX_TTL,
     MIN_TTL,
@@ -193,6 +194,14 @@ class Store(Protocol):
         namespace when it was the last one there.
         """
 
+    def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
+        """
+        The live records stored under C{keys} (name, instance), each under
+        its key; a key with no live record (or garbage) is left out. A
+        subscription checks an event with it before believing it (see
+        L{txmasse.registry.checking}).
+        """
+
 
 @implementer(ILease)
 class Lease:
@@ -332,6 +341,13 @@ class Subscription:
         self._connected = True
         self._pendingResync: IDelayedCall | None = None
         self._catchUpFailures = 0
+        self._checks = EventChecks(
+            lambda keys: store.storedRecords(namespace, keys),
+            lambda instance: self._view.get(instance),
+            self._settle,
+            self._checkFailed,
+        )
+        self._doubts = Doubts(clock, self._contradicted)
 
     def __repr__(self) -> str:
         return f"<Subscription {self.namespace}/{self.glob.pattern} peers={len(self._view)}>"
@@ -374,6 +390,8 @@ class Subscription:
             return
         self._stopped = True
         self._cancelPendingResync()
+        self._checks.clear()
+        self._doubts.stop()
         self._store.unwatch(self)
 
     def received(self, seq: int, kind: EventKind, record: PeerRecord) -> None:
@@ -382,8 +400,9 @@ class Subscription:
         """
         if self._stopped or not self.glob.matches(record.name):
             return
+        self._doubts.heard(record.instance)
         if self._buffer is None:
-            self._apply(kind, record)
+            self._check(kind, record)
             return
         self._buffer.append((seq, kind, record))
         if len(self._buffer) > self._maxBuffered:
@@ -403,6 +422,7 @@ class Subscription:
         Catch up with the store: on start, and after every reconnect.
         """
         self._cancelPendingResync()
+        self._checks.clear()  # the snapshot covers the events not yet checked
         self._generation += 1
         generation = self._generation
         self._buffer = []
@@ -442,7 +462,7 @@ class Subscription:
             self._reconcile(current, snapshot.gone)
         for seq, kind, record in buffered:
             if seq > snapshot.seq:
-                self._apply(kind, record)
+                self._check(kind, record)
         if self._againAfterStart:
             self._againAfterStart = False
             self.reconnected()
@@ -462,6 +482,67 @@ class Subscription:
                 self._apply(EventKind.TIMEDOUT, record)
             else:
                 self._suspects.add(instance)
+
+    def _check(self, kind: EventKind, record: PeerRecord) -> None:
+        """
+        Apply an event once the store bears it out (events that would
+        change nothing are dropped at once).
+        """
+        if self._checks.needed(kind, record):
+            self._checks.add(kind, record)
+
+    def _settle(self, batch: list[tuple[EventKind, PeerRecord]], stored: Stored) -> None:
+        """
+        Apply what the store says of each instance in C{batch}, after its
+        last event there; an event the store contradicts is not applied.
+        """
+        last: dict[str, tuple[EventKind, PeerRecord]] = {}
+        for kind, record in batch:
+            last[record.instance] = (kind, record)
+        for instance, (kind, record) in last.items():
+            if self._stopped:
+                return
+            known = self._view.get(instance)
+            if kind in REMOVALS:
+                held = stored.get(((known or record).name, instance))
+                if held is None:
+                    if known is not None:
+                        self._apply(kind, known)
+                    continue
+                self._apply(EventKind.JOINED, held)
+                self._doubts.add(kind, record, "the store still holds it, live")
+                continue
+            held = stored.get((record.name, instance))
+            if sameRecord(held, record):
+                self._apply(kind, record)
+            elif held is not None:
+                self._apply(EventKind.JOINED, held)
+                self._doubts.add(kind, record, "the store holds another record for it")
+            else:
+                self._doubts.add(kind, record, "the store has no live record of it")
+
+    def _contradicted(self, kind: EventKind, record: PeerRecord, why: str) -> None:
+        log.warn(
+            "{sub}: ignored a {kind} event in namespace {ns} for {name} instance {instance} "
+            "at {endpoint}: {why} (a forged or garbled event?)",
+            sub=self,
+            kind=str(kind),
+            ns=self.namespace,
+            name=record.name,
+            instance=record.instance,
+            endpoint=record.endpoints[0],
+            why=why,
+        )
+
+    def _checkFailed(self, failure: Failure) -> None:
+        if self._stopped:
+            return
+        log.warn(
+            "{sub}: could not check events against the registry; catching up: {error}",
+            sub=self,
+            error=failure.getErrorMessage(),
+        )
+        self.resync().addErrback(lambda _: None)
 
     def _cancelPendingResync(self) -> None:
         if self._pendingResync is not None and self._pendingResync.active():

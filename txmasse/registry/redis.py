@@ -38,6 +38,7 @@ from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry import redis_scripts as scripts
 from txmasse.registry.base import Lease, Snapshot
+from txmasse.registry.checking import Key, Stored
 from txmasse.registry.interface import (
     EventKind,
     IRegistry,
@@ -619,6 +620,24 @@ class RedisRegistry(SharedStoreRegistry):
             glob.luaPattern,
             *known,
         )
+
+    def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
+        def parse(reply: _Reply) -> Stored:
+            values = reply.take(len(keys), "stored records")
+            reply.end()
+            stored = {}
+            for (name, instance), value in zip(keys, values, strict=True):
+                if value is None:
+                    continue
+                if not isinstance(value, bytes):
+                    raise _BadReply(f"stored records: {_shown(value)} is not a string")
+                record = self._stored(value, namespace, name=name, instance=instance)
+                if record is not None:
+                    stored[(name, instance)] = record
+            return stored
+
+        flat = [part for key in keys for part in key]
+        return self._query("check of events", parse, scripts.STORED, _prefix(namespace), *flat)
 
     def _records(
         self, reply: _Reply, namespace: str, glob: Glob | None = None

@@ -280,4 +280,25 @@ return {#due, nextMs}
 """
 )
 
-ALL = (PUT, REMOVE, LOOKUP, FIND, LEASES, SWEEP)
+# ARGV: prefix, then NAME, INSTANCE pairs. Returns, for each pair, its
+# record JSON if it is stored and live, else nil: a watcher checks the
+# events it hears against it (see registry/checking.py). Reads only.
+STORED = Script(
+    _COMMON
+    + r"""
+local now = nowMs()
+local out = {}
+for i = 2, #ARGV - 1, 2 do
+  local name, inst = ARGV[i], ARGV[i + 1]
+  local isHash, rec = onRecords(name, 'HGET', inst)
+  if isHash and rec and not expired(name, inst, now) then
+    out[#out + 1] = rec
+  else
+    out[#out + 1] = false
+  end
+end
+return out
+"""
+)
+
+ALL = (PUT, REMOVE, LOOKUP, FIND, LEASES, SWEEP, STORED)

@@ -26,6 +26,7 @@ from txmasse.registry.base import (
     validateTTL,
     validateUsage,
 )
+from txmasse.registry.checking import Key, Stored
 from txmasse.registry.interface import (
     USAGE_KINDS,
     EventKind,
@@ -77,6 +78,9 @@ class SharedStoreRegistry:
         raise NotImplementedError
 
     def _fetchLookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
+        raise NotImplementedError
+
+    def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
         raise NotImplementedError
 
     def _fetchFind(self, namespace: str, glob: Glob) -> Deferred[list[PeerRecord]]:

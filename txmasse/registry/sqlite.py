@@ -51,6 +51,7 @@ from zope.interface import implementer
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry.base import Snapshot
+from txmasse.registry.checking import Key, Stored
 from txmasse.registry.interface import (
     USAGE_KINDS,
     EventKind,
@@ -404,6 +405,19 @@ class _Database:
                     gone.append((instance, row[0]))
         return seq, self._liveOnly(ns, rows, now), gone
 
+    def stored(self, ns: str, keys: Sequence[tuple[str, str]]) -> list[_Row]:
+        """
+        The live rows under C{keys} (name, instance).
+        """
+        now = self.now()
+        with self._read() as c:
+            rows = []
+            for name, instance in keys:
+                row = c.execute(_ONE_SQL, (ns, name, instance)).fetchone()
+                if row is not None and _live(row[1], now):
+                    rows.append((name, instance, row[0], row[1] - now))
+        return rows
+
     def poll(self, watched: Sequence[str]) -> None:
         with self._read() as c:
             self._poll(c, watched)
@@ -569,7 +583,6 @@ class SQLiteRegistry(SharedStoreRegistry):
                 "before", "shutdown", self._shutdown
             )
 
-
     @classmethod
     def fromURL(cls, reactor: Any, parsed: RegistryURL) -> SQLiteRegistry:
         """
@@ -717,6 +730,14 @@ class SQLiteRegistry(SharedStoreRegistry):
                 if kind in (EventKind.LEFT, EventKind.TIMEDOUT)
             }
             return Snapshot(seq, self._records(rows, namespace), gone)
+
+        return d.addCallback(parsed)
+
+    def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
+        d = self._call("check of events", self._db.stored, namespace, list(keys))
+
+        def parsed(rows: list[_Row]) -> Stored:
+            return {(r.name, r.instance): r for r in self._records(rows, namespace)}
 
         return d.addCallback(parsed)
 

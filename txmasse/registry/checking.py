@@ -1,0 +1,198 @@
+"""
+Membership events checked against the store before a view believes them.
+
+Anyone who can publish on a namespace's event channel (or insert a row in
+SQLite's events table) can send any event: a C{joined} for an address of
+their choosing, a C{timedout} for a peer that is alive. The store is the
+truth and events are only news about it, so a view (L{Subscription
+<txmasse.registry.base.Subscription>}, and through it groups and the connect
+cache) applies a change only once a read of the store bears it out:
+
+  - C{joined}/C{updated}: the store holds that very record, live;
+  - C{left}/C{timedout}: the store no longer holds the instance.
+
+Events that change nothing in the view (a C{left} for an instance it does
+not have, a C{joined} it already has) cost nothing. The others are read
+back in batches, one read in flight per view: under a burst, the events
+that arrive during a read share the next one. An event the store
+contradicts is not applied: the view takes what the store holds instead,
+and, unless a later event about the same instance explains it (a record
+that changed again meanwhile), a warning names the namespace and instance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+from txmasse.records import PeerRecord
+from txmasse.registry.interface import EventKind
+
+REMOVALS = (EventKind.LEFT, EventKind.TIMEDOUT)
+
+DOUBT_DELAY = 1.0
+"""
+Seconds a contradicted event waits for a later event about the same
+instance (which would explain it) before it is reported as not matching
+the store.
+"""
+
+Key = tuple[str, str]
+"""(name, instance): where the store keeps a record."""
+
+Stored = Mapping[Key, PeerRecord]
+"""The live records the store holds for the keys asked, each under its key."""
+
+
+def sameRecord(a: PeerRecord | None, b: PeerRecord | None) -> bool:
+    """
+    Whether C{a} and C{b} are the same record, signature included.
+    """
+    return a is not None and b is not None and a == b and a.signature == b.signature
+
+
+class EventChecks:
+    """
+    The events a view has heard but not yet checked, and the read of the
+    store that checks them.
+
+    @param fetch: reads the live records stored under some keys.
+    @param known: the record the view has for an instance, if any.
+    @param settle: given a batch of events, in order, and what the store
+        holds for them, applies what is true.
+    @param failed: the read failed: the view must catch up another way.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[Sequence[Key]], Deferred[Stored]],
+        known: Callable[[str], PeerRecord | None],
+        settle: Callable[[list[tuple[EventKind, PeerRecord]], Stored], None],
+        failed: Callable[[Failure], None],
+    ):
+        self._fetch = fetch
+        self._known = known
+        self._settle = settle
+        self._failed = failed
+        self._queued: list[tuple[EventKind, PeerRecord]] = []
+        self._reading: list[tuple[EventKind, PeerRecord]] | None = None
+        self._instances: dict[str, int] = {}  # queued or being read: how many events each
+        self._generation = 0
+
+    def pending(self, instance: str) -> bool:
+        """
+        Whether an event about C{instance} waits for the store's word.
+        """
+        return instance in self._instances
+
+    def needed(self, kind: EventKind, record: PeerRecord) -> bool:
+        """
+        Whether the event could change the view, so the store must confirm it.
+        """
+        if self.pending(record.instance):
+            return True
+        known = self._known(record.instance)
+        if kind in REMOVALS:
+            return known is not None
+        return not sameRecord(known, record)
+
+    def add(self, kind: EventKind, record: PeerRecord) -> None:
+        self._queued.append((kind, record))
+        self._instances[record.instance] = self._instances.get(record.instance, 0) + 1
+        if self._reading is None:
+            self._read()
+
+    def clear(self) -> None:
+        """
+        Forget every unchecked event: a snapshot of the store covers them.
+        """
+        self._generation += 1
+        self._queued = []
+        self._reading = None
+        self._instances = {}
+
+    def _read(self) -> None:
+        batch, self._queued = self._queued, []
+        self._reading = batch
+        keys: dict[Key, None] = {}
+        for _, record in batch:
+            keys[(record.name, record.instance)] = None
+            known = self._known(record.instance)
+            if known is not None:
+                keys[(known.name, record.instance)] = None
+        generation = self._generation
+        d = self._fetch(list(keys))
+        d.addCallbacks(
+            self._readDone,
+            self._readFailed,
+            callbackArgs=(generation, batch),
+            errbackArgs=(generation,),
+        )
+
+    def _readDone(
+        self, stored: Stored, generation: int, batch: list[tuple[EventKind, PeerRecord]]
+    ) -> None:
+        if generation != self._generation:
+            return
+        self._reading = None
+        for _, record in batch:
+            left = self._instances[record.instance] - 1
+            if left:
+                self._instances[record.instance] = left
+            else:
+                del self._instances[record.instance]
+        try:
+            self._settle(batch, stored)
+        finally:
+            if self._queued and self._reading is None and generation == self._generation:
+                self._read()
+
+    def _readFailed(self, failure: Failure, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self.clear()
+        self._failed(failure)
+
+
+class Doubts:
+    """
+    Events the store contradicted, each reported with a warning unless a
+    later event about the same instance arrives within L{DOUBT_DELAY}.
+    """
+
+    def __init__(self, clock: IReactorTime, report: Callable[[EventKind, PeerRecord, str], None]):
+        self._clock = clock
+        self._report = report
+        self._doubts: dict[str, tuple[float, EventKind, PeerRecord, str]] = {}
+        self._call: IDelayedCall | None = None
+
+    def add(self, kind: EventKind, record: PeerRecord, why: str) -> None:
+        self._doubts[record.instance] = (self._clock.seconds(), kind, record, why)
+        if self._call is None:
+            self._call = self._clock.callLater(DOUBT_DELAY, self._due)
+
+    def heard(self, instance: str) -> None:
+        """
+        A later event about C{instance}: it explains an earlier mismatch.
+        """
+        self._doubts.pop(instance, None)
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        self._doubts = {}
+
+    def _due(self) -> None:
+        self._call = None
+        now = self._clock.seconds()
+        for instance, (at, kind, record, why) in list(self._doubts.items()):
+            if now - at >= DOUBT_DELAY:
+                del self._doubts[instance]
+                self._report(kind, record, why)
+        if self._doubts:
+            first = min(at for at, _, _, _ in self._doubts.values())
+            self._call = self._clock.callLater(max(0.0, first + DOUBT_DELAY - now), self._due)
