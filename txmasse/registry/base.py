@@ -415,7 +415,10 @@ class Subscription:
         subscription that asked for them.
         """
         if self.usage and not self._stopped and self.glob.matches(event.record.name):
-            self._deliver(event)
+            if self._checks.needed(event):
+                self._checks.add(event)  # heard after the events before it
+            else:
+                self._deliver(event)
 
     def resync(self) -> Deferred[None]:
         """
@@ -488,20 +491,30 @@ class Subscription:
         Apply an event once the store bears it out (events that would
         change nothing are dropped at once).
         """
-        if self._checks.needed(kind, record):
-            self._checks.add(kind, record)
+        event = PeerEvent(kind, record)
+        if self._checks.needed(event):
+            self._checks.add(event)
 
-    def _settle(self, batch: list[tuple[EventKind, PeerRecord]], stored: Stored) -> None:
+    def _settle(self, batch: list[PeerEvent], stored: Stored) -> None:
         """
-        Apply what the store says of each instance in C{batch}, after its
-        last event there; an event the store contradicts is not applied.
+        Apply what the store says of each instance in C{batch}, at its last
+        event there; an event the store contradicts is not applied. Usage
+        reports are passed on in their place.
         """
-        last: dict[str, tuple[EventKind, PeerRecord]] = {}
-        for kind, record in batch:
-            last[record.instance] = (kind, record)
-        for instance, (kind, record) in last.items():
+        last = {
+            event.record.instance: index
+            for index, event in enumerate(batch)
+            if event.kind not in USAGE_KINDS
+        }
+        for index, event in enumerate(batch):
             if self._stopped:
                 return
+            kind, record, instance = event.kind, event.record, event.record.instance
+            if kind in USAGE_KINDS:
+                self._deliver(event)
+                continue
+            if last[instance] != index:
+                continue  # what the store says now answers the later one
             known = self._view.get(instance)
             if kind in REMOVALS:
                 held = stored.get(((known or record).name, instance))

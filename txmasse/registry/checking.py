@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from txmasse.records import PeerRecord
-from txmasse.registry.interface import EventKind
+from txmasse.registry.interface import USAGE_KINDS, EventKind, PeerEvent
 
 REMOVALS = (EventKind.LEFT, EventKind.TIMEDOUT)
 
@@ -62,7 +62,9 @@ class EventChecks:
     @param fetch: reads the live records stored under some keys.
     @param known: the record the view has for an instance, if any.
     @param settle: given a batch of events, in order, and what the store
-        holds for them, applies what is true.
+        holds for them, applies what is true. Usage reports about an
+        instance whose events are being checked wait in the batch too, so
+        that they are heard in order.
     @param failed: the read failed: the view must catch up another way.
     """
 
@@ -70,15 +72,15 @@ class EventChecks:
         self,
         fetch: Callable[[Sequence[Key]], Deferred[Stored]],
         known: Callable[[str], PeerRecord | None],
-        settle: Callable[[list[tuple[EventKind, PeerRecord]], Stored], None],
+        settle: Callable[[list[PeerEvent], Stored], None],
         failed: Callable[[Failure], None],
     ):
         self._fetch = fetch
         self._known = known
         self._settle = settle
         self._failed = failed
-        self._queued: list[tuple[EventKind, PeerRecord]] = []
-        self._reading: list[tuple[EventKind, PeerRecord]] | None = None
+        self._queued: list[PeerEvent] = []
+        self._reading: list[PeerEvent] | None = None
         self._instances: dict[str, int] = {}  # queued or being read: how many events each
         self._generation = 0
 
@@ -88,20 +90,25 @@ class EventChecks:
         """
         return instance in self._instances
 
-    def needed(self, kind: EventKind, record: PeerRecord) -> bool:
+    def needed(self, event: PeerEvent) -> bool:
         """
-        Whether the event could change the view, so the store must confirm it.
+        Whether C{event} could change the view (or must wait behind one
+        that could), so that it goes through the store first.
         """
+        record = event.record
         if self.pending(record.instance):
             return True
+        if event.kind in USAGE_KINDS:
+            return False
         known = self._known(record.instance)
-        if kind in REMOVALS:
+        if event.kind in REMOVALS:
             return known is not None
         return not sameRecord(known, record)
 
-    def add(self, kind: EventKind, record: PeerRecord) -> None:
-        self._queued.append((kind, record))
-        self._instances[record.instance] = self._instances.get(record.instance, 0) + 1
+    def add(self, event: PeerEvent) -> None:
+        instance = event.record.instance
+        self._queued.append(event)
+        self._instances[instance] = self._instances.get(instance, 0) + 1
         if self._reading is None:
             self._read()
 
@@ -118,13 +125,16 @@ class EventChecks:
         batch, self._queued = self._queued, []
         self._reading = batch
         keys: dict[Key, None] = {}
-        for _, record in batch:
+        for event in batch:
+            record = event.record
+            if event.kind in USAGE_KINDS:
+                continue
             keys[(record.name, record.instance)] = None
             known = self._known(record.instance)
             if known is not None:
                 keys[(known.name, record.instance)] = None
         generation = self._generation
-        d = self._fetch(list(keys))
+        d = self._fetch(list(keys)) if keys else succeed({})
         d.addCallbacks(
             self._readDone,
             self._readFailed,
@@ -132,18 +142,17 @@ class EventChecks:
             errbackArgs=(generation,),
         )
 
-    def _readDone(
-        self, stored: Stored, generation: int, batch: list[tuple[EventKind, PeerRecord]]
-    ) -> None:
+    def _readDone(self, stored: Stored, generation: int, batch: list[PeerEvent]) -> None:
         if generation != self._generation:
             return
         self._reading = None
-        for _, record in batch:
-            left = self._instances[record.instance] - 1
+        for event in batch:
+            instance = event.record.instance
+            left = self._instances[instance] - 1
             if left:
-                self._instances[record.instance] = left
+                self._instances[instance] = left
             else:
-                del self._instances[record.instance]
+                del self._instances[instance]
         try:
             self._settle(batch, stored)
         finally:

@@ -684,6 +684,8 @@ class RedisRegistry(SharedStoreRegistry):
     # Connections
 
     def _commandsReady(self, protocol: Any) -> Deferred[None]:
+        if self._readyCommands is not None:
+            self.holdSweeps()  # back after an outage (or a failover)
         self._readyCommands = protocol  # serves calls once ready (and until lost)
 
         async def prepare() -> None:

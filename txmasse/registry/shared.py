@@ -41,6 +41,13 @@ log = Logger()
 SWEEP_INTERVAL = 0.5
 """Longest pause between two sweeps of a namespace, in seconds."""
 
+SWEEP_HOLD = 1.0
+"""
+Least seconds without sweeps after the store came back (a reconnect, a
+failover): time for every holder to write its leases back before expiries
+that the outage caused are announced. Longer if our own leases beat slower.
+"""
+
 
 class SharedStoreRegistry:
     """
@@ -65,6 +72,7 @@ class SharedStoreRegistry:
         self._closing = False
         self._registering: set[Deferred[None]] = set()
         self._undoing: set[Deferred[None]] = set()
+        self._sweepsHeldUntil = 0.0
 
     # What a backend provides
 
@@ -360,10 +368,24 @@ class SharedStoreRegistry:
         if call is not None and call.active():
             call.cancel()
 
+    def holdSweeps(self) -> None:
+        """
+        The store is back after an outage: announce no expiry for one
+        heartbeat interval (at least L{SWEEP_HOLD}), so that leases which
+        lapsed only because their holders could not reach the store (a
+        failover) are written back first.
+        """
+        hold = max([SWEEP_HOLD, *(lease.interval for lease in self._leases)])
+        self._sweepsHeldUntil = max(self._sweepsHeldUntil, self._clock.seconds() + hold)
+
     def _sweep(self, namespace: str) -> None:
         self._sweeps[namespace] = None
         if not (self._leaseNamespaces[namespace] or self._watchers.get(namespace)):
             self._sweeps.pop(namespace, None)
+            return
+        held = self._sweepsHeldUntil - self._clock.seconds()
+        if held > 0:
+            self._sweeps[namespace] = self._clock.callLater(held, self._sweep, namespace)
             return
 
         def scheduleNext(untilNext: float | None) -> None:
