@@ -38,6 +38,9 @@ Seconds the other sentinels have to answer once one has: a sentinel that is
 slow or paused must not hold up every connection for the whole deadline.
 """
 
+MAJORITY_GRACE = 0.02
+"""...and once most of them have answered, only this long."""
+
 
 class _Incomplete(Exception):
     """
@@ -288,39 +291,45 @@ async def _firstThenOthers(
 ) -> list[Any]:
     """
     The result (or L{Failure}) of each of C{asked}, waiting for all of them
-    but no longer than C{grace} seconds after the first success; C{None}
-    for those still out then (they are cancelled).
+    but no longer than C{grace} seconds after the first success, nor more
+    than a moment once most have answered; C{None} for those still out then
+    (they are cancelled).
     """
     results: list[Any] = [None] * len(asked)
     done: Deferred[None] = Deferred()
-    left = len(asked)
-    timer: Any = None
+    left, answered, majority = len(asked), 0, len(asked) // 2 + 1
+    timers: list[Any] = []
 
     def finish() -> None:
         if not done.called:
             done.callback(None)
 
     def settled(result: Any, index: int) -> None:
-        nonlocal left, timer
+        nonlocal left, answered
         results[index] = result
         left -= 1
+        if not isinstance(result, Failure):
+            answered += 1
+            if answered == 1:
+                timers.append(reactor.callLater(grace, finish))
+            if answered == majority:
+                timers.append(reactor.callLater(MAJORITY_GRACE, finish))
         if left == 0:
             finish()
-        elif timer is None and not isinstance(result, Failure):
-            timer = reactor.callLater(grace, finish)
 
     for index, d in enumerate(asked):
         d.addBoth(settled, index)
     if not asked:
         finish()
     await done
-    if timer is not None and timer.active():
-        timer.cancel()
-    answered = list(results)
+    for timer in timers:
+        if timer.active():
+            timer.cancel()
+    final = list(results)
     for index, d in enumerate(asked):
-        if answered[index] is None:
+        if final[index] is None:
             d.cancel()
-    return answered
+    return final
 
 
 def _describe(error: BaseException) -> str:
