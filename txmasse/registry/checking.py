@@ -4,8 +4,8 @@ Membership events checked against the store before a view believes them.
 Anyone who can publish on a namespace's event channel (or insert a row in
 SQLite's events table) can send any event: a C{joined} for an address of
 their choosing, a C{timedout} for a peer that is alive. The store is the
-truth and events are only news about it, so a view (L{Subscription
-<txmasse.registry.base.Subscription>}, and through it groups and the connect
+truth and events are only news about it, so a view (a
+L{txmasse.registry.base.Subscription}, and through it groups and the connect
 cache) applies a change only once a read of the store bears it out:
 
   - C{joined}/C{updated}: the store holds that very record, live;
