@@ -199,7 +199,7 @@ async def test_registration_without_an_answer_is_taken_back(
     """
     peer, watcher = registries(redis_server.url + "?timeout=0.3"), registries()
     events = Events()
-    subscription = await watcher.watch("dev", "*", events)
+    await watcher.watch("dev", "*", events)
     assert await peer.lookup("dev", "ghost") == []  # connected and ready
     redis_server.pause()
     try:
@@ -215,15 +215,8 @@ async def test_registration_without_an_answer_is_taken_back(
     # and after the removals that take them back.
     assert await peer.lookup("dev", "ghost") == []
     assert redis_server.command("EXISTS", "masse:{dev}:n:ghost") == 0
-    # A watcher believes only what the store bears out when it checks: each
-    # ghost it heard of in time joined and left; it holds none.
-    marker = await peer.register(record("marker"), 5)
-    await eventually(lambda: ("joined", "marker") in events.kinds())
-    ghosts = events.kinds("ghost")
-    pair = [("joined", "ghost"), ("left", "ghost")]
-    assert ghosts in ([], pair, pair * 2), ghosts
-    assert [r.name for r in subscription.peers] == ["marker"]
-    await marker.release()
+    await eventually(lambda: len(events) == 4)
+    assert events.kinds() == [("joined", "ghost"), ("left", "ghost")] * 2
 
 
 @pytest_twisted.ensureDeferred

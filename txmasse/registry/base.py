@@ -416,7 +416,7 @@ class Subscription:
         """
         if self.usage and not self._stopped and self.glob.matches(event.record.name):
             if self._checks.needed(event):
-                self._checks.add(event)  # heard after the events before it
+                self._checks.add(event)  # heard after the events waiting
             else:
                 self._deliver(event)
 
@@ -488,31 +488,51 @@ class Subscription:
 
     def _check(self, kind: EventKind, record: PeerRecord) -> None:
         """
-        Apply an event once the store bears it out (events that would
-        change nothing are dropped at once).
+        Apply an event once the store bears it out; drop at once one that
+        would change nothing.
+
+        News of a new instance with an unsigned record is shown at once and
+        confirmed just after (a ghost is taken back, as C{left}, within
+        L{txmasse.registry.checking.DOUBT_DELAY}), so that a registration
+        gone again in a moment is still seen, and joins cost no latency.
+        Whatever would change or remove what the view holds, or carries a
+        signature (a signed namespace: nothing unproven may show there),
+        waits for the store.
         """
         event = PeerEvent(kind, record)
-        if self._checks.needed(event):
-            self._checks.add(event)
+        if not self._checks.needed(event):
+            return
+        early = (
+            kind not in REMOVALS
+            and record.signature is None
+            and record.instance not in self._view
+            and not self._checks.pending(record.instance)
+        )
+        if early and not self._checks.busy:
+            self._apply(kind, record)  # else in its place, behind those waiting
+        self._checks.add(event, early)
 
-    def _settle(self, batch: list[PeerEvent], stored: Stored) -> None:
+    def _settle(self, batch: list[tuple[PeerEvent, bool]], stored: Stored) -> None:
         """
         Apply what the store says of each instance in C{batch}, at its last
         event there; an event the store contradicts is not applied. Usage
-        reports are passed on in their place.
+        reports, and events that may be shown early, are passed on in their
+        place.
         """
         last = {
             event.record.instance: index
-            for index, event in enumerate(batch)
+            for index, (event, _) in enumerate(batch)
             if event.kind not in USAGE_KINDS
         }
-        for index, event in enumerate(batch):
+        for index, (event, early) in enumerate(batch):
             if self._stopped:
                 return
             kind, record, instance = event.kind, event.record, event.record.instance
             if kind in USAGE_KINDS:
                 self._deliver(event)
                 continue
+            if early:
+                self._apply(kind, record)  # (done already if nothing was waiting)
             if last[instance] != index:
                 continue  # what the store says now answers the later one
             known = self._view.get(instance)
@@ -526,18 +546,31 @@ class Subscription:
                 self._doubts.add(kind, record, "the store still holds it, live")
                 continue
             held = stored.get((record.name, instance))
+            if held is None and known is not None:
+                held = stored.get((known.name, instance))
             if sameRecord(held, record):
                 self._apply(kind, record)
             elif held is not None:
                 self._apply(EventKind.JOINED, held)
                 self._doubts.add(kind, record, "the store holds another record for it")
+            elif known is not None:  # shown at once, or held before: take it back
+                self._doubts.add(kind, record, "the store has no live record of it", repair=True)
             else:
                 self._doubts.add(kind, record, "the store has no live record of it")
 
-    def _contradicted(self, kind: EventKind, record: PeerRecord, why: str) -> None:
+    def _contradicted(self, kind: EventKind, record: PeerRecord, why: str, repair: bool) -> None:
+        """
+        No later event explained why the store contradicted an event: say
+        so, and take back what the view holds of an instance the store
+        does not (once the store confirms it, as for a C{left}).
+        """
+        if repair and not self._stopped:
+            known = self._view.get(record.instance)
+            if known is not None:
+                self._check(EventKind.LEFT, known)
         log.warn(
-            "{sub}: ignored a {kind} event in namespace {ns} for {name} instance {instance} "
-            "at {endpoint}: {why} (a forged or garbled event?)",
+            "{sub}: a {kind} event in namespace {ns} for {name} instance {instance} "
+            "at {endpoint} does not match the store: {why} (a forged or garbled event?)",
             sub=self,
             kind=str(kind),
             ns=self.namespace,

@@ -6,18 +6,24 @@ SQLite's events table) can send any event: a C{joined} for an address of
 their choosing, a C{timedout} for a peer that is alive. The store is the
 truth and events are only news about it, so a view (a
 L{txmasse.registry.base.Subscription}, and through it groups and the connect
-cache) applies a change only once a read of the store bears it out:
+cache) reads the instance back from the store for every event that would
+change it:
 
-  - C{joined}/C{updated}: the store holds that very record, live;
-  - C{left}/C{timedout}: the store no longer holds the instance.
+  - C{left}/C{timedout} is applied only once the store no longer holds the
+    instance, and C{updated} (or a C{joined} for an instance the view
+    holds, or a signed record) only once the store holds that very record;
+  - C{joined} of a new instance with an unsigned record is shown at once
+    (joins cost no latency, and a registration gone again in a moment is
+    still seen, with its C{left}), then confirmed: if the store does not
+    hold it, it is taken back, as C{left}, within L{DOUBT_DELAY}.
 
-Events that change nothing in the view (a C{left} for an instance it does
-not have, a C{joined} it already has) cost nothing. The others are read
-back in batches, one read in flight per view: under a burst, the events
-that arrive during a read share the next one. An event the store
-contradicts is not applied: the view takes what the store holds instead,
-and, unless a later event about the same instance explains it (a record
-that changed again meanwhile), a warning names the namespace and instance.
+Events that would change nothing cost nothing. The others are read back in
+batches, one read in flight per view: under a burst, the events that arrive
+during a read share the next one, and every event waits behind those
+already waiting, so all are heard in order. An event the store contradicts
+is not applied (the view takes what the store holds instead) and, unless a
+later event about the same instance explains it (a record that changed
+again meanwhile), a warning names the namespace and instance.
 """
 
 from __future__ import annotations
@@ -61,10 +67,11 @@ class EventChecks:
 
     @param fetch: reads the live records stored under some keys.
     @param known: the record the view has for an instance, if any.
-    @param settle: given a batch of events, in order, and what the store
-        holds for them, applies what is true. Usage reports about an
-        instance whose events are being checked wait in the batch too, so
-        that they are heard in order.
+    @param settle: given a batch of events, in order, each with whether it
+        may be shown before it is confirmed, and what the store holds for
+        them, applies what is true. Once events wait, every later one
+        waits behind them (usage reports too), so that all are heard in
+        order.
     @param failed: the read failed: the view must catch up another way.
     """
 
@@ -72,15 +79,15 @@ class EventChecks:
         self,
         fetch: Callable[[Sequence[Key]], Deferred[Stored]],
         known: Callable[[str], PeerRecord | None],
-        settle: Callable[[list[PeerEvent], Stored], None],
+        settle: Callable[[list[tuple[PeerEvent, bool]], Stored], None],
         failed: Callable[[Failure], None],
     ):
         self._fetch = fetch
         self._known = known
         self._settle = settle
         self._failed = failed
-        self._queued: list[PeerEvent] = []
-        self._reading: list[PeerEvent] | None = None
+        self._queued: list[tuple[PeerEvent, bool]] = []
+        self._reading: list[tuple[PeerEvent, bool]] | None = None
         self._instances: dict[str, int] = {}  # queued or being read: how many events each
         self._generation = 0
 
@@ -90,13 +97,20 @@ class EventChecks:
         """
         return instance in self._instances
 
+    @property
+    def busy(self) -> bool:
+        """
+        Whether any event waits: a new one must then wait behind it.
+        """
+        return bool(self._instances)
+
     def needed(self, event: PeerEvent) -> bool:
         """
         Whether C{event} could change the view (or must wait behind one
-        that could), so that it goes through the store first.
+        that could), so that it goes through the store.
         """
         record = event.record
-        if self.pending(record.instance):
+        if self.busy:
             return True
         if event.kind in USAGE_KINDS:
             return False
@@ -105,9 +119,12 @@ class EventChecks:
             return known is not None
         return not sameRecord(known, record)
 
-    def add(self, event: PeerEvent) -> None:
+    def add(self, event: PeerEvent, early: bool = False) -> None:
+        """
+        Check C{event}; C{early} if it may be shown before it is confirmed.
+        """
         instance = event.record.instance
-        self._queued.append(event)
+        self._queued.append((event, early))
         self._instances[instance] = self._instances.get(instance, 0) + 1
         if self._reading is None:
             self._read()
@@ -125,7 +142,7 @@ class EventChecks:
         batch, self._queued = self._queued, []
         self._reading = batch
         keys: dict[Key, None] = {}
-        for event in batch:
+        for event, _ in batch:
             record = event.record
             if event.kind in USAGE_KINDS:
                 continue
@@ -142,11 +159,13 @@ class EventChecks:
             errbackArgs=(generation,),
         )
 
-    def _readDone(self, stored: Stored, generation: int, batch: list[PeerEvent]) -> None:
+    def _readDone(
+        self, stored: Stored, generation: int, batch: list[tuple[PeerEvent, bool]]
+    ) -> None:
         if generation != self._generation:
             return
         self._reading = None
-        for event in batch:
+        for event, _ in batch:
             instance = event.record.instance
             left = self._instances[instance] - 1
             if left:
@@ -172,14 +191,20 @@ class Doubts:
     later event about the same instance arrives within L{DOUBT_DELAY}.
     """
 
-    def __init__(self, clock: IReactorTime, report: Callable[[EventKind, PeerRecord, str], None]):
+    def __init__(
+        self, clock: IReactorTime, report: Callable[[EventKind, PeerRecord, str, bool], None]
+    ):
         self._clock = clock
         self._report = report
-        self._doubts: dict[str, tuple[float, EventKind, PeerRecord, str]] = {}
+        self._doubts: dict[str, tuple[float, EventKind, PeerRecord, str, bool]] = {}
         self._call: IDelayedCall | None = None
 
-    def add(self, kind: EventKind, record: PeerRecord, why: str) -> None:
-        self._doubts[record.instance] = (self._clock.seconds(), kind, record, why)
+    def add(self, kind: EventKind, record: PeerRecord, why: str, repair: bool = False) -> None:
+        """
+        Report C{kind} for C{record} unless explained in time; with
+        C{repair}, the view holds the instance and the store does not.
+        """
+        self._doubts[record.instance] = (self._clock.seconds(), kind, record, why, repair)
         if self._call is None:
             self._call = self._clock.callLater(DOUBT_DELAY, self._due)
 
@@ -198,10 +223,10 @@ class Doubts:
     def _due(self) -> None:
         self._call = None
         now = self._clock.seconds()
-        for instance, (at, kind, record, why) in list(self._doubts.items()):
+        for instance, (at, kind, record, why, repair) in list(self._doubts.items()):
             if now - at >= DOUBT_DELAY:
                 del self._doubts[instance]
-                self._report(kind, record, why)
+                self._report(kind, record, why, repair)
         if self._doubts:
-            first = min(at for at, _, _, _ in self._doubts.values())
+            first = min(doubt[0] for doubt in self._doubts.values())
             self._call = self._clock.callLater(max(0.0, first + DOUBT_DELAY - now), self._due)
