@@ -473,3 +473,31 @@ async def test_failovers_raise_no_false_timeouts(
     finally:
         await holder.close()
         await watcher.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sentinel_user_allowed_only_the_address(tmp_path: Path) -> None:
+    """
+    A sentinel ACL user that may not run SENTINEL MASTER (so no epoch) is
+    still asked for the address alone.
+    """
+    (tmp_path / "master").mkdir()
+    master = RedisServer(tmp_path / "master")
+    master.start()
+    sentinel = Sentinel(tmp_path / "sentinel", master, quorum=1)
+    with sentinel.config.open("a") as config:
+        config.write("user default on nopass +@all\n")
+        config.write("user sam on >sam-pw-1234 -@all +auth +sentinel|get-master-addr-by-name\n")
+    sentinel.start()
+    url = (
+        f"redis+sentinel://127.0.0.1:{sentinel.port}/{MASTER}"
+        "?sentinel_username=sam&sentinel_password=sam-pw-1234&timeout=2"
+    )
+    registry = newRegistry(url)
+    try:
+        await registry.register(record("db"), 10)
+        assert master.command("HLEN", "masse:{dev}:n:db") == 1
+    finally:
+        await registry.close()
+        sentinel.stop()
+        master.stop()

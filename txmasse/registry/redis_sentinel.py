@@ -224,7 +224,10 @@ class SentinelEndpoint:
         What the sentinel at C{host}:C{port} says: the configuration epoch
         of its view (-1 if it does not tell), and the master's address.
         """
-        reply = await self._ask(host, port)
+        reply = await self._ask(host, port, "master")
+        if isinstance(reply, Exception) and "NOPERM" in str(reply):
+            # A sentinel ACL user allowed only the address: no epoch then.
+            reply = await self._ask(host, port, "get-master-addr-by-name")
         if isinstance(reply, Exception):
             if "No such master" in str(reply):
                 raise LookupError(f"does not know master {self._master!r}")
@@ -240,8 +243,8 @@ class SentinelEndpoint:
         except (KeyError, ValueError, UnicodeDecodeError):
             raise ValueError(f"unexpected answer about master {self._master!r}") from None
 
-    async def _ask(self, host: str, port: int) -> Any:
-        question = _Question(*self._auth, _command("SENTINEL", "master", self._master))
+    async def _ask(self, host: str, port: int, subcommand: str) -> Any:
+        question = _Question(*self._auth, _command("SENTINEL", subcommand, self._master))
         d = connectProtocol(self._endpoint(host, port), question)
         d.addCallback(lambda _: question.answer)
         d.addTimeout(self._timeout, self._reactor)
