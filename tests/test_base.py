@@ -52,7 +52,7 @@ class ScriptedStore:
         pass
 
     def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
-        return succeed({key: self.live[key] for key in keys if key in self.live})
+        return succeed(Stored({key: self.live[key] for key in keys if key in self.live}))
 
 
 def hear(

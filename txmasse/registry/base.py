@@ -197,7 +197,8 @@ class Store(Protocol):
     def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
         """
         The live records stored under C{keys} (name, instance), each under
-        its key; a key with no live record (or garbage) is left out. A
+        its key (a key with no live record, or garbage, is left out), and
+        the tombstones of the instances asked about that are gone. A
         subscription checks an event with it before believing it (see
         L{txmasse.registry.checking}).
         """
@@ -492,9 +493,9 @@ class Subscription:
         would change nothing.
 
         News of a new instance with an unsigned record is shown at once and
-        confirmed just after (a ghost is taken back, as C{left}, within
-        L{txmasse.registry.checking.DOUBT_DELAY}), so that a registration
-        gone again in a moment is still seen, and joins cost no latency.
+        confirmed one read later (a ghost is taken back then), so that a
+        registration gone again in a moment is still seen, and joins cost
+        no latency.
         Whatever would change or remove what the view holds, or carries a
         signature (a signed namespace: nothing unproven may show there),
         waits for the store.
@@ -553,21 +554,28 @@ class Subscription:
             elif held is not None:
                 self._apply(EventKind.JOINED, held)
                 self._doubts.add(kind, record, "the store holds another record for it")
-            elif known is not None:  # shown at once, or held before: take it back
-                self._doubts.add(kind, record, "the store has no live record of it", repair=True)
             else:
-                self._doubts.add(kind, record, "the store has no live record of it")
+                gone = stored.gone.get(instance)
+                if known is not None and gone is None:  # a ghost: take it back
+                    self._apply(EventKind.LEFT, known)
+                    self._doubts.add(kind, record, "the store has no live record of it")
+                elif known is not None:  # its own removal follows, in its place
+                    why = f"the store says it {gone} already"
+                    self._doubts.add(kind, record, why, takeBack=gone)
+                else:
+                    self._doubts.add(kind, record, "the store has no live record of it")
 
-    def _contradicted(self, kind: EventKind, record: PeerRecord, why: str, repair: bool) -> None:
+    def _contradicted(
+        self, kind: EventKind, record: PeerRecord, why: str, takeBack: EventKind | None
+    ) -> None:
         """
         No later event explained why the store contradicted an event: say
-        so, and take back what the view holds of an instance the store
-        does not (once the store confirms it, as for a C{left}).
+        so, and let go of an instance the store says is gone (once the
+        store confirms it).
         """
-        if repair and not self._stopped:
-            known = self._view.get(record.instance)
-            if known is not None:
-                self._check(EventKind.LEFT, known)
+        known = self._view.get(record.instance)
+        if takeBack is not None and known is not None and not self._stopped:
+            self._check(takeBack, known)
         log.warn(
             "{sub}: a {kind} event in namespace {ns} for {name} instance {instance} "
             "at {endpoint} does not match the store: {why} (a forged or garbled event?)",

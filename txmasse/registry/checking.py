@@ -14,8 +14,11 @@ change it:
     holds, or a signed record) only once the store holds that very record;
   - C{joined} of a new instance with an unsigned record is shown at once
     (joins cost no latency, and a registration gone again in a moment is
-    still seen, with its C{left}), then confirmed: if the store does not
-    hold it, it is taken back, as C{left}, within L{DOUBT_DELAY}.
+    still seen), then confirmed one read later: if the store never had it
+    (no tombstone), it is taken back at once, as C{left}; if it went
+    already, its own C{left} or C{timedout} is on the way and is applied
+    in its place (or, if none comes within L{DOUBT_DELAY}, the one the
+    store's tombstone names).
 
 Events that would change nothing cost nothing. The others are read back in
 batches, one read in flight per view: under a burst, the events that arrive
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
@@ -49,8 +53,21 @@ the store.
 Key = tuple[str, str]
 """(name, instance): where the store keeps a record."""
 
-Stored = Mapping[Key, PeerRecord]
-"""The live records the store holds for the keys asked, each under its key."""
+@attrs.frozen
+class Stored:
+    """
+    What the store holds for the keys asked.
+
+    @ivar records: each live record, under its key.
+    @ivar gone: for instances asked about that the store no longer holds,
+        whether they C{left} or C{timedout}, where it remembers.
+    """
+
+    records: Mapping[Key, PeerRecord] = attrs.field(factory=dict)
+    gone: Mapping[str, EventKind] = attrs.field(factory=dict)
+
+    def get(self, key: Key) -> PeerRecord | None:
+        return self.records.get(key)
 
 
 def sameRecord(a: PeerRecord | None, b: PeerRecord | None) -> bool:
@@ -151,7 +168,7 @@ class EventChecks:
             if known is not None:
                 keys[(known.name, record.instance)] = None
         generation = self._generation
-        d = self._fetch(list(keys)) if keys else succeed({})
+        d = self._fetch(list(keys)) if keys else succeed(Stored())
         d.addCallbacks(
             self._readDone,
             self._readFailed,
@@ -192,19 +209,24 @@ class Doubts:
     """
 
     def __init__(
-        self, clock: IReactorTime, report: Callable[[EventKind, PeerRecord, str, bool], None]
+        self,
+        clock: IReactorTime,
+        report: Callable[[EventKind, PeerRecord, str, EventKind | None], None],
     ):
         self._clock = clock
         self._report = report
-        self._doubts: dict[str, tuple[float, EventKind, PeerRecord, str, bool]] = {}
+        self._doubts: dict[str, tuple[float, EventKind, PeerRecord, str, EventKind | None]] = {}
         self._call: IDelayedCall | None = None
 
-    def add(self, kind: EventKind, record: PeerRecord, why: str, repair: bool = False) -> None:
+    def add(
+        self, kind: EventKind, record: PeerRecord, why: str, takeBack: EventKind | None = None
+    ) -> None:
         """
-        Report C{kind} for C{record} unless explained in time; with
-        C{repair}, the view holds the instance and the store does not.
+        Report C{kind} for C{record}, and C{why}, unless explained in time;
+        with C{takeBack}, the view holds an instance that the store says
+        went that way, and must let it go then.
         """
-        self._doubts[record.instance] = (self._clock.seconds(), kind, record, why, repair)
+        self._doubts[record.instance] = (self._clock.seconds(), kind, record, why, takeBack)
         if self._call is None:
             self._call = self._clock.callLater(DOUBT_DELAY, self._due)
 
@@ -223,10 +245,10 @@ class Doubts:
     def _due(self) -> None:
         self._call = None
         now = self._clock.seconds()
-        for instance, (at, kind, record, why, repair) in list(self._doubts.items()):
+        for instance, (at, kind, record, why, takeBack) in list(self._doubts.items()):
             if now - at >= DOUBT_DELAY:
                 del self._doubts[instance]
-                self._report(kind, record, why, repair)
+                self._report(kind, record, why, takeBack)
         if self._doubts:
             first = min(doubt[0] for doubt in self._doubts.values())
             self._call = self._clock.callLater(max(0.0, first + DOUBT_DELAY - now), self._due)

@@ -200,7 +200,7 @@ class MemoryRegistry:
             entry = self._names.get((namespace, name), {}).get(instance)
             if entry is not None:
                 stored[(name, instance)] = entry.record
-        return succeed(stored)
+        return succeed(Stored(stored))
 
     def _pop(self, record: PeerRecord) -> _Entry | None:
         key = (record.namespace, record.name)

@@ -623,10 +623,14 @@ class RedisRegistry(SharedStoreRegistry):
 
     def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
         def parse(reply: _Reply) -> Stored:
-            values = reply.take(len(keys), "stored records")
+            values = reply.take(2 * len(keys), "stored records")
             reply.end()
-            stored = {}
-            for (name, instance), value in zip(keys, values, strict=True):
+            stored, gone = {}, {}
+            for (name, instance), value, tombstone in zip(
+                keys, values[::2], values[1::2], strict=True
+            ):
+                if tombstone in (b"left", b"timedout"):
+                    gone[instance] = EventKind(tombstone.decode())
                 if value is None:
                     continue
                 if not isinstance(value, bytes):
@@ -634,7 +638,7 @@ class RedisRegistry(SharedStoreRegistry):
                 record = self._stored(value, namespace, name=name, instance=instance)
                 if record is not None:
                     stored[(name, instance)] = record
-            return stored
+            return Stored(stored, gone)
 
         flat = [part for key in keys for part in key]
         return self._query("check of events", parse, scripts.STORED, _prefix(namespace), *flat)

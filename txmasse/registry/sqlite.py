@@ -405,18 +405,34 @@ class _Database:
                     gone.append((instance, row[0]))
         return seq, self._liveOnly(ns, rows, now), gone
 
-    def stored(self, ns: str, keys: Sequence[tuple[str, str]]) -> list[_Row]:
+    def stored(
+        self, ns: str, keys: Sequence[tuple[str, str]]
+    ) -> tuple[list[_Row], list[tuple[str, Any]]]:
         """
-        The live rows under C{keys} (name, instance).
+        The live rows under C{keys} (name, instance), timing out the expired
+        ones, and the tombstones of the instances that are gone.
         """
         now = self.now()
         with self._read() as c:
             rows = []
             for name, instance in keys:
                 row = c.execute(_ONE_SQL, (ns, name, instance)).fetchone()
-                if row is not None and _live(row[1], now):
-                    rows.append((name, instance, row[0], row[1] - now))
-        return rows
+                if row is not None:
+                    rows.append((name, instance, row[0], row[1]))
+        live = self._liveOnly(ns, rows, now)
+        held = {(name, instance) for name, instance, _, _ in live}
+        gone = []
+        with self._read() as c:
+            for name, instance in keys:
+                if (name, instance) in held:
+                    continue
+                row = c.execute(
+                    "SELECT kind FROM masse_gone WHERE namespace = ? AND instance = ?",
+                    (ns, instance),
+                ).fetchone()
+                if row is not None:
+                    gone.append((instance, row[0]))
+        return live, gone
 
     def poll(self, watched: Sequence[str]) -> None:
         with self._read() as c:
@@ -736,8 +752,15 @@ class SQLiteRegistry(SharedStoreRegistry):
     def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
         d = self._call("check of events", self._db.stored, namespace, list(keys))
 
-        def parsed(rows: list[_Row]) -> Stored:
-            return {(r.name, r.instance): r for r in self._records(rows, namespace)}
+        def parsed(result: tuple[list[_Row], list[tuple[str, Any]]]) -> Stored:
+            rows, tombstones = result
+            records = {(r.name, r.instance): r for r in self._records(rows, namespace)}
+            gone = {
+                instance: EventKind(kind)
+                for instance, kind in tombstones
+                if kind in (EventKind.LEFT, EventKind.TIMEDOUT)
+            }
+            return Stored(records, gone)
 
         return d.addCallback(parsed)
 
