@@ -131,3 +131,20 @@ def test_a_replayed_join_of_a_departed_instance_is_let_go() -> None:
     assert subscription.peers == []
     (warning,) = about(logs, old.instance)
     assert "the store says it left already" in warning
+
+
+def test_events_caused_by_a_callback_come_after_the_one_heard() -> None:
+    clock = Clock()
+    registry = MemoryRegistry(clock)
+    heard: list[tuple[str, str]] = []
+    leases: list[Any] = []
+
+    def callback(event: Any) -> None:
+        heard.append((str(event.kind), event.record.name))
+        if event.record.name == "first" and event.kind == EventKind.JOINED:
+            leases.append(fired(registry.register(record("second"), 30)))
+
+    fired(registry.watch("dev", "*", callback))
+    first = fired(registry.register(record("first"), 30))
+    fired(first.release())
+    assert heard == [("joined", "first"), ("joined", "second"), ("left", "first")]

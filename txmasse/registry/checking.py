@@ -181,19 +181,22 @@ class EventChecks:
     ) -> None:
         if generation != self._generation:
             return
-        self._reading = None
-        for event, _ in batch:
-            instance = event.record.instance
-            left = self._instances[instance] - 1
-            if left:
-                self._instances[instance] = left
-            else:
-                del self._instances[instance]
         try:
+            # Still reading meanwhile: an event the settling causes (a
+            # callback that registers, say) waits behind the batch.
             self._settle(batch, stored)
         finally:
-            if self._queued and self._reading is None and generation == self._generation:
-                self._read()
+            if generation == self._generation:
+                self._reading = None
+                for event, _ in batch:
+                    instance = event.record.instance
+                    left = self._instances[instance] - 1
+                    if left:
+                        self._instances[instance] = left
+                    else:
+                        del self._instances[instance]
+                if self._queued:
+                    self._read()
 
     def _readFailed(self, failure: Failure, generation: int) -> None:
         if generation != self._generation:
