@@ -15,6 +15,7 @@ from tests.helpers import Events, record
 from txmasse import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry.base import Lease, Snapshot, Subscription, extendByPutting
+from txmasse.registry.checking import Key, Stored
 from txmasse.registry.interface import EventKind
 
 
@@ -27,6 +28,7 @@ class ScriptedStore:
     failPuts: int = 0
     puts: list[PeerRecord] = attrs.Factory(list)
     snapshots: list[Deferred[Snapshot]] = attrs.Factory(list)
+    live: dict[Key, PeerRecord] = attrs.Factory(dict)
 
     def putRecord(self, record: PeerRecord, ttl: float) -> Deferred[None]:
         self.puts.append(record)
@@ -52,6 +54,22 @@ class ScriptedStore:
     def unwatch(self, subscription: Subscription) -> None:
         pass
 
+    def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
+        return succeed(Stored({key: self.live[key] for key in keys if key in self.live}))
+
+
+def hear(
+    store: ScriptedStore, subscription: Subscription, seq: int, kind: EventKind, r: PeerRecord
+) -> None:
+    """
+    The store changes as C{kind} says, then C{subscription} hears of it.
+    """
+    if kind in (EventKind.JOINED, EventKind.UPDATED):
+        store.live[(r.name, r.instance)] = r
+    else:
+        store.live.pop((r.name, r.instance), None)
+    subscription.received(seq, kind, r)
+
 
 def test_failed_heartbeats_are_retried() -> None:
     clock, store = Clock(), ScriptedStore(failPuts=2)
@@ -76,9 +94,9 @@ def test_initial_snapshot_is_silent_and_buffered_events_apply_after_it() -> None
     clock, store = Clock(), ScriptedStore()
     a, b, c = record("a"), record("b"), record("c")
     subscription, events = watching(store, clock)
-    subscription.received(4, EventKind.JOINED, a)  # already in the snapshot (seq 5)
-    subscription.received(6, EventKind.LEFT, a)
-    subscription.received(7, EventKind.JOINED, c)
+    hear(store, subscription, 4, EventKind.JOINED, a)  # already in the snapshot (seq 5)
+    hear(store, subscription, 6, EventKind.LEFT, a)
+    hear(store, subscription, 7, EventKind.JOINED, c)
     assert events == []
     store.snapshots[0].callback(Snapshot(5, [a, b]))
     assert events.kinds() == [("left", "a"), ("joined", "c")]
@@ -91,9 +109,9 @@ def test_duplicates_are_absorbed() -> None:
     subscription, events = watching(store, clock)
     store.snapshots[0].callback(Snapshot(0, []))
     for seq, kind in enumerate([EventKind.JOINED, EventKind.JOINED, EventKind.UPDATED]):
-        subscription.received(seq + 1, kind, a)
-    subscription.received(4, EventKind.TIMEDOUT, a)
-    subscription.received(5, EventKind.LEFT, a)
+        hear(store, subscription, seq + 1, kind, a)
+    hear(store, subscription, 4, EventKind.TIMEDOUT, a)
+    hear(store, subscription, 5, EventKind.LEFT, a)
     assert events.kinds() == [("joined", "a"), ("timedout", "a")]
 
 
@@ -122,7 +140,7 @@ def test_lost_without_a_trace_gets_a_grace_period() -> None:
     subscription.resync()  # the store came back empty
     store.snapshots[1].callback(Snapshot(0, []))
     assert events == [] and len(subscription.peers) == 2
-    subscription.received(1, EventKind.JOINED, a)  # a's lease wrote it back
+    hear(store, subscription, 1, EventKind.JOINED, a)  # a's lease wrote it back
     clock.advance(3.0)
     store.snapshots[2].callback(Snapshot(1, [a]))
     assert events.kinds() == [("timedout", "b")]

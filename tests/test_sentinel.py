@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,16 @@ from twisted.internet.protocol import Protocol, ServerFactory
 
 from tests.certs import Authority
 from tests.endpoint_helpers import portNumber
-from tests.helpers import Events, RedisServer, _encode, eventually, newRegistry, record, sleep
+from tests.helpers import (
+    Events,
+    RedisServer,
+    _encode,
+    eventually,
+    freePort,
+    newRegistry,
+    record,
+    sleep,
+)
 from txmasse import RegistryUnavailable
 from txmasse.registry.redis_sentinel import SentinelEndpoint
 
@@ -159,9 +169,15 @@ class _FakeSentinel(Protocol):
     factory: FakeSentinel
 
     def dataReceived(self, data: bytes) -> None:
-        address = self.factory.address
+        address, epoch = self.factory.address, self.factory.epoch
         assert self.transport is not None
-        self.transport.write(b"*-1\r\n" if address is None else _encode("127.0.0.1", address))
+        if address is None:
+            self.transport.write(b"*-1\r\n")
+        elif epoch is None:  # an address only, as get-master-addr-by-name gives
+            self.transport.write(_encode("127.0.0.1", address))
+        else:  # as SENTINEL master gives, in part
+            fields = ("name", MASTER, "ip", "127.0.0.1", "port", address, "config-epoch", epoch)
+            self.transport.write(_encode(*fields))
 
 
 class FakeSentinel(ServerFactory[_FakeSentinel]):
@@ -174,6 +190,7 @@ class FakeSentinel(ServerFactory[_FakeSentinel]):
 
     def __init__(self) -> None:
         self.address: int | None = None
+        self.epoch: int | None = None
         self.port = 0
 
 
@@ -184,6 +201,66 @@ def fakeSentinel() -> Iterator[FakeSentinel]:
     factory.port = portNumber(port)
     yield factory
     pytest_twisted.blockon(port.stopListening())
+
+
+@pytest.fixture
+def fakeSentinels() -> Iterator[list[FakeSentinel]]:
+    factories, ports = [], []
+    for _ in range(3):
+        factory = FakeSentinel()
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
+        factory.port = portNumber(port)
+        factories.append(factory)
+        ports.append(port)
+    yield factories
+    for port in ports:
+        pytest_twisted.blockon(port.stopListening())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_newest_configuration_epoch_wins(
+    tmp_path: Path, fakeSentinels: list[FakeSentinel]
+) -> None:
+    """
+    Just after a failover the first sentinels asked may still name the old
+    master: the answer with the newest epoch is taken, whatever the order;
+    a sentinel that does not answer holds nobody up.
+    """
+    server = RedisServer(tmp_path)
+    server.start()
+    stale, paused, leader = fakeSentinels
+    stale.address, stale.epoch = freePort(), 3  # the old master, dead
+    leader.address, leader.epoch = server.port, 4
+    silent = reactor.listenTCP(
+        0,
+        ServerFactory.forProtocol(Protocol),  # type: ignore[arg-type]
+        interface="127.0.0.1",
+    )
+    hosts = ",".join(
+        f"127.0.0.1:{port}" for port in (stale.port, portNumber(silent), paused.port, leader.port)
+    )
+    paused.address, paused.epoch = freePort(), 2
+    endpoint = SentinelEndpoint(reactor, _sentinelsOf(hosts), MASTER, timeout=5)
+    try:
+        started = time.monotonic()
+        assert await endpoint.masterAddress() == ("127.0.0.1", server.port)
+        took = time.monotonic() - started
+        registry = newRegistry(f"redis+sentinel://{hosts}/{MASTER}?timeout=5")
+        try:
+            await registry.register(record("db"), 10)
+            assert server.command("HLEN", "masse:{dev}:n:db") == 1
+        finally:
+            await registry.close()
+        print(f"master address from four sentinels, one silent: {took:.3f}s")
+    finally:
+        stopped = silent.stopListening()
+        if stopped is not None:
+            await stopped
+        server.stop()
+
+
+def _sentinelsOf(hosts: str) -> list[tuple[str, int]]:
+    return [(host, int(port)) for host, _, port in (h.rpartition(":") for h in hosts.split(","))]
 
 
 @pytest_twisted.ensureDeferred
@@ -300,5 +377,133 @@ async def test_sentinels_with_a_password_over_tls(tmp_path: Path) -> None:
     finally:
         for registry in (good, wrong, untrusted):
             await registry.close()
+        sentinel.stop()
+        master.stop()
+
+
+def _following(replica: RedisServer, master: RedisServer, sentinels: list[Sentinel]) -> bool:
+    """
+    Whether C{replica} replicates C{master} and every sentinel names C{master}.
+    """
+    try:
+        info = replica.command("INFO", "replication").decode()
+        return "master_link_status:up" in info and all(
+            s.master("port") == str(master.port) and "failover" not in s.master("flags")
+            for s in sentinels
+        )
+    except OSError:
+        return False
+
+
+def _holdsAll(server: RedisServer, names: list[str]) -> bool:
+    return all(server.command("HLEN", f"masse:{{dev}}:n:{name}") for name in names)
+
+
+FAILOVER_TTL = 4.5
+"""
+Above the documented minimum for Sentinel (docs/reliability.md: 1.5 times the
+time to a new master, about 2 s here with a sentinel paused), and below what a
+client that waits out a paused sentinel's deadline (5 s) survives.
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_failovers_raise_no_false_timeouts(
+    cluster: tuple[RedisServer, RedisServer, list[Sentinel]],
+) -> None:
+    """
+    Master SIGKILLed with short leases live, three times over, the first
+    time with the first sentinel of the URL paused: the new master is found
+    promptly, no watcher hears a false timedout or left, and no find misses
+    a live peer (it may fail while there is no master).
+    """
+    master, replica, sentinels = cluster
+    hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+    url = f"redis+sentinel://{hosts}/{MASTER}/0?timeout=5"
+    holder, watcher = newRegistry(url), newRegistry(url)
+    names = [f"p{i:02d}" for i in range(12)]
+    figures = []
+    try:
+        for name in names:
+            await holder.register(record(name), FAILOVER_TTL)
+        events = Events()
+        await watcher.watch("dev", "*", events)
+        for run in range(3):
+            await eventually(partial(_holdsAll, replica, names), timeout=10)
+            if run == 0:
+                sentinels[0].pause()  # answers nothing: must not hold up the others
+            master.stop()  # SIGKILL
+            killed = time.monotonic()
+            back, promoted, named, short = None, None, None, []
+            # Long enough for any lease the outage let lapse to be announced.
+            while time.monotonic() - killed < FAILOVER_TTL + 0.5:
+                try:
+                    found = await watcher.find("dev", "p*")
+                except RegistryUnavailable:
+                    found = None
+                if promoted is None and _role(replica) == "master":
+                    promoted = time.monotonic() - killed
+                if named is None and any(
+                    s.master("port") == str(replica.port) for s in sentinels[1:]
+                ):  # (not the one paused in the first run)
+                    named = time.monotonic() - killed
+                if found is not None:
+                    if back is None:
+                        back = time.monotonic() - killed
+                    if len(found) != len(names):
+                        short.append(len(found))
+                await sleep(0.05)
+            if run == 0:
+                sentinels[0].resume()
+            assert back is not None, "no master reached"
+            removals = [e for e in events if e.kind in ("timedout", "left")]
+            times = [round(t if t is not None else -1, 2) for t in (promoted, named, back)]
+            figures.append((*times, len(removals), short))
+            assert removals == [] and short == [], figures
+            assert _role(replica) == "master"
+            # The old master comes back as the new one's replica: the next run kills the new one.
+            master.extraArgs = ("--replicaof", "127.0.0.1", str(replica.port))
+            master.start()
+            master, replica = replica, master
+            deadline = time.monotonic() + 15
+            while not _following(replica, master, sentinels):
+                assert time.monotonic() < deadline, "the cluster did not settle"
+                await sleep(0.1)
+        print(
+            "failovers (seconds to the replica's promotion, to a sentinel naming it, "
+            "to a find answered, "
+            "false removals, short finds):",
+            figures,
+        )
+        assert [e.kind for e in events] == [], events
+    finally:
+        await holder.close()
+        await watcher.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sentinel_user_allowed_only_the_address(tmp_path: Path) -> None:
+    """
+    A sentinel ACL user that may not run SENTINEL MASTER (so no epoch) is
+    still asked for the address alone.
+    """
+    (tmp_path / "master").mkdir()
+    master = RedisServer(tmp_path / "master")
+    master.start()
+    sentinel = Sentinel(tmp_path / "sentinel", master, quorum=1)
+    with sentinel.config.open("a") as config:
+        config.write("user default on nopass +@all\n")
+        config.write("user sam on >sam-pw-1234 -@all +auth +sentinel|get-master-addr-by-name\n")
+    sentinel.start()
+    url = (
+        f"redis+sentinel://127.0.0.1:{sentinel.port}/{MASTER}"
+        "?sentinel_username=sam&sentinel_password=sam-pw-1234&timeout=2"
+    )
+    registry = newRegistry(url)
+    try:
+        await registry.register(record("db"), 10)
+        assert master.command("HLEN", "masse:{dev}:n:db") == 1
+    finally:
+        await registry.close()
         sentinel.stop()
         master.stop()

@@ -29,6 +29,7 @@ from txmasse import metrics
 from txmasse.checks import checkNumber
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord, validateName
+from txmasse.registry.checking import REMOVALS, Doubts, EventChecks, Key, Stored, sameRecord
 from txmasse.registry.heartbeats import wheelFor
 from txmasse.registry.interface import (
     MAX_TTL,
@@ -204,6 +205,15 @@ class Store(Protocol):
         """
         Deliver nothing more to C{subscription}; stop listening to the
         namespace when it was the last one there.
+        """
+
+    def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
+        """
+        The live records stored under C{keys} (name, instance), each under
+        its key (a key with no live record, or garbage, is left out), and
+        the tombstones of the instances asked about that are gone. A
+        subscription checks an event with it before believing it (see
+        L{txmasse.registry.checking}).
         """
 
 
@@ -407,6 +417,13 @@ class Subscription:
         self._connected = True
         self._pendingResync: IDelayedCall | None = None
         self._catchUpFailures = 0
+        self._checks = EventChecks(
+            lambda keys: store.storedRecords(namespace, keys),
+            lambda instance: self._view.get(instance),
+            self._settle,
+            self._checkFailed,
+        )
+        self._doubts = Doubts(clock, self._contradicted)
 
     def __repr__(self) -> str:
         return f"<Subscription {self.namespace}/{self.glob.pattern} peers={len(self._view)}>"
@@ -449,6 +466,8 @@ class Subscription:
             return
         self._stopped = True
         self._cancelPendingResync()
+        self._checks.clear()
+        self._doubts.stop()
         self._store.unwatch(self)
 
     def received(self, seq: int, kind: EventKind, record: PeerRecord) -> None:
@@ -457,8 +476,9 @@ class Subscription:
         """
         if self._stopped or not self.glob.matches(record.name):
             return
+        self._doubts.heard(record.instance)
         if self._buffer is None:
-            self._apply(kind, record)
+            self._check(kind, record)
             return
         self._buffer.append((seq, kind, record))
         if len(self._buffer) > self._maxBuffered:
@@ -471,13 +491,17 @@ class Subscription:
         subscription that asked for them.
         """
         if self.usage and not self._stopped and self.glob.matches(event.record.name):
-            self._deliver(event)
+            if self._checks.needed(event):
+                self._checks.add(event)  # heard after the events waiting
+            else:
+                self._deliver(event)
 
     def resync(self) -> Deferred[None]:
         """
         Catch up with the store: on start, and after every reconnect.
         """
         self._cancelPendingResync()
+        self._checks.clear()  # the snapshot covers the events not yet checked
         self._generation += 1
         generation = self._generation
         self._buffer = []
@@ -517,7 +541,7 @@ class Subscription:
             self._reconcile(current, snapshot.gone)
         for seq, kind, record in buffered:
             if seq > snapshot.seq:
-                self._apply(kind, record)
+                self._check(kind, record)
         if self._againAfterStart:
             self._againAfterStart = False
             self.reconnected()
@@ -537,6 +561,117 @@ class Subscription:
                 self._apply(EventKind.TIMEDOUT, record)
             else:
                 self._suspects.add(instance)
+
+    def _check(self, kind: EventKind, record: PeerRecord) -> None:
+        """
+        Apply an event once the store bears it out; drop at once one that
+        would change nothing.
+
+        News of a new instance with an unsigned record is shown at once and
+        confirmed one read later (a ghost is taken back then), so that a
+        registration gone again in a moment is still seen, and joins cost
+        no latency.
+        Whatever would change or remove what the view holds, or carries a
+        signature (a signed namespace: nothing unproven may show there),
+        waits for the store.
+        """
+        event = PeerEvent(kind, record)
+        if not self._checks.needed(event):
+            return
+        early = (
+            kind not in REMOVALS
+            and record.signature is None
+            and record.instance not in self._view
+            and not self._checks.pending(record.instance)
+        )
+        if early and not self._checks.busy:
+            self._apply(kind, record)  # else in its place, behind those waiting
+        self._checks.add(event, early)
+
+    def _settle(self, batch: list[tuple[PeerEvent, bool]], stored: Stored) -> None:
+        """
+        Apply what the store says of each instance in C{batch}, at its last
+        event there; an event the store contradicts is not applied. Usage
+        reports, and events that may be shown early, are passed on in their
+        place.
+        """
+        last = {
+            event.record.instance: index
+            for index, (event, _) in enumerate(batch)
+            if event.kind not in USAGE_KINDS
+        }
+        for index, (event, early) in enumerate(batch):
+            if self._stopped:
+                return
+            kind, record, instance = event.kind, event.record, event.record.instance
+            if kind in USAGE_KINDS:
+                self._deliver(event)
+                continue
+            if early:
+                self._apply(kind, record)  # (done already if nothing was waiting)
+            if last[instance] != index:
+                continue  # what the store says now answers the later one
+            known = self._view.get(instance)
+            if kind in REMOVALS:
+                held = stored.get(((known or record).name, instance))
+                if held is None:
+                    if known is not None:
+                        self._apply(kind, known)
+                    continue
+                self._apply(EventKind.JOINED, held)
+                self._doubts.add(kind, record, "the store still holds it, live")
+                continue
+            held = stored.get((record.name, instance))
+            if held is None and known is not None:
+                held = stored.get((known.name, instance))
+            if sameRecord(held, record):
+                self._apply(kind, record)
+            elif held is not None:
+                self._apply(EventKind.JOINED, held)
+                self._doubts.add(kind, record, "the store holds another record for it")
+            else:
+                gone = stored.gone.get(instance)
+                if known is not None and gone is None:  # a ghost: take it back
+                    self._apply(EventKind.LEFT, known)
+                    self._doubts.add(kind, record, "the store has no live record of it")
+                elif known is not None:  # its own removal follows, in its place
+                    why = f"the store says it {gone} already"
+                    self._doubts.add(kind, record, why, takeBack=gone)
+                else:
+                    self._doubts.add(kind, record, "the store has no live record of it")
+
+    def _contradicted(
+        self, kind: EventKind, record: PeerRecord, why: str, takeBack: EventKind | None
+    ) -> None:
+        """
+        No later event explained why the store contradicted an event: say
+        so, and let go of an instance the store says is gone (once the
+        store confirms it).
+        """
+        known = self._view.get(record.instance)
+        if takeBack is not None and known is not None and not self._stopped:
+            self._check(takeBack, known)
+        log.warn(
+            "{sub}: a {kind} event in namespace {ns} for {name} instance {instance} "
+            "at {endpoint} does not match the store: {why} (a forged or garbled event?)",
+            sub=self,
+            kind=str(kind),
+            ns=self.namespace,
+            name=record.name,
+            instance=record.instance,
+            endpoint=record.endpoints[0],
+            why=why,
+        )
+
+    def _checkFailed(self, failure: Failure) -> None:
+        if self._stopped:
+            return
+        log.warn(
+            "{sub}: could not check events against the registry; catching up: {error}",
+            sub=self,
+            error=failure.getErrorMessage(),
+        )
+        self.resync().addErrback(lambda _: None)
 
     def _cancelPendingResync(self) -> None:
         if self._pendingResync is not None and self._pendingResync.active():

@@ -58,6 +58,7 @@ from txmasse.registry.base import (
     validateTTL,
     validateUsage,
 )
+from txmasse.registry.checking import Key, Stored
 from txmasse.registry.etcd_client import (
     EtcdClient,
     EtcdError,
@@ -286,6 +287,38 @@ class EtcdRegistry:
         if stale is not None:
             d.addErrback(self._lastAnswers.fallBack, key, stale)
         return d
+
+    def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
+        """
+        What etcd holds for C{keys}, in one read-only transaction: each
+        record, and for a gone instance whether it C{left} (its release
+        marker, kept a short while) or C{timedout} (gone without one).
+        """
+        prefix = self.namespacePrefix(namespace)
+        ranges = []
+        for name, instance in keys:
+            ranges.append({"request_range": {"key": b64(f"{prefix}r/{name}/{instance}")}})
+            ranges.append({"request_range": {"key": b64(f"{prefix}left/{instance}")}})
+
+        def parse(reply: dict[str, Any]) -> Stored:
+            responses = reply.get("responses")
+            if not isinstance(responses, list) or len(responses) != len(ranges):
+                raise RegistryUnavailable(
+                    f"registry {self.url}: check of events failed: unexpected reply from etcd"
+                )
+            stored: dict[Key, PeerRecord] = {}
+            gone: dict[str, EventKind] = {}
+            for index, (name, instance) in enumerate(keys):
+                record, marker = responses[2 * index], responses[2 * index + 1]
+                found = self._records(_rangeOf(record), namespace, None, name)
+                if found and found[0][0].instance == instance:
+                    stored[(name, instance)] = found[0][0]
+                else:  # as etcd's own deletes are read: no marker, no release
+                    left = bool(_kvs(_rangeOf(marker)))
+                    gone[instance] = EventKind.LEFT if left else EventKind.TIMEDOUT
+            return Stored(stored, gone)
+
+        return self._call("/v3/kv/txn", {"success": ranges}, "check of events").addCallback(parse)
 
     def _lookedUp(self, reply: dict[str, Any], namespace: str, name: str) -> list[PeerRecord]:
         return [record for record, _ in self._records(reply, namespace, None, name)]
@@ -811,3 +844,14 @@ def _keptAlive(reply: dict[str, Any]) -> None:
 def _kvs(reply: dict[str, Any]) -> list[Any]:
     kvs = reply.get("kvs", [])
     return kvs if isinstance(kvs, list) else []
+
+
+def _rangeOf(response: object) -> dict[str, Any]:
+    """
+    The range reply inside one response of a transaction (empty if garbage).
+    """
+    if isinstance(response, dict):
+        inner = response.get("response_range")
+        if isinstance(inner, dict):
+            return inner
+    return {}

@@ -28,6 +28,7 @@ from txmasse.registry.base import (
     validateTTL,
     validateUsage,
 )
+from txmasse.registry.checking import Key, Stored
 from txmasse.registry.interface import (
     EventKind,
     ILease,
@@ -62,7 +63,6 @@ class MemoryRegistry:
         self._watchers: dict[str, set[Subscription]] = {}
         self._deadlines: list[tuple[float, str, str, str]] = []
         self._sweep: IDelayedCall | None = None
-
 
     @classmethod
     def fromURL(cls, reactor: IReactorTime, parsed: RegistryURL) -> MemoryRegistry:
@@ -204,6 +204,15 @@ class MemoryRegistry:
 
     def unwatch(self, subscription: Subscription) -> None:
         self._watchers.get(subscription.namespace, set()).discard(subscription)
+
+    def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
+        self._expire()
+        stored = {}
+        for name, instance in keys:
+            entry = self._names.get((namespace, name), {}).get(instance)
+            if entry is not None:
+                stored[(name, instance)] = entry.record
+        return succeed(Stored(stored))
 
     def _pop(self, record: PeerRecord) -> _Entry | None:
         key = (record.namespace, record.name)

@@ -40,6 +40,7 @@ from txmasse.registry import freshness
 from txmasse.registry import redis_scripts as scripts
 from txmasse.registry._outage import OutageLog, QuietClientService
 from txmasse.registry.base import Lease, Snapshot, extendByPutting
+from txmasse.registry.checking import Key, Stored
 from txmasse.registry.interface import (
     EventKind,
     IRegistry,
@@ -703,6 +704,28 @@ class RedisRegistry(SharedStoreRegistry):
 
         return self._eval(what, scripts.EXTEND, *args).addCallback(writeBack)
 
+    def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
+        def parse(reply: _Reply) -> Stored:
+            values = reply.take(2 * len(keys), "stored records")
+            reply.end()
+            stored, gone = {}, {}
+            for (name, instance), value, tombstone in zip(
+                keys, values[::2], values[1::2], strict=True
+            ):
+                if tombstone in (b"left", b"timedout"):
+                    gone[instance] = EventKind(tombstone.decode())
+                if value is None:
+                    continue
+                if not isinstance(value, bytes):
+                    raise _BadReply(f"stored records: {_shown(value)} is not a string")
+                record = self._stored(value, namespace, name=name, instance=instance)
+                if record is not None:
+                    stored[(name, instance)] = record
+            return Stored(stored, gone)
+
+        flat = [part for key in keys for part in key]
+        return self._query("check of events", parse, scripts.STORED, _prefix(namespace), *flat)
+
     def _records(
         self, reply: _Reply, namespace: str, glob: Glob | None = None
     ) -> list[PeerRecord | None]:
@@ -748,6 +771,8 @@ class RedisRegistry(SharedStoreRegistry):
     # Connections
 
     def _commandsReady(self, protocol: Any) -> Deferred[None]:
+        if self._readyCommands is not None:
+            self.holdSweeps()  # back after an outage (or a failover)
         self._readyCommands = protocol  # serves calls once ready (and until lost)
 
         async def prepare() -> None:

@@ -399,4 +399,27 @@ return {#due, nextMs}
 """
 )
 
-ALL = (PUT, EXTEND, REMOVE, LOOKUP, FIND, GONE, LEASES, SWEEP)
+# ARGV: prefix, then NAME, INSTANCE pairs. Returns, for each pair, its
+# record JSON if it is stored and live (else nil), then its tombstone (or
+# nil): a watcher checks the events it hears against them (see
+# registry/checking.py). Times out the expired ones it meets.
+STORED = Script(
+    _COMMON
+    + r"""
+local now = nowMs()
+local out = {}
+for i = 2, #ARGV - 1, 2 do
+  local name, inst = ARGV[i], ARGV[i + 1]
+  local isHash, rec = onRecords(name, 'HGET', inst)
+  if isHash and rec and expired(name, inst, now) then
+    drop(name, inst, 'timedout', now)
+    rec = false
+  end
+  out[#out + 1] = (isHash and rec) or false
+  out[#out + 1] = redis.call('HGET', P .. 'gone', inst)
+end
+return out
+"""
+)
+
+ALL = (PUT, EXTEND, REMOVE, LOOKUP, FIND, GONE, LEASES, SWEEP, STORED)

@@ -32,6 +32,15 @@ log = Logger()
 
 MAX_REPLY = 64 * 1024
 
+ANSWER_GRACE = 0.2
+"""
+Seconds the other sentinels have to answer once one has: a sentinel that is
+slow or paused must not hold up every connection for the whole deadline.
+"""
+
+MAJORITY_GRACE = 0.02
+"""...and once most of them have answered, only this long."""
+
 
 class _Incomplete(Exception):
     """
@@ -137,8 +146,8 @@ class SentinelEndpoint:
     """
     Connects to the current master of C{master}, as the sentinels tell.
 
-    @param sentinels: C{(host, port)} of each sentinel, asked in turn until
-        one knows the master.
+    @param sentinels: C{(host, port)} of each sentinel, all asked at once;
+        the answer with the newest configuration epoch is taken.
     @param timeout: deadline for each sentinel's answer and for the
         connection to the master, in seconds.
     @param username: the sentinels' own ACL user, if any.
@@ -186,33 +195,56 @@ class SentinelEndpoint:
 
     async def masterAddress(self) -> tuple[str, int]:
         """
-        The master's address, from the first sentinel that knows it.
+        The master's address, from every sentinel at once: the one whose
+        configuration epoch is newest wins. Just after a failover only the
+        leader may know the new master while the others still name the old
+        one, so the first to answer is not enough.
 
-        @raise ConnectionError: if none does, with each sentinel's reason.
+        @raise ConnectionError: if none knows it, with each sentinel's reason.
         """
-        reasons = []
-        for host, port in list(self._sentinels):
-            try:
-                reply = await self._ask(host, port)
-                if isinstance(reply, Exception):
-                    raise reply
-                if reply is None:
-                    raise LookupError(f"does not know master {self._master!r}")
-                masterHost, masterPort = reply[0].decode("ascii"), int(reply[1])
-            except Exception as e:  # any sentinel's failure: ask the next one
-                reasons.append(f"{host}:{port}: {_describe(e)}")
-                continue
-            if reasons:
-                # Ask a sentinel that answers first next time.
-                self._sentinels.remove((host, port))
-                self._sentinels.insert(0, (host, port))
-            return masterHost, masterPort
-        raise ConnectionError(f"no sentinel gave master {self._master!r}: {'; '.join(reasons)}")
+        asked = [Deferred.fromCoroutine(self._answer(host, port)) for host, port in self._sentinels]
+        answers = await _firstThenOthers(self._reactor, asked, ANSWER_GRACE)
+        best: tuple[int, str, int] | None = None
+        reasons: list[str] = []
+        for (host, port), answer in zip(self._sentinels, answers, strict=True):
+            if answer is None:
+                reasons.append(f"{host}:{port}: no answer within {ANSWER_GRACE:g}s of the first")
+            elif isinstance(answer, Failure):
+                reasons.append(f"{host}:{port}: {answer.getErrorMessage()}")
+            elif best is None or answer[0] > best[0]:
+                best = answer
+        if best is None:
+            raise ConnectionError(
+                f"no sentinel gave master {self._master!r}: {'; '.join(reasons)}"
+            )
+        return best[1], best[2]
 
-    async def _ask(self, host: str, port: int) -> Any:
-        question = _Question(
-            *self._auth, _command("SENTINEL", "get-master-addr-by-name", self._master)
-        )
+    async def _answer(self, host: str, port: int) -> tuple[int, str, int]:
+        """
+        What the sentinel at C{host}:C{port} says: the configuration epoch
+        of its view (-1 if it does not tell), and the master's address.
+        """
+        reply = await self._ask(host, port, "master")
+        if isinstance(reply, Exception) and "NOPERM" in str(reply):
+            # A sentinel ACL user allowed only the address: no epoch then.
+            reply = await self._ask(host, port, "get-master-addr-by-name")
+        if isinstance(reply, Exception):
+            if "No such master" in str(reply):
+                raise LookupError(f"does not know master {self._master!r}")
+            raise reply
+        if not isinstance(reply, list) or not reply:
+            raise LookupError(f"does not know master {self._master!r}")
+        if len(reply) == 2:  # an address only (get-master-addr-by-name's form)
+            return -1, reply[0].decode("ascii"), int(reply[1])
+        fields = dict(zip(reply[::2], reply[1::2], strict=False))
+        try:
+            epoch = int(fields.get(b"config-epoch", b"-1"))
+            return epoch, fields[b"ip"].decode("ascii"), int(fields[b"port"])
+        except (KeyError, ValueError, UnicodeDecodeError):
+            raise ValueError(f"unexpected answer about master {self._master!r}") from None
+
+    async def _ask(self, host: str, port: int, subcommand: str) -> Any:
+        question = _Question(*self._auth, _command("SENTINEL", subcommand, self._master))
         factory = Factory.forProtocol(lambda: question)
         factory.noisy = False  # no "Starting factory" for every question
         d = self._endpoint(host, port).connect(factory)
@@ -257,6 +289,52 @@ class SentinelEndpoint:
 
         d: Deferred[None] = protocol.execute_command("ROLE")
         return d.addCallbacks(checked, notAllowed)
+
+
+async def _firstThenOthers(
+    reactor: IReactorTime, asked: list[Deferred[Any]], grace: float
+) -> list[Any]:
+    """
+    The result (or L{Failure}) of each of C{asked}, waiting for all of them
+    but no longer than C{grace} seconds after the first success, nor more
+    than a moment once most have answered; C{None} for those still out then
+    (they are cancelled).
+    """
+    results: list[Any] = [None] * len(asked)
+    done: Deferred[None] = Deferred()
+    left, answered, majority = len(asked), 0, len(asked) // 2 + 1
+    timers: list[Any] = []
+
+    def finish() -> None:
+        if not done.called:
+            done.callback(None)
+
+    def settled(result: Any, index: int) -> None:
+        nonlocal left, answered
+        results[index] = result
+        left -= 1
+        if not isinstance(result, Failure):
+            answered += 1
+            if answered == 1:
+                timers.append(reactor.callLater(grace, finish))
+            if answered == majority:
+                timers.append(reactor.callLater(MAJORITY_GRACE, finish))
+        if left == 0:
+            finish()
+
+    for index, d in enumerate(asked):
+        d.addBoth(settled, index)
+    if not asked:
+        finish()
+    await done
+    for timer in timers:
+        if timer.active():
+            timer.cancel()
+    final = list(results)
+    for index, d in enumerate(asked):
+        if final[index] is None:
+            d.cancel()
+    return final
 
 
 def _describe(error: BaseException) -> str:

@@ -29,6 +29,7 @@ from txmasse.registry.base import (
     validateTTL,
     validateUsage,
 )
+from txmasse.registry.checking import Key, Stored
 from txmasse.registry.interface import (
     USAGE_KINDS,
     EventKind,
@@ -42,6 +43,13 @@ log = Logger()
 
 SWEEP_INTERVAL = 0.5
 """Longest pause between two sweeps of a namespace, in seconds."""
+
+SWEEP_HOLD = 1.0
+"""
+Least seconds without sweeps after the store came back (a reconnect, a
+failover): time for every holder to write its leases back before expiries
+that the outage caused are announced. Longer if our own leases beat slower.
+"""
 
 
 class SharedStoreRegistry:
@@ -67,6 +75,7 @@ class SharedStoreRegistry:
         self._closing = False
         self._registering: set[Deferred[None]] = set()
         self._undoing: set[Deferred[None]] = set()
+        self._sweepsHeldUntil = 0.0
 
     # What a backend provides
 
@@ -83,6 +92,9 @@ class SharedStoreRegistry:
         raise NotImplementedError
 
     def _fetchLookup(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
+        raise NotImplementedError
+
+    def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
         raise NotImplementedError
 
     def _fetchFind(self, namespace: str, glob: Glob) -> Deferred[list[PeerRecord]]:
@@ -372,10 +384,24 @@ class SharedStoreRegistry:
         if call is not None and call.active():
             call.cancel()
 
+    def holdSweeps(self) -> None:
+        """
+        The store is back after an outage: announce no expiry for one
+        heartbeat interval (at least L{SWEEP_HOLD}), so that leases which
+        lapsed only because their holders could not reach the store (a
+        failover) are written back first.
+        """
+        hold = max([SWEEP_HOLD, *(lease.interval for lease in self._leases)])
+        self._sweepsHeldUntil = max(self._sweepsHeldUntil, self._clock.seconds() + hold)
+
     def _sweep(self, namespace: str) -> None:
         self._sweeps[namespace] = None
         if not (self._leaseNamespaces[namespace] or self._watchers.get(namespace)):
             self._sweeps.pop(namespace, None)
+            return
+        held = self._sweepsHeldUntil - self._clock.seconds()
+        if held > 0:
+            self._sweeps[namespace] = self._clock.callLater(held, self._sweep, namespace)
             return
 
         def scheduleNext(untilNext: float | None) -> None:

@@ -52,6 +52,7 @@ from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry import freshness
 from txmasse.registry.base import Snapshot
+from txmasse.registry.checking import Key, Stored
 from txmasse.registry.interface import (
     USAGE_KINDS,
     EventKind,
@@ -426,6 +427,35 @@ class _Database:
                     gone.append((instance, row[0]))
         return seq, self._liveOnly(ns, rows, now), gone
 
+    def stored(
+        self, ns: str, keys: Sequence[tuple[str, str]]
+    ) -> tuple[list[_Row], list[tuple[str, Any]]]:
+        """
+        The live rows under C{keys} (name, instance), timing out the expired
+        ones, and the tombstones of the instances that are gone.
+        """
+        now = self.now()
+        with self._read() as c:
+            rows = []
+            for name, instance in keys:
+                row = c.execute(_ONE_SQL, (ns, name, instance)).fetchone()
+                if row is not None:
+                    rows.append((name, instance, row[0], row[1]))
+        live = self._liveOnly(ns, rows, now)
+        held = {(name, instance) for name, instance, _, _ in live}
+        gone = []
+        with self._read() as c:
+            for name, instance in keys:
+                if (name, instance) in held:
+                    continue
+                row = c.execute(
+                    "SELECT kind FROM masse_gone WHERE namespace = ? AND instance = ?",
+                    (ns, instance),
+                ).fetchone()
+                if row is not None:
+                    gone.append((instance, row[0]))
+        return live, gone
+
     def poll(self, watched: Sequence[str]) -> None:
         with self._read() as c:
             self._poll(c, watched)
@@ -592,7 +622,6 @@ class SQLiteRegistry(SharedStoreRegistry):
                 "before", "shutdown", self._shutdown
             )
 
-
     @classmethod
     def fromURL(cls, reactor: Any, parsed: RegistryURL) -> SQLiteRegistry:
         """
@@ -740,6 +769,21 @@ class SQLiteRegistry(SharedStoreRegistry):
                 if kind in (EventKind.LEFT, EventKind.TIMEDOUT)
             }
             return Snapshot(seq, self._records(rows, namespace), gone)
+
+        return d.addCallback(parsed)
+
+    def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
+        d = self._call("check of events", self._db.stored, namespace, list(keys))
+
+        def parsed(result: tuple[list[_Row], list[tuple[str, Any]]]) -> Stored:
+            rows, tombstones = result
+            records = {(r.name, r.instance): r for r in self._records(rows, namespace)}
+            gone = {
+                instance: EventKind(kind)
+                for instance, kind in tombstones
+                if kind in (EventKind.LEFT, EventKind.TIMEDOUT)
+            }
+            return Stored(records, gone)
 
         return d.addCallback(parsed)
 

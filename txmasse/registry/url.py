@@ -216,10 +216,7 @@ def _parse(url: object) -> RegistryURL:
     if scheme == "sqlite":
         return _sqlite(url, parts.netloc, unquote(parts.path), query, options["timeout"])
     if scheme == "redis+unix":
-        if parts.netloc or not parts.path:
-            raise _bad(url, "the socket path", "is missing (redis+unix:///path/to/redis.sock)")
-        db = _db(url, query.get("db"))
-        return RegistryURL(scheme, display, path=unquote(parts.path), db=db, **options)
+        return _unix(url, parts.netloc, parts.path, query, options)
     for key in _TLS_OPTIONS & set(query):
         options[key] = query[key]
     if ("cert" in options) != ("key" in options):
@@ -330,6 +327,32 @@ def _sqlite(url: str, netloc: str, path: str, query: dict[str, str], timeout: fl
         except ValueError as e:
             raise _bad(url, "", str(e)) from None
     return RegistryURL("sqlite", _redact(url), path=path, timeout=timeout, poll=poll)
+
+
+def _unix(
+    url: str, netloc: str, path: str, query: dict[str, str], options: dict[str, Any]
+) -> RegistryURL:
+    """
+    C{redis+unix://[[USER:]PASSWORD@]/path/to/redis.sock[?db=N]}: a UNIX
+    socket has no host, so the userinfo is all there may be before the path;
+    without a colon it is the password alone (as in C{requirepass}).
+    """
+    credentials, at, host = netloc.rpartition("@")
+    if host:
+        raise _bad(
+            url,
+            f"host {host!r}",
+            "is not allowed: a UNIX socket has a path only "
+            "(redis+unix://[USER:]PASSWORD@/path/to/redis.sock)",
+        )
+    if not path or path.endswith("/"):
+        raise _bad(url, "the socket path", "is missing (redis+unix:///path/to/redis.sock)")
+    if at and ":" not in credentials:
+        options = {**options, "username": None, "password": unquote(credentials)}
+    if at and not options.get("password"):
+        raise _bad(url, "the password", "is empty (redis+unix://[USER:]PASSWORD@/path)")
+    db = _db(url, query.get("db"))
+    return RegistryURL("redis+unix", _redact(url), path=unquote(path), db=db, **options)
 
 
 def _sentinel(
