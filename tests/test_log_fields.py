@@ -76,9 +76,21 @@ def test_the_events_of_the_usual_paths_are_json() -> None:
         network.connect("masse:cache:ns=t", Factory.forProtocol(Protocol))
         network.advance(1)  # the resolver could not watch the name, and says so
         failing.watch = watch
+        put = failing.putRecord
+        failing.putRecord = lambda *a: fail(RegistryUnavailable("no writes"))
+        network.advance(5)  # heartbeats fail, once said
+        failing.putRecord = put
+        network.advance(5)  # and work again
     seen = txmasseEvents(list(events))
     formats = " | ".join(str(e["log_format"]) for e in seen)
-    for expected in ("connected to", "could not watch", "not yet registered", "trying the next"):
+    for expected in (
+        "connected to",
+        "could not watch",
+        "not yet registered",
+        "trying the next",
+        "heartbeat failed",
+        "heartbeat works again",
+    ):
         assert expected in formats, formats  # each path was really taken
     lost = {e["log_format"]: unpersistable(e) for e in seen if unpersistable(e)}
     assert lost == {}

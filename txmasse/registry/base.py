@@ -322,7 +322,7 @@ class Lease:
 
     def beatSucceeded(self) -> None:
         if self._failing:
-            log.info("{lease}: heartbeat works again", lease=self)
+            log.info("{lease}: heartbeat works again", lease=str(self))
         self._failing = False
 
     def beatFailed(self, failure: Failure) -> None:
@@ -330,7 +330,7 @@ class Lease:
         if not self._failing:
             log.warn(
                 "{lease}: heartbeat failed, retrying every {interval:.2f}s: {error}",
-                lease=self,
+                lease=str(self),
                 interval=self.interval,
                 error=failure.getErrorMessage(),
             )
@@ -482,7 +482,7 @@ class Subscription:
             return
         self._buffer.append((seq, kind, record))
         if len(self._buffer) > self._maxBuffered:
-            log.warn("{sub}: too many events while catching up; starting over", sub=self)
+            log.warn("{sub}: too many events while catching up; starting over", sub=str(self))
             self.resync()
 
     def receivedUsage(self, event: PeerEvent) -> None:
@@ -521,9 +521,9 @@ class Subscription:
             self._catchUpFailures += 1
             log.warn(
                 "{sub}: could not catch up with the registry, retrying in {delay:.2f}s: {error}",
-                sub=self,
+                sub=str(self),
                 delay=delay,
-                error=e,
+                error=str(e),
             )
             self._pendingResync = self._clock.callLater(delay, self.resync)
             return
@@ -654,7 +654,7 @@ class Subscription:
         log.warn(
             "{sub}: a {kind} event in namespace {ns} for {name} instance {instance} "
             "at {endpoint} does not match the store: {why} (a forged or garbled event?)",
-            sub=self,
+            sub=str(self),
             kind=str(kind),
             ns=self.namespace,
             name=record.name,
@@ -668,7 +668,7 @@ class Subscription:
             return
         log.warn(
             "{sub}: could not check events against the registry; catching up: {error}",
-            sub=self,
+            sub=str(self),
             error=failure.getErrorMessage(),
         )
         self.resync().addErrback(lambda _: None)
