@@ -4,36 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "tests/run.sh: redis-server is missing; installing it with apt-get" >&2
+# The servers and tools the tests drive, from Debian's packages where missing:
+# redis-server, etcd, dig and dnsmasq (the binary only: dnsmasq-base starts
+# no system service) for DNS, and chromium for the dashboard's page.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v dig >/dev/null 2>&1 || missing+=(bind9-dnsutils)
+{ command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; } || missing+=(dnsmasq-base)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "tests/run.sh: installing ${missing[*]} with apt-get" >&2
     if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
-fi
-
-if ! command -v etcd >/dev/null 2>&1; then
-    echo "tests/run.sh: etcd is missing; installing etcd-server with apt-get" >&2
-    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq etcd-server >/dev/null
-fi
-
-# The DNS tests and bench ask with dig and compare against dnsmasq (the
-# binary only: dnsmasq-base starts no system service).
-have_dnsmasq() { command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ]; }
-if ! command -v dig >/dev/null 2>&1 || ! have_dnsmasq; then
-    echo "tests/run.sh: dig or dnsmasq is missing; installing bind9-dnsutils and dnsmasq-base" >&2
-    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq bind9-dnsutils dnsmasq-base >/dev/null
-fi
-
-# The dashboard's tests drive a real headless browser.
-if ! [ -x /usr/bin/chromium ]; then
-    echo "tests/run.sh: chromium is missing; installing it with apt-get" >&2
-    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
 fi
 
 venv="${TXMASSE_VENV:-.venv}"
