@@ -91,7 +91,7 @@ async def test_peer_stopped_while_registering_leaves_nothing(redis_server: Redis
     redis_server.pause()
     try:
         service.startService()
-        await eventually(lambda: bool(registry._registering))  # sent, and waiting
+        await eventually(lambda: bool(registry._registrations.pending))  # sent, and waiting
         await service.stopService()
         assert peer.port is None
     finally:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
@@ -106,6 +106,18 @@ class LastAnswers:
         self._answers: OrderedDict[tuple[str, str], tuple[float, list[PeerRecord]]] = (
             OrderedDict()
         )
+
+    def answering(
+        self, lookup: Deferred[list[PeerRecord]], key: tuple[str, str], stale: float | None
+    ) -> Deferred[list[PeerRecord]]:
+        """
+        C{lookup}, its answer remembered; if it fails and C{stale} is
+        given, the last answer instead, if no older than C{stale} seconds.
+        """
+        lookup.addCallback(self.remember, key)
+        if stale is not None:
+            lookup.addErrback(self.fallBack, key, stale)
+        return lookup
 
     def remember(self, records: list[PeerRecord], key: tuple[str, str]) -> list[PeerRecord]:
         self._answers[key] = (self._clock.seconds(), list(records))  # the caller may change its own
@@ -225,6 +237,65 @@ def extendByPutting(store: Store, records: Sequence[PeerRecord], ttl: float) -> 
     puts = [store.putRecord(record, ttl) for record in records]
     d = DeferredList(puts, fireOnOneErrback=True, consumeErrors=True)
     return d.addCallbacks(lambda _: None, lambda f: f.value.subFailure)
+
+
+class Registrations:
+    """
+    A backend's registrations in flight, and the take-backs of those that
+    failed: a call that ran out of time or was cancelled may still have
+    reached the store, and would otherwise leave a record nobody keeps
+    alive (announced C{joined}, then C{timedout}). C{close()} cancels the
+    first (L{cancelAll}) and waits for the second (L{takenBack}).
+    """
+
+    def __init__(self, store: Store):
+        self._store = store
+        self.pending: set[Deferred[None]] = set()
+        self._undoing: set[Deferred[None]] = set()
+
+    def register(self, lease: Lease, registered: Callable[[Lease], object]) -> Deferred[ILease]:
+        """
+        Write C{lease}'s record; once it is stored, call C{registered} and
+        start the lease's heartbeat; if that fails, take the record back.
+        """
+        putting = self._store.putRecord(lease.record, lease.ttl)
+        self.pending.add(putting)
+
+        def stored(_: None) -> ILease:
+            self.pending.discard(putting)
+            registered(lease)
+            lease.start()
+            return lease
+
+        def failed(failure: Failure) -> Failure:
+            self.pending.discard(putting)
+            self.takeBack(lease.record)
+            return failure
+
+        return putting.addCallbacks(stored, failed)
+
+    def takeBack(self, record: PeerRecord) -> None:
+        """
+        Remove C{record} again; if that fails too, the store is unreachable:
+        the registration never got there, or times out there.
+        """
+        undoing = self._store.removeRecord(record)
+        self._undoing.add(undoing)
+        undoing.addErrback(lambda _: None)
+        undoing.addBoth(lambda _: self._undoing.discard(undoing))
+
+    def cancelAll(self) -> None:
+        """
+        Cancel every registration in flight (each is then taken back).
+        """
+        for putting in list(self.pending):
+            putting.cancel()
+
+    def takenBack(self) -> Deferred[Any]:
+        """
+        Fires once every take-back under way has ended.
+        """
+        return DeferredList(list(self._undoing), consumeErrors=True)
 
 
 @implementer(ILease)
@@ -387,6 +458,26 @@ class Subscription:
     C{grace} seconds to be written back by its lease before it counts as
     timed out.
     """
+
+    @classmethod
+    def forPattern(
+        cls,
+        store: Store,
+        namespace: str,
+        pattern: str,
+        callback: Callable[[PeerEvent], object],
+        clock: IReactorTime,
+        grace: float = 3.0,
+        usage: bool = False,
+    ) -> Subscription:
+        """
+        A subscription to C{pattern} in C{namespace}, both checked first:
+        what each backend's C{watch()} starts from.
+
+        @raise ValueError: naming the bad namespace or pattern.
+        """
+        glob = validateSearch(namespace, pattern)
+        return cls(store, namespace, glob, callback, clock, grace, usage=usage)
 
     def __init__(
         self,

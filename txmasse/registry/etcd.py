@@ -32,7 +32,6 @@ from typing import Any
 import attrs
 from twisted.internet.defer import (
     Deferred,
-    DeferredList,
     DeferredLock,
     DeferredSemaphore,
     fail,
@@ -50,6 +49,7 @@ from txmasse.registry import freshness
 from txmasse.registry.base import (
     LastAnswers,
     Lease,
+    Registrations,
     Snapshot,
     Subscription,
     extendByPutting,
@@ -181,8 +181,7 @@ class EtcdRegistry:
         self._marker: tuple[int, float] | None = None
         self._markerLock = DeferredLock()
         self._askers = DeferredSemaphore(16)  # lease/timetolive calls at once, in leases()
-        self._registering: set[Deferred[None]] = set()
-        self._undoing: set[Deferred[None]] = set()
+        self._registrations = Registrations(self)
         self._closing = False
 
     @classmethod
@@ -247,31 +246,7 @@ class EtcdRegistry:
             return fail(RegistryUnavailable(f"registry {self.url} is closed"))
         lease = Lease(self, record, ttl, self._reactor)
         self._wanted.add(record.instance)
-
-        def registered(_: None) -> ILease:
-            self._registering.discard(putting)
-            self._leases.add(lease)
-            lease.start()
-            return lease
-
-        def failed(failure: Failure) -> Failure:
-            self._registering.discard(putting)
-            self._undo(record)
-            return failure
-
-        putting = self.putRecord(record, ttl)
-        self._registering.add(putting)
-        return putting.addCallbacks(registered, failed)
-
-    def _undo(self, record: PeerRecord) -> None:
-        """
-        Take back a registration that failed or was cancelled: it may have
-        reached etcd. L{close} waits for this.
-        """
-        undoing = self.removeRecord(record)
-        self._undoing.add(undoing)
-        undoing.addErrback(lambda _: None)
-        undoing.addBoth(lambda _: self._undoing.discard(undoing))
+        return self._registrations.register(lease, self._leases.add)
 
     def lookup(
         self, namespace: str, name: str, stale: float | None = None
@@ -283,10 +258,7 @@ class EtcdRegistry:
         key = (namespace, name)
         prefix = f"{self.namespacePrefix(namespace)}r/{name}/"
         d = self._range(prefix, f"lookup of {name!r}").addCallback(self._lookedUp, namespace, name)
-        d.addCallback(self._lastAnswers.remember, key)
-        if stale is not None:
-            d.addErrback(self._lastAnswers.fallBack, key, stale)
-        return d
+        return self._lastAnswers.answering(d, key, stale)
 
     def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
         """
@@ -377,13 +349,8 @@ class EtcdRegistry:
         usage: bool = False,
     ) -> Deferred[ISubscription]:
         try:
-            subscription = Subscription(
-                self,
-                namespace,
-                validateSearch(namespace, pattern),
-                callback,
-                self._reactor,
-                usage=usage,
+            subscription = Subscription.forPattern(
+                self, namespace, pattern, callback, self._reactor, usage=usage
             )
         except ValueError:
             return fail()
@@ -431,8 +398,7 @@ class EtcdRegistry:
         if self.closed or self._closing:
             return succeed(None)
         self._closing = True  # calls still go out until closed: the undos need them
-        for putting in list(self._registering):
-            putting.cancel()
+        self._registrations.cancelAll()
         for call in self._expiries.values():
             if call.active():
                 call.cancel()
@@ -445,7 +411,7 @@ class EtcdRegistry:
         for stream in list(self._streams.values()):
             stream.stop()
         self._streams.clear()
-        undoing = DeferredList(list(self._undoing), consumeErrors=True)
+        undoing = self._registrations.takenBack()
 
         def disconnect(_: object) -> Deferred[None]:
             self.closed = True

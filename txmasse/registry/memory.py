@@ -125,13 +125,8 @@ class MemoryRegistry:
         usage: bool = False,
     ) -> Deferred[ISubscription]:
         try:
-            subscription = Subscription(
-                self,
-                namespace,
-                validateSearch(namespace, pattern),
-                callback,
-                self._clock,
-                usage=usage,
+            subscription = Subscription.forPattern(
+                self, namespace, pattern, callback, self._clock, usage=usage
             )
         except ValueError:
             return fail()

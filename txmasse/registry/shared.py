@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -21,6 +21,7 @@ from txmasse.registry import freshness
 from txmasse.registry.base import (
     LastAnswers,
     Lease,
+    Registrations,
     Snapshot,
     Subscription,
     extendByPutting,
@@ -73,8 +74,7 @@ class SharedStoreRegistry:
         self._sweeps: dict[str, IDelayedCall | None] = {}
         self._lastAnswers = LastAnswers(clock)
         self._closing = False
-        self._registering: set[Deferred[None]] = set()
-        self._undoing: set[Deferred[None]] = set()
+        self._registrations = Registrations(self)
         self._sweepsHeldUntil = 0.0
 
     # What a backend provides
@@ -140,39 +140,12 @@ class SharedStoreRegistry:
         except ValueError:
             return fail()
         lease = Lease(self, record, ttl, self._clock)
+        return self._registrations.register(lease, self._registered)
 
-        def registered(_: None) -> ILease:
-            self._registering.discard(putting)
-            self._leases.add(lease)
-            self._leaseNamespaces[record.namespace] += 1
-            self._startSweeping(record.namespace)
-            lease.start()
-            return lease
-
-        def failed(failure: Failure) -> Failure:
-            self._registering.discard(putting)
-            self._undo(record)
-            return failure
-
-        putting = self.putRecord(record, ttl)
-        self._registering.add(putting)
-        return putting.addCallbacks(registered, failed)
-
-    def _undo(self, record: PeerRecord) -> None:
-        """
-        Take back a registration that failed: a call that ran out of time or
-        was cancelled may still have reached the store, and would otherwise
-        leave a record nobody keeps alive (announced as C{joined}, then
-        C{timedout}). L{close} waits for it. If this fails too, the store is
-        unreachable: the registration never got there, or times out there.
-        """
-        undoing = self.removeRecord(record)
-        self._undoing.add(undoing)
-
-        def done(_: object) -> None:
-            self._undoing.discard(undoing)
-
-        undoing.addBoth(done)
+    def _registered(self, lease: Lease) -> None:
+        self._leases.add(lease)
+        self._leaseNamespaces[lease.record.namespace] += 1
+        self._startSweeping(lease.record.namespace)
 
     @metrics.registryCall("lookup")
     def lookup(
@@ -183,10 +156,7 @@ class SharedStoreRegistry:
         except ValueError:
             return fail()
         key = (namespace, name)
-        d = self._fetchLookup(namespace, name).addCallback(self._lastAnswers.remember, key)
-        if stale is not None:
-            d.addErrback(self._lastAnswers.fallBack, key, stale)
-        return d
+        return self._lastAnswers.answering(self._fetchLookup(namespace, name), key, stale)
 
     @metrics.registryCall("find")
     def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
@@ -221,14 +191,8 @@ class SharedStoreRegistry:
         usage: bool = False,
     ) -> Deferred[ISubscription]:
         try:
-            subscription = Subscription(
-                self,
-                namespace,
-                validateSearch(namespace, pattern),
-                callback,
-                self._clock,
-                self._grace,
-                usage=usage,
+            subscription = Subscription.forPattern(
+                self, namespace, pattern, callback, self._clock, self._grace, usage=usage
             )
         except ValueError:
             return fail()
@@ -252,8 +216,7 @@ class SharedStoreRegistry:
         if self.closed or self._closing:
             return succeed(None)
         self._closing = True  # calls still go out until closed: the undos need them
-        for putting in list(self._registering):
-            putting.cancel()  # and take it back
+        self._registrations.cancelAll()  # and take them back
         for lease in list(self._leases):
             lease.stop()
         for subscriptions in list(self._watchers.values()):
@@ -262,8 +225,7 @@ class SharedStoreRegistry:
         for namespace in list(self._sweeps):
             self._stopSweeping(namespace)
         self.closed = True
-        undoing = DeferredList(list(self._undoing), consumeErrors=True)
-        return undoing.addCallback(lambda _: self._disconnect())
+        return self._registrations.takenBack().addCallback(lambda _: self._disconnect())
 
     # Reading the store
 
