@@ -6,6 +6,9 @@ not as the JSON it travels as; C{--json} keeps the metadata whole.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest_twisted
@@ -44,3 +47,24 @@ async def test_ls_names_the_commands_a_peer_publishes(tmp_path: Path) -> None:
     finally:
         await lease.release()
         await registry.close()
+
+
+def test_a_reader_that_goes_away_ends_masse_quietly() -> None:
+    """
+    C{masse completion bash | head -1}: once the reader has gone, masse
+    ends without an error message, as Unix tools do.
+    """
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before masse writes a byte
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "txmasse", "completion", "bash"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        )
+    finally:
+        os.close(write)
+    assert done.stderr == "" and done.returncode == 141, done

@@ -794,6 +794,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> NoRetur
         except UsageError as e:
             print(_oneLine(f"masse: {e}"), file=sys.stderr)
             status = 2
+        except BrokenPipeError:
+            # The reader went away (| head): end quietly, as Unix tools do.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            status = 141
         except (MasseError, ValueError, OSError) as e:
             print(_oneLine(f"masse: {e}"), file=sys.stderr)
             status = 1
