@@ -235,7 +235,12 @@ def test_twistd_masse_metrics(tmp_path: Path) -> None:
         assert set(NAMES) <= set(families)
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()  # never left behind, whatever went wrong
+            process.wait()
+            raise
 
 
 def test_bad_metrics_endpoint() -> None:
