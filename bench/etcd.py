@@ -33,13 +33,11 @@ import attrs
 import treq
 import txredisapi
 from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
-from zope.interface import implementer
 
 from bench.children import Child, spawn
 from bench.connect import measureConnects
@@ -48,6 +46,7 @@ from bench.peer import fakeRecord, registerMany, registerSpread
 from bench.redis import RedisProcess
 from bench.stats import Row, micros, millis, p50, p99, table
 from txmasse.registry import registryFromURL
+from txmasse.registry.etcd_client import BytesBody
 
 
 @attrs.frozen
@@ -169,30 +168,6 @@ class EtcdProcess:
         self.directory.cleanup()
 
 
-@implementer(IBodyProducer)
-class BytesProducer:
-    """
-    A request body already in memory, as the least a raw client sends.
-    """
-
-    def __init__(self, data: bytes):
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
 class _Collect(Protocol):
     def __init__(self, done: Deferred[bytes]):
         self._done = done
@@ -239,7 +214,7 @@ async def measureLookups(
     headers = Headers({b"Content-Type": [b"application/json"]})
 
     async def viaAgent() -> Any:
-        response = await agent.request(b"POST", address.encode(), headers, BytesProducer(body))
+        response = await agent.request(b"POST", address.encode(), headers, BytesBody(body))
         done: Deferred[bytes] = Deferred()
         response.deliverBody(_Collect(done))
         return json.loads(await done)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -46,6 +47,25 @@ def _read(f: Any) -> Any:
     raise RuntimeError(f"bad reply from redis-server: {line!r}")
 
 
+def answersPing(
+    process: subprocess.Popen[bytes], command: Callable[..., Any], timeout: float = 10
+) -> bool:
+    """
+    Whether a redis-server just started as C{process} answers C{PING}
+    (through C{command}) within C{timeout} seconds, before it exits.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if command("PING") == "PONG":
+                return True
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
 class RedisProcess:
     """
     A redis-server of the bench's own: no persistence, loopback only.
@@ -79,16 +99,8 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if self.command("PING") == "PONG":
-                    return
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"bench: redis-server on port {self.port} did not start")
-            time.sleep(0.02)
+        if not answersPing(self.process, self.command):
+            raise SystemExit(f"bench: redis-server on port {self.port} did not start")
 
     def stop(self) -> None:
         if self.process is not None:

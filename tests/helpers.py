@@ -26,7 +26,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from twisted.python.failure import Failure
 # One RESP client for the bench and the tests.
 from bench.redis import _encode as _encode
 from bench.redis import _read as _read
+from bench.redis import answersPing
 from bench.redis import freePort as freePort
 from tests.endpoint_helpers import REPO as REPO
 from tests.endpoint_helpers import ChildProcess, peerEnvironment
@@ -131,16 +131,8 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if self.command("PING") == "PONG":
-                    return
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {self.port} did not start")
-            time.sleep(0.02)
+        if not answersPing(self.process, self.command):
+            raise RuntimeError(f"redis-server on port {self.port} did not start")
 
     def stop(self) -> None:
         if self.process is not None:
