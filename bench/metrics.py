@@ -29,7 +29,7 @@ from txmasse.resolver import resolverFor
 NAMESPACE = "bench"
 
 
-def _noHook(connecting: Deferred[Any], namespace: str, name: str) -> None:
+def _noHook(namespace: str, name: str, outcome: str, seconds: float) -> None:
     pass
 
 
@@ -37,17 +37,17 @@ async def measure(url: str, echoPort: int, rounds: int) -> dict[str, list[float]
     registry = registryFromURL(reactor, url)
     resolver = resolverFor(registry, reactor)
     endpoint = MasseClientEndpoint(reactor, "echo", NAMESPACE, registry=url)
-    hook = metrics.connectStarted
+    hook = metrics.connectEnded
 
     async def on() -> float:
         return await echoOnce(endpoint)
 
     async def off() -> float:
-        metrics.connectStarted = _noHook
+        metrics.connectEnded = _noHook
         try:
             return await echoOnce(endpoint)
         finally:
-            metrics.connectStarted = hook
+            metrics.connectEnded = hook
 
     # Two variants with metrics off: their ratio is the noise floor.
     variants = {"on": on, "off": off, "off2": off}

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
@@ -252,20 +252,50 @@ def test_bad_metrics_endpoint() -> None:
         makeService(options)
 
 
-def test_notes_fold_in_batches_without_a_scrape() -> None:
+def test_counts_show_at_once() -> None:
     """
-    Hooks only take notes; a scrape folds them in, and so does every
-    L{metrics.FOLD_AT}-th note, so they stay bounded when nobody scrapes.
+    Counts are plain integers read at each scrape: the next scrape shows
+    every one made before it.
     """
-    metrics.fold()
-    for _ in range(metrics.FOLD_AT - 1):
-        metrics.watchEvent("folded")
-    assert len(metrics._notes) == metrics.FOLD_AT - 1
-    metrics.watchEvent("folded")
-    assert len(metrics._notes) == 0
-    assert value("masse_watch_events_total", kind="folded") == metrics.FOLD_AT
-    metrics.watchEvent("folded")
-    assert value("masse_watch_events_total", kind="folded") == metrics.FOLD_AT + 1
+    before = value("masse_watch_events_total", kind="counted")
+    for _ in range(3):
+        metrics.watchEvent("counted")
+    assert value("masse_watch_events_total", kind="counted") == before + 3
+    metrics.watchEvent("counted")
+    assert value("masse_watch_events_total", kind="counted") == before + 4
+
+
+def test_timings_expose_what_prometheus_client_would() -> None:
+    """
+    L{metrics.Timings} and L{metrics.Tally} show the same samples as
+    C{prometheus_client}'s own C{Histogram} and C{Counter} fed the same
+    observations, C{le} bounds inclusive, C{_created} beside each.
+    """
+    observed = [0.05, 0.1, 0.5, 5.0, 0.1, 2.0]
+    theirs = CollectorRegistry()
+    histogram = Histogram("t_seconds", "doc", ["op"], buckets=(0.1, 1.0), registry=theirs)
+    counter = Counter("t_calls", "doc", ["op"], registry=theirs)
+    timings = metrics.Timings("t_seconds", "doc", ["op"], (0.1, 1.0))
+    tally = metrics.Tally("t_calls", "doc", ["op"])
+    for seconds in observed:
+        histogram.labels("a").observe(seconds)
+        counter.labels("a").inc()
+        timings.observe(("a",), seconds)
+        tally.add(("a",))
+
+    def samples(families: Any) -> dict[tuple[str, str | None], float]:
+        return {
+            (s.name, s.labels.get("le")): s.value
+            for family in families
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    ours = samples([timings.collect(), tally.collect()])
+    assert ours == samples(theirs.collect())
+    assert ours[("t_seconds_bucket", "0.1")] == 3  # 0.05 and both 0.1
+    names = {s.name for family in (timings.collect(), tally.collect()) for s in family.samples}
+    assert {"t_seconds_created", "t_calls_created"} <= names
 
 
 def test_the_overhead_bench_runs() -> None:

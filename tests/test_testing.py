@@ -119,7 +119,7 @@ def test_a_connect_times_out_on_the_clock_and_cancels_its_attempt() -> None:
     network.reactor._connect = lambda *args: None  # type: ignore[method-assign]
     connecting = network.connect("masse:db:ns=t:timeout=3", Factory.forProtocol(Collector))
     network.advance(2.9)
-    assert not connecting.called
+    network.assertNoResult(connecting)
     network.advance(0.2)
     with pytest.raises(NoReachablePeer, match="within 3s: gave up connecting to tcp:"):
         network.successResultOf(connecting)

@@ -12,10 +12,13 @@ loop, L{_Connect}.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from time import perf_counter
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, clientFromString
+from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import (
     IDelayedCall,
     IProtocol,
@@ -30,7 +33,7 @@ from zope.interface import implementer
 
 from txmasse import metrics
 from txmasse.checks import checkNumber, shown
-from txmasse.descriptions import transportOf
+from txmasse.descriptions import parseDescription, transportOf
 from txmasse.errors import NoReachablePeer, PeerNotFound
 from txmasse.peertls import PeerTLS, certificateName
 from txmasse.records import Glob, PeerRecord, isPattern, localHostIdentity, validateName
@@ -146,6 +149,7 @@ class MasseClientEndpoint:
         # Parsed once: parsing costs as much as a loopback connect.
         self._display = registryDisplay(self.registry)
         self._endpoints: dict[tuple[str, str], IStreamClientEndpoint] = {}
+        self._own: set[int] = set()  # ids of the endpoints kept in _endpoints that are our own
         self._opened: IRegistry | None = None
         self._resolver: Resolver | None = None
 
@@ -180,7 +184,7 @@ class MasseClientEndpoint:
         the registry's L{txmasse.errors.RegistryUnavailable}. Cancelling
         cancels the attempt in progress.
         """
-        return _Connect(self, protocolFactory, None).start()
+        return _Connect(self, protocolFactory).start(None)
 
     def connectToRecord(
         self, record: PeerRecord, protocolFactory: IProtocolFactory
@@ -190,7 +194,7 @@ class MasseClientEndpoint:
         without a lookup; as L{connect} otherwise: its endpoints in turn,
         this endpoint's C{proto}, wrappers and timeout.
         """
-        return _Connect(self, protocolFactory, [record]).start()
+        return _Connect(self, protocolFactory).start([record])
 
     def openRegistry(self) -> IRegistry:
         """
@@ -214,40 +218,75 @@ class MasseClientEndpoint:
 
     def endpointFor(self, candidate: Candidate, registry: IRegistry) -> IStreamClientEndpoint:
         """
-        The endpoint that reaches C{candidate}: its description's endpoint
-        (built once and reused: parsing one costs about as much as a
-        loopback connect), reporting if asked, under this client's wrappers.
+        The endpoint that reaches C{candidate}: its description's endpoint,
+        reporting if asked, under this client's wrappers (built once and
+        reused: parsing a description costs about as much as a loopback
+        connect).
         """
         record, description = candidate.record, candidate.description
         assert description is not None
+        if self.report:
+            inner = self._describedEndpoint(description, record)
+            return wrapEndpoint(ReportingEndpoint(inner, registry, record), self.wrappers)
         key = (description, record.name)
         endpoint = self._endpoints.get(key)
         if endpoint is None:
             if len(self._endpoints) >= ENDPOINT_CACHE:
                 self._endpoints.clear()
-            endpoint = self._describedEndpoint(description, record)
-            self._endpoints[key] = endpoint
-        if self.report:
-            endpoint = ReportingEndpoint(endpoint, registry, record)
-        return wrapEndpoint(endpoint, self.wrappers)
+                self._own.clear()
+            inner = self._describedEndpoint(description, record)
+            endpoint = self._endpoints[key] = wrapEndpoint(inner, self.wrappers)
+            if isinstance(inner, TCP4ClientEndpoint | UNIXClientEndpoint):
+                self._own.add(id(endpoint))
+        return endpoint
+
+    def ownEndpoint(self, endpoint: IStreamClientEndpoint) -> bool:
+        """
+        Whether C{endpoint} is one this client built on Twisted's TCP or
+        UNIX endpoint with its own C{timeout} as the connect timeout: such
+        an endpoint keeps a connect's deadline itself, and its
+        cancellation is Twisted's.
+        """
+        return id(endpoint) in self._own  # each one alive in _endpoints, so ids are unique
 
     def _describedEndpoint(self, description: str, record: PeerRecord) -> IStreamClientEndpoint:
         """
         A C{tls:} description is verified against the record's own name
-        (with C{tls}, else the system trust roots); any other is what
-        C{clientFromString} makes of it.
+        (with C{tls}, else the system trust roots); a plain C{tcp:} or
+        C{unix:} one gets this client's C{timeout} as its connect timeout;
+        any other is what C{clientFromString} makes of it.
         """
-        if transportOf(description) == "tls":
+        transport = transportOf(description)
+        if transport == "tls":
             tls = PeerTLS.system() if self.tls is None else self.tls
             return tls.clientEndpoint(self._reactor, description, record)
+        if transport in ("tcp", "unix"):
+            timed = timedEndpoint(self._reactor, description, self.timeout)
+            if timed is not None:
+                return timed
         endpoint: IStreamClientEndpoint = clientFromString(self._reactor, description)
         return endpoint
 
 
 class _Connect:
     """
-    One C{connect()}: resolve, order, attempt, wrap; its timeout, its
+    One C{connect()}: resolve, order, attempt, wrap; its deadline, its
     cancellation, and what it tried, for its error message.
+
+    Each step is a Deferred, and the next one chains onto it, so the
+    caller's Deferred is the first step's: cancelling it cancels whichever
+    step is in progress, and the connect's outcome is whatever the last
+    step gave. Two things are kept only where they are needed, because a
+    warm connect would pay for them otherwise (3 to 5% of it):
+
+      - the deadline's timer: none while the only step so far is an
+        attempt through one of L{MasseClientEndpoint.ownEndpoint}'s
+        endpoints, whose connect timeout is the deadline itself;
+      - a Deferred of this connect's own around an attempt, which knows
+        when the caller cancels and disconnects a protocol delivered after
+        all: only for endpoints other than those, whose cancellation may
+        be anything; Twisted's TCP and UNIX endpoints fail with
+        C{ConnectingCancelledError} and deliver nothing late.
 
     A plain class with slots: a warm connect builds one, and its cost is
     part of every connect's.
@@ -256,48 +295,45 @@ class _Connect:
     __slots__ = (
         "cancelled",
         "client",
+        "deadline",
         "doing",
         "expired",
         "factory",
         "failed",
         "fromCache",
-        "given",
+        "next",
+        "outer",
         "pending",
         "registry",
-        "result",
         "skipped",
-        "step",
+        "started",
         "timer",
         "tried",
         "turn",
     )
 
-    def __init__(
-        self,
-        client: MasseClientEndpoint,
-        factory: IProtocolFactory,
-        given: Sequence[PeerRecord] | None,
-    ):
+    def __init__(self, client: MasseClientEndpoint, factory: IProtocolFactory):
         self.client = client
         self.factory = factory
-        self.given = given
-        self.result: Deferred[IProtocol] = Deferred(self._cancel)
-        metrics.connectStarted(self.result, client.namespace, client.name)
+        self.started = perf_counter()
+        timeout = client.timeout
+        self.deadline = None if timeout is None else client._reactor.seconds() + timeout
         self.registry: IRegistry | None = None
-        self.pending: list[Candidate] = []
-        self.failed: set[str] = set()
-        self.tried: list[str] = []
-        self.skipped: list[str] = []  # critical or draining instances, and why
-        self.doing = "waiting for the registry"
+        self.outer: Deferred[Any] | None = None  # the caller's
+        self.pending: Sequence[Candidate] = ()
+        self.next = 0  # the index in pending of the next candidate
+        self.failed: set[str] | None = None  # descriptions that failed
+        self.tried: list[str] | None = None
+        self.skipped: list[str] | None = None  # critical or draining instances, and why
+        self.doing: str | Candidate | None = None  # the step in progress, None before the first
         self.fromCache = False
         self.turn = client.selection.takeTurn() if client.pick == "roundrobin" else 0
-        self.step: Deferred[Any] | None = None  # the lookup or attempt in progress
         self.timer: IDelayedCall | None = None
         self.cancelled = False
         self.expired = False
 
     def __repr__(self) -> str:
-        return f"<_Connect to {self.target}: {self.doing}>"
+        return f"<_Connect to {self.target}: {self._doing()}>"
 
     @property
     def target(self) -> str:
@@ -310,60 +346,54 @@ class _Connect:
 
     # Resolve
 
-    def start(self) -> Deferred[IProtocol]:
+    def start(self, given: Sequence[PeerRecord] | None) -> Deferred[IProtocol]:
         client = self.client
-        if client.timeout is not None:
-            # One delayed call rather than Deferred.addTimeout: a third of
-            # what a warm connect costs beyond the TCP connect itself.
-            self.timer = client._reactor.callLater(client.timeout, self._expire)
         try:
             self.registry = client.openRegistry()
         except Exception:
-            self._finish(Failure())
-            return self.result
-        if self.given is not None:
-            self._walk(self.given)
-            return self.result
-        if client.cache:
-            records = self._resolver().cached(client.namespace, client.name)
-            if records:
+            outer: Deferred[Any] = fail()
+        else:
+            if given is not None:
+                outer = self._walk(given)
+            elif client.cache and (records := self._cached()):
                 self.fromCache = True
-                self._walk(records)
-                return self.result
-        self._resolve()
-        return self.result
+                outer = self._walk(records)
+            else:
+                outer = self._resolve()
+        self.outer = outer
+        return outer.addBoth(self._ended)
+
+    def _cached(self) -> Sequence[PeerRecord] | None:
+        return self._resolver().cached(self.client.namespace, self.client.name)
 
     def _resolver(self) -> Resolver:
         assert self.registry is not None
         return self.client.resolverFor(self.registry)
 
-    def _resolve(self) -> None:
+    def _resolve(self) -> Deferred[Any]:
         client = self.client
-        self.doing = "waiting for the registry"
+        self._arm(_WAITING)
         resolver = self._resolver()
         if client.cache:
             answer: Deferred[Any] = resolver.resolve(client.namespace, client.name)
             answer.addCallback(lambda resolution: resolution.records)
         else:
             answer = resolver.ask(client.namespace, client.name)
-        self._wait(answer, self._resolved, self._finish)
+        return answer.addCallback(self._resolved)
 
-    def _resolved(self, records: Sequence[PeerRecord]) -> None:
+    def _resolved(self, records: Sequence[PeerRecord]) -> Deferred[Any]:
         if not records:
             client = self.client
             what = "matches" if isPattern(client.name) else "is registered as"
-            self._finish(
-                Failure(
-                    PeerNotFound(
-                        f"no peer {what} {client.name!r} in namespace {client.namespace!r} "
-                        f"(registry {self.registry.url if self.registry else client._display})"
-                    )
+            return fail(
+                PeerNotFound(
+                    f"no peer {what} {client.name!r} in namespace {client.namespace!r} "
+                    f"(registry {self.registry.url if self.registry else client._display})"
                 )
             )
-            return
-        self._walk(records)
+        return self._walk(records)
 
-    def _resolveAgain(self) -> None:
+    def _resolveAgain(self) -> Deferred[Any]:
         """
         A cached instance failed: drop the name's cache entry and go on
         with the registry's fresh answer (or, if the registry fails too,
@@ -373,31 +403,33 @@ class _Connect:
         client = self.client
         resolver = self._resolver()
         resolver.forget(client.namespace, client.name)
-        self.doing = "waiting for the registry"
+        self._arm(_WAITING)
 
-        def failed(failure: Failure) -> None:
+        def failed(failure: Failure) -> Failure | Deferred[Any]:
+            if self.cancelled or self.expired or failure.check(CancelledError):
+                return failure
             log.info(
                 "{target}: could not resolve again ({error}); trying the cached instances left",
                 target=self.target,
                 error=str(failure.value),
             )
-            self._next()
+            return self._next()
 
         resolving = resolver.resolve(client.namespace, client.name)
-        self._wait(resolving, lambda resolution: self._walk(resolution.records), failed)
+        return resolving.addCallbacks(lambda resolution: self._walk(resolution.records), failed)
 
     # Order, attempt
 
-    def _walk(self, records: Sequence[PeerRecord]) -> None:
+    def _walk(self, records: Sequence[PeerRecord]) -> Deferred[Any]:
         selection = self.client.selection
         if selection.meta:
             matching = selection.matching(records)
             if not matching:
-                self._finish(Failure(self._noneMatching(records)))
-                return
+                return fail(self._noneMatching(records))
             records = matching
         self.pending = selection.candidates(records, self.turn, localHostIdentity())
-        self._next()
+        self.next = 0
+        return self._next()
 
     def _noneMatching(self, records: Sequence[PeerRecord]) -> PeerNotFound:
         conditions = self.client.selection.unmatched(records)
@@ -405,49 +437,72 @@ class _Connect:
             f"{conditions} matched none of the {len(records)} instance(s) of {self.target}"
         )
 
-    def _next(self) -> None:
-        while self.pending:
-            candidate = self.pending.pop(0)
+    def _next(self) -> Deferred[Any]:
+        pending, failed = self.pending, self.failed
+        while self.next < len(pending):
+            candidate = pending[self.next]
+            self.next += 1
             if candidate.excluded is not None:
                 skipped = f"instance {candidate.record.instance[:8]} ({candidate.excluded})"
+                if self.skipped is None:
+                    self.skipped = []
                 if skipped not in self.skipped:
                     self.skipped.append(skipped)
             elif candidate.description is None:
-                self.tried.append(self._unusable(candidate.record))
-            elif candidate.description not in self.failed:
-                self._attempt(candidate)
-                return
-        self._finish(Failure(NoReachablePeer(f"could not reach {self.target}: {self._told()}")))
+                self._tell(self._unusable(candidate.record))
+            elif failed is None or candidate.description not in failed:
+                return self._attempt(candidate)
+        return fail(NoReachablePeer(f"could not reach {self.target}: {self._told()}"))
 
-    def _attempt(self, candidate: Candidate) -> None:
-        assert self.registry is not None and candidate.description is not None
-        self.doing = f"connecting to {candidate.description}"
+    def _attempt(self, candidate: Candidate) -> Deferred[Any]:
+        assert self.registry is not None
+        client = self.client
+        first = self.doing is None
+        self.doing = candidate
         try:
-            endpoint = self.client.endpointFor(candidate, self.registry)
+            endpoint = client.endpointFor(candidate, self.registry)
             attempt = endpoint.connect(self.factory)
-        except Exception as e:
-            self._attemptFailed(candidate, Failure(e))
-            return
-        self._wait(attempt, self._finish, lambda failure: self._attemptFailed(candidate, failure))
+        except Exception:
+            own, attempt = False, fail()
+        else:
+            own = client.ownEndpoint(endpoint)
+        if not (own and first):
+            self._arm(candidate)
+        if not own:
+            attempt = self._guarded(attempt)
+        return attempt.addErrback(self._attemptFailed, candidate, own)
 
-    def _attemptFailed(self, candidate: Candidate, failure: Failure) -> None:
-        if self.cancelled:
-            self._finish(failure)
-            return
-        assert candidate.description is not None
+    def _attemptFailed(
+        self, failure: Failure, candidate: Candidate, own: bool
+    ) -> Failure | Deferred[Any]:
+        if own:
+            if failure.check(ConnectingCancelledError):
+                self.cancelled = True  # by the caller, or by the timer (then expired too)
+            elif failure.check(ConnectTimeout) and self.timer is None and self.deadline:
+                self.expired = True  # the endpoint's timeout was the deadline
+        if self.cancelled or self.expired:
+            return failure
+        description = candidate.description
+        assert description is not None
         why = str(failure.value) or type(failure.value).__name__
-        self.tried.append(f"{candidate.description}: {why}")
+        self._tell(f"{description}: {why}")
         log.info(
             "{target}: {description} failed ({why}); trying the next",
             target=self.target,
-            description=candidate.description,
+            description=description,
             why=why,
         )
-        self.failed.add(candidate.description)
+        if self.failed is None:
+            self.failed = set()
+        self.failed.add(description)
         if self.fromCache:
-            self._resolveAgain()  # stale: ask the registry, once
-        else:
-            self._next()
+            return self._resolveAgain()  # stale: ask the registry, once
+        return self._next()
+
+    def _tell(self, tried: str) -> None:
+        if self.tried is None:
+            self.tried = []
+        self.tried.append(tried)
 
     def _unusable(self, record: PeerRecord) -> str:
         why = "no endpoint this client accepts"
@@ -462,48 +517,119 @@ class _Connect:
             told.append(f"left out {', '.join(self.skipped)}")
         return "; ".join(told)
 
-    # The outcome
+    def _doing(self) -> str:
+        doing = self.doing
+        if doing is None or isinstance(doing, str):
+            return doing or _WAITING
+        return f"connecting to {doing.description}"
 
-    def _wait(self, step: Deferred[Any], succeeded: Any, failed: Any) -> None:
-        self.step = step
-        step.addCallbacks(succeeded, failed)
-        step.addErrback(self._finish)  # a bug in a callback fails the connect
+    # The deadline, foreign endpoints, and the outcome
 
-    def _cancel(self, _: object) -> None:
-        self.cancelled = True
-        if self.step is not None:
-            self.step.cancel()
+    def _arm(self, doing: str | Candidate) -> None:
+        """
+        Start the deadline's timer, if there is a deadline and it is not
+        running yet: from now on, C{doing}.
+        """
+        self.doing = doing
+        if self.timer is None and self.deadline is not None and not self.expired:
+            reactor = self.client._reactor
+            left = max(self.deadline - reactor.seconds(), 0.0)
+            self.timer = reactor.callLater(left, self._expire)
+
+    def _guarded(self, attempt: Deferred[Any]) -> Deferred[Any]:
+        """
+        C{attempt} behind a Deferred of this connect's own: cancelling that
+        marks the connect cancelled, then cancels C{attempt}; a protocol that
+        C{attempt} delivers after all (its cancellation ignored) is
+        disconnected.
+        """
+
+        def cancel(_: object) -> None:
+            self.cancelled = True
+            attempt.cancel()
+
+        mine: Deferred[Any] = Deferred(cancel)
+
+        def relay(result: object) -> None:
+            if mine.called:
+                if not isinstance(result, Failure):
+                    _abort(result)  # type: ignore[arg-type]  # connected as the caller gave up
+                return
+            if isinstance(result, Failure):
+                mine.errback(result)
+            else:
+                mine.callback(result)
+
+        attempt.addBoth(relay)
+        return mine
 
     def _expire(self) -> None:
         self.timer = None
         self.expired = True
-        self._cancel(None)
-        if not self.result.called:  # the step ignored its cancellation
-            self._finish(Failure(CancelledError()))
+        assert self.outer is not None
+        self.outer.cancel()
 
-    def _finish(self, outcome: IProtocol | Failure) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
-        if self.result.called:
-            if not isinstance(outcome, Failure):
-                _abort(outcome)  # connected just as the caller gave up
-            return
+    def _ended(self, outcome: object) -> object:
+        timer = self.timer
+        if timer is not None:
+            if timer.active():
+                timer.cancel()
+            self.timer = None
         if isinstance(outcome, Failure):
             if self.expired:
                 outcome = Failure(self._timedOut())
-            elif self.cancelled:
+            elif self.cancelled or outcome.check(ConnectingCancelledError):
                 outcome = Failure(CancelledError())
-            self.result.errback(outcome)
-        else:
-            self.result.callback(outcome)
+        client = self.client
+        metrics.connectEnded(
+            client.namespace, client.name, metrics.outcomeOf(outcome), perf_counter() - self.started
+        )
+        return outcome
 
     def _timedOut(self) -> NoReachablePeer:
         done = f"{self._told()}; " if self.tried or self.skipped else ""
         return NoReachablePeer(
             f"no connection to {self.target} within {self.client.timeout:g}s: "
-            f"{done}gave up {self.doing}"
+            f"{done}gave up {self._doing()}"
         )
+
+
+_WAITING = "waiting for the registry"
+
+
+def timedEndpoint(
+    reactor: Any, description: str, timeout: float | None
+) -> IStreamClientEndpoint | None:
+    """
+    Twisted's endpoint for a plain C{tcp:} or C{unix:} client description,
+    with C{timeout} (Twisted's default 30 s for C{None}) as its connect
+    timeout, which C{clientFromString} would only take in whole seconds;
+    C{None} for any other description (one that names its own C{timeout},
+    say), left to C{clientFromString}.
+    """
+    try:
+        transport, args, options = parseDescription(description)
+    except ValueError:
+        return None
+    seconds = 30.0 if timeout is None else timeout
+    if transport == "tcp" and len(args) <= 2 and set(options) <= {"host", "port", "bindAddress"}:
+        for key, value in zip(("host", "port"), args, strict=False):
+            if key in options:
+                return None
+            options[key] = value
+        host, port = options.get("host"), options.get("port", "")
+        if not host or not port.isdigit():
+            return None
+        bind = options.get("bindAddress")
+        return TCP4ClientEndpoint(
+            reactor, host, int(port), seconds, None if bind is None else (bind, 0)
+        )
+    if transport == "unix" and len(args) <= 1 and set(options) <= {"path"}:
+        path = args[0] if args else options.get("path")
+        if not path or (args and "path" in options):
+            return None
+        return UNIXClientEndpoint(reactor, path, seconds)
+    return None
 
 
 def _abort(protocol: IProtocol) -> None:

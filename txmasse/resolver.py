@@ -132,6 +132,9 @@ class Selection:
     prefer: Conditions = ()
     random: Random = attrs.field(factory=Random, repr=False)
     _turns: int = attrs.field(default=0, init=False, repr=False)
+    _last: tuple[object, str, tuple[Candidate, ...]] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.pick not in PICKS:
@@ -147,12 +150,24 @@ class Selection:
         self._turns += 1
         return turn
 
-    def candidates(self, records: Sequence[PeerRecord], turn: int, here: str) -> list[Candidate]:
+    def candidates(
+        self, records: Sequence[PeerRecord], turn: int, here: str
+    ) -> Sequence[Candidate]:
         """
         What to try, in order: each instance per C{pick}, then each of its
         usable descriptions per C{proto}.
+
+        Where the order does not change from one connect to the next (one
+        instance, or C{pick=first}), the last answer is kept for the same
+        tuple of records: a warm connect to a name whose instances have
+        not changed orders nothing.
         """
-        candidates = []
+        steady = type(records) is tuple and (len(records) == 1 or self.pick == "first")
+        if steady:
+            last = self._last
+            if last is not None and last[0] is records and last[1] == here:
+                return last[2]
+        candidates: list[Candidate] = []
         excluded = []
         for record in self.ranked(records, turn):
             if not record.usable:
@@ -162,7 +177,10 @@ class Selection:
             if not descriptions:
                 candidates.append(Candidate(record, None))
             candidates.extend(Candidate(record, description) for description in descriptions)
-        return candidates + excluded
+        ordered = (*candidates, *excluded)
+        if steady:
+            self._last = (records, here, ordered)
+        return ordered
 
     def matching(self, records: Sequence[PeerRecord]) -> Sequence[PeerRecord]:
         """

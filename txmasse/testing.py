@@ -26,7 +26,7 @@ from typing import Any
 from twisted.internet import endpoints
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError, TimeoutError
 from twisted.internet.interfaces import (
     IAddress,
     IListeningPort,
@@ -86,6 +86,7 @@ class FakeNetworkReactor(MemoryReactorClock):
         self.ports: dict[int, FakeListeningPort] = {}
         self.pumps: list[iosim.IOPump] = []
         self._nextPort = 40000
+        self._timeouts: dict[int, Any] = {}  # connector ids: their pending connect timeouts
 
     def listenTCP(
         self, port: int, factory: Any, backlog: int = 50, interface: str = ""
@@ -114,10 +115,23 @@ class FakeNetworkReactor(MemoryReactorClock):
         bindAddress: Any = None,
     ) -> Any:
         connector = super().connectTCP(host, port, factory, timeout, bindAddress)
+        # As a real connector does: give up after timeout, unless connected or stopped.
+        self._timeouts[id(connector)] = self.callLater(
+            timeout, self._timedOut, host, port, factory, connector
+        )
         self.callLater(0, self._connect, host, port, factory, connector)
         return connector
 
+    def _timedOut(self, host: str, port: int, factory: Any, connector: Any) -> None:
+        self._timeouts.pop(id(connector), None)
+        if not connector.stoppedConnecting:
+            connector.stopConnecting()
+            factory.clientConnectionFailed(connector, Failure(TimeoutError(f"{host}:{port}")))
+
     def _connect(self, host: str, port: int, factory: Any, connector: Any) -> None:
+        timeout = self._timeouts.pop(id(connector), None)
+        if timeout is not None and timeout.active():
+            timeout.cancel()
         if connector.stoppedConnecting:
             return  # given up (cancelled, timed out) before it connected
         listening = self.ports.get(port)
@@ -255,6 +269,24 @@ class MasseNetwork:
         if isinstance(results[0], Failure):
             results[0].raiseException()
         return results[0]
+
+    @staticmethod
+    def assertNoResult(deferred: Deferred[Any]) -> None:
+        """
+        Check that C{deferred} has not fired yet (a connect still under way,
+        say), leaving it as it is.
+
+        @raise AssertionError: naming what it fired with.
+        """
+        results: list[Any] = []
+
+        def keep(result: object) -> object:
+            results.append(result)
+            return result
+
+        deferred.addBoth(keep)
+        if results:
+            raise AssertionError(f"{deferred!r} has fired with {results[0]!r}")
 
     def _withRegistry(self, description: str) -> str:
         if not description.startswith("masse:") or "registry=" in description:

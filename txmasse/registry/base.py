@@ -499,6 +499,7 @@ class Subscription:
         self._grace = grace
         self._maxBuffered = maxBuffered
         self._view: dict[str, PeerRecord] = {}
+        self._peers: tuple[PeerRecord, ...] | None = None  # the view, as last handed out
         self._suspects: set[str] = set()
         self._buffer: list[tuple[int, EventKind, PeerRecord]] | None = []
         self._generation = 0
@@ -520,8 +521,15 @@ class Subscription:
         return f"<Subscription {self.namespace}/{self.glob.pattern} peers={len(self._view)}>"
 
     @property
-    def peers(self) -> list[PeerRecord]:
-        return list(self._view.values())
+    def peers(self) -> tuple[PeerRecord, ...]:
+        """
+        The view: the same tuple until it changes, so a connect can tell
+        in one comparison that its candidates need no new ordering.
+        """
+        peers = self._peers
+        if peers is None:
+            peers = self._peers = tuple(self._view.values())
+        return peers
 
     @property
     def synced(self) -> bool:
@@ -627,7 +635,7 @@ class Subscription:
         current = {r.instance: r for r in snapshot.records if self.glob.matches(r.name)}
         if self.initial:
             self.initial = False
-            self._view = current
+            self._view, self._peers = current, None
         else:
             self._reconcile(current, snapshot.gone)
         for seq, kind, record in buffered:
@@ -777,9 +785,11 @@ class Subscription:
             if known == record and known.signature == record.signature:
                 return  # (a new signature is news: a signed watch may now accept it)
             self._view[instance] = record
+            self._peers = None
             self._emit(EventKind.UPDATED if known is not None else EventKind.JOINED, record)
         elif known is not None:
             del self._view[instance]
+            self._peers = None
             self._suspects.discard(instance)
             self._emit(kind, record)
 

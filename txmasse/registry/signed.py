@@ -29,7 +29,7 @@ import hashlib
 import hmac
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import attrs
 from twisted.internet.defer import Deferred, fail
@@ -462,8 +462,8 @@ class SignedSubscription:
         return f"<SignedSubscription {self._inner!r} good={len(self._good)} bad={len(self._bad)}>"
 
     @property
-    def peers(self) -> Sequence[PeerRecord]:
-        return list(self._good.values())
+    def peers(self) -> tuple[PeerRecord, ...]:
+        return tuple(self._good.values())
 
     @property
     def synced(self) -> bool:
