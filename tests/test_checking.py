@@ -59,7 +59,7 @@ def test_a_forged_joined_is_taken_back_once_read() -> None:
         # News of a new instance is shown at once, and taken back as soon
         # as the store is read (at once here: a MemoryRegistry answers so).
         assert events.kinds() == [("joined", "ghost"), ("left", "ghost")]
-        assert subscription.peers == ()
+        assert list(subscription.peers) == []
         assert about(logs, ghost.instance) == []
         clock.advance(DOUBT_DELAY)  # nothing explained it meanwhile
     assert len(about(logs, ghost.instance)) == 1
@@ -75,7 +75,7 @@ def test_a_forged_update_or_signed_join_is_never_shown() -> None:
         subscription.received(2, EventKind.UPDATED, moved)
         subscription.received(3, EventKind.JOINED, signed)
         clock.advance(DOUBT_DELAY)
-    assert subscription.peers == (lease.record,)
+    assert list(subscription.peers) == [lease.record]
     assert events.kinds() == [("joined", "db")]
     assert len(about(logs, lease.record.instance)) == 1 and len(about(logs, signed.instance)) == 1
 
@@ -128,7 +128,7 @@ def test_a_replayed_join_of_a_departed_instance_is_let_go() -> None:
         assert events.kinds() == [("joined", "old")]
         clock.advance(DOUBT_DELAY)
     assert events.kinds() == [("joined", "old"), ("left", "old")]
-    assert subscription.peers == ()
+    assert list(subscription.peers) == []
     (warning,) = about(logs, old.instance)
     assert "the store says it left already" in warning
 

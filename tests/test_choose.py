@@ -138,6 +138,34 @@ def test_pick_orders_within_each_preference_group() -> None:
     assert turns == [portOf(a1), portOf(a2)] * 2
 
 
+def test_an_unchanged_view_is_not_ordered_again() -> None:
+    """
+    Given the same tuple of records (a watch's view that has not changed),
+    a steady order (one instance, or C{pick=first}) is the last answer
+    itself; a new view, a random order or a list is ordered afresh.
+    """
+    one, two = (record(port=1),), (record(port=1), record(port=2))
+    first = Selection("first", meta=(("zone", "a"),))
+    view = (record(port=1, metadata={"zone": "a"}), record(port=2, metadata={"zone": "b"}))
+    matching = first.matching(view)
+    assert first.matching(view) is matching and [r.endpoints for r in matching] == [
+        ("tcp:host=127.0.0.1:port=1",)
+    ]
+    for selection, records in ((Selection("random"), one), (Selection("first"), two)):
+        candidates = selection.candidates(records, 0, "here")
+        assert selection.candidates(records, 0, "here") is candidates
+        assert selection.candidates(tuple(records), 0, "elsewhere") is not candidates
+        again = selection.candidates((*records, record(port=3)), 0, "here")
+        assert [c.description[-1] for c in again if c.description] == [
+            *(c.description[-1] for c in candidates if c.description),
+            "3",
+        ]
+    shuffled = Selection("random")
+    assert shuffled.candidates(two, 0, "here") is not shuffled.candidates(two, 0, "here")
+    steady, listed = Selection("first"), list(two)  # a list may change in place: never kept
+    assert steady.candidates(listed, 0, "h") is not steady.candidates(listed, 0, "h")
+
+
 def test_health_order_passing_then_warning_never_critical() -> None:
     records = [
         record(port=1, health="critical", reason="disk"),

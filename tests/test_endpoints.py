@@ -62,7 +62,7 @@ from txmasse.endpoints import MasseClientEndpoint, MasseListeningPort, MasseServ
 from txmasse.errors import NoReachablePeer, PeerNotFound, RegistryUnavailable
 from txmasse.records import PeerRecord, localHostIdentity
 from txmasse.registry import EventKind, IRegistry, MemoryRegistry, PeerEvent, registryFromURL
-from txmasse.resolver import resolverFor
+from txmasse.resolver import Candidate, resolverFor
 
 # Fixtures
 
@@ -597,6 +597,69 @@ def test_cancel_stops_the_attempt_in_progress() -> None:
     assert pending() == registryOwn, "the cancelled attempt left a timer behind"
     clock.advance(10)
     assert len(clock.connectors) == 1 and connecting.called
+    registry.close()
+
+
+@pytest.mark.parametrize(
+    ("description", "connected"),
+    [
+        ("tcp:host=10.0.0.1:port=4000", ("10.0.0.1", 4000, 2.5, None)),
+        ("tcp:10.0.0.1:4000", ("10.0.0.1", 4000, 2.5, None)),
+        ("tcp:host=\\:\\:1:port=5", ("::1", 5, 2.5, None)),
+        ("tcp:host=h:port=5:bindAddress=10.0.0.2", ("h", 5, 2.5, ("10.0.0.2", 0))),
+    ],
+)
+def test_tcp_endpoints_take_the_deadline_as_their_timeout(
+    description: str, connected: tuple[object, ...]
+) -> None:
+    """
+    A plain C{tcp:} description gets the client's timeout, fractions
+    included, as its connect timeout (C{clientFromString} takes whole
+    seconds only), and counts as the client's own endpoint.
+    """
+    clock = MemoryReactorClock()
+    registry = MemoryRegistry(clock)
+    client = MasseClientEndpoint(clock, "db", "t", registry=registry, timeout=2.5)
+    record = PeerRecord("t", "db", [description])
+    endpoint = client.endpointFor(Candidate(record, description), registry)
+    assert client.ownEndpoint(endpoint)
+    endpoint.connect(Factory.forProtocol(Collector))
+    host, port, _, timeout, bind = clock.tcpClients[-1]
+    assert (host, port, timeout, bind) == connected
+    registry.close()
+
+
+@pytest.mark.parametrize(
+    ("description", "timeout"), [("tcp:host=h:port=5:timeout=9", 9), ("tcp:h:5:timeout=1", 1)]
+)
+def test_a_description_with_a_timeout_of_its_own_keeps_it(description: str, timeout: int) -> None:
+    """
+    A description that names its own timeout is built by
+    C{clientFromString} and is not one of the client's own: its connects
+    run under the connect's timer.
+    """
+    clock = MemoryReactorClock()
+    registry = MemoryRegistry(clock)
+    client = MasseClientEndpoint(clock, "db", "t", registry=registry, timeout=2.5)
+    record = PeerRecord("t", "db", [description])
+    endpoint = client.endpointFor(Candidate(record, description), registry)
+    assert not client.ownEndpoint(endpoint)
+    endpoint.connect(Factory.forProtocol(Collector))
+    assert clock.tcpClients[-1][3] == timeout
+    registry.close()
+
+
+def test_unix_endpoints_take_the_deadline_as_their_timeout() -> None:
+    clock = MemoryReactorClock()
+    registry = MemoryRegistry(clock)
+    client = MasseClientEndpoint(clock, "db", "t", registry=registry, timeout=0.5)
+    for description in ("unix:/run/db.sock", "unix:path=/run/db.sock"):
+        record = PeerRecord("t", "db", [description])
+        endpoint = client.endpointFor(Candidate(record, description), registry)
+        assert client.ownEndpoint(endpoint)
+        endpoint.connect(Factory.forProtocol(Collector))
+        path, _, timeout, checkPID = clock.unixClients[-1]
+        assert (path, timeout, checkPID) == ("/run/db.sock", 0.5, False)
     registry.close()
 
 

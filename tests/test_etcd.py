@@ -206,7 +206,7 @@ async def test_left_and_timedout_each_once(
     )
     await eventually(lambda: len(events) == 4)
     assert events.kinds()[2:] == [("left", "a"), ("timedout", "b")]
-    assert subscription.peers == () and subscription.synced
+    assert list(subscription.peers) == [] and subscription.synced
     await sleep(0.2)
     assert len(events) == 4
 

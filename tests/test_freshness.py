@@ -146,3 +146,19 @@ async def test_a_replayed_signed_row_is_refused_by_sqlite(
         assert any("lapsed freshness" in w for w in warningsIn(logged))
     finally:
         await registry.close()
+
+
+def test_the_same_stored_bytes_are_parsed_once() -> None:
+    """
+    Records are immutable, so what the store holds is parsed once and the
+    record reused; garbage is never kept, and fails every time.
+    """
+    plain = record("db")
+    stamped = attrs.evolve(plain, freshness="12ab.34")
+    for kept in (plain, stamped):
+        data = freshness.stored(kept)
+        assert freshness.parsed(data) == kept and freshness.parsed(data).freshness == kept.freshness
+        assert freshness.parsed(data) is freshness.parsed(bytearray(data))
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            freshness.parsed(b'{"namespace": "dev"}')

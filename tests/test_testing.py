@@ -10,10 +10,15 @@ from typing import Any
 import pytest
 from twisted.application.internet import ClientService
 from twisted.internet.defer import CancelledError
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
 
 from txmasse import MasseListeningPort, NoReachablePeer, PeerNotFound
 from txmasse.registry import EventKind, PeerEvent
+from txmasse.resolver import resolverFor
 from txmasse.testing import MasseNetwork
 
 
@@ -136,6 +141,103 @@ def test_cancelling_a_connect() -> None:
     network.advance(60)
     assert network.reactor.pumps == []  # nothing connected later
     assert not [call for call in network.reactor.getDelayedCalls() if "_Connect" in repr(call)]
+
+
+def warmed(network: MasseNetwork, description: str) -> IStreamClientEndpoint:
+    """
+    An endpoint whose name this process has cached: one connect, then the
+    watch that keeps the cache, started and synced.
+    """
+    endpoint = network.clientFromString(description)
+    connecting = endpoint.connect(Factory.forProtocol(Collector))
+    network.flush()
+    network.successResultOf(connecting)
+    network.advance(0.01)
+    assert resolverFor(network.registry, network.reactor).isWarm("t", "db")
+    return endpoint
+
+
+def hangingAttempts(network: MasseNetwork, *refused: int) -> None:
+    """
+    From now on, connects to the C{refused} ports are refused and the
+    others hang (until they time out or are cancelled).
+    """
+    reactor = network.reactor
+
+    def connect(host: str, port: int, factory: Any, connector: Any) -> None:
+        if port in refused:
+            factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError(host, port)))
+
+    reactor._connect = connect  # type: ignore[method-assign]
+
+
+def test_a_warm_connect_schedules_no_timer_of_its_own() -> None:
+    """
+    A warm connect over TCP is its TCP attempt: the endpoint's connect
+    timeout is the connect's deadline, so it schedules what a raw TCP
+    connect does, and no more.
+    """
+    network = MasseNetwork()
+    port = served(network, "db:ns=t")
+    endpoint = warmed(network, "masse:db:ns=t")
+    raw = TCP4ClientEndpoint(network.reactor, "127.0.0.1", port.getHost().port)  # type: ignore[attr-defined]
+
+    def scheduled(endpoint: IStreamClientEndpoint) -> int:
+        before = set(network.reactor.getDelayedCalls())
+        connecting = endpoint.connect(Factory.forProtocol(Collector))
+        added = [call for call in network.reactor.getDelayedCalls() if call not in before]
+        network.flush()
+        network.successResultOf(connecting)
+        return len(added)
+
+    assert scheduled(endpoint) == scheduled(raw) == 2  # the attempt, and its timeout
+
+
+def test_a_warm_connect_times_out_and_cancels_on_its_endpoints_timeout() -> None:
+    network = MasseNetwork()
+    served(network, "db:ns=t")
+    endpoint = warmed(network, "masse:db:ns=t:timeout=3")
+    hangingAttempts(network)
+    connecting = endpoint.connect(Factory.forProtocol(Collector))
+    network.advance(2.9)
+    network.assertNoResult(connecting)
+    network.advance(0.2)
+    with pytest.raises(NoReachablePeer, match="within 3s: gave up connecting to tcp:"):
+        network.successResultOf(connecting)
+    assert network.reactor.connectors[-1].stoppedConnecting
+    cancelled = endpoint.connect(Factory.forProtocol(Collector))
+    cancelled.cancel()
+    with pytest.raises(CancelledError):
+        network.successResultOf(cancelled)
+    assert network.reactor.connectors[-1].stoppedConnecting
+    pending = [call for call in network.reactor.getDelayedCalls() if call.active()]
+    network.advance(60)
+    assert network.reactor.pumps[1:] == []  # only the first, warming connect ever connected
+    assert all("_Connect" not in repr(call) for call in pending)
+
+
+def test_after_a_failed_warm_attempt_a_timer_keeps_the_deadline() -> None:
+    """
+    Once the first attempt failed (refused), the next steps (asking the
+    registry again, the next instance) run under a timer for what is left
+    of the deadline, and the message names what was tried.
+    """
+    network = MasseNetwork()
+    first = served(network, "db:ns=t")
+    second = served(network, "db:ns=t")
+    endpoint = warmed(network, "masse:db:ns=t:pick=first:timeout=3")
+    hangingAttempts(network, first.getHost().port)  # type: ignore[attr-defined]
+    connecting = endpoint.connect(Factory.forProtocol(Collector))
+    network.advance(2.9)
+    network.assertNoResult(connecting)
+    network.advance(0.2)
+    with pytest.raises(NoReachablePeer) as caught:
+        network.successResultOf(connecting)
+    message = str(caught.value)
+    assert "within 3s: tried tcp:host=127.0.0.1:port=40000: Connection was refused" in message
+    assert message.endswith(
+        f"gave up connecting to tcp:host=127.0.0.1:port={second.getHost().port}"  # type: ignore[attr-defined]
+    )
 
 
 def test_client_service_follows_a_peer_that_restarted() -> None:

@@ -226,7 +226,7 @@ class MasseClientEndpoint:
         record, description = candidate.record, candidate.description
         assert description is not None
         if self.report:
-            inner = self._describedEndpoint(description, record)
+            inner, _ = self._describedEndpoint(description, record)
             return wrapEndpoint(ReportingEndpoint(inner, registry, record), self.wrappers)
         key = (description, record.name)
         endpoint = self._endpoints.get(key)
@@ -234,9 +234,9 @@ class MasseClientEndpoint:
             if len(self._endpoints) >= ENDPOINT_CACHE:
                 self._endpoints.clear()
                 self._own.clear()
-            inner = self._describedEndpoint(description, record)
+            inner, own = self._describedEndpoint(description, record)
             endpoint = self._endpoints[key] = wrapEndpoint(inner, self.wrappers)
-            if isinstance(inner, TCP4ClientEndpoint | UNIXClientEndpoint):
+            if own:
                 self._own.add(id(endpoint))
         return endpoint
 
@@ -249,23 +249,27 @@ class MasseClientEndpoint:
         """
         return id(endpoint) in self._own  # each one alive in _endpoints, so ids are unique
 
-    def _describedEndpoint(self, description: str, record: PeerRecord) -> IStreamClientEndpoint:
+    def _describedEndpoint(
+        self, description: str, record: PeerRecord
+    ) -> tuple[IStreamClientEndpoint, bool]:
         """
-        A C{tls:} description is verified against the record's own name
-        (with C{tls}, else the system trust roots); a plain C{tcp:} or
-        C{unix:} one gets this client's C{timeout} as its connect timeout;
-        any other is what C{clientFromString} makes of it.
+        The endpoint for C{description}, and whether it is one of this
+        client's own (L{ownEndpoint}): a plain C{tcp:} or C{unix:} one,
+        built with this client's C{timeout} as its connect timeout. A
+        C{tls:} one is verified against the record's own name (with C{tls},
+        else the system trust roots); any other is what C{clientFromString}
+        makes of it.
         """
         transport = transportOf(description)
         if transport == "tls":
             tls = PeerTLS.system() if self.tls is None else self.tls
-            return tls.clientEndpoint(self._reactor, description, record)
+            return tls.clientEndpoint(self._reactor, description, record), False
         if transport in ("tcp", "unix"):
             timed = timedEndpoint(self._reactor, description, self.timeout)
             if timed is not None:
-                return timed
+                return timed, True
         endpoint: IStreamClientEndpoint = clientFromString(self._reactor, description)
-        return endpoint
+        return endpoint, False
 
 
 class _Connect:
@@ -327,7 +331,8 @@ class _Connect:
         self.skipped: list[str] | None = None  # critical or draining instances, and why
         self.doing: str | Candidate | None = None  # the step in progress, None before the first
         self.fromCache = False
-        self.turn = client.selection.takeTurn() if client.pick == "roundrobin" else 0
+        selection = client.selection
+        self.turn = selection.takeTurn() if selection.pick == "roundrobin" else 0
         self.timer: IDelayedCall | None = None
         self.cancelled = False
         self.expired = False
@@ -349,22 +354,21 @@ class _Connect:
     def start(self, given: Sequence[PeerRecord] | None) -> Deferred[IProtocol]:
         client = self.client
         try:
-            self.registry = client.openRegistry()
+            registry = self.registry = client.openRegistry()
         except Exception:
             outer: Deferred[Any] = fail()
         else:
             if given is not None:
                 outer = self._walk(given)
-            elif client.cache and (records := self._cached()):
+            elif client.cache and (
+                records := client.resolverFor(registry).cached(client.namespace, client.name)
+            ):
                 self.fromCache = True
                 outer = self._walk(records)
             else:
                 outer = self._resolve()
         self.outer = outer
         return outer.addBoth(self._ended)
-
-    def _cached(self) -> Sequence[PeerRecord] | None:
-        return self._resolver().cached(self.client.namespace, self.client.name)
 
     def _resolver(self) -> Resolver:
         assert self.registry is not None

@@ -135,6 +135,9 @@ class Selection:
     _last: tuple[object, str, tuple[Candidate, ...]] | None = attrs.field(
         default=None, init=False, repr=False
     )
+    _lastMatching: tuple[object, tuple[PeerRecord, ...]] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.pick not in PICKS:
@@ -188,8 +191,14 @@ class Selection:
         """
         if not self.meta:
             return records
+        last = self._lastMatching
+        if last is not None and last[0] is records:
+            return last[1]  # the same tuple as last time: the same answer, for candidates()
         meta = self.meta
-        return [r for r in records if all(r.metadata.get(k) == v for k, v in meta)]
+        matching = tuple(r for r in records if all(r.metadata.get(k) == v for k, v in meta))
+        if type(records) is tuple:
+            self._lastMatching = (records, matching)
+        return matching
 
     def unmatched(self, records: Sequence[PeerRecord]) -> str:
         """
@@ -350,12 +359,11 @@ class Resolver:
         """
         key = (namespace, name)
         entry = self._entries.get(key)
-        if entry is None:
+        if entry is None or self.registry.closed:
             return None
         records = entry.records()
-        if records is None or self.registry.closed:
-            return None
-        self._entries.move_to_end(key)
+        if records is not None:
+            self._entries.move_to_end(key)
         return records
 
     def isWarm(self, namespace: str, name: str) -> bool:
