@@ -158,7 +158,7 @@ def test_the_same_stored_bytes_are_parsed_once() -> None:
     for kept in (plain, stamped):
         data = freshness.stored(kept)
         assert freshness.parsed(data) == kept and freshness.parsed(data).freshness == kept.freshness
-        assert freshness.parsed(data) is freshness.parsed(bytearray(data))
+        assert freshness.parsed(data) is freshness.parsed(bytes(bytearray(data)))
     for _ in range(2):
         with pytest.raises(ValueError):
             freshness.parsed(b'{"namespace": "dev"}')
