@@ -350,7 +350,7 @@ class Resolver:
         records = self.cached(namespace, name)
         if records is not None:
             return succeed(Resolution(records, cached=True))
-        return Deferred.fromCoroutine(self._ask(namespace, name))
+        return self.ask(namespace, name).addCallback(self._answered, namespace, name)
 
     def cached(self, namespace: str, name: str) -> Sequence[PeerRecord] | None:
         """
@@ -399,8 +399,7 @@ class Resolver:
             return self.registry.find(namespace, name)
         return self.registry.lookup(namespace, name)
 
-    async def _ask(self, namespace: str, name: str) -> Resolution:
-        records = await self.ask(namespace, name)
+    def _answered(self, records: list[PeerRecord], namespace: str, name: str) -> Resolution:
         if self.registry.closed:
             self.clear()
         elif records:

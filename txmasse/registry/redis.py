@@ -22,7 +22,7 @@ from typing import Any
 
 import txredisapi
 from twisted.application.internet import ClientService
-from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionRefusedError as RefusedError
@@ -41,6 +41,7 @@ from txmasse.registry import redis_scripts as scripts
 from txmasse.registry._outage import OutageLog, QuietClientService
 from txmasse.registry.base import Lease, Snapshot, extendByPutting
 from txmasse.registry.checking import Key, Stored
+from txmasse.registry.deadlines import Deadlines
 from txmasse.registry.interface import (
     EventKind,
     IRegistry,
@@ -369,6 +370,7 @@ class RedisRegistry(SharedStoreRegistry):
         self._reactor = reactor
         self._endpoint = endpoint
         self._timeout = timeout
+        self._deadlines = Deadlines(reactor, timeout)
         self._commandFactory = _Factory(_Commands, self._commandsReady, password, username, db)
         self._commands = self._service(self._commandFactory)
         self._subscriberFactory = _Factory(
@@ -464,11 +466,14 @@ class RedisRegistry(SharedStoreRegistry):
         if protocol is not None and protocol.ready:
             # The usual case, kept short: a lookup is one round trip, and
             # the service's state machine and a coroutine cost a third of it.
-            d = maybeDeferred(_evalsha, protocol, script, args)
+            try:
+                d = _evalsha(protocol, script, args)
+            except Exception:
+                d = fail()
             d.addErrback(self._evalAgain, script, args)
         else:
             d = Deferred.fromCoroutine(self._evalAgainIfLost(script, args))
-        d.addTimeout(self._timeout, self._reactor)
+        self._deadlines.bound(d)
         return d.addErrback(self._unavailable, what)
 
     def _evalAgain(
@@ -487,15 +492,15 @@ class RedisRegistry(SharedStoreRegistry):
         another version, or not ours) fails the call with a clear message.
         """
 
-        def parsed(reply: object) -> Any:
-            try:
-                return parse(_Reply(reply))
-            except _BadReply as e:
-                raise RegistryUnavailable(
-                    f"registry {self.url}: {what} failed: unexpected reply from Redis: {e}"
-                ) from None
+        return self._eval(what, script, *args).addCallback(self._parsed, what, parse)
 
-        return self._eval(what, script, *args).addCallback(parsed)
+    def _parsed(self, reply: object, what: str, parse: Callable[[_Reply], Any]) -> Any:
+        try:
+            return parse(_Reply(reply))
+        except _BadReply as e:
+            raise RegistryUnavailable(
+                f"registry {self.url}: {what} failed: unexpected reply from Redis: {e}"
+            ) from None
 
     async def _evalAgainIfLost(
         self, script: scripts.Script, args: Sequence[object], lost: Exception | None = None
@@ -576,7 +581,7 @@ class RedisRegistry(SharedStoreRegistry):
         message = f"usage {event.kind} {event.source} ".encode() + event.record.toJSON()
         d = self._ready(self._commands)
         d.addCallback(lambda protocol: protocol.execute_command("PUBLISH", channel, message))
-        d.addTimeout(self._timeout, self._reactor)
+        self._deadlines.bound(d)
         d.addErrback(self._unavailable, f"report of {event.kind} to {event.record.name!r}")
         return d.addCallback(lambda _: None)
 
@@ -585,13 +590,18 @@ class RedisRegistry(SharedStoreRegistry):
         if self._subscriber is not None:
             d = self._ready(self._subscriber)
             d.addCallback(lambda protocol: _unsubscribe(protocol, channel))
-            d.addTimeout(self._timeout, self._reactor)
+            self._deadlines.bound(d)
             d.addErrback(lambda _: None)
 
     def _disconnect(self) -> Deferred[None]:
         services = [self._commands] + ([self._subscriber] if self._subscriber else [])
         stopping = [service.stopService() for service in services]
-        return Deferred.fromCoroutine(_gather(stopping))
+        disconnecting = Deferred.fromCoroutine(_gather(stopping))
+        return disconnecting.addBoth(self._stopDeadlines)
+
+    def _stopDeadlines(self, result: object) -> object:
+        self._deadlines.stop()  # every call has ended with its connection
+        return result
 
     def _sweepOnce(self, namespace: str) -> Deferred[float | None]:
         def parse(reply: _Reply) -> float | None:
@@ -796,7 +806,7 @@ class RedisRegistry(SharedStoreRegistry):
             return _subscribe(protocol, channel)
 
         d.addCallback(subscribeOnce)
-        d.addTimeout(self._timeout, self._reactor)
+        self._deadlines.bound(d)
         return d.addErrback(self._unavailable, f"subscription to namespace {namespace!r}")
 
     def _subscriberReady(self, protocol: Any) -> Deferred[None]:
@@ -844,19 +854,26 @@ def _evalsha(protocol: Any, script: scripts.Script, args: Sequence[object]) -> D
     """
     Run a script by its digest, sending its source only if Redis lost it.
     """
-
-    def reload(failure: Failure) -> Any:
-        if failure.check(txredisapi.ResponseError) and "NOSCRIPT" in str(failure.value):
-            return protocol.execute_command("EVAL", script.source, 0, *args)
-        return failure
-
-    def demoted(failure: Failure) -> Failure:
-        if failure.check(txredisapi.ResponseError) and "READONLY" in str(failure.value):
-            protocol.transport.loseConnection()  # a demoted master: reconnect to the new one
-        return failure
-
     d: Deferred[Any] = protocol.execute_command("EVALSHA", script.sha, 0, *args)
-    return d.addErrback(reload).addErrback(demoted)  # READONLY from EVALSHA or EVAL
+    return d.addErrback(_reloadScript, protocol, script, args).addErrback(_demoted, protocol)
+
+
+def _reloadScript(
+    failure: Failure, protocol: Any, script: scripts.Script, args: Sequence[object]
+) -> Any:
+    if failure.check(txredisapi.ResponseError) and "NOSCRIPT" in str(failure.value):
+        return protocol.execute_command("EVAL", script.source, 0, *args)
+    return failure
+
+
+def _demoted(failure: Failure, protocol: Any) -> Failure:
+    """
+    READONLY, from EVALSHA or EVAL: the master was demoted; reconnect, to
+    the new one.
+    """
+    if failure.check(txredisapi.ResponseError) and "READONLY" in str(failure.value):
+        protocol.transport.loseConnection()
+    return failure
 
 
 def _logReregisterFailure(failure: Failure, lease: Lease) -> None:
