@@ -29,7 +29,7 @@ from txmasse.resolver import resolverFor
 NAMESPACE = "bench"
 
 
-def _noHook(namespace: str, name: str, outcome: str, seconds: float) -> None:
+def _noHook(namespace: str, name: str, result: object, seconds: float) -> None:
     pass
 
 

@@ -585,9 +585,7 @@ class _Connect:
             elif self.cancelled or outcome.check(ConnectingCancelledError):
                 outcome = Failure(CancelledError())
         client = self.client
-        metrics.connectEnded(
-            client.namespace, client.name, metrics.outcomeOf(outcome), perf_counter() - self.started
-        )
+        metrics.connectEnded(client.namespace, client.name, outcome, perf_counter() - self.started)
         return outcome
 
     def _timedOut(self) -> NoReachablePeer:

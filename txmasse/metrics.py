@@ -220,12 +220,12 @@ def outcomeOf(result: object) -> str:
 _NO_LABELS = ()
 
 
-def connectEnded(namespace: str, name: str, outcome: str, seconds: float) -> None:
+def connectEnded(namespace: str, name: str, result: object, seconds: float) -> None:
     """
-    Count and time one connect by name, as it ends with C{outcome}
-    (L{outcomeOf}).
+    Count and time one connect by name, as it ends with C{result} (a
+    protocol or a failure, counted by L{outcomeOf}).
     """
-    connects.add((namespace, name, outcome))
+    connects.add((namespace, name, "ok" if not isinstance(result, Failure) else outcomeOf(result)))
     series = connectSeconds.series[_NO_LABELS]  # Timings.observe, inline: every connect pays it
     series[bisect_left(SECONDS_BUCKETS, seconds)] += 1
     series[-1] += seconds
