@@ -24,6 +24,9 @@ from twisted.python.failure import Failure
 from bench.peer import SELECTED
 from txmasse.endpoints import MasseClientEndpoint
 from txmasse.registry import registryFromURL
+from txmasse.registry.opening import openURL
+from txmasse.registry.redis_scripts import LOOKUP
+from txmasse.registry.url import parseRegistryURL
 from txmasse.resolver import resolverFor
 
 
@@ -68,12 +71,19 @@ async def measureConnects(
     """
     Samples (seconds) per variant: C{raw}, C{nocache}, C{miss}, C{warm},
     C{selected} (warm, with two C{meta.} conditions and one C{prefer.}),
-    C{get}, C{byhand} (a lookup, then C{raw}), and C{pyro} if C{pyroURI}.
+    C{get}, C{script} (the lookup's script alone, over txredisapi), C{byhand}
+    (a lookup, then C{raw}), and C{pyro} if C{pyroURI}.
     """
     registry = registryFromURL(reactor, url)
     resolver = resolverFor(registry, reactor)
     raw = TCP4ClientEndpoint(reactor, "127.0.0.1", echoPort)
     cached = MasseClientEndpoint(reactor, "echo", namespace, registry=url)
+    # The cache misses run on a registry (and so a resolver) of their own:
+    # dropping the name's entry there leaves the warm rows' watch alone, as
+    # a first connect to a name does in any process that holds others.
+    missRegistry = openURL(reactor, parseRegistryURL(url))
+    missResolver = resolverFor(missRegistry, reactor)
+    missing = MasseClientEndpoint(reactor, "echo", namespace, registry=missRegistry)
     uncached = MasseClientEndpoint(reactor, "echo", namespace, registry=url, cache=False)
     selecting = MasseClientEndpoint(
         reactor, "echo", namespace, registry=url, meta=SELECTED, prefer={"zone": "a"}
@@ -87,17 +97,27 @@ async def measureConnects(
     # Another watch in the namespace, as any process with a cached name has:
     # a cache miss then measures a first connect to a name, not the first
     # subscription to the namespace's events.
-    other = await registry.watch(namespace, "other", lambda event: None)
+    other = await missRegistry.watch(namespace, "other", lambda event: None)
 
     async def miss() -> float:
-        resolver.forget(namespace, "echo")
-        elapsed = await echoOnce(cached)
-        await until(warm)  # the watch it started is up before anything else is timed
+        missResolver.forget(namespace, "echo")
+        elapsed = await echoOnce(missing)
+        # The watch it started is up before anything else is timed.
+        await until(lambda: missResolver.isWarm(namespace, "echo"))
         return elapsed
 
     async def get() -> float:
         start = time.perf_counter()
         await redis.get("bench")
+        return time.perf_counter() - start
+
+    lookupScript = ("EVALSHA", LOOKUP.sha, 0, f"masse:{{{namespace}}}:", "echo")
+
+    async def script() -> float:
+        # The floor of a lookup: its script's round trip through txredisapi,
+        # the reply left unread.
+        start = time.perf_counter()
+        await redis.execute_command(*lookupScript)
         return time.perf_counter() - start
 
     async def byHand() -> float:
@@ -124,6 +144,7 @@ async def measureConnects(
         "warm": lambda: echoOnce(cached),
         "selected": lambda: echoOnce(selecting),
         "get": get,
+        "script": script,
         "byhand": byHand,
     }
     if pyroURI is not None:
@@ -140,4 +161,5 @@ async def measureConnects(
             samples[name].append(await variants[name]())
     await redis.disconnect()
     other.stop()
+    await missRegistry.close()
     return samples

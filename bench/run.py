@@ -105,6 +105,18 @@ def connectRows(s: dict[str, list[float]]) -> list[Row]:
         ),
         Row("connect", "Redis GET round trip", p50p99(s["get"]), "", None, "", number=get),
     ]
+    script = p50(s["script"])
+    rows.append(
+        Row(
+            "connect",
+            "Redis: the lookup script alone (EVALSHA over txredisapi, no txmasse code)",
+            p50p99(s["script"]),
+            f"GET {micros(get)}",
+            script / get,
+            f"{script / get:.2f}x GET",
+            number=script,
+        )
+    )
     warm = p50(s["warm"])
     rows.append(
         Row(

@@ -292,29 +292,28 @@ class _Connect:
         be anything; Twisted's TCP and UNIX endpoints fail with
         C{ConnectingCancelledError} and deliver nothing late.
 
-    A plain class with slots: a warm connect builds one, and its cost is
-    part of every connect's.
+    Each outcome goes through L{_ended} once: the attempt that connects
+    ends the connect in its own callback, and each failure that ends it
+    is ended where it is decided.
+
+    What a connect has not needed yet is left to the class's defaults: a
+    warm connect builds one of these, and its cost is part of every
+    connect's.
     """
 
-    __slots__ = (
-        "cancelled",
-        "client",
-        "deadline",
-        "doing",
-        "expired",
-        "factory",
-        "failed",
-        "fromCache",
-        "next",
-        "outer",
-        "pending",
-        "registry",
-        "skipped",
-        "started",
-        "timer",
-        "tried",
-        "turn",
-    )
+    registry: IRegistry | None = None
+    outer: Deferred[Any] | None = None  # the caller's
+    pending: Sequence[Candidate] = ()
+    next = 0  # the index in pending of the next candidate
+    failed: set[str] | None = None  # descriptions that failed
+    tried: list[str] | None = None
+    skipped: list[str] | None = None  # critical or draining instances, and why
+    doing: str | Candidate | None = None  # the step in progress, None before the first
+    fromCache = False
+    turn = 0
+    timer: IDelayedCall | None = None
+    cancelled = False
+    expired = False
 
     def __init__(self, client: MasseClientEndpoint, factory: IProtocolFactory):
         self.client = client
@@ -322,20 +321,9 @@ class _Connect:
         self.started = perf_counter()
         timeout = client.timeout
         self.deadline = None if timeout is None else client._reactor.seconds() + timeout
-        self.registry: IRegistry | None = None
-        self.outer: Deferred[Any] | None = None  # the caller's
-        self.pending: Sequence[Candidate] = ()
-        self.next = 0  # the index in pending of the next candidate
-        self.failed: set[str] | None = None  # descriptions that failed
-        self.tried: list[str] | None = None
-        self.skipped: list[str] | None = None  # critical or draining instances, and why
-        self.doing: str | Candidate | None = None  # the step in progress, None before the first
-        self.fromCache = False
         selection = client.selection
-        self.turn = selection.takeTurn() if selection.pick == "roundrobin" else 0
-        self.timer: IDelayedCall | None = None
-        self.cancelled = False
-        self.expired = False
+        if selection.pick == "roundrobin":
+            self.turn = selection.takeTurn()
 
     def __repr__(self) -> str:
         return f"<_Connect to {self.target}: {self._doing()}>"
@@ -356,7 +344,7 @@ class _Connect:
         try:
             registry = self.registry = client.openRegistry()
         except Exception:
-            outer: Deferred[Any] = fail()
+            outer: Deferred[Any] = self._fail(Failure())
         else:
             if given is not None:
                 outer = self._walk(given)
@@ -368,7 +356,7 @@ class _Connect:
             else:
                 outer = self._resolve()
         self.outer = outer
-        return outer.addBoth(self._ended)
+        return outer
 
     def _resolver(self) -> Resolver:
         assert self.registry is not None
@@ -383,13 +371,13 @@ class _Connect:
             answer.addCallback(lambda resolution: resolution.records)
         else:
             answer = resolver.ask(client.namespace, client.name)
-        return answer.addCallback(self._resolved)
+        return answer.addCallbacks(self._resolved, self._ended)
 
     def _resolved(self, records: Sequence[PeerRecord]) -> Deferred[Any]:
         if not records:
             client = self.client
             what = "matches" if isPattern(client.name) else "is registered as"
-            return fail(
+            return self._fail(
                 PeerNotFound(
                     f"no peer {what} {client.name!r} in namespace {client.namespace!r} "
                     f"(registry {self.registry.url if self.registry else client._display})"
@@ -409,9 +397,9 @@ class _Connect:
         resolver.forget(client.namespace, client.name)
         self._arm(_WAITING)
 
-        def failed(failure: Failure) -> Failure | Deferred[Any]:
+        def failed(failure: Failure) -> object:
             if self.cancelled or self.expired or failure.check(CancelledError):
-                return failure
+                return self._ended(failure)
             log.info(
                 "{target}: could not resolve again ({error}); trying the cached instances left",
                 target=self.target,
@@ -429,7 +417,7 @@ class _Connect:
         if selection.meta:
             matching = selection.matching(records)
             if not matching:
-                return fail(self._noneMatching(records))
+                return self._fail(self._noneMatching(records))
             records = matching
         self.pending = selection.candidates(records, self.turn, localHostIdentity())
         self.next = 0
@@ -456,7 +444,7 @@ class _Connect:
                 self._tell(self._unusable(candidate.record))
             elif failed is None or candidate.description not in failed:
                 return self._attempt(candidate)
-        return fail(NoReachablePeer(f"could not reach {self.target}: {self._told()}"))
+        return self._fail(NoReachablePeer(f"could not reach {self.target}: {self._told()}"))
 
     def _attempt(self, candidate: Candidate) -> Deferred[Any]:
         assert self.registry is not None
@@ -474,18 +462,18 @@ class _Connect:
             self._arm(candidate)
         if not own:
             attempt = self._guarded(attempt)
-        return attempt.addErrback(self._attemptFailed, candidate, own)
+        return attempt.addCallbacks(
+            self._ended, self._attemptFailed, errbackArgs=(candidate, own)
+        )
 
-    def _attemptFailed(
-        self, failure: Failure, candidate: Candidate, own: bool
-    ) -> Failure | Deferred[Any]:
+    def _attemptFailed(self, failure: Failure, candidate: Candidate, own: bool) -> object:
         if own:
             if failure.check(ConnectingCancelledError):
                 self.cancelled = True  # by the caller, or by the timer (then expired too)
             elif failure.check(ConnectTimeout) and self.timer is None and self.deadline:
                 self.expired = True  # the endpoint's timeout was the deadline
         if self.cancelled or self.expired:
-            return failure
+            return self._ended(failure)
         description = candidate.description
         assert description is not None
         why = str(failure.value) or type(failure.value).__name__
@@ -573,7 +561,19 @@ class _Connect:
         assert self.outer is not None
         self.outer.cancel()
 
+    def _fail(self, error: Exception | Failure) -> Deferred[Any]:
+        """
+        End the connect with C{error}.
+        """
+        ended = self._ended(error if isinstance(error, Failure) else Failure(error))
+        assert isinstance(ended, Failure)
+        return fail(ended)
+
     def _ended(self, outcome: object) -> object:
+        """
+        The connect's outcome, as its caller gets it: a failure after the
+        deadline or a cancellation says so; counted in the metrics.
+        """
         timer = self.timer
         if timer is not None:
             if timer.active():
