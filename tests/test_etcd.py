@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, quoteStringArgument, serverFromString
 from twisted.internet.protocol import Factory
 from twisted.logger import capturedLogs, formatEvent
@@ -344,3 +345,32 @@ def test_a_missing_etcd_fails_the_tests_with_the_install_command(
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(pytest.fail.Exception, match="apt-get install -y etcd-server"):
         etcdExecutable()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lease_that_expires_before_its_record_is_written_is_granted_again(
+    etcd: Callable[..., EtcdRegistry],
+) -> None:
+    """
+    An etcd slower than the ttl between granting a lease and writing the
+    record on it (here: the first write held back until the lease is
+    gone): the write fails with 'lease not found', and the registration
+    grants another lease rather than failing.
+    """
+    registry = etcd()
+    write = registry._txnPut
+    held: list[int] = []
+
+    async def late(record: PeerRecord, value: bytes, leaseID: int, what: str) -> None:
+        if not held:
+            held.append(leaseID)
+            await sleep(3.5)  # past the lease's ttl (etcd's least, 2 s, for ttl=1)
+        await write(record, value, leaseID, what)
+
+    registry._txnPut = lambda *args, **kwargs: Deferred.fromCoroutine(late(*args, **kwargs))  # type: ignore[method-assign]
+    with capturedLogs() as events:
+        lease = await registry.register(record("db"), 1)
+    assert len(held) == 1
+    assert [r.instance for r in await registry.lookup("dev", "db")] == [lease.record.instance]
+    assert any("expired before its record was written" in formatEvent(e) for e in events)
+    await lease.release()

@@ -88,6 +88,10 @@ MARKER_TTL = 60
 NOT_FOUND = 5
 OUT_OF_RANGE = 11
 
+GRANTS = 3
+"""Leases granted for one registration at most, when each expires before
+its record is written (an etcd too slow to answer within the ttl)."""
+
 
 @implementer(IRegistryScheme)
 @attrs.frozen
@@ -475,23 +479,38 @@ class EtcdRegistry:
 
     def _grant(self, record: PeerRecord, ttl: float, value: bytes, what: str) -> Deferred[None]:
         async def grant() -> None:
-            sent = self._reactor.seconds()
-            reply = await self._call("/v3/lease/grant", {"TTL": str(max(1, math.ceil(ttl)))}, what)
-            leaseID = number(reply.get("ID"))
-            if leaseID <= 0:
-                raise RegistryUnavailable(f"registry {self.url}: {what} failed: no lease granted")
-            if record.instance not in self._wanted:  # released or stopped meanwhile
-                self._revoke(leaseID)
-                return
-            held = _Held(leaseID, value, ttl, sent)
-            self._held[record.instance] = held
-            try:
-                await self._txnPut(record, value, leaseID, what)
-            except BaseException:
-                if self._held.get(record.instance) is held:
-                    del self._held[record.instance]
-                self._revoke(leaseID)
-                raise
+            for attempt in range(GRANTS):
+                sent = self._reactor.seconds()
+                reply = await self._call(
+                    "/v3/lease/grant", {"TTL": str(max(1, math.ceil(ttl)))}, what
+                )
+                leaseID = number(reply.get("ID"))
+                if leaseID <= 0:
+                    raise RegistryUnavailable(
+                        f"registry {self.url}: {what} failed: no lease granted"
+                    )
+                if record.instance not in self._wanted:  # released or stopped meanwhile
+                    self._revoke(leaseID)
+                    return
+                held = _Held(leaseID, value, ttl, sent)
+                self._held[record.instance] = held
+                try:
+                    await self._txnPut(record, value, leaseID, what)
+                    return
+                except BaseException as e:
+                    if self._held.get(record.instance) is held:
+                        del self._held[record.instance]
+                    expired = isinstance(e, EtcdError) and e.code == NOT_FOUND
+                    if not expired:
+                        self._revoke(leaseID)
+                    if not expired or attempt + 1 == GRANTS:
+                        raise
+                    log.info(
+                        "{url}: the lease for {record} expired before its record was "
+                        "written (etcd answered late); granting another",
+                        url=self.url,
+                        record=record.name,
+                    )
 
         d = Deferred.fromCoroutine(grant())
         self._granting[record.instance] = d
