@@ -470,7 +470,7 @@ class _Connect:
         if own:
             if failure.check(ConnectingCancelledError):
                 self.cancelled = True  # by the caller, or by the timer (then expired too)
-            elif failure.check(ConnectTimeout) and self.timer is None and self.deadline:
+            elif failure.check(ConnectTimeout) and self.timer is None and self.deadline is not None:
                 self.expired = True  # the endpoint's timeout was the deadline
         if self.cancelled or self.expired:
             return self._ended(failure)
