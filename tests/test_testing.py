@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from twisted.application.internet import ClientService
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -122,7 +122,16 @@ def test_a_connect_times_out_on_the_clock_and_cancels_its_attempt() -> None:
     served(network, "db:ns=t")
     network.reactor.ports.clear()  # attempts now hang... until refused:
     network.reactor._connect = lambda *args: None  # type: ignore[method-assign]
-    connecting = network.connect("masse:db:ns=t:timeout=3", Factory.forProtocol(Collector))
+    timesOutAtThreeSeconds(
+        network, network.connect("masse:db:ns=t:timeout=3", Factory.forProtocol(Collector))
+    )
+
+
+def timesOutAtThreeSeconds(network: MasseNetwork, connecting: Deferred[Any]) -> None:
+    """
+    A connect with C{timeout=3} whose attempts hang: no result just before
+    the deadline, the deadline's message just after, its attempt stopped.
+    """
     network.advance(2.9)
     network.assertNoResult(connecting)
     network.advance(0.2)
@@ -198,13 +207,7 @@ def test_a_warm_connect_times_out_and_cancels_on_its_endpoints_timeout() -> None
     served(network, "db:ns=t")
     endpoint = warmed(network, "masse:db:ns=t:timeout=3")
     hangingAttempts(network)
-    connecting = endpoint.connect(Factory.forProtocol(Collector))
-    network.advance(2.9)
-    network.assertNoResult(connecting)
-    network.advance(0.2)
-    with pytest.raises(NoReachablePeer, match="within 3s: gave up connecting to tcp:"):
-        network.successResultOf(connecting)
-    assert network.reactor.connectors[-1].stoppedConnecting
+    timesOutAtThreeSeconds(network, endpoint.connect(Factory.forProtocol(Collector)))
     cancelled = endpoint.connect(Factory.forProtocol(Collector))
     cancelled.cancel()
     with pytest.raises(CancelledError):
