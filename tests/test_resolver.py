@@ -6,6 +6,7 @@ under a fake clock, and against a real redis-server.
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -550,3 +551,38 @@ async def test_redis_events_invalidate_the_entry(
     assert await echoes(client) == second.getHost().port
     second.lease.stop()
     await eventually(lambda: entry.records() is None)  # timedout: nothing left to serve
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_warm_connect_to_a_peer_that_never_answers_times_out(memory: Counting) -> None:
+    """
+    Over real sockets: a peer whose accept queue is full never completes a
+    handshake. A warm connect to it ends at its deadline, which its TCP
+    attempt's own timeout keeps, with the deadline's message; so did the
+    cold connect before it, under the connect's timer.
+    """
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    port = stuck.getsockname()[1]
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(4):  # handshakes past the queue's room get no answer
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        record = PeerRecord("t", "stuck", [f"tcp:host=127.0.0.1:port={port}"])
+        lease = await memory.inner.register(record, 30)
+        client = MasseClientEndpoint(reactor, "stuck", "t", registry=memory, timeout=0.5)
+        expected = f"within 0.5s: gave up connecting to tcp:host=127.0.0.1:port={port}"
+        for _ in ("cold", "warm"):
+            with pytest.raises(NoReachablePeer) as caught:
+                await client.connect(Factory.forProtocol(Collector))
+            assert str(caught.value).endswith(expected)
+            await warmed(memory, "stuck")
+        assert memory.calls["lookup"] == 1  # the second connect was warm
+        await lease.release()
+    finally:
+        for s in [stuck, *fillers]:
+            s.close()

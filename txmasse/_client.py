@@ -281,7 +281,7 @@ class _Connect:
     caller's Deferred is the first step's: cancelling it cancels whichever
     step is in progress, and the connect's outcome is whatever the last
     step gave. Two things are kept only where they are needed, because a
-    warm connect would pay for them otherwise (3 to 5% of it):
+    warm connect would pay for them otherwise (each 2 to 3% of it):
 
       - the deadline's timer: none while the only step so far is an
         attempt through one of L{MasseClientEndpoint.ownEndpoint}'s
