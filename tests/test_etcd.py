@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from prometheus_client import REGISTRY
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, quoteStringArgument, serverFromString
@@ -374,3 +375,26 @@ async def test_a_lease_that_expires_before_its_record_is_written_is_granted_agai
     assert [r.instance for r in await registry.lookup("dev", "db")] == [lease.record.instance]
     assert any("expired before its record was written" in formatEvent(e) for e in events)
     await lease.release()
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_are_counted_and_bad_arguments_fail_the_deferred(
+    etcd: Callable[..., EtcdRegistry],
+) -> None:
+    """
+    Like every backend's, etcd's calls are in C{masse_registry_calls}, and
+    arguments it refuses fail the call's Deferred with a message naming
+    them (counted C{invalid}), rather than raising.
+    """
+    registry = etcd()
+
+    def count(outcome: str) -> float:
+        labels = {"op": "lookup", "outcome": outcome}
+        return REGISTRY.get_sample_value("masse_registry_calls_total", labels) or 0.0
+
+    ok, invalid = count("ok"), count("invalid")
+    assert await registry.lookup("dev", "db") == []
+    refused = registry.lookup("dev", "no names like this!")
+    with pytest.raises(ValueError, match="no names like this!"):
+        await refused
+    assert (count("ok"), count("invalid")) == (ok + 1, invalid + 1)

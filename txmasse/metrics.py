@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.python.failure import Failure
 
 from txmasse.errors import NoReachablePeer, PeerNotFound, RegistryUnavailable
@@ -240,14 +240,20 @@ def _callDone(result: object, op: str, start: float) -> object:
 def registryCall(op: str) -> Callable[[Callable[P, Deferred[T]]], Callable[P, Deferred[T]]]:
     """
     Decorate a registry method that returns a Deferred: count it under
-    C{op} with its outcome, and time it.
+    C{op} with its outcome, and time it. What the method raises at once
+    (arguments it refuses, a C{ValueError} naming the bad one) fails the
+    Deferred instead, as C{maybeDeferred} does, so each backend checks its
+    arguments in a plain line.
     """
 
     def decorate(method: Callable[P, Deferred[T]]) -> Callable[P, Deferred[T]]:
         @functools.wraps(method)
         def counted(*args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
             start = perf_counter()
-            d = method(*args, **kwargs)
+            try:
+                d = method(*args, **kwargs)
+            except Exception:
+                d = fail()
             d.addBoth(_callDone, op, start)
             return d
 

@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from txmasse import metrics
 from txmasse.errors import RegistryUnavailable
 from txmasse.records import Glob, PeerRecord
 from txmasse.registry import freshness
@@ -241,24 +242,20 @@ class EtcdRegistry:
 
     # IRegistry
 
+    @metrics.registryCall("register")
     def register(self, record: PeerRecord, ttl: float) -> Deferred[ILease]:
-        try:
-            ttl = validateTTL(ttl)
-        except ValueError:
-            return fail()
+        ttl = validateTTL(ttl)
         if self.closed or self._closing:
             return fail(RegistryUnavailable(f"registry {self.url} is closed"))
         lease = Lease(self, record, ttl, self._reactor)
         self._wanted.add(record.instance)
         return self._registrations.register(lease, self._leases.add)
 
+    @metrics.registryCall("lookup")
     def lookup(
         self, namespace: str, name: str, stale: float | None = None
     ) -> Deferred[list[PeerRecord]]:
-        try:
-            validateQuery(namespace, name, stale)
-        except ValueError:
-            return fail()
+        validateQuery(namespace, name, stale)
         key = (namespace, name)
         prefix = f"{self.namespacePrefix(namespace)}r/{name}/"
         d = self._range(prefix, f"lookup of {name!r}").addCallback(self._lookedUp, namespace, name)
@@ -299,11 +296,9 @@ class EtcdRegistry:
     def _lookedUp(self, reply: dict[str, Any], namespace: str, name: str) -> list[PeerRecord]:
         return [record for record, _ in self._records(reply, namespace, None, name)]
 
+    @metrics.registryCall("find")
     def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
-        try:
-            glob = validateSearch(namespace, pattern)
-        except ValueError:
-            return fail()
+        glob = validateSearch(namespace, pattern)
         d = self._matching(namespace, glob)
         return d.addCallback(lambda found: [record for record, _ in found])
 
@@ -318,11 +313,9 @@ class EtcdRegistry:
         d = self._range(prefix, f"find of {glob.pattern!r}", revision)
         return d.addCallback(self._records, namespace, glob)
 
+    @metrics.registryCall("leases")
     def leases(self, namespace: str, pattern: str) -> Deferred[list[LeaseStatus]]:
-        try:
-            glob = validateSearch(namespace, pattern)
-        except ValueError:
-            return fail()
+        glob = validateSearch(namespace, pattern)
         return Deferred.fromCoroutine(self._leaseStatuses(namespace, glob))
 
     async def _leaseStatuses(self, namespace: str, glob: Glob) -> list[LeaseStatus]:
@@ -345,6 +338,7 @@ class EtcdRegistry:
 
         return await gatherResults([status(r, i) for r, i in found], consumeErrors=True)
 
+    @metrics.registryCall("watch")
     def watch(
         self,
         namespace: str,
@@ -352,12 +346,9 @@ class EtcdRegistry:
         callback: Callable[[PeerEvent], object],
         usage: bool = False,
     ) -> Deferred[ISubscription]:
-        try:
-            subscription = Subscription.forPattern(
-                self, namespace, pattern, callback, self._reactor, usage=usage
-            )
-        except ValueError:
-            return fail()
+        subscription = Subscription.forPattern(
+            self, namespace, pattern, callback, self._reactor, usage=usage
+        )
         if self.closed or self._closing:
             return fail(RegistryUnavailable(f"registry {self.url} is closed"))
         self._watchers.setdefault(namespace, set()).add(subscription)
@@ -376,11 +367,9 @@ class EtcdRegistry:
 
         return Deferred.fromCoroutine(start())
 
+    @metrics.registryCall("report")
     def report(self, event: PeerEvent) -> Deferred[None]:
-        try:
-            validateUsage(event)
-        except ValueError:
-            return fail()
+        validateUsage(event)
         record = event.record
         key = f"{self.namespacePrefix(record.namespace)}u/{event.source}"
         value = json.dumps(

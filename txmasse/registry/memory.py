@@ -12,7 +12,7 @@ import heapq
 from collections.abc import Callable, Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
@@ -75,10 +75,7 @@ class MemoryRegistry:
 
     @metrics.registryCall("register")
     def register(self, record: PeerRecord, ttl: float) -> Deferred[ILease]:
-        try:
-            ttl = validateTTL(ttl)
-        except ValueError:
-            return fail()
+        ttl = validateTTL(ttl)
         lease = Lease(self, record, ttl, self._clock)
         self._leases.add(lease)
         lease.start()  # first: watchers hear of the record at once, and it is ours
@@ -92,28 +89,19 @@ class MemoryRegistry:
         """
         Never stale: this registry always answers.
         """
-        try:
-            validateQuery(namespace, name, stale)
-        except ValueError:
-            return fail()
+        validateQuery(namespace, name, stale)
         self._expire()
         entries = self._names.get((namespace, name), {})
         return succeed([entry.record for entry in entries.values()])
 
     @metrics.registryCall("find")
     def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
-        try:
-            glob = validateSearch(namespace, pattern)
-        except ValueError:
-            return fail()
+        glob = validateSearch(namespace, pattern)
         return succeed(list(self._matching(namespace, glob)))
 
     @metrics.registryCall("leases")
     def leases(self, namespace: str, pattern: str) -> Deferred[list[LeaseStatus]]:
-        try:
-            glob = validateSearch(namespace, pattern)
-        except ValueError:
-            return fail()
+        glob = validateSearch(namespace, pattern)
         return succeed(self._statuses(namespace, glob))
 
     @metrics.registryCall("watch")
@@ -124,21 +112,15 @@ class MemoryRegistry:
         callback: Callable[[PeerEvent], object],
         usage: bool = False,
     ) -> Deferred[ISubscription]:
-        try:
-            subscription = Subscription.forPattern(
-                self, namespace, pattern, callback, self._clock, usage=usage
-            )
-        except ValueError:
-            return fail()
+        subscription = Subscription.forPattern(
+            self, namespace, pattern, callback, self._clock, usage=usage
+        )
         self._watchers.setdefault(namespace, set()).add(subscription)
         return subscription.resync().addCallback(lambda _: subscription)
 
     @metrics.registryCall("report")
     def report(self, event: PeerEvent) -> Deferred[None]:
-        try:
-            validateUsage(event)
-        except ValueError:
-            return fail()
+        validateUsage(event)
         for subscription in list(self._watchers.get(event.record.namespace, ())):
             subscription.receivedUsage(event)
         return succeed(None)

@@ -135,10 +135,7 @@ class SharedStoreRegistry:
 
     @metrics.registryCall("register")
     def register(self, record: PeerRecord, ttl: float) -> Deferred[ILease]:
-        try:
-            ttl = validateTTL(ttl)
-        except ValueError:
-            return fail()
+        ttl = validateTTL(ttl)
         lease = Lease(self, record, ttl, self._clock)
         return self._registrations.register(lease, self._registered)
 
@@ -151,35 +148,23 @@ class SharedStoreRegistry:
     def lookup(
         self, namespace: str, name: str, stale: float | None = None
     ) -> Deferred[list[PeerRecord]]:
-        try:
-            validateQuery(namespace, name, stale)
-        except ValueError:
-            return fail()
+        validateQuery(namespace, name, stale)
         key = (namespace, name)
         return self._lastAnswers.answering(self._fetchLookup(namespace, name), key, stale)
 
     @metrics.registryCall("find")
     def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
-        try:
-            glob = validateSearch(namespace, pattern)
-        except ValueError:
-            return fail()
+        glob = validateSearch(namespace, pattern)
         return self._fetchFind(namespace, glob)
 
     @metrics.registryCall("leases")
     def leases(self, namespace: str, pattern: str) -> Deferred[list[LeaseStatus]]:
-        try:
-            glob = validateSearch(namespace, pattern)
-        except ValueError:
-            return fail()
+        glob = validateSearch(namespace, pattern)
         return self._fetchLeases(namespace, glob)
 
     @metrics.registryCall("report")
     def report(self, event: PeerEvent) -> Deferred[None]:
-        try:
-            validateUsage(event)
-        except ValueError:
-            return fail()
+        validateUsage(event)
         return self._publishUsage(event)
 
     @metrics.registryCall("watch")
@@ -190,12 +175,9 @@ class SharedStoreRegistry:
         callback: Callable[[PeerEvent], object],
         usage: bool = False,
     ) -> Deferred[ISubscription]:
-        try:
-            subscription = Subscription.forPattern(
-                self, namespace, pattern, callback, self._clock, self._grace, usage=usage
-            )
-        except ValueError:
-            return fail()
+        subscription = Subscription.forPattern(
+            self, namespace, pattern, callback, self._clock, self._grace, usage=usage
+        )
         if self.closed:
             return fail(RegistryUnavailable(f"registry {self.url} is closed"))
         self._watchers.setdefault(namespace, set()).add(subscription)
