@@ -16,6 +16,7 @@ Where things live:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
@@ -26,7 +27,7 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -563,6 +564,10 @@ def copySource(destination: Path) -> Path:
     return destination
 
 
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+"""twistd, in a virtualenv that has Twisted only through a .pth file."""
+
+
 @attrs.frozen
 class FreshVenv:
     """
@@ -598,6 +603,34 @@ class FreshVenv:
         elsewhere.mkdir()
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MASSE_REGISTRY")}
         return cls(python, sitePackages, elsewhere, env)
+
+    @contextlib.contextmanager
+    def twistdMasse(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> Iterator[tuple[subprocess.Popen[str], str]]:
+        """
+        C{twistd -n masse ARGS} run from this virtualenv in another
+        directory, until it logs that it listens under its name (or a
+        traceback): the process and that line, the process stopped after.
+        """
+        twistd = subprocess.Popen(
+            [str(self.python), "-c", TWISTD, "-n", "--pidfile=", "masse", *args],
+            cwd=self.elsewhere,
+            env=self.env if env is None else env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            assert twistd.stdout is not None
+            line = ""
+            for line in twistd.stdout:
+                if "listening as" in line or "Traceback" in line:
+                    break
+            yield twistd, line
+        finally:
+            twistd.terminate()
+            twistd.wait(timeout=30)
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """

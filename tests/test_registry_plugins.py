@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -29,10 +28,6 @@ from txmasse.registry import parseRegistryURL, registryFromURL
 from txmasse.registry.plugins import registerScheme
 
 EXAMPLE = REPO / "examples" / "static_registry"
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-"""twistd, in a virtualenv that has Twisted only through a .pth file."""
-
-
 def loadExample() -> ModuleType:
     spec = importlib.util.spec_from_file_location("masse_static", EXAMPLE / "masse_static.py")
     assert spec is not None and spec.loader is not None
@@ -129,21 +124,8 @@ def test_installed_in_a_fresh_venv_it_is_found_by_its_entry_point(tmp_path: Path
     etcd = venv.run(str(bin / "masse"), "--registry", "etcd://127.0.0.1:1?timeout=1", "ls")
     assert etcd.returncode == 1 and "etcd://127.0.0.1:1" in etcd.stderr, etcd
     assert "is not one of" not in etcd.stderr
-    twistd = subprocess.Popen(
-        [str(venv.python), "-c", TWISTD, "-n", "--pidfile=", "masse", "--registry", url,
-         "--name", "web", "--ns", "dev", "--factory", "twisted.protocols.wire:Echo"],
-        cwd=venv.elsewhere,
-        env=venv.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert twistd.stdout is not None
-        for line in twistd.stdout:
-            if "listening as dev/web" in line or "Traceback" in line:
-                break
+    with venv.twistdMasse(
+        "--registry", url, "--name", "web", "--ns", "dev",
+        "--factory", "twisted.protocols.wire:Echo",
+    ) as (_, line):  # fmt: skip
         assert "listening as dev/web" in line and "registry static://" in line, line
-    finally:
-        twistd.terminate()
-        twistd.wait(timeout=30)

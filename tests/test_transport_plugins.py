@@ -26,10 +26,6 @@ from txmasse import MasseError, MasseServerEndpoint
 from txmasse.registry import MemoryRegistry
 
 EXAMPLE = REPO / "examples" / "xor_transport"
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-"""twistd, in a virtualenv that has Twisted only through a .pth file."""
-
-
 @pytest.fixture
 def xorPlugins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(EXAMPLE))
@@ -122,27 +118,13 @@ def test_installed_in_a_fresh_venv_it_works_from_endpoint_strings(tmp_path: Path
     # twistd masse listens over it too, and the masse command reads it back.
     database = venv.elsewhere / "registry.db"
     env = {**venv.env, "MASSE_REGISTRY": f"sqlite://{database}", "MASSE_NAMESPACE": "t"}
-    twistd = subprocess.Popen(
-        [str(venv.python), "-c", TWISTD, "-n", "--pidfile=", "masse", "--name", "echo",
-         "--listen", "xor:0:interface=127.0.0.1:key=9",
-         "--factory", "twisted.protocols.wire:Echo"],
-        cwd=venv.elsewhere,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert twistd.stdout is not None
-        for line in twistd.stdout:
-            if "listening as t/echo" in line or "Traceback" in line:
-                break
+    with venv.twistdMasse(
+        "--name", "echo", "--listen", "xor:0:interface=127.0.0.1:key=9",
+        "--factory", "twisted.protocols.wire:Echo", env=env,
+    ) as (_, line):  # fmt: skip
         assert "['xor:host=127.0.0.1:port=" in line and ":key=9']" in line, line
         resolved = subprocess.run(
             [str(venv.python.parent / "masse"), "resolve", "echo"],
             cwd=venv.elsewhere, env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert resolved.stdout.startswith("xor:host=127.0.0.1:port="), resolved
-    finally:
-        twistd.terminate()
-        twistd.wait(timeout=30)

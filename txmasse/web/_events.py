@@ -10,12 +10,11 @@ from typing import Any, Protocol
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from txmasse.registry import IRegistry
-from txmasse.web._http import BadQuery, jsonBody, secure
+from txmasse.web._http import ViewsResource
 from txmasse.web._view import NamespaceView
 
 KEEPALIVE = 15.0
@@ -99,19 +98,12 @@ class EventStream:
             stop()
 
 
-class EventsResource(Resource):
-    isLeaf = True
-
+class EventsResource(ViewsResource):
     def __init__(self, dashboard: Dashboard):
-        super().__init__()
-        self._dashboard = dashboard
+        super().__init__(dashboard)
+        self._dashboard: Dashboard = dashboard
 
-    def render_GET(self, request: Request) -> bytes | int:
-        secure(request)
-        try:
-            views = self._dashboard.viewsFor(request)
-        except BadQuery as e:
-            return jsonBody(request, e.code, {"error": str(e)})
+    def renderViews(self, request: Request, views: list[NamespaceView]) -> bytes | int:
         usage = request.args.get(b"usage", [b"0"])[-1] in (b"1", b"true", b"yes")
         stream = EventStream(request, usage, self._dashboard.clock)
         hello = {

@@ -1,12 +1,15 @@
 """
 What every response of the dashboard shares: its security headers, JSON
-bodies, and the error for a bad query.
+bodies, the error for a bad query, and the reading of the namespaces a
+query asks for.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any, Protocol
 
+from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 HEADERS = {
@@ -40,3 +43,32 @@ class BadQuery(Exception):
     def __init__(self, code: int, message: str):
         super().__init__(message)
         self.code = code
+
+
+class _Views(Protocol):
+    def viewsFor(self, request: Request) -> list[Any]: ...
+
+
+class ViewsResource(Resource):
+    """
+    A leaf answering C{GET} for the namespaces its query names (the
+    dashboard's C{viewsFor}): a bad query is answered here, with its
+    status and message; L{renderViews} answers the rest.
+    """
+
+    isLeaf = True
+
+    def __init__(self, dashboard: _Views):
+        super().__init__()
+        self._dashboard = dashboard
+
+    def render_GET(self, request: Request) -> bytes | int:
+        secure(request)
+        try:
+            views = self._dashboard.viewsFor(request)
+        except BadQuery as e:
+            return jsonBody(request, e.code, {"error": str(e)})
+        return self.renderViews(request, views)
+
+    def renderViews(self, request: Request, views: list[Any]) -> bytes | int:
+        raise NotImplementedError

@@ -22,7 +22,7 @@ from txmasse.records import validateName
 from txmasse.registry import IRegistry, LeaseStatus, defaultNamespace
 from txmasse.web._collectors import InstancesCollector, ProcessCollector
 from txmasse.web._events import EventsResource
-from txmasse.web._http import BadQuery, jsonBody, secure
+from txmasse.web._http import BadQuery, ViewsResource, jsonBody, secure
 from txmasse.web._records import recordJSON
 from txmasse.web._view import NamespaceView
 
@@ -63,19 +63,8 @@ class _Refused(Resource):
         )
 
 
-class _Peers(Resource):
-    isLeaf = True
-
-    def __init__(self, dashboard: DashboardResource):
-        super().__init__()
-        self._dashboard = dashboard
-
-    def render_GET(self, request: Request) -> bytes | int:
-        secure(request)
-        try:
-            views = self._dashboard.viewsFor(request)
-        except BadQuery as e:
-            return jsonBody(request, e.code, {"error": str(e)})
+class _Peers(ViewsResource):
+    def renderViews(self, request: Request, views: list[NamespaceView]) -> bytes | int:
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
 
