@@ -44,7 +44,7 @@ from bench.connect import measureConnects
 from bench.events import measureDetection, measureEventLatency
 from bench.peer import fakeRecord, registerMany, registerSpread
 from bench.redis import RedisProcess
-from bench.stats import Row, micros, millis, p50, p99, table
+from bench.stats import Row, detectionRows, micros, millis, p50, p99, table
 from txmasse.registry import registryFromURL
 from txmasse.registry.etcd_client import BytesBody
 
@@ -322,27 +322,6 @@ def eventRow(which: str, latencies: list[float]) -> Row:
     )
 
 
-def detectionRows(which: str, detection: dict[float, list[float]]) -> list[Row]:
-    rows = []
-    for ttl, seconds in sorted(detection.items()):
-        worst = max(seconds)
-        rows.append(
-            Row(
-                "etcd",
-                f"{which}: SIGKILL -> timedout, ttl {ttl:g} s",
-                f"max {worst:.3f} s (mean {sum(seconds) / len(seconds):.3f} s, "
-                f"{len(seconds)} kills)",
-                f"ttl {ttl:g} s",
-                worst / ttl,
-                f"{worst / ttl:.3f}x ttl",
-                "≤ ttl + 1 s",
-                worst <= ttl + 1,
-                number=worst,
-            )
-        )
-    return rows
-
-
 async def measureEtcd(
     redis: RedisProcess, redisURL: str, sizes: EtcdSizes, say: Callable[[str], None]
 ) -> tuple[list[Row], str]:
@@ -378,7 +357,7 @@ async def measureEtcd(
         say(f"etcd and Redis: failure detection, ttl {', '.join(f'{t:g}' for t in sizes.ttls)} s")
         for which, url in (("etcd", etcdURL), ("Redis", redisURL)):
             detection = await measureDetection(url, sizes.ttls, sizes.detectionRounds)
-            rows += detectionRows(which, detection)
+            rows += detectionRows("etcd", f"{which}: ", detection)
         say(f"etcd: {sizes.leases} leases at ttl {sizes.leaseTTL:g} s")
         rows.append(await measureLoad(etcd, etcdURL, sizes))
         version = etcd.version()

@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from statistics import mean, median
+from statistics import median
 
 import attrs
 from twisted.internet import reactor, task
@@ -31,7 +31,7 @@ from bench.load import Load, measureLoad
 from bench.lookup import measureLookups, populate
 from bench.redis import RedisProcess, freePort
 from bench.rpc import measureRPC, rpcRows
-from bench.stats import Row, micros, millis, p50, p99, table
+from bench.stats import Row, detectionRows, micros, millis, p50, p99, table
 from bench.throughput import measureThroughput
 from txmasse.registry import registryFromURL
 
@@ -269,26 +269,6 @@ def eventRow(latencies: list[float], get: float) -> Row:
     )
 
 
-def detectionRows(detection: dict[float, list[float]]) -> list[Row]:
-    rows = []
-    for ttl, seconds in sorted(detection.items()):
-        worst = max(seconds)
-        rows.append(
-            Row(
-                "failure",
-                f"SIGKILL -> timedout, ttl {ttl:g} s",
-                f"max {worst:.3f} s (mean {mean(seconds):.3f} s, {len(seconds)} kills)",
-                f"ttl {ttl:g} s",
-                worst / ttl,
-                f"{worst / ttl:.3f}x ttl",
-                "≤ ttl + 1 s",
-                worst <= ttl + 1,
-                number=worst,
-            )
-        )
-    return rows
-
-
 def throughputRows(rates: dict[str, list[float]], size: int) -> list[Row]:
     raw = median(rates["raw"])
     rows = [
@@ -396,7 +376,7 @@ async def run(options: argparse.Namespace) -> int:
             rows.append(eventRow(latencies, p50(connects["get"])))
             say(f"failure detection, ttl {', '.join(f'{t:g}' for t in sizes.ttls)} s")
             detection = await measureDetection(url, sizes.ttls, sizes.detectionRounds)
-            rows += detectionRows(detection)
+            rows += detectionRows("failure", "", detection)
             say("DNS queries at 1,000/s, masse dns against dnsmasq")
             rows += await measureDNS(url, options.quick, notes)
             await registryFromURL(reactor, url).close()  # its sweeps stay out of the count

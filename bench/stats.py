@@ -53,6 +53,31 @@ class Row:
         return {True: "pass", False: "MISS", None: ""}[self.passed]
 
 
+def detectionRows(section: str, prefix: str, detection: dict[float, list[float]]) -> list[Row]:
+    """
+    One row per ttl: the slowest of its SIGKILL-to-C{timedout} times,
+    against ttl + 1 s.
+    """
+    rows = []
+    for ttl, seconds in sorted(detection.items()):
+        worst = max(seconds)
+        rows.append(
+            Row(
+                section,
+                f"{prefix}SIGKILL -> timedout, ttl {ttl:g} s",
+                f"max {worst:.3f} s (mean {sum(seconds) / len(seconds):.3f} s, "
+                f"{len(seconds)} kills)",
+                f"ttl {ttl:g} s",
+                worst / ttl,
+                f"{worst / ttl:.3f}x ttl",
+                "≤ ttl + 1 s",
+                worst <= ttl + 1,
+                number=worst,
+            )
+        )
+    return rows
+
+
 def micros(seconds: float) -> str:
     return f"{seconds * 1e6:,.0f} µs"
 
