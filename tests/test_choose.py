@@ -187,6 +187,60 @@ def test_health_order_passing_then_warning_never_critical() -> None:
     assert [r.endpoints[0][-1] for r in preferred] == ["6", "5"]
 
 
+def test_roundrobin_shares_turns_evenly_among_usable_instances() -> None:
+    """
+    A draining or critical instance takes no turn of the rotation: its
+    turns would pass to its neighbour, which would then get two.
+    """
+    for unusable in ({"draining": True}, {"health": "critical", "reason": "disk"}):
+        records = (record(port=1), record(port=2), record(port=3, **unusable))
+        selection = Selection("roundrobin")
+        firsts = [
+            selection.candidates(records, selection.takeTurn(), "here")[0].description
+            for _ in range(300)
+        ]
+        assert {d: firsts.count(d) for d in set(firsts)} == {
+            "tcp:host=127.0.0.1:port=1": 150,
+            "tcp:host=127.0.0.1:port=2": 150,
+        }, unusable
+
+
+def test_a_connect_to_a_given_record_takes_no_turn_of_the_rotation() -> None:
+    network = MasseNetwork()
+    first, second = serve(network, "db"), serve(network, "db")
+    endpoint: Any = network.clientFromString("masse:db:pick=roundrobin")
+    turns = []
+    for _ in range(4):
+        connecting = endpoint.connect(Factory.forProtocol(Collector))
+        network.flush()
+        turns.append(network.successResultOf(connecting).transport.getPeer().port)
+        given = endpoint.connectToRecord(first.record, Factory.forProtocol(Collector))
+        network.flush()
+        assert network.successResultOf(given).transport.getPeer().port == portOf(first)
+    assert sorted(turns) == sorted([portOf(first), portOf(second)] * 2)
+    assert turns[0] != turns[1]
+
+
+def test_a_matching_cached_instance_gone_after_its_attempt_says_what_was_tried() -> None:
+    """
+    The cached instance refuses, and by then the registry has no instance
+    left: the error names the attempt, not a match among none.
+    """
+    network = MasseNetwork()
+    dead = PeerRecord("default", "db", ["tcp:host=127.0.0.1:port=9"], {"zone": "a"})
+    lease = network.successResultOf(network.registry.register(dead, 30))
+    assert isinstance(attempt(network, "db:meta.zone=a"), NoReachablePeer)
+    network.advance(1)  # the watch it started holds the instance
+    outcomes: list[Any] = []
+    connecting = network.connect("db:meta.zone=a", Factory.forProtocol(Collector))
+    connecting.addBoth(outcomes.append)
+    network.successResultOf(lease.release())
+    network.flush()
+    [failure] = outcomes
+    assert failure.check(NoReachablePeer), failure
+    assert "tried tcp:host=127.0.0.1:port=9: " in str(failure.value)
+
+
 def test_every_instance_critical_fails_listing_them_with_reasons() -> None:
     network = MasseNetwork()
     state = Health("critical", "database unreachable")

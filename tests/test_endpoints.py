@@ -32,10 +32,11 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
     IProtocol,
+    IStreamClientEndpoint,
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.web.client import Agent, readBody
 from zope.interface import implementer
@@ -600,6 +601,71 @@ def test_cancel_stops_the_attempt_in_progress() -> None:
     registry.close()
 
 
+@implementer(IStreamClientEndpoint)
+class Unstoppable:
+    """
+    An endpoint of someone else's whose Deferred cannot be stopped: it has
+    no canceller (C{canceller=None}), or one that raises; it connects
+    whenever the test says.
+    """
+
+    def __init__(self, canceller: Callable[[Deferred[Any]], None] | None = None) -> None:
+        self.canceller = canceller
+        self.factories: list[Any] = []
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        self.factories.append(protocolFactory)
+        return Deferred(self.canceller)
+
+
+def foreignClient(clock: MemoryReactorClock, endpoint: Unstoppable) -> MasseClientEndpoint:
+    registry = MemoryRegistry(clock)
+    registry.register(PeerRecord("t", "db", ["other:somewhere"]), 60)
+    client = fakeClient(clock, registry, timeout=3)
+    client.endpointFor = lambda candidate, registry: endpoint  # type: ignore[method-assign]
+    return client
+
+
+def test_a_connection_made_after_the_connect_timed_out_is_dropped() -> None:
+    """
+    An endpoint that goes on connecting after its attempt was cancelled
+    gets a protocol that drops the connection, not the application's.
+    """
+    clock, endpoint = MemoryReactorClock(), Unstoppable()
+    built: list[Collector] = []
+
+    class Counted(Factory):
+        def buildProtocol(self, addr: object) -> Collector:
+            built.append(Collector())
+            return built[-1]
+
+    connecting = foreignClient(clock, endpoint).connect(Counted())
+    clock.advance(3)
+    failures: list[Any] = []
+    connecting.addErrback(failures.append)
+    assert failures[0].check(NoReachablePeer) and "within 3s" in str(failures[0].value)
+    protocol = endpoint.factories[0].buildProtocol(IPv4Address("TCP", "10.0.0.1", 4000))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    assert built == [] and transport.disconnecting
+
+
+def test_an_endpoint_whose_cancel_raises_still_times_out() -> None:
+    def refuse(_: Deferred[Any]) -> None:
+        raise RuntimeError("cannot stop now")
+
+    clock, endpoint = MemoryReactorClock(), Unstoppable(refuse)
+    with capturedLogs() as events:
+        connecting = foreignClient(clock, endpoint).connect(Factory.forProtocol(Collector))
+        clock.advance(3)
+    failures: list[Any] = []
+    connecting.addErrback(failures.append)
+    assert failures[0].check(NoReachablePeer) and "within 3s" in str(failures[0].value)
+    [logged] = [event for event in events if "log_failure" in event]
+    assert logged["log_failure"].check(RuntimeError)
+    assert "cancelling connecting to other:somewhere failed" in formatEvent(logged)
+
+
 @pytest.mark.parametrize(
     ("description", "connected"),
     [
@@ -848,7 +914,7 @@ async def test_client_service_follows_a_peer_that_moved(redis_url: str) -> None:
         await service.stopService()
 
 
-@pytest.mark.filterwarnings("ignore:Using readBody with a transport")  # Twisted's own proxy
+@pytest.mark.filterwarnings("ignore:Using readBody with a transport")  # Twisted's own proxy (#8227)
 @pytest_twisted.ensureDeferred
 async def test_twistd_web_listens_by_name(redis_url: str, tmp_path: Path) -> None:
     (tmp_path / "hello.txt").write_text("hello by name\n")

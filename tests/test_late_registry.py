@@ -108,6 +108,7 @@ def test_stopping_before_registering_stops_trying() -> None:
     assert clock.getDelayedCalls() == []
 
 
+@pytest.mark.filterwarnings("ignore:Using readBody with a transport")  # Twisted's own proxy (#8227)
 @pytest_twisted.ensureDeferred
 async def test_twistd_web_started_before_redis_is_reachable_by_name_once_it_runs(
     tmp_path: Path,

@@ -174,6 +174,29 @@ def test_delay_delivers_data_before_the_close() -> None:
     assert app.received == b"last words" and app.lost.called
 
 
+def test_delay_drops_the_connection_when_a_delayed_callback_raises() -> None:
+    """
+    As without the wrapper: the failure is logged and the connection
+    dropped, and the application hears that it was lost.
+    """
+    clock = Clock()
+    outer, app, transport = connect(parseWrappers(clock, "delay=1"))
+
+    def refuse(data: bytes) -> None:
+        raise ValueError("bad frame")
+
+    app.dataReceived = refuse  # type: ignore[method-assign]
+    outer.dataReceived(b"first")
+    outer.dataReceived(b"second")
+    with capturedLogs() as events:
+        clock.advance(1)
+    [logged] = [event for event in events if "log_failure" in event]
+    assert logged["log_failure"].check(ValueError)
+    assert "delay: a delayed callback of" in logged["log_format"].format(**logged)
+    assert not transport.connected and app.lost.called
+    assert not clock.getDelayedCalls()
+
+
 def test_limit_pauses_reading_over_the_rate() -> None:
     clock = Clock()
     outer, app, transport = connect(parseWrappers(clock, "limit=100"))

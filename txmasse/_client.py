@@ -26,6 +26,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     IStreamClientEndpointStringParserWithReactor,
 )
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
@@ -314,6 +315,7 @@ class _Connect:
     timer: IDelayedCall | None = None
     cancelled = False
     expired = False
+    over = False  # the outcome is decided
 
     def __init__(self, client: MasseClientEndpoint, factory: IProtocolFactory):
         self.client = client
@@ -321,9 +323,6 @@ class _Connect:
         self.started = perf_counter()
         timeout = client.timeout
         self.deadline = None if timeout is None else client._reactor.seconds() + timeout
-        selection = client.selection
-        if selection.pick == "roundrobin":
-            self.turn = selection.takeTurn()
 
     def __repr__(self) -> str:
         return f"<_Connect to {self.target}: {self._doing()}>"
@@ -346,6 +345,8 @@ class _Connect:
         except Exception:
             outer: Deferred[Any] = self._fail(Failure())
         else:
+            if given is None and client.selection.pick == "roundrobin":
+                self.turn = client.selection.takeTurn()  # a connect to a given record takes none
             if given is not None:
                 outer = self._walk(given)
             elif client.cache and (
@@ -414,7 +415,7 @@ class _Connect:
 
     def _walk(self, records: Sequence[PeerRecord]) -> Deferred[Any]:
         selection = self.client.selection
-        if selection.meta:
+        if selection.meta and records:  # none left after a failed attempt: say what was tried
             matching = selection.matching(records)
             if not matching:
                 return self._fail(self._noneMatching(records))
@@ -451,20 +452,18 @@ class _Connect:
         client = self.client
         first = self.doing is None
         self.doing = candidate
+        own = False
         try:
             endpoint = client.endpointFor(candidate, self.registry)
-            attempt = endpoint.connect(self.factory)
+            own = client.ownEndpoint(endpoint)
+            attempt = endpoint.connect(self.factory if own else _UntilOver(self.factory, self))
         except Exception:
             own, attempt = False, fail()
-        else:
-            own = client.ownEndpoint(endpoint)
         if not (own and first):
             self._arm(candidate)
         if not own:
             attempt = self._guarded(attempt)
-        return attempt.addCallbacks(
-            self._ended, self._attemptFailed, errbackArgs=(candidate, own)
-        )
+        return attempt.addCallbacks(self._ended, self._attemptFailed, errbackArgs=(candidate, own))
 
     def _attemptFailed(self, failure: Failure, candidate: Candidate, own: bool) -> object:
         if own:
@@ -538,7 +537,12 @@ class _Connect:
 
         def cancel(_: object) -> None:
             self.cancelled = True
-            attempt.cancel()
+            try:
+                attempt.cancel()
+            except Exception:  # the endpoint's bug: the caller still gets its CancelledError
+                log.failure(
+                    "{target}: cancelling {doing} failed", target=self.target, doing=self._doing()
+                )
 
         mine: Deferred[Any] = Deferred(cancel)
 
@@ -574,6 +578,7 @@ class _Connect:
         The connect's outcome, as its caller gets it: a failure after the
         deadline or a cancellation says so; counted in the metrics.
         """
+        self.over = True
         timer = self.timer
         if timer is not None:
             if timer.active():
@@ -632,6 +637,39 @@ def timedEndpoint(
             return None
         return UNIXClientEndpoint(reactor, path, seconds)
     return None
+
+
+@implementer(IProtocolFactory)
+class _UntilOver:
+    """
+    The application's factory, as an endpoint other than the client's own
+    sees it: a connection it makes after the connect is over (cancelled,
+    timed out) is dropped. An endpoint whose Deferred ignores cancellation
+    would otherwise leave it open with no one holding it.
+    """
+
+    def __init__(self, factory: IProtocolFactory, connect: _Connect):
+        self.factory = factory
+        self.connect = connect
+
+    def buildProtocol(self, addr: Any) -> IProtocol | None:
+        if self.connect.over:
+            return _Dropped()
+        return self.factory.buildProtocol(addr)
+
+    def doStart(self) -> None:
+        self.factory.doStart()
+
+    def doStop(self) -> None:
+        self.factory.doStop()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.factory, name)  # a ClientFactory's callbacks, say
+
+
+class _Dropped(Protocol):
+    def connectionMade(self) -> None:
+        _abort(self)
 
 
 def _abort(protocol: IProtocol) -> None:

@@ -159,7 +159,8 @@ class _Collector:
 
 connects = Tally(
     "masse_connects",
-    "Connects by name, by outcome: ok, notfound, unreachable, unavailable, cancelled, error.",
+    "Connects by name, by outcome: "
+    "ok, notfound, unreachable, unavailable, cancelled, invalid, error.",
     ["namespace", "name", "outcome"],
 )
 connectSeconds = Timings(

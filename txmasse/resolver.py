@@ -218,12 +218,18 @@ class Selection:
         C{prefer}, then per C{pick} within each group.
         """
         prefer = self.prefer
-        if len(records) == 1 or (not prefer and all(r.health == "passing" for r in records)):
+        if len(records) == 1 or (
+            not prefer and all(r.health == "passing" and not r.draining for r in records)
+        ):
             return self.order(records, turn)  # the common cases, kept cheap
+        # Unusable instances (draining, critical) rank last, in a group of
+        # their own: a turn of the rotation never lands on one, or it would
+        # pass to its neighbour, which would then get two turns.
         groups: dict[tuple[int, ...], list[PeerRecord]] = {}
         for record in records:
             metadata = record.metadata
-            rank = (_HEALTH_RANK.get(record.health, 2), *(metadata.get(k) != v for k, v in prefer))
+            health = _HEALTH_RANK.get(record.health, 2) if record.usable else 3
+            rank = (health, *(metadata.get(k) != v for k, v in prefer))
             groups.setdefault(rank, []).append(record)
         ordered: list[PeerRecord] = []
         for rank in sorted(groups):

@@ -255,12 +255,15 @@ class _LoggingFactory(WrappingFactory[_LoggingProtocol]):
 
 class _Delayed:
     """
-    Runs actions C{delay} seconds after they are queued, in order.
+    Runs actions C{delay} seconds after they are queued, in order; one
+    that raises goes to C{failed}, as Twisted hands the failure of a
+    protocol's callback to its connection.
     """
 
-    def __init__(self, clock: IReactorTime, delay: float):
+    def __init__(self, clock: IReactorTime, delay: float, failed: Callable[[], object]):
         self._clock = clock
         self._delay = delay
+        self._failed = failed
         self._queue: deque[tuple[float, Callable[[], object]]] = deque()
         self._timer: IDelayedCall | None = None
 
@@ -291,9 +294,12 @@ class _Delayed:
     def _run(self) -> None:
         self._timer = None
         now = self._clock.seconds()
-        while self._queue and self._queue[0][0] <= now:
-            _, action = self._queue.popleft()
-            action()
+        try:
+            while self._queue and self._queue[0][0] <= now:
+                _, action = self._queue.popleft()
+                action()
+        except Exception:
+            self._failed()
         self._schedule()
 
 
@@ -306,9 +312,18 @@ class _DelayingProtocol(ProtocolWrapper):
     factory: _DelayingFactory
 
     def makeConnection(self, transport: Any) -> None:
-        self._outgoing = _Delayed(self.factory.clock, self.factory.delay)
-        self._incoming = _Delayed(self.factory.clock, self.factory.delay)
+        clock, delay = self.factory.clock, self.factory.delay
+        self._outgoing = _Delayed(clock, delay, self._failed)
+        self._incoming = _Delayed(clock, delay, self._failed)
         super().makeConnection(transport)
+
+    def _failed(self) -> None:
+        """
+        A delayed callback raised: log it and drop the connection, as
+        Twisted does when the callback raises without a delay.
+        """
+        log.failure("delay: a delayed callback of {protocol} failed", protocol=self.wrappedProtocol)
+        self.abortConnection()
 
     def write(self, data: bytes) -> None:
         self._outgoing.later(lambda: ProtocolWrapper.write(self, data))
