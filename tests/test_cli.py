@@ -228,10 +228,16 @@ def test_masse_timeout_is_the_default_deadline(redis_server: RedisServer) -> Non
         later = masse(
             "resolve", "db", "--timeout", "0.4", registry=slow, env={"MASSE_TIMEOUT": "x"}
         )
+        # Its take-back, as it closes, waits one more --timeout, not the URL's 30 s.
+        registering = masse(
+            "register", "db", "--endpoint", "tcp:host=h:port=1", "--timeout", "0.4",
+            registry=slow, timeout=15,
+        )  # fmt: skip
     finally:
         redis_server.resume()
     assert (late.returncode, late.stderr) == (1, "masse: ls: no answer within 0.3s (--timeout)\n")
     assert later.stderr == "masse: resolve: no answer within 0.4s (--timeout)\n"
+    assert registering.stderr == "masse: register: no answer within 0.4s (--timeout)\n"
 
 
 def test_bash_completion(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from txmasse.errors import PeerNotFound, RegistryUnavailable
 from txmasse.records import PeerRecord
 from txmasse.registry.base import Lease
 from txmasse.registry.memory import MemoryRegistry
-from txmasse.service import Options, makeService
+from txmasse.service import Options
 
 ROOT = Path(__file__).parent.parent
 NAMES = (
@@ -244,12 +244,12 @@ def test_twistd_masse_metrics(tmp_path: Path) -> None:
 
 
 def test_bad_metrics_endpoint() -> None:
-    options = Options()
-    options.parseOptions(
-        ["--name", "g", "--factory", "examples.greeter:factory", "--metrics", "nosuch:1"]
-    )
-    with pytest.raises(usage.UsageError, match="--metrics 'nosuch:1'"):
-        makeService(options)
+    with pytest.raises(usage.UsageError, match="--metrics 'nosuch:1': not a server endpoint"):
+        Options().parseOptions(
+            ["--name", "g", "--factory", "examples.greeter:factory", "--metrics", "nosuch:1"]
+        )
+    with pytest.raises(ValueError, match="--metrics 'nosuch:1': not a server endpoint"):
+        metrics.metricsService(reactor, "nosuch:1")
 
 
 def test_counts_show_at_once() -> None:

@@ -220,11 +220,21 @@ def test_good_factories() -> None:
             "scheme 'x'",
         ),
         (["--name", "g", "--factory", "examples.greeter:factory", "--meta", "nokey"], "KEY=VALUE"),
+        (
+            ["--name", "g", "--factory", "examples.greeter:factory", "--listen", "garbage"],
+            "--listen 'garbage': not a server endpoint",
+        ),
     ],
 )
 def test_bad_options(args: list[str], message: str) -> None:
     with pytest.raises(usage.UsageError, match=message):
         Options().parseOptions(args)
+
+
+def test_a_bad_registry_in_the_environment_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MASSE_REGISTRY", "redis://x:99999")
+    with pytest.raises(usage.UsageError, match=r"^\$MASSE_REGISTRY: invalid registry URL"):
+        Options().parseOptions(["--name", "g", "--factory", "examples.greeter:factory"])
 
 
 @pytest_twisted.ensureDeferred
@@ -262,11 +272,25 @@ async def test_twistd_masse(redis_server: RedisServer, tmp_path: Path) -> None:
         await watcher.close()
 
 
-def test_twistd_masse_usage_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--factory", "nomodule_xyz:f"], "cannot import 'nomodule_xyz'"),
+        (  # found only once the service is made
+            [
+                "--factory", "examples.greeter:factory",
+                "--registry", "memory://",
+                "--advertise", "a b",
+            ],
+            "twistd masse: advertise='a b': must be a host name or IP address",
+        ),
+    ],
+)
+def test_twistd_masse_usage_error(tmp_path: Path, args: list[str], message: str) -> None:
     twistd = Path(sys.executable).parent / "twistd"
     started = time.monotonic()
     result = subprocess.run(
-        [str(twistd), "-n", "masse", "--name", "g", "--factory", "nomodule_xyz:f"],
+        [str(twistd), "-n", "--pidfile=", "masse", "--name", "g", *args],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -274,6 +298,6 @@ def test_twistd_masse_usage_error(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode != 0
-    assert "cannot import 'nomodule_xyz'" in result.stdout + result.stderr
+    assert message in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert time.monotonic() - started < 30

@@ -9,7 +9,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import clientFromString, serverFromString
@@ -98,3 +101,47 @@ def test_masse_watch_shows_reported_streams(redis_server: RedisServer) -> None:
         watcher.kill()
         watcher.wait()
     assert kinds == ["joined", "connected", "disconnected", "left"]
+
+
+@pytest.mark.parametrize("kind", ["redis", "sqlite"])
+def test_a_client_that_stops_at_once_still_reports_its_stream_ended(
+    redis_server: RedisServer, tmp_path: Path, kind: str
+) -> None:
+    """
+    The README's client: it closes its stream and returns, and task.react
+    stops the reactor while the stream is still closing. Its disconnected
+    is published as the reactor stops.
+    """
+    url = redis_server.url if kind == "redis" else f"sqlite://{tmp_path}/masse.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MASSE_REGISTRY": url}
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "txmasse", "--ns", "dev", "watch", "--no-initial"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    timer = threading.Timer(20, watcher.kill)  # a missing line ends the read, not the suite
+    timer.daemon = True
+    try:
+        script = (
+            "from twisted.internet import task, defer\n"
+            "from twisted.internet.endpoints import clientFromString, serverFromString\n"
+            "from twisted.internet.protocol import Factory, Protocol\n"
+            "async def main(reactor):\n"
+            "    await task.deferLater(reactor, 1.0, lambda: None)\n"
+            "    await serverFromString(reactor, 'masse:db:ns=dev').listen(\n"
+            "        Factory.forProtocol(Protocol))\n"
+            "    p = await clientFromString(reactor, 'masse:db:ns=dev:report=true').connect(\n"
+            "        Factory.forProtocol(Protocol))\n"
+            "    p.transport.loseConnection()\n"
+            "task.react(lambda r: defer.Deferred.fromCoroutine(main(r)))\n"
+        )
+        subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=30)
+        assert watcher.stdout is not None
+        timer.start()
+        kinds = [(watcher.stdout.readline().split() or ["", "(none)"])[1] for _ in range(3)]
+    finally:
+        timer.cancel()
+        watcher.kill()
+        watcher.wait()
+    assert kinds == ["joined", "connected", "disconnected"]

@@ -10,6 +10,7 @@ is slow to start); each test uses names of its own.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -349,6 +350,18 @@ def test_bad_arguments(redis: RedisServer, args: list[str], named: str) -> None:
     assert process.returncode == 2, err
     assert named in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_taken_port_is_one_line_naming_listen(redis: RedisServer) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = masseProcess(redis.url, "web", "--listen", f"tcp:{port}:interface=127.0.0.1")
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 1, err
+    assert err.startswith(f"masse: --listen 'tcp:{port}:interface=127.0.0.1': Couldn't listen")
+    assert "Address already in use" in err and len(err.strip().splitlines()) == 1
 
 
 def test_loopback_by_default(redis: RedisServer) -> None:

@@ -228,7 +228,8 @@ class MasseClientEndpoint:
         assert description is not None
         if self.report:
             inner, _ = self._describedEndpoint(description, record)
-            return wrapEndpoint(ReportingEndpoint(inner, registry, record), self.wrappers)
+            reporting = ReportingEndpoint(inner, registry, record, self._reactor)
+            return wrapEndpoint(reporting, self.wrappers)
         key = (description, record.name)
         endpoint = self._endpoints.get(key)
         if endpoint is None:

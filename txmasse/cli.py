@@ -773,7 +773,13 @@ async def run(reactor: Any, args: Any, out: TextIO) -> None:
     try:
         await command.run(context, args)
     finally:
-        await context.registry.close()
+        # Closing takes back a registration that ran out of time, in case it
+        # got there after all; a registry that does not answer gets one
+        # more --timeout for that, not its URL's own timeout.
+        try:
+            await context.registry.close().addTimeout(context.timeout, reactor)
+        except TimeoutError:
+            pass
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> NoReturn:

@@ -11,7 +11,10 @@ as options and the others as positional arguments.
 
 from __future__ import annotations
 
-from twisted.internet.endpoints import quoteStringArgument
+from typing import Any
+
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
 
 
 def transportOf(description: str) -> str:
@@ -101,3 +104,18 @@ def unnest(description: str) -> str:
         for item in rebuilt
     ]
     return ":".join([prefix, *quoted])
+
+
+def serverEndpoint(reactor: Any, description: str, option: str) -> IStreamServerEndpoint:
+    """
+    The server endpoint C{description} makes, given as C{option} (a
+    command-line flag): built when the command line is read, so a bad one
+    is a usage error rather than a traceback once the program runs.
+
+    @raise ValueError: naming C{option} and C{description}.
+    """
+    try:
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise ValueError(f"{option} {description!r}: not a server endpoint ({e})") from None
+    return endpoint

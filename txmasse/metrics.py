@@ -306,14 +306,12 @@ def metricsService(reactor: Any, description: str) -> Any:
     @raise ValueError: naming C{description} if it is not a server endpoint.
     """
     from twisted.application.internet import StreamServerEndpointService
-    from twisted.internet.endpoints import serverFromString
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
-    try:
-        endpoint = serverFromString(reactor, description)
-    except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"--metrics {description!r}: not a server endpoint ({e})") from None
+    from txmasse.descriptions import serverEndpoint
+
+    endpoint = serverEndpoint(reactor, description, "--metrics")
     root = Resource()
     root.putChild(b"metrics", metricsResource())
     site = Site(root)

@@ -20,12 +20,14 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from txmasse.checks import checkNumber
+from txmasse.descriptions import serverEndpoint
 from txmasse.errors import MasseError
 from txmasse.health import HealthCheck, parseCheck
 from txmasse.metrics import metricsService
 from txmasse.peertls import PeerTLS, tlsFromOptions
 from txmasse.records import validateName
-from txmasse.registry import IRegistry, defaultNamespace, parseRegistryURL, registryFromURL
+from txmasse.registry import IRegistry, defaultNamespace, registryFromURL
+from txmasse.registry.opening import checkRegistry
 from txmasse.retry import retryPolicy
 
 log = Logger()
@@ -309,8 +311,10 @@ class Options(usage.Options):
             validateName(self["name"], "name")
             self["ns"] = defaultNamespace() if self["ns"] is None else self["ns"]
             validateName(self["ns"], "namespace")
-            if self["registry"] is not None:
-                parseRegistryURL(self["registry"])
+            checkRegistry(self["registry"])  # or $MASSE_REGISTRY, named as such
+            serverEndpoint(reactor, self["listen"], "--listen")
+            if self["metrics"] is not None:
+                serverEndpoint(reactor, self["metrics"], "--metrics")
             self["ttl"] = _seconds("--ttl", self["ttl"])
             if self["check"] is not None:
                 parseCheck(self["check"])
@@ -362,5 +366,7 @@ def makeService(options: Options) -> RegistryService:
             drain=options["drain"],
         )
     except (ValueError, MasseError) as e:
-        raise usage.UsageError(str(e)) from None
+        # twistd shows a traceback for whatever makeService raises (usage
+        # errors included): end with the message alone.
+        raise SystemExit(f"twistd masse: {e}") from None
     return service

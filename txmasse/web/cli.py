@@ -84,16 +84,17 @@ async def run(reactor: Any, registry: IRegistry, namespace: str, args: Any) -> N
     @raise txmasse.cli.UsageError: if C{--listen} is not a server endpoint
         description.
     """
-    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.error import CannotListenError
     from twisted.web.server import Site
 
     from txmasse.cli import UsageError
+    from txmasse.descriptions import serverEndpoint
     from txmasse.web._resource import DashboardResource
 
     try:
-        endpoint = serverFromString(reactor, args.listen)
-    except (ValueError, TypeError, KeyError) as e:
-        raise UsageError(f"--listen {args.listen!r}: not a server endpoint ({e})") from None
+        endpoint = serverEndpoint(reactor, args.listen, "--listen")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     dashboard = DashboardResource(
         registry, args.namespaces or [namespace], reactor=reactor, refresh=args.refresh
     )
@@ -101,8 +102,10 @@ async def run(reactor: Any, registry: IRegistry, namespace: str, args: Any) -> N
     site.noisy = False
     try:
         port = await endpoint.listen(site)
-    except Exception:
+    except Exception as e:
         dashboard.stop()
+        if isinstance(e, CannotListenError):  # taken, or not ours to take
+            raise OSError(f"--listen {args.listen!r}: {e}") from None
         raise
     address = port.getHost()
     if _isLoopback(address):
