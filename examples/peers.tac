@@ -1,7 +1,7 @@
 """
 A .tac file: one registry connection owning two named peers.
 
-    PYTHONPATH=. twistd -ny examples/peers.tac
+    twistd -ny examples/peers.tac
 
 registers "echo" and "greeter" (namespace from $MASSE_NAMESPACE, registry
 from $MASSE_REGISTRY) and releases both names when twistd stops.

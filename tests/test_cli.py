@@ -188,6 +188,9 @@ async def test_watch_no_initial(
         (["register", "web", "--endpoint", "tcp:host=a:port=1", "--ttl", "0"], "invalid ttl"),
         (["register", "web", "--endpoint", "tcp:host=a:port=1", "--meta", "x"], "KEY=VALUE"),
         (["register", "web", "--endpoint", "tcp:host=a:port=1", "--ttl", "x"], "invalid float"),
+        (["ls", "--bogus"], "unrecognized arguments: --bogus (see masse ls --help)"),
+        (["--bogus"], "unrecognized arguments: --bogus (see masse --help)"),
+        (["--ns", "dev", "--bogus=1"], "unrecognized arguments: --bogus=1 (see masse --help)"),
     ],
 )
 def test_bad_arguments_are_one_line(
@@ -258,3 +261,32 @@ def test_bash_completion(tmp_path: Path) -> None:
     for shell in ("zsh", "fish"):
         other = masse("completion", shell, registry=None)
         assert other.returncode == 0 and "half-close" in other.stdout, other.stderr
+
+
+def test_commands_that_run_until_stopped_tell_an_outage_on_stderr(tmp_path: Path) -> None:
+    """
+    Once up, watch and web show warnings: a registry going away is told,
+    not left silent.
+    """
+    server = RedisServer(tmp_path)
+    server.start()
+    held = startMasse("register", "db", "--endpoint", "tcp:host=h:port=1", registry=server.url)
+    running = [held]
+    try:
+        assert held.stdout is not None
+        Lines(held.stdout).waitFor("registered dev/db")
+        watcher = startMasse("watch", registry=server.url)
+        web = startMasse("web", "--listen", "tcp:0:interface=127.0.0.1", registry=server.url)
+        running += [watcher, web]
+        assert watcher.stdout is not None and web.stdout is not None
+        Lines(watcher.stdout).waitFor("present  dev/db")
+        Lines(web.stdout).waitFor("masse web: namespaces dev")
+        server.stop()
+        for process in (watcher, web, held):
+            assert process.stderr is not None
+            Lines(process.stderr).waitFor(f"registry {server.url} unreachable")
+    finally:
+        for process in running:
+            process.kill()
+            process.wait()
+        server.stop()

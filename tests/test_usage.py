@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
+from tests.cli_helpers import Lines
 from tests.endpoint_helpers import Collector
 from tests.helpers import REPO, Events, RedisServer, eventually, newRegistry
 from txmasse.registry.interface import USAGE_KINDS
@@ -120,8 +120,6 @@ def test_a_client_that_stops_at_once_still_reports_its_stream_ended(
         text=True,
         env=env,
     )
-    timer = threading.Timer(20, watcher.kill)  # a missing line ends the read, not the suite
-    timer.daemon = True
     try:
         script = (
             "from twisted.internet import task, defer\n"
@@ -138,10 +136,9 @@ def test_a_client_that_stops_at_once_still_reports_its_stream_ended(
         )
         subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=30)
         assert watcher.stdout is not None
-        timer.start()
-        kinds = [(watcher.stdout.readline().split() or ["", "(none)"])[1] for _ in range(3)]
+        lines = Lines(watcher.stdout)
+        kinds = [lines.waitFor(lambda line: True).split()[1] for _ in range(3)]
     finally:
-        timer.cancel()
         watcher.kill()
         watcher.wait()
     assert kinds == ["joined", "connected", "disconnected"]

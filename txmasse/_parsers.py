@@ -64,14 +64,15 @@ SERVER_OPTIONS = (
     "drain",
 )
 
-class _InvalidDescription(ValueError):
-    """
-    A C{masse:} description is wrong; the message names the part.
-    """
+_INVALID = "invalid masse: endpoint: "
 
 
 def _bad(detail: str | ValueError) -> ValueError:
-    if isinstance(detail, _InvalidDescription):
+    """
+    The C{ValueError} (Twisted's parsers raise those) saying what is wrong
+    with a C{masse:} description: its message names the part.
+    """
+    if isinstance(detail, ValueError) and str(detail).startswith(_INVALID):
         return detail  # already says which part, prefixed
     # One line: a control character in the description is shown escaped;
     # and no password, should a part quoted here hold a URL's.
@@ -79,7 +80,7 @@ def _bad(detail: str | ValueError) -> ValueError:
     text = redactText(shown)
     if len(text) > MAX_MESSAGE:
         text = text[:MAX_MESSAGE] + "..."
-    return _InvalidDescription(f"invalid masse: endpoint: {text}")
+    return ValueError(_INVALID + text)
 
 
 def _isKnown(key: str, known: Sequence[str]) -> bool:

@@ -85,6 +85,25 @@ class Context:
         return d.addTimeout(self.timeout, self.reactor).addErrback(late)
 
 
+def logWarnings() -> None:
+    """
+    From now on, show warnings (a registry outage, garbage skipped in the
+    store) on stderr: for the commands that run until stopped, once they
+    are up, so a failure to start stays one line.
+    """
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    warnings = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [warnings])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
 @attrs.frozen
 class Command:
     """
@@ -123,11 +142,43 @@ class _MainParser(_Parser):
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: Any = None
     ) -> tuple[argparse.Namespace, list[str]]:
-        parsed, extra = super().parse_known_args(args, namespace)
+        given = list(sys.argv[1:] if args is None else args)
+        try:
+            parsed, extra = super().parse_known_args(given, namespace)
+        except UsageError as e:
+            raise UsageError(_pointed(str(e), given)) from None
         for option, default in GLOBAL_OPTIONS.items():
             if not hasattr(parsed, option):
                 setattr(parsed, option, default)
         return parsed, extra
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> argparse.Namespace:
+        given = list(sys.argv[1:] if args is None else args)
+        try:
+            parsed: argparse.Namespace = super().parse_args(given, namespace)
+        except UsageError as e:
+            raise UsageError(_pointed(str(e), given)) from None
+        return parsed
+
+
+def _pointed(message: str, given: Sequence[str]) -> str:
+    """
+    An error about C{given} that points at the help of the command given,
+    and names an unknown option given without a command (argparse only
+    says that the command is missing).
+    """
+    names = {command.name for command in COMMANDS}
+    command = next((arg for arg in given if arg in names), None)
+    if command is None and "required: COMMAND" in message:
+        known = {f"--{option}" for option in GLOBAL_OPTIONS} | {"-h", "--help", "--version"}
+        unknown = [a for a in given if a.startswith("-") and a.partition("=")[0] not in known]
+        if unknown:
+            message = f"unrecognized arguments: {' '.join(unknown)} (see masse --help)"
+    if command is not None:
+        message = message.replace("(see masse --help)", f"(see masse {command} --help)")
+    return message
 
 
 def _globalOptions() -> _Parser:
@@ -396,6 +447,7 @@ async def watchPeers(context: Context, args: Any) -> None:
         if event.source is not None:  # stream use is not in the view: pass it on
             show(event)
     out.flush()
+    logWarnings()
     await Deferred()  # until Ctrl-C stops the reactor
 
 
@@ -563,6 +615,7 @@ async def register(context: Context, args: Any) -> None:
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: lease.release().addBoth(lambda _: registry.close())
     )
+    logWarnings()
     await stopped
 
 

@@ -6,7 +6,6 @@ these arguments and calls L{run}; L{txmasse.dns.service} does the work.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any, TextIO
 
 DEFAULT_PORT = 8353  # as txmasse.dns.service, which this module does not import early
@@ -39,15 +38,8 @@ async def run(reactor: Any, registry: Any, args: Any, out: TextIO) -> None:
     """
     from twisted.internet.defer import Deferred
     from twisted.internet.error import CannotListenError
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
 
-    from txmasse.cli import UsageError
+    from txmasse.cli import UsageError, logWarnings
     from txmasse.dns.service import DNSService, Settings
 
     try:
@@ -73,7 +65,5 @@ async def run(reactor: Any, registry: Any, args: Any, out: TextIO) -> None:
         flush=True,
     )
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    warnings = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
-    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [warnings])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    logWarnings()
     await Deferred()

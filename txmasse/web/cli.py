@@ -87,7 +87,7 @@ async def run(reactor: Any, registry: IRegistry, namespace: str, args: Any) -> N
     from twisted.internet.error import CannotListenError
     from twisted.web.server import Site
 
-    from txmasse.cli import UsageError
+    from txmasse.cli import UsageError, logWarnings
     from txmasse.descriptions import serverEndpoint
     from txmasse.web._resource import DashboardResource
 
@@ -115,6 +115,7 @@ async def run(reactor: Any, registry: IRegistry, namespace: str, args: Any) -> N
         f"at {_url(address)}; Ctrl-C to stop",
         flush=True,
     )
+    logWarnings()
     try:
         await Deferred()  # until Ctrl-C stops the reactor
     finally:
