@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs
@@ -131,6 +132,31 @@ def test_a_replayed_join_of_a_departed_instance_is_let_go() -> None:
     assert list(subscription.peers) == []
     (warning,) = about(logs, old.instance)
     assert "the store says it left already" in warning
+
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_a_replayed_join_sent_again_and_again_is_still_let_go(changed: bool) -> None:
+    """
+    The same forged join again (or a new record each time) does not
+    explain the store's word that the instance left, nor put off letting
+    it go; once let go, it is never shown again before the store is read.
+    """
+    clock = Clock()
+    events = Events()
+    subscription = Subscription(Departed(), "dev", Glob("*"), events, clock)  # type: ignore[arg-type]
+    subscription.resync()
+    old = record("old")
+    with capturedLogs() as logs:
+        for port in range(4):
+            moved = attrs.evolve(old, endpoints=[f"tcp:host=6.6.6.6:port={port}"])
+            again = moved if changed else old
+            subscription.received(5 + port, EventKind.JOINED, again)
+            clock.advance(DOUBT_DELAY / 2)
+        assert list(subscription.peers) == []
+        clock.advance(DOUBT_DELAY * 2)
+    assert [kind for kind, _ in events.kinds()] == ["joined", "left"]
+    assert list(subscription.peers) == []
+    assert len(about(logs, old.instance)) >= 1
 
 
 def test_events_caused_by_a_callback_come_after_the_one_heard() -> None:

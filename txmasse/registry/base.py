@@ -48,6 +48,9 @@ log = Logger()
 CATCH_UP_RETRY = retryPolicy(0.5, 5.0)
 """Seconds before a watch that could not catch up tries again, by failures so far."""
 
+REMOVED_KEPT = 4096
+"""Instances a view remembers letting go: news of one again waits for the store."""
+
 localInstances: set[str] = set()
 """Instance ids this process registered and has not released: a group leaves them out."""
 
@@ -501,6 +504,9 @@ class Subscription:
         self._view: dict[str, PeerRecord] = {}
         self._peers: tuple[PeerRecord, ...] | None = None  # the view, as last handed out
         self._suspects: set[str] = set()
+        # Instances the view let go, latest last: news of one again (a
+        # replayed join) is never shown before the store is read.
+        self._removed: dict[str, None] = {}
         self._buffer: list[tuple[int, EventKind, PeerRecord]] | None = []
         self._generation = 0
         self.initial = True
@@ -575,7 +581,7 @@ class Subscription:
         """
         if self._stopped or not self.glob.matches(record.name):
             return
-        self._doubts.heard(record.instance)
+        self._doubts.heard(kind, record.instance)
         if self._buffer is None:
             self._check(kind, record)
             return
@@ -681,6 +687,7 @@ class Subscription:
             kind not in REMOVALS
             and record.signature is None
             and record.instance not in self._view
+            and record.instance not in self._removed
             and not self._checks.pending(record.instance)
         )
         if early and not self._checks.busy:
@@ -791,6 +798,9 @@ class Subscription:
             del self._view[instance]
             self._peers = None
             self._suspects.discard(instance)
+            self._removed[instance] = None
+            if len(self._removed) > REMOVED_KEPT:
+                del self._removed[next(iter(self._removed))]
             self._emit(kind, record)
 
     def _emit(self, kind: EventKind, record: PeerRecord) -> None:

@@ -18,7 +18,9 @@ change it:
     (no tombstone), it is taken back at once, as C{left}; if it went
     already, its own C{left} or C{timedout} is on the way and is applied
     in its place (or, if none comes within L{DOUBT_DELAY}, the one the
-    store's tombstone names).
+    store's tombstone names: the same join again, replayed, neither
+    explains the store's word nor puts that off); an instance a view let
+    go is never shown early again.
 
 Events that would change nothing cost nothing. The others are read back in
 batches, one read in flight per view: under a burst, the events that arrive
@@ -229,15 +231,23 @@ class Doubts:
         with C{takeBack}, the view holds an instance that the store says
         went that way, and must let it go then.
         """
-        self._doubts[record.instance] = (self._clock.seconds(), kind, record, why, takeBack)
+        now = at = self._clock.seconds()
+        earlier = self._doubts.get(record.instance)
+        if earlier is not None:  # its time is kept: more of the same puts nothing off
+            at, takeBack = earlier[0], takeBack or earlier[4]
+        self._doubts[record.instance] = (at, kind, record, why, takeBack)
         if self._call is None:
-            self._call = self._clock.callLater(DOUBT_DELAY, self._due)
+            self._call = self._clock.callLater(max(0.0, at + DOUBT_DELAY - now), self._due)
 
-    def heard(self, instance: str) -> None:
+    def heard(self, kind: EventKind, instance: str) -> None:
         """
-        A later event about C{instance}: it explains an earlier mismatch.
+        A later event about C{instance}: it explains an earlier mismatch,
+        but for an instance the store says is gone, only its removal does
+        (another join, forged again, must not keep it in the view).
         """
-        self._doubts.pop(instance, None)
+        earlier = self._doubts.get(instance)
+        if earlier is not None and (earlier[4] is None or kind in REMOVALS):
+            del self._doubts[instance]
 
     def stop(self) -> None:
         if self._call is not None and self._call.active():
