@@ -65,6 +65,8 @@ def test_parsing_is_remembered_for_the_same_bytes_but_never_for_garbage() -> Non
         ({"metadata": {"bad key": "v"}}, "invalid metadata key"),
         ({"metadata": {"k": 1}}, "invalid metadata value"),
         ({"metadata": {"k": "v" * 2000}}, "invalid metadata value"),
+        ({"metadata": {"k": "1\nweb  fake  tcp:host=6.6.6.6"}}, "1024 printable characters"),
+        ({"metadata": {"k": "\x1b[31mred"}}, "invalid metadata value for 'k'"),
         ({"host": "two words"}, "invalid host identity"),
         ({"registered": -1}, "invalid registration time"),
         ({"instance": "x/y"}, "invalid instance id"),

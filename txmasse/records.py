@@ -97,10 +97,12 @@ def _toMetadata(value: Mapping[str, str]) -> Mapping[str, str]:
         raise ValueError(f"at most {MAX_METADATA} metadata entries, got {len(value)}")
     for key, item in value.items():
         validateName(key, "metadata key")
-        if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE:
+        # Printable: a value is shown in tables and logs, where a newline or
+        # an escape sequence would forge rows or drive the terminal.
+        if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE or not item.isprintable():
             raise ValueError(
                 f"invalid metadata value for {key!r}: must be a str of at most "
-                f"{MAX_METADATA_VALUE} characters, got {_shown(item)}"
+                f"{MAX_METADATA_VALUE} printable characters, got {_shown(item)}"
             )
     return MappingProxyType(dict(value))
 
