@@ -215,6 +215,7 @@ async def test_nested_ipv6_listen_escaped_once_as_documented(ports: list[IListen
 
 BAD_CLIENT = [
     ("masse:", "the name is missing"),
+    ("masse:db:timeout=\u0663", "timeout='\u0663' is not a number"),  # an Arabic-Indic 3
     ("masse:ns=dev", "the name is missing"),
     ("masse:db server", "invalid name 'db server'"),
     ("masse:-db", "invalid name '-db'"),
@@ -257,6 +258,8 @@ BAD_SERVER = [
     ("masse:db:ttl=forever", "ttl='forever' is not a number"),
     ("masse:db:port=http", "port='http' must be a whole number"),
     ("masse:db:port=70000", "port='70000'"),
+    ("masse:db:port=\u0663", "port='\u0663' must be a whole number"),  # int() reads it as 3
+    ("masse:db:port=\u00b2", "port='\u00b2' must be a whole number"),  # isdigit() takes it
     ("masse:db:interface=a b", "interface='a b'"),
     ("masse:db:listen=tcp\\:0:port=1", "give listen= or port=/interface=, not both"),
     ("masse:db:listen=carrier-pigeon\\:0", "listen='carrier-pigeon:0'"),

@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from txmasse import metrics
-from txmasse.checks import checkNumber, shown
+from txmasse.checks import checkNumber, isDigits, shown
 from txmasse.descriptions import parseDescription, transportOf
 from txmasse.errors import NoReachablePeer, PeerNotFound
 from txmasse.peertls import PeerTLS, certificateName
@@ -626,7 +626,7 @@ def timedEndpoint(
                 return None
             options[key] = value
         host, port = options.get("host"), options.get("port", "")
-        if not host or not port.isdigit():
+        if not host or not isDigits(port):
             return None
         bind = options.get("bindAddress")
         return TCP4ClientEndpoint(

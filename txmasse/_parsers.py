@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 
 from txmasse._client import DEFAULT_TIMEOUT, MasseClientEndpoint
 from txmasse._server import DEFAULT_TTL, HOST, MasseServerEndpoint
-from txmasse.checks import checkFlag
+from txmasse.checks import checkFlag, isDigits
 from txmasse.descriptions import parseDescription, transportOf, unnest
 from txmasse.peertls import tlsFromOptions
 from txmasse.registry import parseRegistryURL
@@ -158,6 +158,8 @@ def _checkKeys(kwargs: Mapping[str, str], known: Sequence[str]) -> None:
 
 def _number(option: str, text: str) -> float:
     try:
+        if not text.isascii():  # float() reads other scripts' digits too
+            raise ValueError(text)
         return float(text)
     except ValueError:
         raise _bad(f"{option}={text!r} is not a number") from None
@@ -286,7 +288,7 @@ def _innerServer(reactor: Any, kwargs: Mapping[str, str]) -> IStreamServerEndpoi
     if listen is not None and (port is not None or interface is not None):
         raise _bad("give listen= or port=/interface=, not both")
     if listen is None:
-        if port is not None and (not port.isdigit() or int(port) > 65535):
+        if port is not None and (not isDigits(port) or int(port) > 65535):
             raise _bad(f"port={port!r} must be a whole number from 0 to 65535")
         listen = f"tcp:{port or 0}"
         if interface is not None:

@@ -26,7 +26,7 @@ def checkNumber(
     @raise ValueError: C{"{what} must be a number of {unit}, ..."}.
     """
     number = math.nan
-    if isinstance(value, str):
+    if isinstance(value, str) and value.isascii():  # float() reads other scripts' digits too
         try:
             number = float(value)
         except ValueError:
@@ -38,12 +38,22 @@ def checkNumber(
         return number
     if above and high == math.inf:
         rule = f"greater than {low:g}"
+    elif above:
+        rule = f"greater than {low:g}, at most {high:g}"
     elif high == math.inf:
         rule = f"{low:g} or more"
     else:
         rule = f"{low:g} to {high:g}"
     separator = " " if rule.startswith("greater") else ", "
     raise ValueError(f"{what} must be a number of {unit}{separator}{rule}")
+
+
+def isDigits(text: str) -> bool:
+    """
+    Whether C{text} is ASCII digits alone: C{str.isdigit} also takes the
+    digits of other scripts (C{"٣"}), and C{int} reads them.
+    """
+    return text.isascii() and text.isdigit()
 
 
 def shown(value: object, limit: int = 80) -> str:

@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from txmasse._tcp import tcpEndpoint
+from txmasse.checks import isDigits
 from txmasse.descriptions import parseDescription
 from txmasse.errors import MasseError
 from txmasse.pem import SigningKey, loadCertificates, loadPrivateKey, publicBytes, readPEM
@@ -499,6 +500,6 @@ def parseTLSDescription(description: str) -> tuple[str, int]:
     host, port = options.get("host", ""), options.get("port", "")
     if not (isIPAddress(host) or isIPv6Address(host) or _HOSTNAME.fullmatch(host)):
         raise ValueError(f"{description!r}: bad host {host!r}")
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not isDigits(port) or not 0 < int(port) < 65536:
         raise ValueError(f"{description!r}: bad port {port!r}")
     return host, int(port)

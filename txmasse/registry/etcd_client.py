@@ -29,6 +29,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
+from txmasse.checks import isDigits
 from txmasse.errors import RegistryUnavailable
 
 log = Logger()
@@ -86,7 +87,7 @@ def number(value: object, default: int = 0) -> int:
         return default
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lstrip("-").isdigit() and len(value) <= 20:
+    if isinstance(value, str) and isDigits(value.removeprefix("-")) and len(value) <= 20:
         return int(value)
     raise ValueError(f"expected a number, got {str(value)[:40]!r}")
 

@@ -9,12 +9,12 @@ C{cert} and C{key}.
 
 from __future__ import annotations
 
-import math
 import re
 from urllib.parse import parse_qsl, unquote, unquote_plus
 
 import attrs
 
+from txmasse.checks import checkNumber, isDigits
 from txmasse.registry.url import RegistryURL
 
 SCHEMES = ("etcd", "etcds")
@@ -170,7 +170,7 @@ def _endpoint(url: str, address: str) -> tuple[str, int]:
             raise _bad(url, f"host {host[:60]!r}", "must be a name or an address")
     if portText is None:
         return host, DEFAULT_PORT
-    if not portText.isdigit() or not 0 < int(portText) < 65536:
+    if not isDigits(portText) or not 0 < int(portText) < 65536:
         raise _bad(url, f"port {portText[:20]!r}", "must be a number, 1 to 65535")
     return host, int(portText)
 
@@ -179,12 +179,9 @@ def _timeout(url: str, value: str | None) -> float:
     if value is None:
         return DEFAULT_TIMEOUT
     try:
-        timeout = float(value)
-    except ValueError:
-        timeout = math.nan
-    if not (math.isfinite(timeout) and 0 < timeout <= 3600):
-        raise _bad(url, f"timeout {value[:20]!r}", "must be a number of seconds, 0 to 3600")
-    return timeout
+        return checkNumber(value, f"timeout {value[:20]!r}", low=0, above=True, high=3600)
+    except ValueError as e:
+        raise ValueError(f"invalid registry URL {redact(url)!r}: {e}") from None
 
 
 def toRegistryURL(parsed: EtcdURL) -> RegistryURL:

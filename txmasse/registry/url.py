@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
 
 import attrs
 
-from txmasse.checks import checkNumber
+from txmasse.checks import checkNumber, isDigits
 from txmasse.records import validateName
 
 DEFAULT_REGISTRY = "redis://127.0.0.1:6379/0"
@@ -400,7 +400,7 @@ def _hostPort(url: str, address: str) -> tuple[str, int]:
         raise _bad(url, f"sentinel address {address!r}", "has no host")
     if portText is None:
         return host, DEFAULT_SENTINEL_PORT
-    if not portText.isdigit() or not 0 < int(portText) < 65536:
+    if not isDigits(portText) or not 0 < int(portText) < 65536:
         raise _bad(url, f"sentinel port {portText!r}", "must be a number, 1 to 65535")
     return host, int(portText)
 
@@ -417,6 +417,6 @@ def _timeout(url: str, value: str | None) -> float:
 def _db(url: str, value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or int(value) > 65535:
+    if not isDigits(value) or int(value) > 65535:
         raise _bad(url, f"database {value!r}", "must be a whole number")
     return int(value)

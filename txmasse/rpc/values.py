@@ -124,6 +124,8 @@ def parseText(spec: TypeSpec, text: str, where: str) -> Any:
     if spec == "String":
         return text.encode("utf-8")
     try:
+        if spec in ("Integer", "Float", "Decimal") and not text.isascii():
+            raise ValueError("not ASCII")  # int() and float() read other scripts' digits too
         if spec == "Integer":
             return int(text)
         if spec == "Float":
