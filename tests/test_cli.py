@@ -184,7 +184,12 @@ async def test_watch_no_initial(
         (["connect", "web", "--wait", "1", "--half-close"], "not allowed with argument --wait"),
         (["completion", "ksh"], "invalid choice: 'ksh'"),
         (["register", "web"], "--endpoint"),
-        (["register", "web", "--endpoint", "nonsense"], "invalid endpoint description"),
+        (["register", "web", "--endpoint", "nonsense"], "Unknown endpoint type: 'nonsense'"),
+        (["register", "web", "--endpoint", "tcp:host=a:port=99999"], "port '99999' must be"),
+        (["register", "web", "--endpoint", "tcp:host=a"], "'tcp:host=a': not a client endpoint"),
+        (["register", "web", "--endpoint", "unix:"], "--endpoint 'unix:': not a client endpoint"),
+        (["register", "web", "--endpoint", "masse:db"], "clients never follow a masse: endpoint"),
+        (["register", "web", "--endpoint", "tcp:host=a\\"], "ends with a lone"),
         (["register", "web", "--endpoint", "tcp:host=a:port=1", "--ttl", "0"], "invalid ttl"),
         (["register", "web", "--endpoint", "tcp:host=a:port=1", "--meta", "x"], "KEY=VALUE"),
         (["register", "web", "--endpoint", "tcp:host=a:port=1", "--ttl", "x"], "invalid float"),
@@ -290,3 +295,27 @@ def test_commands_that_run_until_stopped_tell_an_outage_on_stderr(tmp_path: Path
             process.kill()
             process.wait()
         server.stop()
+
+
+def test_a_second_signal_while_stopping_ends_at_once(redis_server: RedisServer) -> None:
+    """
+    The first SIGTERM releases the name, against a paused Redis for as
+    long as its timeout allows; a second one ends the process then and
+    there, with no traceback.
+    """
+    held = startMasse(
+        "register", "db", "--endpoint", "tcp:host=h:port=1",
+        registry=redis_server.url + "?timeout=30",
+    )  # fmt: skip
+    try:
+        assert held.stdout is not None and held.stderr is not None
+        Lines(held.stdout).waitFor("registered dev/db")
+        redis_server.pause()
+        held.send_signal(signal.SIGTERM)
+        held.send_signal(signal.SIGTERM)
+        assert held.wait(10) == 128 + signal.SIGTERM
+        assert "Traceback" not in held.stderr.read()
+    finally:
+        redis_server.resume()
+        held.kill()
+        held.wait()

@@ -73,6 +73,8 @@ def test_discovery_and_calls(redis_server: RedisServer, peers: Peers) -> None:
         (["masse://dev/adder/Greet", "name=x"], 1, "provides 'Greet' (they provide: Add)"),
         (["masse://dev/greeter/Greet", "name=nobody"], 1,
          "GREETING_REFUSED: will not greet 'nobody'"),
+        (["masse://dev/greeter/Greet", "name=" + "x" * 70_000], 1,
+         "Greet: a value is too long for AMP (at most 65,535 bytes)"),
     ]:  # fmt: skip
         failed = masse("call", *args, registry=url)
         assert failed.returncode == status, (args, failed.stderr)

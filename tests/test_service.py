@@ -224,6 +224,10 @@ def test_good_factories() -> None:
             ["--name", "g", "--factory", "examples.greeter:factory", "--listen", "garbage"],
             "--listen 'garbage': not a server endpoint",
         ),
+        (
+            ["--name", "g", "--factory", "examples.greeter:factory", "--listen", "masse:x"],
+            "--listen 'masse:x': not a server endpoint",
+        ),
     ],
 )
 def test_bad_options(args: list[str], message: str) -> None:

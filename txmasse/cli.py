@@ -15,8 +15,10 @@ Lines), read back as C{args.format}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -25,9 +27,11 @@ from typing import Any, NoReturn, TextIO
 import attrs
 from twisted.internet import task
 from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import Factory
 
 from txmasse.checks import checkNumber, shown
+from txmasse.descriptions import clientEndpoint
 from txmasse.errors import MasseError, PeerNotFound
 from txmasse.health_cli import addMetaFilter, matches, metaConditions, stateJSON
 from txmasse.records import Glob, PeerRecord, validateName
@@ -596,6 +600,8 @@ def _metadata(pairs: Sequence[str]) -> dict[str, str]:
 async def register(context: Context, args: Any) -> None:
     reactor, registry, namespace = context.reactor, context.registry, context.namespace
     try:
+        for description in args.endpoint:
+            clientEndpoint(reactor, description, "--endpoint")
         record = PeerRecord(namespace, args.name, args.endpoint, _metadata(args.meta))
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -848,6 +854,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> NoRetur
 
     async def guarded(reactor: Any) -> None:
         nonlocal status
+        reactor.callWhenRunning(_stopOnSignals, reactor)  # after Twisted installs its own
         try:
             await run(reactor, args, out)
         except UsageError as e:
@@ -863,6 +870,30 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> NoRetur
 
     _react(lambda reactor: Deferred.fromCoroutine(guarded(reactor)))
     sys.exit(status)
+
+
+def _stopOnSignals(reactor: Any) -> None:
+    """
+    The first SIGINT or SIGTERM stops the reactor, which releases leases
+    and closes the registry; another while that is under way ends the
+    process at once (Twisted's own handlers would stop it again, and show
+    a traceback for the reactor not running).
+    """
+    stopping = False
+
+    def stop() -> None:
+        with contextlib.suppress(ReactorNotRunning):  # it was stopping already
+            reactor.stop()
+
+    def received(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if stopping:
+            os._exit(128 + signum)
+        stopping = True
+        reactor.callFromThread(stop)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, received)
 
 
 def _react(main: Callable[[Any], Deferred[None]]) -> None:

@@ -346,8 +346,8 @@ def makeService(options: Options) -> RegistryService:
     """
     The service C{twistd masse} runs.
     """
-    service = RegistryService(options["registry"])
     try:
+        service = RegistryService(options["registry"])  # a secrets file, say, is read here
         if options["metrics"] is not None:  # before the peer: stopped after it
             metricsService(service.reactor, options["metrics"]).setServiceParent(service)
         service.addPeer(

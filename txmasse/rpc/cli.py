@@ -165,7 +165,9 @@ def _remoteMessage(failure: Failure) -> str:
     if isinstance(error, amp.RemoteAmpError):
         code = error.errorCode.decode("ascii", "backslashreplace")
         return f"{code}: {error.description}"
-    return failure.getErrorMessage()
+    if isinstance(error, amp.TooLong):  # its message is empty
+        return "a value is too long for AMP (at most 65,535 bytes)"
+    return failure.getErrorMessage() or type(error).__name__
 
 
 async def _call(reactor: Any, registry: IRegistry, args: Any, out: TextIO, err: TextIO) -> None:

@@ -104,7 +104,7 @@ async def run(reactor: Any, registry: IRegistry, namespace: str, args: Any) -> N
         port = await endpoint.listen(site)
     except Exception as e:
         dashboard.stop()
-        if isinstance(e, CannotListenError):  # taken, or not ours to take
+        if isinstance(e, CannotListenError | OSError):  # taken, not ours to take, no directory
             raise OSError(f"--listen {args.listen!r}: {e}") from None
         raise
     address = port.getHost()
