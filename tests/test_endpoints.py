@@ -265,6 +265,8 @@ BAD_SERVER = [
     ("masse:db:listen=carrier-pigeon\\:0", "listen='carrier-pigeon:0'"),
     ("masse:db:listen=tcp\\:0\\:colour=red", "listen='tcp:0:colour=red'"),
     ("masse:db:listen=masse\\:other", "cannot listen on a masse: endpoint"),
+    ("masse:db:listen=unix\\:", "listen='unix:': no socket path"),
+    ("masse:db:listen=tcp\\:99999", "listen='tcp:99999': port '99999' must be"),
     ("masse:db:advertise=a b", "advertise='a b'"),
     ("masse:db:meta.bad key=1", "invalid metadata key 'bad key'"),
     ("masse:db:meta.k=" + "x" * 2000, "invalid metadata value for 'k'"),

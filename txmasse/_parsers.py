@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from txmasse._client import DEFAULT_TIMEOUT, MasseClientEndpoint
 from txmasse._server import DEFAULT_TTL, HOST, MasseServerEndpoint
 from txmasse.checks import checkFlag, isDigits
-from txmasse.descriptions import parseDescription, transportOf, unnest
+from txmasse.descriptions import checkServerDescription, parseDescription, transportOf, unnest
 from txmasse.peertls import tlsFromOptions
 from txmasse.registry import parseRegistryURL
 from txmasse.registry.url import redactText, redactURL
@@ -308,6 +308,10 @@ def _serve(reactor: Any, description: str, given: str) -> IStreamServerEndpoint:
     interface = parseDescription(description)[2].get("interface")
     if interface is not None and HOST.fullmatch(interface) is None:
         raise _bad(f"listen={given!r}: interface {interface!r} must be an IP address")
+    try:
+        checkServerDescription(description)
+    except ValueError as e:
+        raise _bad(f"listen={given!r}: {e}") from None
     try:
         endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
     except Exception as e:

@@ -117,20 +117,31 @@ def serverEndpoint(reactor: Any, description: str, option: str) -> IStreamServer
     @raise ValueError: naming C{option} and C{description}.
     """
     try:
-        transport, args, options = parseDescription(description)  # Twisted's own fails obscurely
-        if transport == "masse":
-            raise ValueError("a masse: endpoint listens under a name of its own")
-        port = options.get("port", args[0] if args else None)
-        if transport in _PORTED and (port is None or not isDigits(port) or int(port) > 65535):
-            raise ValueError(f"port {port!r} must be a whole number from 0 to 65535")
+        checkServerDescription(description)
         endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError, OSError) as e:
         raise ValueError(f"{option} {description!r}: not a server endpoint ({e})") from None
     return endpoint
 
 
-_PORTED = ("tcp", "tcp6", "ssl")
-"""Server transports whose first argument is a port."""
+def checkServerDescription(description: str) -> None:
+    """
+    Refuse a server description that Twisted would take and fail on later,
+    or fail on obscurely: a lone trailing C{\\}, a port out of range, a
+    UNIX socket without a path, a C{masse:} one (it listens under a name
+    of its own).
+
+    @raise ValueError: saying which.
+    """
+    transport, args, options = parseDescription(description)
+    if transport == "masse":
+        raise ValueError("a masse: endpoint listens under a name of its own")
+    if transport in ("tcp", "tcp6", "ssl"):
+        port = options.get("port", args[0] if args else None)
+        if port is None or not isDigits(port) or int(port) > 65535:
+            raise ValueError(f"port {port!r} must be a whole number from 0 to 65535")
+    if transport == "unix" and not options.get("address", args[0] if args else ""):
+        raise ValueError("no socket path")
 
 
 def clientEndpoint(reactor: Any, description: str, option: str) -> IStreamClientEndpoint:
