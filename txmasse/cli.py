@@ -884,6 +884,7 @@ def _stopOnSignals(reactor: Any) -> None:
     def stop() -> None:
         with contextlib.suppress(ReactorNotRunning):  # it was stopping already
             reactor.stop()
+            print("masse: stopping (once more to end at once)", file=sys.stderr, flush=True)
 
     def received(signum: int, frame: object) -> None:
         nonlocal stopping
