@@ -203,6 +203,15 @@ def test_roundrobin_shares_turns_evenly_among_usable_instances() -> None:
             "tcp:host=127.0.0.1:port=1": 150,
             "tcp:host=127.0.0.1:port=2": 150,
         }, unusable
+    # Nor does one with no endpoint this client may use (a socket elsewhere).
+    elsewhere = PeerRecord("dev", "db", ["unix:/run/db.sock"], host="other-host")
+    records = (record(port=1), elsewhere, record(port=2))
+    selection = Selection("roundrobin")
+    firsts = [
+        selection.candidates(records, selection.takeTurn(), "here")[0].description
+        for _ in range(300)
+    ]
+    assert sorted({d: firsts.count(d) for d in set(firsts)}.values()) == [150, 150]
 
 
 def test_a_connect_to_a_given_record_takes_no_turn_of_the_rotation() -> None:

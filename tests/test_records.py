@@ -65,7 +65,8 @@ def test_parsing_is_remembered_for_the_same_bytes_but_never_for_garbage() -> Non
         ({"metadata": {"bad key": "v"}}, "invalid metadata key"),
         ({"metadata": {"k": 1}}, "invalid metadata value"),
         ({"metadata": {"k": "v" * 2000}}, "invalid metadata value"),
-        ({"metadata": {"k": "1\nweb  fake  tcp:host=6.6.6.6"}}, "1024 printable characters"),
+        ({"metadata": {"k": "1\nweb  fake  tcp:host=6.6.6.6"}}, "none of them a control character"),
+        ({"metadata": {"k": "abc\u202edcba"}}, "invalid metadata value for 'k'"),
         ({"metadata": {"k": "\x1b[31mred"}}, "invalid metadata value for 'k'"),
         ({"host": "two words"}, "invalid host identity"),
         ({"registered": -1}, "invalid registration time"),
@@ -144,3 +145,9 @@ def test_lua_and_python_globs_agree(redis_server: RedisServer) -> None:
         assert [n.decode() for n in inLua] == [n for n in names if glob.matches(n)]
 
     agree()
+
+
+def test_metadata_may_hold_any_text_but_control_characters() -> None:
+    text = "Zürich\u00a0Ost, \u200dzone: 東京"  # a no-break space and a zero-width joiner too
+    stored = PeerRecord("dev", "db", ["tcp:host=h:port=1"], {"site": text})
+    assert PeerRecord.fromJSON(stored.toJSON()).metadata["site"] == text

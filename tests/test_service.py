@@ -226,7 +226,7 @@ def test_good_factories() -> None:
         ),
         (
             ["--name", "g", "--factory", "examples.greeter:factory", "--listen", "masse:x"],
-            "--listen 'masse:x': not a server endpoint",
+            "--listen 'masse:x': twistd masse gives the name itself",
         ),
     ],
 )

@@ -19,7 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from tests.cli_helpers import Lines
 from tests.endpoint_helpers import Collector
-from tests.helpers import REPO, Events, RedisServer, eventually, newRegistry
+from tests.helpers import REPO, Events, RedisServer, eventually, newRegistry, startMasse
 from txmasse.registry.interface import USAGE_KINDS
 
 
@@ -114,19 +114,18 @@ def test_a_client_that_stops_at_once_still_reports_its_stream_ended(
     """
     url = redis_server.url if kind == "redis" else f"sqlite://{tmp_path}/masse.db"
     env = {**os.environ, "PYTHONPATH": str(REPO), "MASSE_REGISTRY": url}
-    watcher = subprocess.Popen(
-        [sys.executable, "-m", "txmasse", "--ns", "dev", "watch", "--no-initial"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    anchor = startMasse("--ns", "dev", "register", "anchor", "--endpoint", "tcp:h:1", registry=url)
+    watcher = startMasse("--ns", "dev", "watch", registry=url)
     try:
+        assert anchor.stdout is not None and watcher.stdout is not None
+        Lines(anchor.stdout).waitFor("registered dev/anchor")
+        lines = Lines(watcher.stdout)
+        lines.waitFor("present  dev/anchor")  # its watch is up
         script = (
             "from twisted.internet import task, defer\n"
             "from twisted.internet.endpoints import clientFromString, serverFromString\n"
             "from twisted.internet.protocol import Factory, Protocol\n"
             "async def main(reactor):\n"
-            "    await task.deferLater(reactor, 1.0, lambda: None)\n"
             "    await serverFromString(reactor, 'masse:db:ns=dev').listen(\n"
             "        Factory.forProtocol(Protocol))\n"
             "    p = await clientFromString(reactor, 'masse:db:ns=dev:report=true').connect(\n"
@@ -135,10 +134,9 @@ def test_a_client_that_stops_at_once_still_reports_its_stream_ended(
             "task.react(lambda r: defer.Deferred.fromCoroutine(main(r)))\n"
         )
         subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=30)
-        assert watcher.stdout is not None
-        lines = Lines(watcher.stdout)
-        kinds = [lines.waitFor(lambda line: True).split()[1] for _ in range(3)]
+        kinds = [lines.waitFor(" dev/db ").split()[1] for _ in range(3)]
     finally:
-        watcher.kill()
-        watcher.wait()
+        for process in (watcher, anchor):
+            process.kill()
+            process.wait()
     assert kinds == ["joined", "connected", "disconnected"]

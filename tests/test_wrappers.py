@@ -197,6 +197,18 @@ def test_delay_drops_the_connection_when_a_delayed_callback_raises() -> None:
     assert not clock.getDelayedCalls()
 
 
+def test_delay_tells_of_a_close_queued_behind_a_callback_that_raises() -> None:
+    clock = Clock()
+    outer, app, transport = connect(parseWrappers(clock, "delay=1"))
+    app.dataReceived = lambda data: 1 / 0  # type: ignore[method-assign,assignment]
+    outer.dataReceived(b"last words")
+    transport.loseConnection()  # the peer closed: its news waits behind the data
+    with capturedLogs():
+        clock.advance(1)
+    assert app.lost.called
+    assert not clock.getDelayedCalls()
+
+
 def test_limit_pauses_reading_over_the_rate() -> None:
     clock = Clock()
     outer, app, transport = connect(parseWrappers(clock, "limit=100"))

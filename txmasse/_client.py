@@ -316,7 +316,6 @@ class _Connect:
     timer: IDelayedCall | None = None
     cancelled = False
     expired = False
-    over = False  # the outcome is decided
 
     def __init__(self, client: MasseClientEndpoint, factory: IProtocolFactory):
         self.client = client
@@ -457,7 +456,11 @@ class _Connect:
         try:
             endpoint = client.endpointFor(candidate, self.registry)
             own = client.ownEndpoint(endpoint)
-            attempt = endpoint.connect(self.factory if own else _UntilOver(self.factory, self))
+            if own:
+                attempt = endpoint.connect(self.factory)
+            else:
+                answering = _UntilAnswered(self.factory)
+                attempt = endpoint.connect(answering).addBoth(answering.answered)
         except Exception:
             own, attempt = False, fail()
         if not (own and first):
@@ -579,7 +582,6 @@ class _Connect:
         The connect's outcome, as its caller gets it: a failure after the
         deadline or a cancellation says so; counted in the metrics.
         """
-        self.over = True
         timer = self.timer
         if timer is not None:
             if timer.active():
@@ -641,20 +643,26 @@ def timedEndpoint(
 
 
 @implementer(IProtocolFactory)
-class _UntilOver:
+class _UntilAnswered:
     """
     The application's factory, as an endpoint other than the client's own
-    sees it: a connection it makes after the connect is over (cancelled,
-    timed out) is dropped. An endpoint whose Deferred ignores cancellation
-    would otherwise leave it open with no one holding it.
+    sees it for one attempt: a connection it makes once that attempt has
+    its answer (connected, failed, cancelled or timed out) is dropped. An
+    endpoint that ignores cancellation would otherwise leave it open with
+    no one holding it.
     """
 
-    def __init__(self, factory: IProtocolFactory, connect: _Connect):
+    done = False
+
+    def __init__(self, factory: IProtocolFactory):
         self.factory = factory
-        self.connect = connect
+
+    def answered(self, result: object) -> object:
+        self.done = True
+        return result
 
     def buildProtocol(self, addr: Any) -> IProtocol | None:
-        if self.connect.over:
+        if self.done:
             return _Dropped()
         return self.factory.buildProtocol(addr)
 

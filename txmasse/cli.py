@@ -30,8 +30,7 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import Factory
 
-from txmasse.checks import checkNumber, shown
-from txmasse.descriptions import clientEndpoint
+from txmasse.checks import checkNumber, isDigits, shown
 from txmasse.errors import MasseError, PeerNotFound
 from txmasse.health_cli import addMetaFilter, matches, metaConditions, stateJSON
 from txmasse.records import Glob, PeerRecord, validateName
@@ -146,11 +145,7 @@ class _MainParser(_Parser):
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: Any = None
     ) -> tuple[argparse.Namespace, list[str]]:
-        given = list(sys.argv[1:] if args is None else args)
-        try:
-            parsed, extra = super().parse_known_args(given, namespace)
-        except UsageError as e:
-            raise UsageError(_pointed(str(e), given)) from None
+        parsed, extra = super().parse_known_args(args, namespace)
         for option, default in GLOBAL_OPTIONS.items():
             if not hasattr(parsed, option):
                 setattr(parsed, option, default)
@@ -159,9 +154,15 @@ class _MainParser(_Parser):
     def parse_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: Any = None
     ) -> argparse.Namespace:
+        # The command is checked here, not by argparse, which would say it
+        # is missing before naming an unknown option given in its place.
         given = list(sys.argv[1:] if args is None else args)
         try:
-            parsed: argparse.Namespace = super().parse_args(given, namespace)
+            parsed, extra = self.parse_known_args(given, namespace)
+            if extra:
+                self.error(f"unrecognized arguments: {' '.join(extra)}")
+            if parsed.command is None:
+                self.error("the following arguments are required: COMMAND")
         except UsageError as e:
             raise UsageError(_pointed(str(e), given)) from None
         return parsed
@@ -169,17 +170,10 @@ class _MainParser(_Parser):
 
 def _pointed(message: str, given: Sequence[str]) -> str:
     """
-    An error about C{given} that points at the help of the command given,
-    and names an unknown option given without a command (argparse only
-    says that the command is missing).
+    An error about C{given} that points at the help of the command given.
     """
     names = {command.name for command in COMMANDS}
     command = next((arg for arg in given if arg in names), None)
-    if command is None and "required: COMMAND" in message:
-        known = {f"--{option}" for option in GLOBAL_OPTIONS} | {"-h", "--help", "--version"}
-        unknown = [a for a in given if a.startswith("-") and a.partition("=")[0] not in known]
-        if unknown:
-            message = f"unrecognized arguments: {' '.join(unknown)} (see masse --help)"
     if command is not None:
         message = message.replace("(see masse --help)", f"(see masse {command} --help)")
     return message
@@ -228,7 +222,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"masse (txmasse) {__version__}")
     commands = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+        dest="command", metavar="COMMAND", parser_class=_Parser
     )
     for command in COMMANDS:
         sub = commands.add_parser(
@@ -597,11 +591,45 @@ def _metadata(pairs: Sequence[str]) -> dict[str, str]:
     return metadata
 
 
+def _checkEndpoint(description: str) -> None:
+    """
+    Refuse an C{--endpoint} no client could connect with: a C{tcp:} or
+    C{ssl:} one without a host or a port from 1 to 65535, a C{unix:} one
+    without a path, a C{tls:} one clients would refuse, C{masse:} (never
+    followed), or a transport unknown here. Only its form is checked:
+    nothing is built, no file read, for it is the clients' to use.
+    """
+    from txmasse._client import knownTransports
+    from txmasse.descriptions import parseDescription, transportOf
+    from txmasse.peertls import parseTLSDescription
+
+    try:
+        transport, args, options = parseDescription(description)
+        if transport == "masse":
+            raise ValueError("clients never follow a masse: endpoint")
+        if transport == "tls":
+            parseTLSDescription(description)
+        elif transport in ("tcp", "ssl"):
+            host = options.get("host", args[0] if args else "")
+            port = options.get("port", args[1] if len(args) > 1 else None)
+            if not host or port is None:
+                raise ValueError("give host= and port=")
+            if not isDigits(port) or not 0 < int(port) < 65536:
+                raise ValueError(f"port {port!r} must be a whole number from 1 to 65535")
+        elif transport == "unix":
+            if not options.get("path", args[0] if args else ""):
+                raise ValueError("no socket path")
+        elif transport not in knownTransports():
+            raise ValueError(f"unknown transport {transportOf(description)!r}")
+    except ValueError as e:
+        raise UsageError(f"--endpoint {description!r}: not a client endpoint ({e})") from None
+
+
 async def register(context: Context, args: Any) -> None:
     reactor, registry, namespace = context.reactor, context.registry, context.namespace
     try:
         for description in args.endpoint:
-            clientEndpoint(reactor, description, "--endpoint")
+            _checkEndpoint(description)
         record = PeerRecord(namespace, args.name, args.endpoint, _metadata(args.meta))
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -882,19 +910,31 @@ def _stopOnSignals(reactor: Any) -> None:
     stopping = False
 
     def stop() -> None:
+        print("masse: stopping (once more to end at once)", file=sys.stderr, flush=True)
         with contextlib.suppress(ReactorNotRunning):  # it was stopping already
             reactor.stop()
-            print("masse: stopping (once more to end at once)", file=sys.stderr, flush=True)
 
     def received(signum: int, frame: object) -> None:
         nonlocal stopping
         if stopping:
+            with contextlib.suppress(Exception):  # what was printed is kept
+                sys.stdout.flush()
             os._exit(128 + signum)
         stopping = True
         reactor.callFromThread(stop)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, received)
+    reactor.addSystemEventTrigger("after", "shutdown", _defaultSignals)
+
+
+def _defaultSignals() -> None:
+    """
+    Python's own handlers again once the reactor has stopped, for a caller
+    that runs L{main} in its own process.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _react(main: Callable[[Any], Deferred[None]]) -> None:

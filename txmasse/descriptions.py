@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.endpoints import clientFromString, quoteStringArgument, serverFromString
-from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndpoint
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
 
 from txmasse.checks import isDigits
 
@@ -128,14 +128,11 @@ def checkServerDescription(description: str) -> None:
     """
     Refuse a server description that Twisted would take and fail on later,
     or fail on obscurely: a lone trailing C{\\}, a port out of range, a
-    UNIX socket without a path, a C{masse:} one (it listens under a name
-    of its own).
+    UNIX socket without a path.
 
     @raise ValueError: saying which.
     """
     transport, args, options = parseDescription(description)
-    if transport == "masse":
-        raise ValueError("a masse: endpoint listens under a name of its own")
     if transport in ("tcp", "tcp6", "ssl"):
         port = options.get("port", args[0] if args else None)
         if port is None or not isDigits(port) or int(port) > 65535:
@@ -143,31 +140,3 @@ def checkServerDescription(description: str) -> None:
     if transport == "unix" and not options.get("address", args[0] if args else ""):
         raise ValueError("no socket path")
 
-
-def clientEndpoint(reactor: Any, description: str, option: str) -> IStreamClientEndpoint:
-    """
-    The client endpoint C{description} makes, given as C{option}: what a
-    record will hold, refused now if no client could ever connect with it
-    (a port out of range, no host or path, a transport unknown here).
-
-    @raise ValueError: naming C{option} and C{description}.
-    """
-    try:
-        transport, args, options = parseDescription(description)
-        if transport == "masse":
-            raise ValueError("clients never follow a masse: endpoint")
-        if transport in ("tcp", "tls"):
-            host = options.get("host", args[0] if args else "")
-            port = options.get("port", args[1] if len(args) > 1 else None)
-            if not host:
-                raise ValueError("no host")
-            if port is None:
-                raise ValueError("no port")
-            if not isDigits(port) or not 0 < int(port) < 65536:
-                raise ValueError(f"port {port!r} must be a whole number from 1 to 65535")
-        if transport == "unix" and not options.get("path", args[0] if args else ""):
-            raise ValueError("no path")
-        endpoint: IStreamClientEndpoint = clientFromString(reactor, description)
-    except (ValueError, TypeError, KeyError, OSError) as e:
-        raise ValueError(f"{option} {description!r}: not a client endpoint ({e})") from None
-    return endpoint

@@ -90,6 +90,12 @@ def _toEndpoints(value: Iterable[str]) -> tuple[str, ...]:
     return endpoints
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+"""What a metadata value may not hold: a value is shown in tables and logs,
+where a newline, an escape sequence or a change of text direction would
+forge rows, drive the terminal or hide what follows."""
+
+
 def _toMetadata(value: Mapping[str, str]) -> Mapping[str, str]:
     if not isinstance(value, Mapping):
         raise ValueError(f"metadata must be a mapping of str to str, not {_shown(value)}")
@@ -97,12 +103,11 @@ def _toMetadata(value: Mapping[str, str]) -> Mapping[str, str]:
         raise ValueError(f"at most {MAX_METADATA} metadata entries, got {len(value)}")
     for key, item in value.items():
         validateName(key, "metadata key")
-        # Printable: a value is shown in tables and logs, where a newline or
-        # an escape sequence would forge rows or drive the terminal.
-        if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE or not item.isprintable():
+        if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE or _CONTROL.search(item):
             raise ValueError(
                 f"invalid metadata value for {key!r}: must be a str of at most "
-                f"{MAX_METADATA_VALUE} printable characters, got {_shown(item)}"
+                f"{MAX_METADATA_VALUE} characters, none of them a control character, "
+                f"got {_shown(item)}"
             )
     return MappingProxyType(dict(value))
 

@@ -170,17 +170,26 @@ class Selection:
             last = self._last
             if last is not None and last[0] is records and last[1] == here:
                 return last[2]
-        candidates: list[Candidate] = []
-        excluded = []
-        for record in self.ranked(records, turn):
+        # Only the instances that can be tried take turns of the rotation
+        # (else a turn landing on another passes to its neighbour, which
+        # then gets two); the others follow, for the error message.
+        tryable: list[tuple[PeerRecord, list[str]]] = []
+        unusable: list[Candidate] = []
+        excluded: list[Candidate] = []
+        for record in records:
             if not record.usable:
                 excluded.append(Candidate(record, None, record.state))
-                continue
-            descriptions = self.usable(record, here)
-            if not descriptions:
-                candidates.append(Candidate(record, None))
-            candidates.extend(Candidate(record, description) for description in descriptions)
-        ordered = (*candidates, *excluded)
+            elif descriptions := self.usable(record, here):
+                tryable.append((record, descriptions))
+            else:
+                unusable.append(Candidate(record, None))
+        described = {id(record): descriptions for record, descriptions in tryable}
+        candidates = [
+            Candidate(record, description)
+            for record in self.ranked([record for record, _ in tryable], turn)
+            for description in described[id(record)]
+        ]
+        ordered = (*candidates, *unusable, *excluded)
         if steady:
             self._last = (records, here, ordered)
         return ordered

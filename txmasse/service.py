@@ -20,7 +20,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from txmasse.checks import checkNumber
-from txmasse.descriptions import serverEndpoint
+from txmasse.descriptions import serverEndpoint, transportOf
 from txmasse.errors import MasseError
 from txmasse.health import HealthCheck, parseCheck
 from txmasse.metrics import metricsService
@@ -312,6 +312,8 @@ class Options(usage.Options):
             self["ns"] = defaultNamespace() if self["ns"] is None else self["ns"]
             validateName(self["ns"], "namespace")
             checkRegistry(self["registry"])  # or $MASSE_REGISTRY, named as such
+            if transportOf(self["listen"]) == "masse":
+                raise ValueError(f"--listen {self['listen']!r}: twistd masse gives the name itself")
             serverEndpoint(reactor, self["listen"], "--listen")
             if self["metrics"] is not None:
                 serverEndpoint(reactor, self["metrics"], "--metrics")

@@ -70,15 +70,16 @@ class _OpenStreams:
 
     def __init__(self, reactor: Any):
         self.streams: set[_Reporting] = set()
-        self._reactor = reactor
-        reactor.addSystemEventTrigger("before", "shutdown", self.stopping)
+        # The reactor is the trigger's argument, not kept here: the table
+        # below holds these weakly by reactor, and a reactor is let go.
+        reactor.addSystemEventTrigger("before", "shutdown", self.stopping, reactor)
 
-    def stopping(self) -> Deferred[None] | None:
+    def stopping(self, reactor: Any) -> Deferred[None] | None:
         reports = [d for stream in list(self.streams) if (d := stream.endReported()) is not None]
         self.streams.clear()
         if not reports:
             return None
-        done = DeferredList(reports, consumeErrors=True).addTimeout(FLUSH_SECONDS, self._reactor)
+        done = DeferredList(reports, consumeErrors=True).addTimeout(FLUSH_SECONDS, reactor)
         return done.addBoth(lambda _: None)
 
 

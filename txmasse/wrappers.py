@@ -310,6 +310,7 @@ class _DelayingProtocol(ProtocolWrapper):
     """
 
     factory: _DelayingFactory
+    _lost: Failure | None = None  # the transport's, while its delivery waits
 
     def makeConnection(self, transport: Any) -> None:
         clock, delay = self.factory.clock, self.factory.delay
@@ -337,6 +338,10 @@ class _DelayingProtocol(ProtocolWrapper):
     def abortConnection(self) -> None:
         self._outgoing.cancel()
         self._incoming.cancel()
+        lost, self._lost = self._lost, None
+        if lost is not None:  # the transport is gone: tell the application now, not never
+            ProtocolWrapper.connectionLost(self, lost)
+            return
         transport: Any = self.transport
         transport.abortConnection()
 
@@ -345,7 +350,14 @@ class _DelayingProtocol(ProtocolWrapper):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._outgoing.cancel()
-        self._incoming.afterQueued(lambda: ProtocolWrapper.connectionLost(self, reason))
+        self._lost = reason
+
+        def deliver() -> None:
+            if self._lost is not None:
+                self._lost = None
+                ProtocolWrapper.connectionLost(self, reason)
+
+        self._incoming.afterQueued(deliver)
 
 
 class _DelayingFactory(WrappingFactory[_DelayingProtocol]):

@@ -504,8 +504,8 @@ class Subscription:
         self._view: dict[str, PeerRecord] = {}
         self._peers: tuple[PeerRecord, ...] | None = None  # the view, as last handed out
         self._suspects: set[str] = set()
-        # Instances the view let go, latest last: news of one again (a
-        # replayed join) is never shown before the store is read.
+        # The last REMOVED_KEPT instances the view let go, latest last: news
+        # of one again (a replayed join) is not shown before the store is read.
         self._removed: dict[str, None] = {}
         self._buffer: list[tuple[int, EventKind, PeerRecord]] | None = []
         self._generation = 0
@@ -798,6 +798,7 @@ class Subscription:
             del self._view[instance]
             self._peers = None
             self._suspects.discard(instance)
+            self._removed.pop(instance, None)  # the latest last
             self._removed[instance] = None
             if len(self._removed) > REMOVED_KEPT:
                 del self._removed[next(iter(self._removed))]

@@ -20,7 +20,7 @@ change it:
     in its place (or, if none comes within L{DOUBT_DELAY}, the one the
     store's tombstone names: the same join again, replayed, neither
     explains the store's word nor puts that off); an instance a view let
-    go is never shown early again.
+    go lately is not shown early again.
 
 Events that would change nothing cost nothing. The others are read back in
 batches, one read in flight per view: under a burst, the events that arrive

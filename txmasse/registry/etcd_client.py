@@ -162,7 +162,7 @@ class EtcdClient:
         self.current = 0
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.retryAutomatically = False  # we fail over, within the deadline
-        self._pool.maxPersistentPerHost = 8
+        self._pool.maxPersistentPerHost = 32  # a wheel slot of heartbeats, on kept connections
         if tls is not None:
             agent = Agent(reactor, contextFactory=tls, pool=self._pool, connectTimeout=timeout)
         else:
