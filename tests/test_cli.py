@@ -186,6 +186,7 @@ async def test_watch_no_initial(
         (["register", "web"], "--endpoint"),
         (["register", "web", "--endpoint", "nonsense"], "unknown transport 'nonsense'"),
         (["register", "web", "--endpoint", "tls:host=a:port=0"], "bad port '0'"),
+        (["register", "web", "--endpoint", "tcp:5:host=a", "--ttl", "0"], "invalid ttl"),
         (["register", "web", "--endpoint", "tcp:host=a:port=99999"], "port '99999' must be"),
         (["register", "web", "--endpoint", "tcp:host=a"], "'tcp:host=a': not a client endpoint"),
         (["register", "web", "--endpoint", "unix:"], "--endpoint 'unix:': not a client endpoint"),

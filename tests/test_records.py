@@ -67,6 +67,7 @@ def test_parsing_is_remembered_for_the_same_bytes_but_never_for_garbage() -> Non
         ({"metadata": {"k": "v" * 2000}}, "invalid metadata value"),
         ({"metadata": {"k": "1\nweb  fake  tcp:host=6.6.6.6"}}, "none of them a control character"),
         ({"metadata": {"k": "abc\u202edcba"}}, "invalid metadata value for 'k'"),
+        ({"metadata": {"k": "a\u2028web  fake"}}, "invalid metadata value for 'k'"),
         ({"metadata": {"k": "\x1b[31mred"}}, "invalid metadata value for 'k'"),
         ({"host": "two words"}, "invalid host identity"),
         ({"registered": -1}, "invalid registration time"),

@@ -610,8 +610,10 @@ def _checkEndpoint(description: str) -> None:
         if transport == "tls":
             parseTLSDescription(description)
         elif transport in ("tcp", "ssl"):
-            host = options.get("host", args[0] if args else "")
-            port = options.get("port", args[1] if len(args) > 1 else None)
+            # As Twisted reads them: host then port, or the port alone after host=.
+            fields = ["port"] if "host" in options and len(args) == 1 else ["host", "port"]
+            given = dict(zip(fields, args, strict=False)) | options
+            host, port = given.get("host", ""), given.get("port")
             if not host or port is None:
                 raise ValueError("give host= and port=")
             if not isDigits(port) or not 0 < int(port) < 65536:
@@ -896,7 +898,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> NoRetur
             print(_oneLine(f"masse: {e}"), file=sys.stderr)
             status = 1
 
-    _react(lambda reactor: Deferred.fromCoroutine(guarded(reactor)))
+    handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    try:
+        _react(lambda reactor: Deferred.fromCoroutine(guarded(reactor)))
+    finally:  # the caller's own again, should it run main in its own process
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     sys.exit(status)
 
 
@@ -910,7 +917,8 @@ def _stopOnSignals(reactor: Any) -> None:
     stopping = False
 
     def stop() -> None:
-        print("masse: stopping (once more to end at once)", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError, ValueError):  # stderr gone: stop all the same
+            print("masse: stopping (once more to end at once)", file=sys.stderr, flush=True)
         with contextlib.suppress(ReactorNotRunning):  # it was stopping already
             reactor.stop()
 
@@ -923,18 +931,11 @@ def _stopOnSignals(reactor: Any) -> None:
         stopping = True
         reactor.callFromThread(stop)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in _SIGNALS:
         signal.signal(signum, received)
-    reactor.addSystemEventTrigger("after", "shutdown", _defaultSignals)
 
 
-def _defaultSignals() -> None:
-    """
-    Python's own handlers again once the reactor has stopped, for a caller
-    that runs L{main} in its own process.
-    """
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _react(main: Callable[[Any], Deferred[None]]) -> None:

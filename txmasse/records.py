@@ -90,10 +90,13 @@ def _toEndpoints(value: Iterable[str]) -> tuple[str, ...]:
     return endpoints
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
 """What a metadata value may not hold: a value is shown in tables and logs,
-where a newline, an escape sequence or a change of text direction would
-forge rows, drive the terminal or hide what follows."""
+where a line break (U+2028 and U+2029 too), an escape sequence or a change
+of text direction would forge rows, drive the terminal or hide what
+follows."""
 
 
 def _toMetadata(value: Mapping[str, str]) -> Mapping[str, str]:

@@ -339,8 +339,8 @@ class _DelayingProtocol(ProtocolWrapper):
         self._outgoing.cancel()
         self._incoming.cancel()
         lost, self._lost = self._lost, None
-        if lost is not None:  # the transport is gone: tell the application now, not never
-            ProtocolWrapper.connectionLost(self, lost)
+        if lost is not None:  # the transport is gone: tell the application soon, not never
+            self.factory.clock.callLater(0, ProtocolWrapper.connectionLost, self, lost)
             return
         transport: Any = self.transport
         transport.abortConnection()
