@@ -114,15 +114,19 @@ class Departed:
         pass
 
 
+def departedWatch(clock: Clock, events: Events) -> Subscription:
+    subscription = Subscription(Departed(), "dev", Glob("*"), events, clock)  # type: ignore[arg-type]
+    subscription.resync()
+    return subscription
+
+
 def test_a_replayed_join_of_a_departed_instance_is_let_go() -> None:
     """
     Its own left is awaited (it would come, in its place, for a real
     registration gone in a moment); none coming, the instance is let go.
     """
-    clock = Clock()
-    events = Events()
-    subscription = Subscription(Departed(), "dev", Glob("*"), events, clock)  # type: ignore[arg-type]
-    subscription.resync()
+    clock, events = Clock(), Events()
+    subscription = departedWatch(clock, events)
     old = record("old")
     with capturedLogs() as logs:
         subscription.received(5, EventKind.JOINED, old)
@@ -139,12 +143,10 @@ def test_a_replayed_join_sent_again_and_again_is_still_let_go(changed: bool) -> 
     """
     The same forged join again (or a new record each time) does not
     explain the store's word that the instance left, nor put off letting
-    it go; once let go, it is never shown again before the store is read.
+    it go; once let go, it is not shown again before the store is read.
     """
-    clock = Clock()
-    events = Events()
-    subscription = Subscription(Departed(), "dev", Glob("*"), events, clock)  # type: ignore[arg-type]
-    subscription.resync()
+    clock, events = Clock(), Events()
+    subscription = departedWatch(clock, events)
     old = record("old")
     with capturedLogs() as logs:
         for port in range(4):

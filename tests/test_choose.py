@@ -82,6 +82,14 @@ def reached(network: MasseNetwork, description: str) -> int:
     return int(transport.getPeer().port)
 
 
+def portReached(network: MasseNetwork, connecting: Deferred[Any]) -> int:
+    """
+    The port C{connecting} reached, once the network has run.
+    """
+    network.flush()
+    return int(network.successResultOf(connecting).transport.getPeer().port)
+
+
 def portOf(port: MasseListeningPort) -> int:
     return int(port.getHost().port)  # type: ignore[attr-defined]
 
@@ -130,11 +138,8 @@ def test_pick_orders_within_each_preference_group() -> None:
     a2 = serve(network, "db:meta.zone=a")
     serve(network, "db:meta.zone=b")
     endpoint: Any = network.clientFromString("masse:db:prefer.zone=a:pick=roundrobin")
-    turns = []
-    for _ in range(4):
-        connecting = endpoint.connect(Factory.forProtocol(Collector))
-        network.flush()
-        turns.append(network.successResultOf(connecting).transport.getPeer().port)
+    factory = Factory.forProtocol(Collector)
+    turns = [portReached(network, endpoint.connect(factory)) for _ in range(4)]
     assert turns == [portOf(a1), portOf(a2)] * 2
 
 
@@ -193,25 +198,25 @@ def test_roundrobin_shares_turns_evenly_among_usable_instances() -> None:
     turns would pass to its neighbour, which would then get two.
     """
     for unusable in ({"draining": True}, {"health": "critical", "reason": "disk"}):
-        records = (record(port=1), record(port=2), record(port=3, **unusable))
-        selection = Selection("roundrobin")
-        firsts = [
-            selection.candidates(records, selection.takeTurn(), "here")[0].description
-            for _ in range(300)
-        ]
-        assert {d: firsts.count(d) for d in set(firsts)} == {
+        assert firstTurns((record(port=1), record(port=2), record(port=3, **unusable))) == {
             "tcp:host=127.0.0.1:port=1": 150,
             "tcp:host=127.0.0.1:port=2": 150,
         }, unusable
     # Nor does one with no endpoint this client may use (a socket elsewhere).
     elsewhere = PeerRecord("dev", "db", ["unix:/run/db.sock"], host="other-host")
-    records = (record(port=1), elsewhere, record(port=2))
+    assert sorted(firstTurns((record(port=1), elsewhere, record(port=2))).values()) == [150, 150]
+
+
+def firstTurns(records: Sequence[PeerRecord], connects: int = 300) -> dict[str, int]:
+    """
+    How often each description comes first over C{connects} round-robin turns.
+    """
     selection = Selection("roundrobin")
     firsts = [
         selection.candidates(records, selection.takeTurn(), "here")[0].description
-        for _ in range(300)
+        for _ in range(connects)
     ]
-    assert sorted({d: firsts.count(d) for d in set(firsts)}.values()) == [150, 150]
+    return {str(d): firsts.count(d) for d in set(firsts)}
 
 
 def test_a_connect_to_a_given_record_takes_no_turn_of_the_rotation() -> None:
@@ -220,12 +225,9 @@ def test_a_connect_to_a_given_record_takes_no_turn_of_the_rotation() -> None:
     endpoint: Any = network.clientFromString("masse:db:pick=roundrobin")
     turns = []
     for _ in range(4):
-        connecting = endpoint.connect(Factory.forProtocol(Collector))
-        network.flush()
-        turns.append(network.successResultOf(connecting).transport.getPeer().port)
+        turns.append(portReached(network, endpoint.connect(Factory.forProtocol(Collector))))
         given = endpoint.connectToRecord(first.record, Factory.forProtocol(Collector))
-        network.flush()
-        assert network.successResultOf(given).transport.getPeer().port == portOf(first)
+        assert portReached(network, given) == portOf(first)
     assert sorted(turns) == sorted([portOf(first), portOf(second)] * 2)
     assert turns[0] != turns[1]
 
