@@ -232,6 +232,14 @@ def test_refuses_other_host_names(dashboard: Dashboard) -> None:
     assert status == 403
     assert b"'evil.example'" in body
     assert dashboard.get("api/peers", host=f"localhost:{dashboard.port}")[0] == 200
+    for headers, named in (
+        (b"Host: evil.example\r\nHost: 127.0.0.1\r\n", b"'evil.example, 127.0.0.1'"),
+        (b"", b"'(none)'"),  # HTTP/1.1 requires one
+    ):
+        with socket.create_connection(("127.0.0.1", dashboard.port), timeout=10) as raw:
+            raw.sendall(b"GET /api/peers HTTP/1.1\r\n" + headers + b"Connection: close\r\n\r\n")
+            answer = b"".join(iter(lambda: raw.recv(65536), b""))
+        assert answer.startswith(b"HTTP/1.1 403 ") and named in answer, answer[:300]
 
 
 def test_page_headers(dashboard: Dashboard) -> None:

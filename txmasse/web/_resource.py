@@ -153,9 +153,13 @@ class DashboardResource(Resource):
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         if self.hosts is not None:
+            # Exactly one Host, and one of ours: Twisted would take the last
+            # of several, or its own address for none.
+            given = request.requestHeaders.getRawHeaders(b"host") or []
             host = request.getRequestHostname().decode("ascii", "replace").lower()
-            if host not in self.hosts:
-                return _Refused(host)
+            if len(given) != 1 or host not in self.hosts:
+                shown = b", ".join(given).decode("ascii", "replace") if given else "(none)"
+                return _Refused(shown if len(given) != 1 else host)
         child: IResource = super().getChildWithDefault(path, request)
         return child
 
