@@ -325,3 +325,23 @@ def test_a_second_signal_while_stopping_ends_at_once(redis_server: RedisServer) 
         redis_server.resume()
         held.kill()
         held.wait()
+
+
+def test_garbage_skipped_in_the_store_is_told_once_a_command_succeeds(
+    redis_server: RedisServer,
+) -> None:
+    """
+    A one-shot command holds its warnings back: shown after its output
+    when it succeeds; when it fails, its one line says enough.
+    """
+    redis_server.command("SET", "masse:{junkyard}:n:junk", "not a hash")
+    redis_server.command("ZADD", "masse:{junkyard}:names", "0", "junk")
+    listed = masse("--ns", "junkyard", "ls", registry=redis_server.url)
+    assert listed.returncode == 0 and listed.stdout.startswith("NAME"), listed.stderr
+    assert listed.stderr == (
+        f"masse: warning: registry {redis_server.url}: skipping a bad entry in namespace "
+        "junkyard: 'masse:{junkyard}:n:junk' is not a hash of records\n"
+    )
+    failed = masse("--ns", "junkyard", "resolve", "junk", registry=redis_server.url)
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
+    assert failed.stderr.startswith("masse: no live instance of 'junk'")

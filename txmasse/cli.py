@@ -29,6 +29,16 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import Factory
+from twisted.logger import (
+    FilteringLogObserver,
+    LogEvent,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogBeginner,
+    globalLogPublisher,
+    textFileLogObserver,
+)
 
 from txmasse.checks import checkNumber, isDigits, shown
 from txmasse.errors import MasseError, PeerNotFound
@@ -88,22 +98,46 @@ class Context:
         return d.addTimeout(self.timeout, self.reactor).addErrback(late)
 
 
+_WARNINGS = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+
+
+@attrs.define
+class _HeldWarnings:
+    """
+    The warnings logged while a command runs (garbage skipped in the
+    store, say), held back: shown once it succeeds, or as they come once a
+    command that runs until stopped is up (L{logWarnings}); a failure's
+    one line says enough.
+    """
+
+    events: list[LogEvent] = attrs.field(factory=list)
+    observer: FilteringLogObserver | None = None
+
+    def hold(self) -> None:
+        keep: Any = self.events.append  # any callable of one event is an observer
+        self.observer = FilteringLogObserver(keep, [_WARNINGS])
+        globalLogPublisher.addObserver(self.observer)
+
+    def release(self) -> list[LogEvent]:
+        if self.observer is not None:
+            globalLogPublisher.removeObserver(self.observer)
+            self.observer = None
+        events, self.events = self.events, []
+        return events
+
+
+_held = _HeldWarnings()
+
+
 def logWarnings() -> None:
     """
     From now on, show warnings (a registry outage, garbage skipped in the
-    store) on stderr: for the commands that run until stopped, once they
-    are up, so a failure to start stays one line.
+    store) on stderr, those held back so far first: for the commands that
+    run until stopped, once they are up, so a failure to start stays one
+    line.
     """
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
-
-    warnings = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
-    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [warnings])
+    _held.release()  # the log's own buffer replays them to the new observer
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [_WARNINGS])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
@@ -885,8 +919,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> NoRetur
     async def guarded(reactor: Any) -> None:
         nonlocal status
         reactor.callWhenRunning(_stopOnSignals, reactor)  # after Twisted installs its own
+        _held.hold()
         try:
             await run(reactor, args, out)
+            for event in _held.release():
+                print(_oneLine(f"masse: warning: {formatEvent(event)}"), file=sys.stderr)
         except UsageError as e:
             print(_oneLine(f"masse: {e}"), file=sys.stderr)
             status = 2
