@@ -170,6 +170,11 @@ class Selection:
             last = self._last
             if last is not None and last[0] is records and last[1] == here:
                 return last[2]
+        if len(records) == 1:  # the common case, kept short: nothing to order
+            ordered = self._alone(records[0], here)
+            if steady:
+                self._last = (records, here, ordered)
+            return ordered
         # Only the instances that can be tried take turns of the rotation
         # (else a turn landing on another passes to its neighbour, which
         # then gets two); the others follow, for the error message.
@@ -193,6 +198,14 @@ class Selection:
         if steady:
             self._last = (records, here, ordered)
         return ordered
+
+    def _alone(self, record: PeerRecord, here: str) -> tuple[Candidate, ...]:
+        if not record.usable:
+            return (Candidate(record, None, record.state),)
+        descriptions = self.usable(record, here)
+        if not descriptions:
+            return (Candidate(record, None),)
+        return tuple(Candidate(record, description) for description in descriptions)
 
     def matching(self, records: Sequence[PeerRecord]) -> Sequence[PeerRecord]:
         """
