@@ -281,8 +281,10 @@ class SignedRegistry:
         self._reject(record, problem)
         return False
 
-    def _reject(self, record: PeerRecord, problem: str) -> None:
+    def _reject(self, record: PeerRecord, problem: str, warn: bool = True) -> None:
         self.rejected[record.namespace] += 1
+        if not warn:
+            return
         key = (record.namespace, record.instance, problem)
         if key in self._warned:
             self._warned.move_to_end(key)
@@ -358,7 +360,8 @@ class SignedRegistry:
         """
         Every live lease matching C{pattern}, the rejected ones too, each
         with why it is rejected (or C{None}): for C{masse ls --all}.
-        Rejected ones are counted and logged as usual.
+        Rejected ones are counted as usual, not logged: the caller shows
+        each one.
         """
 
         def checked(statuses: list[LeaseStatus]) -> list[tuple[LeaseStatus, str | None]]:
@@ -366,7 +369,7 @@ class SignedRegistry:
             for status in statuses:
                 problem = self.problem(status.record)
                 if problem is not None:
-                    self._reject(status.record, problem)
+                    self._reject(status.record, problem, warn=False)
                 result.append((status, problem))
             return result
 
