@@ -44,7 +44,7 @@ from bench.connect import measureConnects
 from bench.events import measureDetection, measureEventLatency
 from bench.peer import fakeRecord, registerMany, registerSpread
 from bench.redis import RedisProcess
-from bench.stats import Row, detectionRows, micros, millis, p50, p99, table
+from bench.stats import Row, detectionRows, micros, millis, p50, p50p99, p99, ratioRow, table
 from txmasse.registry import registryFromURL
 from txmasse.registry.etcd_client import BytesBody
 
@@ -278,32 +278,23 @@ async def measureLoad(etcd: EtcdProcess, url: str, sizes: EtcdSizes) -> Row:
     )
 
 
-def p50p99(samples: list[float]) -> str:
-    return f"{micros(p50(samples))} (p99 {micros(p99(samples))})"
-
-
 def lookupRows(s: dict[str, list[float]]) -> list[Row]:
-    agent, etcd, redis = p50(s["agent"]), p50(s["etcd"]), p50(s["redis"])
+    agent, etcd = p50(s["agent"]), p50(s["etcd"])
     return [
         Row("etcd", "gateway range, raw Agent + JSON", p50p99(s["agent"]), "", None, "",
             number=agent),
-        Row("etcd", "gateway range, raw treq + JSON", p50p99(s["treq"]), f"Agent {micros(agent)}",
-            p50(s["treq"]) / agent, f"{p50(s['treq']) / agent:.3f}x", number=p50(s["treq"])),
-        Row("etcd", "etcd lookup(name), 10 peers", p50p99(s["etcd"]), f"Agent {micros(agent)}",
-            etcd / agent, f"{etcd / agent:.3f}x", "≤ 1.2x", etcd / agent <= 1.2, number=etcd),
-        Row("etcd", "Redis lookup(name), 10 peers", p50p99(s["redis"]), f"etcd {micros(etcd)}",
-            redis / etcd, f"{redis / etcd:.3f}x", number=redis),
-        Row("etcd", "Redis GET round trip", p50p99(s["get"]), f"Agent {micros(agent)}",
-            p50(s["get"]) / agent, f"{p50(s['get']) / agent:.3f}x", number=p50(s["get"])),
+        ratioRow("etcd", "gateway range, raw treq + JSON", s["treq"], "Agent", agent),
+        ratioRow("etcd", "etcd lookup(name), 10 peers", s["etcd"], "Agent", agent, limit="1.2"),
+        ratioRow("etcd", "Redis lookup(name), 10 peers", s["redis"], "etcd", etcd),
+        ratioRow("etcd", "Redis GET round trip", s["get"], "Agent", agent),
     ]  # fmt: skip
 
 
 def connectRows(which: str, s: dict[str, list[float]], roundTrip: float, what: str) -> list[Row]:
-    raw, warm, cold = p50(s["raw"]), p50(s["warm"]), p50(s["nocache"])
+    raw, cold = p50(s["raw"]), p50(s["nocache"])
     extra = (cold - raw) / roundTrip
     return [
-        Row("etcd", f"{which}: masse warm (cached)", p50p99(s["warm"]), f"raw {micros(raw)}",
-            warm / raw, f"{warm / raw:.3f}x", "≤ 1.10x", warm / raw <= 1.10, number=warm),
+        ratioRow("etcd", f"{which}: masse warm (cached)", s["warm"], "raw", raw, limit="1.10"),
         Row("etcd", f"{which}: masse cold (cache=false)", p50p99(s["nocache"]),
             f"raw {micros(raw)} + {what} {micros(roundTrip)}", extra,
             f"raw + {extra:.2f}x {what}", "≤ raw + 1.5x", extra <= 1.5, number=cold),

@@ -13,7 +13,7 @@ import importlib
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import reactor, task
@@ -23,7 +23,7 @@ from twisted.internet.protocol import Factory
 from twisted.protocols import amp
 
 from bench.peer import commands, say
-from bench.stats import Row, micros, p50, p99
+from bench.stats import Row, micros, p50, p50p99, ratioRow
 from txmasse import MasseServerEndpoint
 from txmasse.registry import registryFromURL
 from txmasse.rpc import Proxy
@@ -103,32 +103,20 @@ async def measureRPC(
     return samples
 
 
-def _p50p99(samples: Sequence[float]) -> str:
-    return f"{micros(p50(samples))} (p99 {micros(p99(samples))})"
-
-
 def rpcRows(s: dict[str, list[float]]) -> list[Row]:
     raw, proxy = p50(s["raw"]), p50(s["proxy"])
     rows = [
         Row(
             "rpc",
             "raw AMP connection: Echo round trip",
-            _p50p99(s["raw"]),
+            p50p99(s["raw"]),
             "",
             None,
             "",
             number=raw,
         ),
-        Row(
-            "rpc",
-            "masse proxy (warm): Echo round trip",
-            _p50p99(s["proxy"]),
-            f"raw AMP {micros(raw)}",
-            proxy / raw,
-            f"{proxy / raw:.3f}x",
-            "≤ 1.05x",
-            proxy / raw <= 1.05,
-            number=proxy,
+        ratioRow(
+            "rpc", "masse proxy (warm): Echo round trip", s["proxy"], "raw AMP", raw, limit="1.05"
         ),
     ]
     if "pyro" in s:
@@ -137,7 +125,7 @@ def rpcRows(s: dict[str, list[float]]) -> list[Row]:
             Row(
                 "rpc",
                 "Pyro5 PYRONAME proxy (warm): echo round trip",
-                _p50p99(s["pyro"]),
+                p50p99(s["pyro"]),
                 f"masse proxy {micros(proxy)}",
                 pyro / proxy,
                 f"masse {pyro / proxy:.2f}x faster"

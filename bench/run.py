@@ -31,7 +31,7 @@ from bench.load import Load, measureLoad
 from bench.lookup import measureLookups, populate
 from bench.redis import RedisProcess, freePort
 from bench.rpc import measureRPC, rpcRows
-from bench.stats import Row, detectionRows, micros, millis, p50, p99, table
+from bench.stats import Row, detectionRows, micros, millis, p50, p50p99, p99, ratioRow, table
 from bench.throughput import measureThroughput
 from txmasse.registry import registryFromURL
 
@@ -93,10 +93,6 @@ def installed(module: str) -> bool:
     return True
 
 
-def p50p99(samples: Sequence[float]) -> str:
-    return f"{micros(p50(samples))} (p99 {micros(p99(samples))})"
-
-
 def connectRows(s: dict[str, list[float]]) -> list[Row]:
     raw, get = p50(s["raw"]), p50(s["get"])
     rows = [
@@ -105,46 +101,19 @@ def connectRows(s: dict[str, list[float]]) -> list[Row]:
         ),
         Row("connect", "Redis GET round trip", p50p99(s["get"]), "", None, "", number=get),
     ]
-    script = p50(s["script"])
-    rows.append(
-        Row(
+    warm = p50(s["warm"])
+    rows += [
+        ratioRow(
             "connect",
             "Redis: the lookup script alone (EVALSHA over txredisapi, no txmasse code)",
-            p50p99(s["script"]),
-            f"GET {micros(get)}",
-            script / get,
-            f"{script / get:.2f}x GET",
-            number=script,
-        )
-    )
-    warm = p50(s["warm"])
-    rows.append(
-        Row(
-            "connect",
-            "masse: warm (cached)",
-            p50p99(s["warm"]),
-            f"raw {micros(raw)}",
-            warm / raw,
-            f"{warm / raw:.3f}x",
-            "≤ 1.05x",
-            warm / raw <= 1.05,
-            number=warm,
-        )
-    )
-    selected = p50(s["selected"])
-    rows.append(
-        Row(
-            "connect",
-            "masse: warm, meta.role= meta.zone= prefer.zone=",
-            p50p99(s["selected"]),
-            f"warm {micros(warm)}",
-            selected / warm,
-            f"{selected / warm:.3f}x",
-            "≤ 1.03x",
-            selected / warm <= 1.03,
-            number=selected,
-        )
-    )
+            s["script"], "GET", get, digits=2, unit="x GET",
+        ),
+        ratioRow("connect", "masse: warm (cached)", s["warm"], "raw", raw, limit="1.05"),
+        ratioRow(
+            "connect", "masse: warm, meta.role= meta.zone= prefer.zone=",
+            s["selected"], "warm", warm, limit="1.03",
+        ),
+    ]  # fmt: skip
     for key, figure in (("nocache", "masse: cold (cache=false)"), ("miss", "masse: cache miss")):
         cold = p50(s[key])
         extra = (cold - raw) / get

@@ -82,6 +82,40 @@ def micros(seconds: float) -> str:
     return f"{seconds * 1e6:,.0f} µs"
 
 
+def p50p99(samples: Sequence[float]) -> str:
+    return f"{micros(p50(samples))} (p99 {micros(p99(samples))})"
+
+
+def ratioRow(
+    section: str,
+    figure: str,
+    samples: Sequence[float],
+    baseline: str,
+    base: float,
+    limit: str | None = None,
+    digits: int = 3,
+    unit: str = "x",
+) -> Row:
+    """
+    The median of C{samples} against the median C{base} of the same run
+    (named C{baseline}); with C{limit} (as written, C{"1.05"}), the target
+    C{≤ 1.05x}.
+    """
+    value = p50(samples)
+    ratio = value / base
+    return Row(
+        section,
+        figure,
+        p50p99(samples),
+        f"{baseline} {micros(base)}",
+        ratio,
+        f"{ratio:.{digits}f}{unit}",
+        "" if limit is None else f"≤ {limit}x",
+        None if limit is None else ratio <= float(limit),
+        number=value,
+    )
+
+
 def millis(seconds: float) -> str:
     return f"{seconds * 1e3:,.2f} ms"
 
