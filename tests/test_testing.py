@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from twisted.application.internet import ClientService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -152,10 +153,12 @@ def test_cancelling_a_connect() -> None:
     assert not [call for call in network.reactor.getDelayedCalls() if "_Connect" in repr(call)]
 
 
-def warmed(network: MasseNetwork, description: str) -> IStreamClientEndpoint:
+def warmed(network: MasseNetwork, description: str, cached: int = 0) -> IStreamClientEndpoint:
     """
     An endpoint whose name this process has cached: one connect, then the
-    watch that keeps the cache, started and synced.
+    watch that keeps the cache, started and synced; then C{cached} connects
+    served from the cache (after one, the next connect repeats its first
+    attempt while the cache holds the same instances).
     """
     endpoint = network.clientFromString(description)
     connecting = endpoint.connect(Factory.forProtocol(Collector))
@@ -163,7 +166,16 @@ def warmed(network: MasseNetwork, description: str) -> IStreamClientEndpoint:
     network.successResultOf(connecting)
     network.advance(0.01)
     assert resolverFor(network.registry, network.reactor).isWarm("t", "db")
+    for _ in range(cached):
+        again = endpoint.connect(Factory.forProtocol(Collector))
+        network.flush()
+        network.successResultOf(again)
     return endpoint
+
+
+FIRST_CACHED_OR_REPEATED = pytest.mark.parametrize(
+    "cached", [0, 1], ids=["first-cached-connect", "repeated-connect"]
+)
 
 
 def hangingAttempts(network: MasseNetwork, *refused: int) -> None:
@@ -180,7 +192,8 @@ def hangingAttempts(network: MasseNetwork, *refused: int) -> None:
     reactor._connect = connect  # type: ignore[method-assign]
 
 
-def test_a_warm_connect_schedules_no_timer_of_its_own() -> None:
+@FIRST_CACHED_OR_REPEATED
+def test_a_warm_connect_schedules_no_timer_of_its_own(cached: int) -> None:
     """
     A warm connect over TCP is its TCP attempt: the endpoint's connect
     timeout is the connect's deadline, so it schedules what a raw TCP
@@ -188,7 +201,7 @@ def test_a_warm_connect_schedules_no_timer_of_its_own() -> None:
     """
     network = MasseNetwork()
     port = served(network, "db:ns=t")
-    endpoint = warmed(network, "masse:db:ns=t")
+    endpoint = warmed(network, "masse:db:ns=t", cached)
     raw = TCP4ClientEndpoint(network.reactor, "127.0.0.1", port.getHost().port)  # type: ignore[attr-defined]
 
     def scheduled(endpoint: IStreamClientEndpoint) -> int:
@@ -202,10 +215,11 @@ def test_a_warm_connect_schedules_no_timer_of_its_own() -> None:
     assert scheduled(endpoint) == scheduled(raw) == 2  # the attempt, and its timeout
 
 
-def test_a_warm_connect_times_out_and_cancels_on_its_endpoints_timeout() -> None:
+@FIRST_CACHED_OR_REPEATED
+def test_a_warm_connect_times_out_and_cancels_on_its_endpoints_timeout(cached: int) -> None:
     network = MasseNetwork()
     served(network, "db:ns=t")
-    endpoint = warmed(network, "masse:db:ns=t:timeout=3")
+    endpoint = warmed(network, "masse:db:ns=t:timeout=3", cached)
     hangingAttempts(network)
     timesOutAtThreeSeconds(network, endpoint.connect(Factory.forProtocol(Collector)))
     cancelled = endpoint.connect(Factory.forProtocol(Collector))
@@ -215,11 +229,12 @@ def test_a_warm_connect_times_out_and_cancels_on_its_endpoints_timeout() -> None
     assert network.reactor.connectors[-1].stoppedConnecting
     pending = [call for call in network.reactor.getDelayedCalls() if call.active()]
     network.advance(60)
-    assert network.reactor.pumps[1:] == []  # only the first, warming connect ever connected
+    assert len(network.reactor.pumps) == 1 + cached  # the warming connects only
     assert all("_Connect" not in repr(call) for call in pending)
 
 
-def test_after_a_failed_warm_attempt_a_timer_keeps_the_deadline() -> None:
+@FIRST_CACHED_OR_REPEATED
+def test_after_a_failed_warm_attempt_a_timer_keeps_the_deadline(cached: int) -> None:
     """
     Once the first attempt failed (refused), the next steps (asking the
     registry again, the next instance) run under a timer for what is left
@@ -228,7 +243,7 @@ def test_after_a_failed_warm_attempt_a_timer_keeps_the_deadline() -> None:
     network = MasseNetwork()
     first = served(network, "db:ns=t")
     second = served(network, "db:ns=t")
-    endpoint = warmed(network, "masse:db:ns=t:pick=first:timeout=3")
+    endpoint = warmed(network, "masse:db:ns=t:pick=first:timeout=3", cached)
     hangingAttempts(network, first.getHost().port)  # type: ignore[attr-defined]
     connecting = endpoint.connect(Factory.forProtocol(Collector))
     network.advance(2.9)
@@ -241,6 +256,85 @@ def test_after_a_failed_warm_attempt_a_timer_keeps_the_deadline() -> None:
     assert message.endswith(
         f"gave up connecting to tcp:host=127.0.0.1:port={second.getHost().port}"  # type: ignore[attr-defined]
     )
+
+
+@FIRST_CACHED_OR_REPEATED
+def test_a_refused_warm_attempt_goes_on_to_the_next_instance(cached: int) -> None:
+    network = MasseNetwork()
+    first = served(network, "db:ns=t")
+    second = served(network, "db:ns=t")
+    endpoint = warmed(network, "masse:db:ns=t:pick=first", cached)
+    network.reactor._connect = _connectingExcept(network, first.getHost().port)  # type: ignore[attr-defined,method-assign]
+    connecting = endpoint.connect(Factory.forProtocol(Collector))
+    network.flush()
+    protocol = network.successResultOf(connecting)
+    assert portOf(protocol) == second.getHost().port  # type: ignore[attr-defined]
+
+
+def _connectingExcept(network: MasseNetwork, refused: int) -> Any:
+    """
+    The network's own connecting, but for C{refused}, which refuses.
+    """
+    connect = type(network.reactor)._connect.__get__(network.reactor)
+
+    def connecting(host: str, port: int, factory: Any, connector: Any) -> None:
+        if port == refused:
+            factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError(host, port)))
+        else:
+            connect(host, port, factory, connector)
+
+    return connecting
+
+
+def test_repeated_connects_are_counted_and_timed_as_any() -> None:
+    network = MasseNetwork()
+    served(network, "db:ns=t")
+    endpoint = warmed(network, "masse:db:ns=t:timeout=3", cached=1)
+
+    def counted() -> tuple[float, float, float]:
+        sample = REGISTRY.get_sample_value
+        labels = {"namespace": "t", "name": "db"}
+        return (
+            sample("masse_connects_total", {**labels, "outcome": "ok"}) or 0.0,
+            sample("masse_connects_total", {**labels, "outcome": "cancelled"}) or 0.0,
+            sample("masse_connect_seconds_count", {}) or 0.0,
+        )
+
+    ok, cancelled, timed = counted()
+    for _ in range(3):
+        network.successResultOf(connectedAfterFlush(network, endpoint))
+    hangingAttempts(network)
+    gaveUp = endpoint.connect(Factory.forProtocol(Collector))
+    gaveUp.cancel()
+    gaveUp.addErrback(lambda failure: failure.trap(CancelledError))
+    assert counted() == (ok + 3, cancelled + 1, timed + 4)
+
+
+def connectedAfterFlush(network: MasseNetwork, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
+    connecting = endpoint.connect(Factory.forProtocol(Collector))
+    network.flush()
+    return connecting
+
+
+def test_a_connect_does_not_repeat_an_attempt_once_the_instances_changed() -> None:
+    """
+    A connect repeats the last one's first attempt only while the cache
+    holds the same instances: once the first has gone, the next connect
+    tries the second at once, with no attempt at the first's address.
+    """
+    network = MasseNetwork()
+    first = served(network, "db:ns=t")
+    second = served(network, "db:ns=t")
+    endpoint = warmed(network, "masse:db:ns=t:pick=first", cached=2)
+    first.stopListening()
+    network.flush()
+    tried = len(network.reactor.tcpClients)
+    connecting = endpoint.connect(Factory.forProtocol(Collector))
+    network.flush()
+    assert portOf(network.successResultOf(connecting)) == second.getHost().port  # type: ignore[attr-defined]
+    assert [port for _, port, *_ in network.reactor.tcpClients[tried:]] == [
+        second.getHost().port  # type: ignore[attr-defined]
+    ]
 
 
 def test_client_service_follows_a_peer_that_restarted() -> None:

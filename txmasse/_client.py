@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from time import perf_counter
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, clientFromString
@@ -153,6 +153,7 @@ class MasseClientEndpoint:
         self._own: set[int] = set()  # ids of the endpoints kept in _endpoints that are our own
         self._opened: IRegistry | None = None
         self._resolver: Resolver | None = None
+        self._repeat: _Repeat | None = None
 
     @property
     def pick(self) -> str:
@@ -185,6 +186,15 @@ class MasseClientEndpoint:
         the registry's L{txmasse.errors.RegistryUnavailable}. Cancelling
         cancels the attempt in progress.
         """
+        repeat = self._repeat
+        if repeat is not None:
+            resolver, records, here, _, _ = repeat
+            if (
+                resolver.cached(self.namespace, self.name) is records
+                and localHostIdentity() == here
+            ):
+                return _repeatFirst(self, protocolFactory, repeat)
+            self._repeat = None
         return _Connect(self, protocolFactory).start(None)
 
     def connectToRecord(
@@ -316,13 +326,36 @@ class _Connect:
     timer: IDelayedCall | None = None
     cancelled = False
     expired = False
+    steady: tuple[Sequence[PeerRecord], str] | None = None  # the cached records, and here
 
-    def __init__(self, client: MasseClientEndpoint, factory: IProtocolFactory):
+    def __init__(
+        self,
+        client: MasseClientEndpoint,
+        factory: IProtocolFactory,
+        started: float | None = None,
+        at: float | None = None,
+    ):
         self.client = client
         self.factory = factory
-        self.started = perf_counter()
+        self.started = perf_counter() if started is None else started
         timeout = client.timeout
-        self.deadline = None if timeout is None else client._reactor.seconds() + timeout
+        if timeout is None:
+            self.deadline = None
+        else:
+            self.deadline = (client._reactor.seconds() if at is None else at) + timeout
+
+    def takeOver(self, repeat: _Repeat, attempt: Deferred[Any], failure: Failure) -> object:
+        """
+        Go on from a repeated first attempt (L{_repeatFirst}) that failed
+        with C{failure}, as if this connect had made it.
+        """
+        self.registry = repeat.resolver.registry
+        self.outer = attempt
+        self.fromCache = True
+        self.pending = repeat.candidates
+        self.next = 1
+        candidate = self.doing = repeat.candidates[0]
+        return self._attemptFailed(failure, candidate, True)
 
     def __repr__(self) -> str:
         return f"<_Connect to {self.target}: {self._doing()}>"
@@ -415,13 +448,17 @@ class _Connect:
 
     def _walk(self, records: Sequence[PeerRecord]) -> Deferred[Any]:
         selection = self.client.selection
+        original = records
         if selection.meta and records:  # none left after a failed attempt: say what was tried
             matching = selection.matching(records)
             if not matching:
                 return self._fail(self._noneMatching(records))
             records = matching
-        self.pending = selection.candidates(records, self.turn, localHostIdentity())
+        here = localHostIdentity()
+        self.pending = selection.candidates(records, self.turn, here)
         self.next = 0
+        if self.fromCache and selection.pick != "roundrobin" and selection.isSteady(records):
+            self.steady = (original, here)  # the next connect may repeat this one's first attempt
         return self._next()
 
     def _noneMatching(self, records: Sequence[PeerRecord]) -> PeerNotFound:
@@ -457,6 +494,11 @@ class _Connect:
             endpoint = client.endpointFor(candidate, self.registry)
             own = client.ownEndpoint(endpoint)
             if own:
+                if first and self.steady is not None and self.next == 1:
+                    records, here = self.steady
+                    client._repeat = _Repeat(
+                        self._resolver(), records, here, self.pending, endpoint
+                    )
                 attempt = endpoint.connect(self.factory)
             else:
                 answering = _UntilAnswered(self.factory)
@@ -605,6 +647,60 @@ class _Connect:
 
 
 _WAITING = "waiting for the registry"
+
+
+class _Repeat(NamedTuple):
+    """
+    A warm connect's first attempt, which the next connect repeats while
+    the cache holds the same C{records} (and this host is still C{here}):
+    candidates in a steady order (L{Selection.isSteady}) come out the same,
+    so it goes straight to the first one's C{endpoint}.
+    """
+
+    resolver: Resolver
+    records: Sequence[PeerRecord]
+    here: str
+    candidates: Sequence[Candidate]
+    endpoint: IStreamClientEndpoint
+
+
+def _repeatFirst(
+    client: MasseClientEndpoint, factory: IProtocolFactory, repeat: _Repeat
+) -> Deferred[IProtocol]:
+    """
+    A connect that starts with L{_Repeat}'s attempt, and builds its
+    L{_Connect} only if that attempt fails: the rest of the connect (the
+    next candidates, the cache asked again, the deadline, the error) is
+    that one loop's. The endpoint is one of L{MasseClientEndpoint.ownEndpoint}'s,
+    whose connect timeout is the deadline and whose cancellation is
+    Twisted's, so the attempt needs nothing of its own around it.
+    """
+    started = perf_counter()
+    at = client._reactor.seconds()
+    attempt = repeat.endpoint.connect(factory)
+    return attempt.addCallbacks(
+        _repeatConnected,
+        _repeatFailed,
+        callbackArgs=(client, started),
+        errbackArgs=(client, factory, repeat, started, at, attempt),
+    )
+
+
+def _repeatConnected(protocol: IProtocol, client: MasseClientEndpoint, started: float) -> IProtocol:
+    metrics.connectEnded(client.namespace, client.name, protocol, perf_counter() - started)
+    return protocol
+
+
+def _repeatFailed(
+    failure: Failure,
+    client: MasseClientEndpoint,
+    factory: IProtocolFactory,
+    repeat: _Repeat,
+    started: float,
+    at: float,
+    attempt: Deferred[Any],
+) -> Any:
+    return _Connect(client, factory, started, at).takeOver(repeat, attempt, failure)
 
 
 def timedEndpoint(

@@ -165,7 +165,7 @@ class Selection:
         tuple of records: a warm connect to a name whose instances have
         not changed orders nothing.
         """
-        steady = type(records) is tuple and (len(records) == 1 or self.pick == "first")
+        steady = self.isSteady(records)
         if steady:
             last = self._last
             if last is not None and last[0] is records and last[1] == here:
@@ -198,6 +198,13 @@ class Selection:
         if steady:
             self._last = (records, here, ordered)
         return ordered
+
+    def isSteady(self, records: Sequence[PeerRecord]) -> bool:
+        """
+        Whether L{candidates} orders C{records} the same way each time it is
+        given the same tuple: one instance, or C{pick=first}.
+        """
+        return type(records) is tuple and (len(records) == 1 or self.pick == "first")
 
     def _alone(self, record: PeerRecord, here: str) -> tuple[Candidate, ...]:
         if not record.usable:
