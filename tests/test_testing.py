@@ -5,6 +5,7 @@ Redis, on a clock; and the connect path's rules, checked on it.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from txmasse import MasseListeningPort, NoReachablePeer, PeerNotFound
@@ -269,6 +271,27 @@ def test_a_refused_warm_attempt_goes_on_to_the_next_instance(cached: int) -> Non
     network.flush()
     protocol = network.successResultOf(connecting)
     assert portOf(protocol) == second.getHost().port  # type: ignore[attr-defined]
+
+
+@FIRST_CACHED_OR_REPEATED
+def test_a_warm_attempt_that_raises_fails_the_connect_with_its_message(
+    cached: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    network = MasseNetwork()
+    served(network, "db:ns=t")
+    endpoint = warmed(network, "masse:db:ns=t:timeout=3", cached)
+
+    def raising(self: object, factory: object) -> Deferred[Any]:
+        raise OSError("no such thing")
+
+    monkeypatch.setattr(TCP4ClientEndpoint, "connect", raising)
+    with capturedLogs() as events:
+        connecting = endpoint.connect(Factory.forProtocol(Collector))  # does not raise
+        network.flush()
+        with pytest.raises(NoReachablePeer, match=re.escape("port=40000: no such thing")):
+            network.successResultOf(connecting)
+        network.advance(10)
+    assert [e for e in events if e.get("isError") or e.get("log_failure")] == []
 
 
 def _connectingExcept(network: MasseNetwork, refused: int) -> Any:

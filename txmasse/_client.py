@@ -6,7 +6,9 @@ synced watch holds it, else from the registry), order the candidates
 (L{txmasse.resolver.Selection}), attempt each in turn, and hand back the
 application's protocol with the wrappers stacked around it. Warm, cold,
 pattern and given-record connects all walk the same list with the same
-loop, L{_Connect}.
+loop, L{_Connect}; a warm connect that would order its candidates as the
+last one did repeats that one's first attempt (L{_Repeat}) and hands a
+failure to the same loop.
 """
 
 from __future__ import annotations
@@ -677,7 +679,10 @@ def _repeatFirst(
     """
     started = perf_counter()
     at = client._reactor.seconds()
-    attempt = repeat.endpoint.connect(factory)
+    try:
+        attempt = repeat.endpoint.connect(factory)
+    except Exception:  # a wrapper's bug: a failed attempt, as in _Connect._attempt
+        attempt = fail()
     return attempt.addCallbacks(
         _repeatConnected,
         _repeatFailed,
