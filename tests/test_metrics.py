@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,11 +25,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs
 from twisted.python import usage
+from twisted.web.server import Site
 
 from tests.conftest import freePort
+from tests.helpers import errorsIn, warningsIn
 from txmasse import metrics
 from txmasse.endpoints import MasseClientEndpoint
 from txmasse.errors import PeerNotFound, RegistryUnavailable
@@ -250,6 +257,67 @@ def test_bad_metrics_endpoint() -> None:
         )
     with pytest.raises(ValueError, match="--metrics 'nosuch:1': not a server endpoint"):
         metrics.metricsService(reactor, "nosuch:1")
+
+
+class _TakenOnce(MemoryReactorClock):
+    """
+    A reactor whose first C{listenTCP} finds the port taken.
+    """
+
+    taken = True
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        if self.taken:
+            self.taken = False
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+        return super().listenTCP(port, factory, backlog, interface)
+
+
+def test_metrics_on_a_taken_port_say_so_and_listen_once_free() -> None:
+    clock = _TakenOnce()
+    service = metrics.metricsService(clock, "tcp:9108:interface=127.0.0.1")
+    with capturedLogs() as events:
+        service.startService()
+    assert errorsIn(events) == []
+    [warning] = warningsIn(events)
+    assert warning.startswith(
+        "metrics at tcp:9108:interface=127.0.0.1: could not listen, retrying in 1."
+    )
+    assert "Address already in use" in warning
+    assert clock.tcpServers == []
+    clock.advance(1.25)  # the first retry, jitter included
+    [(port, site, _, interface)] = clock.tcpServers
+    assert (port, interface) == (9108, "127.0.0.1") and isinstance(site, Site)
+    service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_metrics_wait_for_their_port_over_real_sockets() -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    portNumber = holder.getsockname()[1]
+    service = metrics.metricsService(reactor, f"tcp:{portNumber}:interface=127.0.0.1")
+    try:
+        with capturedLogs() as events:
+            service.startService()
+            holder.close()  # freed: the next attempt listens
+            deadline = time.monotonic() + 10
+            while service.port is None:  # type: ignore[attr-defined]
+                assert time.monotonic() < deadline, "metrics never listened"
+                await deferLater(reactor, 0.05, lambda: None)
+        assert errorsIn(events) == []
+        assert any("could not listen, retrying" in text for text in warningsIn(events))
+        scraped = await deferToThread(scrape, portNumber)
+        assert "masse_connects" in scraped
+    finally:
+        holder.close()
+        await service.stopService()
+
+
+def scrape(portNumber: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{portNumber}/metrics", timeout=5) as response:
+        return str(response.read().decode())
 
 
 def test_counts_show_at_once() -> None:

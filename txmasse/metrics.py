@@ -301,19 +301,23 @@ def metricsResource() -> Any:
 def metricsService(reactor: Any, description: str) -> Any:
     """
     An C{IService} serving these metrics at C{/metrics} on the server
-    endpoint C{description} (e.g. C{tcp:9108:interface=127.0.0.1}).
+    endpoint C{description} (e.g. C{tcp:9108:interface=127.0.0.1}). If it
+    cannot listen (the port is taken), it says so and tries again, as a
+    peer does (L{txmasse.service.ListeningService}).
 
     @raise ValueError: naming C{description} if it is not a server endpoint.
     """
-    from twisted.application.internet import StreamServerEndpointService
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
     from txmasse.descriptions import serverEndpoint
+    from txmasse.service import ListeningService  # which imports this module
 
     endpoint = serverEndpoint(reactor, description, "--metrics")
     root = Resource()
     root.putChild(b"metrics", metricsResource())
     site = Site(root)
     site.noisy = False
-    return StreamServerEndpointService(endpoint, site)
+    service = ListeningService(endpoint, site, reactor)
+    service.setName(f"metrics at {description}")
+    return service

@@ -33,17 +33,14 @@ from txmasse.retry import retryPolicy
 log = Logger()
 
 LISTEN_RETRY = retryPolicy(1.0, 30.0)
-"""Seconds before a peer whose endpoint could not listen tries again, by failures so far."""
+"""Seconds before a service whose endpoint could not listen tries again, by failures so far."""
 
 
-class NamedPeerService(Service):
+class ListeningService(Service):
     """
-    Listens on an endpoint and keeps a name registered for it while running.
-
-    Its endpoint listens even while the registry is unreachable, and
-    registers as soon as it answers; if listening itself fails (the port is
-    taken, say), the service tries again (L{LISTEN_RETRY}). Stopping
-    releases the name at once: peers see C{left}.
+    Listens on a server endpoint while running; if listening fails (the
+    port is taken, say), logs why and tries again (L{LISTEN_RETRY}) rather
+    than run without it.
     """
 
     def __init__(self, endpoint: Any, factory: IProtocolFactory, reactor: Any):
@@ -105,6 +102,18 @@ class NamedPeerService(Service):
         if port is None:
             return None
         return port.stopListening()
+
+
+class NamedPeerService(ListeningService):
+    """
+    Listens on a C{masse:} server endpoint, which keeps a name registered
+    for it while running.
+
+    Its endpoint listens even while the registry is unreachable, and
+    registers as soon as it answers; if listening itself fails, the service
+    tries again (L{ListeningService}). Stopping releases the name at once:
+    peers see C{left}.
+    """
 
 
 class RegistryService(MultiService):
