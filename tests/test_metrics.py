@@ -303,7 +303,7 @@ async def test_metrics_wait_for_their_port_over_real_sockets() -> None:
             service.startService()
             holder.close()  # freed: the next attempt listens
             deadline = time.monotonic() + 10
-            while service.port is None:  # type: ignore[attr-defined]
+            while service.port is None:
                 assert time.monotonic() < deadline, "metrics never listened"
                 await deferLater(reactor, 0.05, lambda: None)
         assert errorsIn(events) == []

@@ -196,12 +196,14 @@ async def test_a_forged_update_counts_as_leaving(signing: Any) -> None:
     lease = await peer.register(record("db"), 30)
     good = lease.record
     await eventually(lambda: events.kinds() == [("joined", "db")])
+    joined = subscription.peers
+    assert subscription.peers is joined  # the same tuple until the instances change
 
     hijack = attrs.evolve(good, endpoints=["tcp:host=203.0.113.66:port=6666"])
     await store.putRecord(hijack, 30)
     await eventually(lambda: len(events) == 2)
     assert (events[1].kind, events[1].record) == ("left", good)
-    assert list(subscription.peers) == []
+    assert list(subscription.peers) == [] and list(joined) == [good]
     assert await watcher.lookup("dev", "db") == []
 
     await lease.refresh()  # the real peer's heartbeat

@@ -14,13 +14,16 @@ from twisted.application.internet import ClientService
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from txmasse import MasseListeningPort, NoReachablePeer, PeerNotFound
-from txmasse.registry import EventKind, PeerEvent
+from txmasse.endpoints import MasseClientEndpoint
+from txmasse.registry import EventKind, IRegistry, ISubscription, PeerEvent
 from txmasse.resolver import resolverFor
 from txmasse.testing import MasseNetwork
 
@@ -294,6 +297,32 @@ def test_a_warm_attempt_that_raises_fails_the_connect_with_its_message(
     assert [e for e in events if e.get("isError") or e.get("log_failure")] == []
 
 
+@FIRST_CACHED_OR_REPEATED
+def test_an_attempt_that_raises_a_timeout_goes_on_to_the_next_instance(
+    cached: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    An endpoint whose C{connect} raises has not kept the deadline, even
+    if what it raises says timeout: the connect goes on.
+    """
+    network = MasseNetwork()
+    first = served(network, "db:ns=t")
+    second = served(network, "db:ns=t")
+    endpoint = warmed(network, "masse:db:ns=t:pick=first:timeout=3", cached)
+    connect = TCP4ClientEndpoint.connect
+    refused = first.getHost().port  # type: ignore[attr-defined]
+
+    def raising(self: Any, factory: Any) -> Deferred[Any]:
+        if self._port == refused:
+            raise ConnectTimeout("raised, not timed")
+        return connect(self, factory)
+
+    monkeypatch.setattr(TCP4ClientEndpoint, "connect", raising)
+    connecting = endpoint.connect(Factory.forProtocol(Collector))
+    network.flush()
+    assert portOf(network.successResultOf(connecting)) == second.getHost().port  # type: ignore[attr-defined]
+
+
 def _connectingExcept(network: MasseNetwork, refused: int) -> Any:
     """
     The network's own connecting, but for C{refused}, which refuses.
@@ -349,6 +378,85 @@ def test_a_connect_does_not_repeat_an_attempt_once_the_instances_changed() -> No
     first = served(network, "db:ns=t")
     second = served(network, "db:ns=t")
     endpoint = warmed(network, "masse:db:ns=t:pick=first", cached=2)
+    first.stopListening()
+    network.flush()
+    tried = len(network.reactor.tcpClients)
+    connecting = endpoint.connect(Factory.forProtocol(Collector))
+    network.flush()
+    assert portOf(network.successResultOf(connecting)) == second.getHost().port  # type: ignore[attr-defined]
+    assert [port for _, port, *_ in network.reactor.tcpClients[tried:]] == [
+        second.getHost().port  # type: ignore[attr-defined]
+    ]
+
+
+@implementer(ISubscription)
+class _OneList:
+    """
+    A watch whose C{peers} is one list, kept current in place (as another
+    registry's watch may keep it): the same object before and after a
+    change.
+    """
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.list: list[Any] = []
+
+    @property
+    def peers(self) -> list[Any]:
+        self.list[:] = self.inner.peers
+        return self.list
+
+    @property
+    def synced(self) -> bool:
+        return bool(self.inner.synced)
+
+    def stop(self) -> None:
+        self.inner.stop()
+
+
+@implementer(IRegistry)
+class _OneListRegistry:  # the methods it does not change: __getattr__
+    """
+    The network's registry, its watches behind L{_OneList}.
+    """
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.url = inner.url
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.inner.closed)
+
+    def lookup(self, namespace: str, name: str, stale: float | None = None) -> Deferred[Any]:
+        return self.inner.lookup(namespace, name, stale)  # type: ignore[no-any-return]
+
+    def watch(self, namespace: str, pattern: str, callback: Any, usage: bool = False) -> Any:
+        return self.inner.watch(namespace, pattern, callback, usage).addCallback(_OneList)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)  # the rest (find, register, close...) as they are
+
+
+@pytest.mark.parametrize("selecting", ["", ":meta.zone=b"])
+def test_a_watch_whose_peers_change_in_place_is_never_repeated_stale(selecting: str) -> None:
+    network = MasseNetwork()
+    first = served(network, "db:ns=t:meta.zone=b")
+    second = served(network, "db:ns=t:meta.zone=b")
+    registry = _OneListRegistry(network.registry)
+    endpoint = MasseClientEndpoint(
+        network.reactor,
+        "db",
+        "t",
+        registry=registry,
+        pick="first",
+        meta=[("zone", "b")] if selecting else None,
+    )
+    for _ in range(3):  # a lookup, then two cached connects, to the first
+        connecting = endpoint.connect(Factory.forProtocol(Collector))
+        network.flush()
+        assert portOf(network.successResultOf(connecting)) == first.getHost().port  # type: ignore[attr-defined]
+        network.advance(0.01)
     first.stopListening()
     network.flush()
     tried = len(network.reactor.tcpClients)

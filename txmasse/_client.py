@@ -308,10 +308,12 @@ class _Connect:
 
     Each outcome goes through L{_ended} once: the attempt that connects
     ends the connect in its own callback, and each failure that ends it
-    is ended where it is decided.
+    is ended where it is decided. (A connect that repeats the last one's
+    first attempt, L{_repeatFirst}, builds one of these only if that
+    attempt fails; its success is counted where it connects.)
 
     What a connect has not needed yet is left to the class's defaults: a
-    warm connect builds one of these, and its cost is part of every
+    first warm connect builds one of these, and its cost is part of the
     connect's.
     """
 
@@ -335,8 +337,14 @@ class _Connect:
         client: MasseClientEndpoint,
         factory: IProtocolFactory,
         started: float | None = None,
-        at: float | None = None,
+        startedOnClock: float | None = None,
     ):
+        """
+        @param started: when the connect started (C{perf_counter}, for the
+            metrics), if before now.
+        @param startedOnClock: the same on the reactor's clock, for the
+            deadline.
+        """
         self.client = client
         self.factory = factory
         self.started = perf_counter() if started is None else started
@@ -344,12 +352,16 @@ class _Connect:
         if timeout is None:
             self.deadline = None
         else:
-            self.deadline = (client._reactor.seconds() if at is None else at) + timeout
+            clock = client._reactor.seconds() if startedOnClock is None else startedOnClock
+            self.deadline = clock + timeout
 
-    def takeOver(self, repeat: _Repeat, attempt: Deferred[Any], failure: Failure) -> object:
+    def takeOver(
+        self, repeat: _Repeat, attempt: Deferred[Any], failure: Failure, own: bool
+    ) -> object:
         """
         Go on from a repeated first attempt (L{_repeatFirst}) that failed
-        with C{failure}, as if this connect had made it.
+        with C{failure}, as if this connect had made it: C{own} if the
+        endpoint failed it, not if its C{connect} raised.
         """
         self.registry = repeat.resolver.registry
         self.outer = attempt
@@ -357,7 +369,7 @@ class _Connect:
         self.pending = repeat.candidates
         self.next = 1
         candidate = self.doing = repeat.candidates[0]
-        return self._attemptFailed(failure, candidate, True)
+        return self._attemptFailed(failure, candidate, own)
 
     def __repr__(self) -> str:
         return f"<_Connect to {self.target}: {self._doing()}>"
@@ -459,7 +471,12 @@ class _Connect:
         here = localHostIdentity()
         self.pending = selection.candidates(records, self.turn, here)
         self.next = 0
-        if self.fromCache and selection.pick != "roundrobin" and selection.isSteady(records):
+        if (
+            self.fromCache
+            and type(original) is tuple  # the cache's own, not a list changed in place
+            and selection.pick != "roundrobin"
+            and selection.isSteady(records)
+        ):
             self.steady = (original, here)  # the next connect may repeat this one's first attempt
         return self._next()
 
@@ -673,21 +690,25 @@ def _repeatFirst(
     A connect that starts with L{_Repeat}'s attempt, and builds its
     L{_Connect} only if that attempt fails: the rest of the connect (the
     next candidates, the cache asked again, the deadline, the error) is
-    that one loop's. The endpoint is one of L{MasseClientEndpoint.ownEndpoint}'s,
-    whose connect timeout is the deadline and whose cancellation is
-    Twisted's, so the attempt needs nothing of its own around it.
+    that one loop's. The endpoint was built as one of
+    L{MasseClientEndpoint.ownEndpoint}'s, whose connect timeout is the
+    deadline and whose cancellation is Twisted's, so the attempt needs
+    nothing of its own around it.
     """
     started = perf_counter()
-    at = client._reactor.seconds()
+    startedOnClock = client._reactor.seconds()
     try:
         attempt = repeat.endpoint.connect(factory)
     except Exception:  # a wrapper's bug: a failed attempt, as in _Connect._attempt
         attempt = fail()
+        own = False
+    else:
+        own = True
     return attempt.addCallbacks(
         _repeatConnected,
         _repeatFailed,
         callbackArgs=(client, started),
-        errbackArgs=(client, factory, repeat, started, at, attempt),
+        errbackArgs=(client, factory, repeat, started, startedOnClock, attempt, own),
     )
 
 
@@ -702,10 +723,12 @@ def _repeatFailed(
     factory: IProtocolFactory,
     repeat: _Repeat,
     started: float,
-    at: float,
+    startedOnClock: float,
     attempt: Deferred[Any],
+    own: bool,
 ) -> Any:
-    return _Connect(client, factory, started, at).takeOver(repeat, attempt, failure)
+    connect = _Connect(client, factory, started, startedOnClock)
+    return connect.takeOver(repeat, attempt, failure, own)
 
 
 def timedEndpoint(

@@ -460,13 +460,21 @@ class SignedSubscription:
         self._inner: ISubscription | None = None
         self._good: dict[str, PeerRecord] = {}
         self._bad: dict[str, PeerRecord] = {}
+        self._peers: tuple[PeerRecord, ...] | None = None  # of _good, until it changes
 
     def __repr__(self) -> str:
         return f"<SignedSubscription {self._inner!r} good={len(self._good)} bad={len(self._bad)}>"
 
     @property
     def peers(self) -> tuple[PeerRecord, ...]:
-        return tuple(self._good.values())
+        """
+        The good instances: the same tuple until they change, as the
+        wrapped watch's, so that a warm connect can tell nothing changed.
+        """
+        peers = self._peers
+        if peers is None:
+            peers = self._peers = tuple(self._good.values())
+        return peers
 
     @property
     def synced(self) -> bool:
@@ -487,6 +495,7 @@ class SignedSubscription:
                 continue  # already judged, by an event before the watch was live
             if self._registry.accept(record):
                 self._good[instance] = record
+                self._peers = None
             else:
                 self._bad[instance] = record
         return self
@@ -503,15 +512,18 @@ class SignedSubscription:
                 self._bad.pop(instance, None)
                 known = self._good.get(instance)
                 self._good[instance] = record
+                self._peers = None
                 kind = EventKind.JOINED if known is None else EventKind.UPDATED
                 return self._callback(PeerEvent(kind, record))
             self._bad[instance] = record
             lost = self._good.pop(instance, None)
             if lost is not None:
+                self._peers = None
                 return self._callback(PeerEvent(EventKind.LEFT, lost))
             return None
         self._bad.pop(instance, None)
         lost = self._good.pop(instance, None)
         if lost is not None:
+            self._peers = None
             return self._callback(PeerEvent(event.kind, lost))
         return None
