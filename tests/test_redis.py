@@ -15,9 +15,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-import txredisapi
-from hypothesis import given
-from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError, gatherResults
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -35,7 +32,7 @@ from tests.helpers import (
     subscribers,
 )
 from txmasse import RegistryUnavailable
-from txmasse.registry.redis import RedisRegistry, _Commands
+from txmasse.registry.redis import RedisRegistry
 
 ROOT = Path(__file__).parent.parent
 
@@ -369,30 +366,3 @@ async def test_wrong_password_is_a_clear_error(tmp_path: Path) -> None:
     finally:
         await registry.close()
         server.stop()
-
-
-_ARGUMENT = st.one_of(
-    st.binary(max_size=40),
-    st.text(max_size=40),
-    st.integers(),
-    st.booleans(),
-    st.floats(allow_nan=False),
-    st.binary(max_size=10).map(bytearray),
-)
-
-
-@given(st.lists(_ARGUMENT, max_size=8))
-def test_commands_are_built_as_txredisapi_builds_them(arguments: list[Any]) -> None:
-    """
-    The registry's connection builds each command's bytes its own, faster
-    way: the same bytes as txredisapi's, whatever the arguments.
-    """
-    ours = _Commands(charset=None, convertNumbers=False)
-    theirs = txredisapi.RedisProtocol(charset=None, convertNumbers=False)
-    assert ours._build_command(*arguments) == theirs._build_command(*arguments)
-
-
-def test_a_command_that_cannot_be_encoded_fails_as_txredisapi_fails() -> None:
-    ours = _Commands(charset=None, convertNumbers=False)
-    with pytest.raises(txredisapi.InvalidData, match="charset"):
-        ours._build_command("GET", "lone \ud800 surrogate")
