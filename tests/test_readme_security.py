@@ -105,9 +105,9 @@ def test_twistd_masse_tls_options_are_checked(option: str, tmp_path: Path) -> No
     missing = str(tmp_path / "missing.pem")
     output = refusedTwistdMasse(tmp_path, option, missing)
     if option == "--cert":
-        assert f"cert={missing}: cannot read it" in output
+        assert f"--cert {missing}: cannot read it" in output
     else:
-        assert "need cert=" in output
+        assert "--key and --ca need --cert" in output
 
 
 def test_twistd_masse_refuses_a_certificate_for_another_name(tmp_path: Path) -> None:

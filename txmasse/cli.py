@@ -554,6 +554,7 @@ async def connect(context: Context, args: Any) -> None:
     from txmasse._cli_connect import Relay, relayStandardIO
     from txmasse.endpoints import MasseClientEndpoint
     from txmasse.peertls import tlsFromOptions
+    from txmasse.pem import FLAGS
 
     try:
         checkNumber(args.wait, f"--wait {shown(args.wait)}:", low=0)
@@ -563,7 +564,7 @@ async def connect(context: Context, args: Any) -> None:
     if args.tls:
         options["tls"] = "true"
     try:
-        tls = tlsFromOptions(options, server=False)
+        tls = tlsFromOptions(options, server=False, spelling=FLAGS)
     except ValueError as e:
         raise UsageError(str(e)) from None
     endpoint = MasseClientEndpoint(

@@ -52,7 +52,15 @@ from txmasse._tcp import tcpEndpoint
 from txmasse.checks import isDigits
 from txmasse.descriptions import parseDescription
 from txmasse.errors import MasseError
-from txmasse.pem import SigningKey, loadCertificates, loadPrivateKey, publicBytes, readPEM
+from txmasse.pem import (
+    OPTIONS,
+    SigningKey,
+    Spelling,
+    loadCertificates,
+    loadPrivateKey,
+    publicBytes,
+    readPEM,
+)
 from txmasse.records import PeerRecord
 from txmasse.verify import VerifyingCreator, checkCertificateName
 
@@ -119,40 +127,52 @@ class PeerTLS:
 
     @classmethod
     def fromFiles(
-        cls, cert: str | None = None, key: str | None = None, ca: str | None = None
+        cls,
+        cert: str | None = None,
+        key: str | None = None,
+        ca: str | None = None,
+        spelling: Spelling = OPTIONS,
     ) -> PeerTLS:
         """
         Load PEM files: C{cert} (this side's certificate, then any
         intermediates, and its key unless C{key} is given) and C{ca} (CA
         certificates to trust).
 
+        @param spelling: how messages name the options (C{cert=} or C{--cert}).
         @raise ValueError: naming the option and file at fault.
         """
+        name, given = spelling.name, spelling.given
         certificates: list[x509.Certificate] = []
         privateKey = None
         if key is not None and cert is None:
-            raise ValueError(f"key={key}: give cert= too")
+            raise ValueError(f"{given('key', key)}: give {name('cert')} too")
         if cert is not None:
-            data = readPEM("cert", cert)
-            certificates = loadCertificates("cert", cert, data)
+            data = readPEM("cert", cert, spelling)
+            certificates = loadCertificates("cert", cert, data, spelling)
             if key is None:
-                privateKey = loadPrivateKey("cert", cert, data)
+                privateKey = loadPrivateKey("cert", cert, data, spelling)
                 if privateKey is None:
-                    raise ValueError(f"cert={cert}: no private key in it; give key=")
+                    why = f"no private key in it; give {name('key')}"
+                    raise ValueError(f"{given('cert', cert)}: {why}")
             else:
-                privateKey = loadPrivateKey("key", key, readPEM("key", key))
+                privateKey = loadPrivateKey("key", key, readPEM("key", key, spelling), spelling)
                 if privateKey is None:
-                    raise ValueError(f"key={key}: no PEM private key in it")
+                    raise ValueError(f"{given('key', key)}: no PEM private key in it")
             if publicBytes(privateKey.public_key()) != publicBytes(certificates[0].public_key()):
-                where = f"key={key}" if key is not None else f"the key in cert={cert}"
-                raise ValueError(f"{where} does not match the certificate in cert={cert}")
-        authorities = loadCertificates("ca", ca, readPEM("ca", ca)) if ca is not None else []
+                certificate = given("cert", cert)
+                where = given("key", key) if key is not None else f"the key in {certificate}"
+                raise ValueError(f"{where} does not match the certificate in {certificate}")
+        authorities = (
+            loadCertificates("ca", ca, readPEM("ca", ca, spelling), spelling)
+            if ca is not None
+            else []
+        )
         return cls(
             certificate=certificates[0] if certificates else None,
             key=privateKey,
             chain=certificates[1:],
             authorities=authorities,
-            trustSource=f"ca={ca}",
+            trustSource=given("ca", ca) if ca is not None else SYSTEM_TRUST,
         )
 
     def _pair(self) -> dict[str, Any]:
@@ -164,17 +184,18 @@ class PeerTLS:
             "extraCertChain": [crypto.X509.from_cryptography(c) for c in self.chain],
         }
 
-    def checkServes(self, name: str, namespace: str) -> None:
+    def checkServes(self, name: str, namespace: str, spelling: Spelling = OPTIONS) -> None:
         """
         Refuse to serve C{name} with a certificate every client would refuse.
 
         @raise ValueError: the certificate is missing or names another peer.
         """
+        cert = spelling.name("cert")
         if self.certificate is None:
-            raise ValueError("a TLS server needs cert= (its certificate and key)")
+            raise ValueError(f"a TLS server needs {cert} (its certificate and key)")
         problem = checkCertificateName(self.certificate, certificateName(name, namespace))
         if problem is not None:
-            raise ValueError(f"cert: clients of {name!r} would refuse it: {problem}")
+            raise ValueError(f"{cert.rstrip('=')}: clients of {name!r} would refuse it: {problem}")
 
     def serverFactory(self, factory: IProtocolFactory) -> IProtocolFactory:
         """
@@ -263,13 +284,18 @@ def _prepared(options: CertificateOptions) -> CertificateOptions:
     return options
 
 
-def tlsFromOptions(kwargs: Mapping[str, str], server: bool) -> PeerTLS | None:
+def tlsFromOptions(
+    kwargs: Mapping[str, str], server: bool, spelling: Spelling = OPTIONS
+) -> PeerTLS | None:
     """
     The L{PeerTLS} that endpoint-string options ask for: C{cert}, C{key},
     C{ca}, and on clients C{tls=true}; C{None} when they ask for none.
 
+    @param spelling: how messages name the options: L{txmasse.pem.FLAGS}
+        where they came from a command line.
     @raise ValueError: naming the bad option.
     """
+    name = spelling.name
     cert, key, ca = kwargs.get("cert"), kwargs.get("key"), kwargs.get("ca")
     flag = kwargs.get("tls")
     if flag is not None:
@@ -281,12 +307,15 @@ def tlsFromOptions(kwargs: Mapping[str, str], server: bool) -> PeerTLS | None:
             return None
     for option, value in (("cert", cert), ("key", key), ("ca", ca)):
         if value is not None and not value:
-            raise ValueError(f"{option}= is empty: give a PEM file")
+            raise ValueError(f"{name(option)} is empty: give a PEM file")
     if server and cert is None and (key is not None or ca is not None):
-        raise ValueError("key= and ca= need cert= (a TLS server needs its own certificate)")
+        raise ValueError(
+            f"{name('key')} and {name('ca')} need {name('cert')}"
+            " (a TLS server needs its own certificate)"
+        )
     if flag is None and cert is None and key is None and ca is None:
         return None
-    return PeerTLS.fromFiles(cert=cert, key=key, ca=ca)
+    return PeerTLS.fromFiles(cert=cert, key=key, ca=ca, spelling=spelling)
 
 
 # Holding the application back until the handshake is done

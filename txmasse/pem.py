@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import attrs
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -31,7 +32,30 @@ _SIGNING_KEYS = (
 
 
 
-def readPEM(option: str, path: str) -> bytes:
+@attrs.frozen
+class Spelling:
+    """
+    How an error message names an option, as the user wrote it: C{cert=PATH}
+    in an endpoint string or a URL, C{--cert PATH} on a command line.
+    """
+
+    flags: bool = False
+
+    def name(self, option: str) -> str:
+        return f"--{option}" if self.flags else f"{option}="
+
+    def given(self, option: str, value: str) -> str:
+        return f"--{option} {value}" if self.flags else f"{option}={value}"
+
+
+OPTIONS = Spelling()
+"""Options as in C{masse:} endpoint strings and registry URLs."""
+
+FLAGS = Spelling(flags=True)
+"""Options as in the C{masse} command and C{twistd masse}."""
+
+
+def readPEM(option: str, path: str, spelling: Spelling = OPTIONS) -> bytes:
     """
     The bytes of the file that option C{option} names.
 
@@ -41,10 +65,13 @@ def readPEM(option: str, path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise ValueError(f"{option}={path}: cannot read it ({e.strerror or e})") from None
+        given = spelling.given(option, path)
+        raise ValueError(f"{given}: cannot read it ({e.strerror or e})") from None
 
 
-def loadCertificates(option: str, path: str, data: bytes) -> list[x509.Certificate]:
+def loadCertificates(
+    option: str, path: str, data: bytes, spelling: Spelling = OPTIONS
+) -> list[x509.Certificate]:
     """
     Every PEM certificate in C{data}, in order.
 
@@ -53,27 +80,30 @@ def loadCertificates(option: str, path: str, data: bytes) -> list[x509.Certifica
     try:
         return x509.load_pem_x509_certificates(data)
     except ValueError:
-        raise ValueError(f"{option}={path}: no PEM certificate in it") from None
+        raise ValueError(f"{spelling.given(option, path)}: no PEM certificate in it") from None
 
 
 _KEY_BLOCK = re.compile(rb"-----BEGIN ((?:[A-Z]+ )?PRIVATE KEY)-----.+?-----END \1-----", re.DOTALL)
 
 
-def loadPrivateKey(option: str, path: str, data: bytes) -> SigningKey | None:
+def loadPrivateKey(
+    option: str, path: str, data: bytes, spelling: Spelling = OPTIONS
+) -> SigningKey | None:
     """
     The first PEM private key in C{data}, or C{None} if it has none.
     """
     block = _KEY_BLOCK.search(data)
     if block is None:
         return None
+    given = spelling.given(option, path)
     try:
         key = serialization.load_pem_private_key(block.group(0), password=None)
     except TypeError:
-        raise ValueError(f"{option}={path}: the key is encrypted; give it unencrypted") from None
+        raise ValueError(f"{given}: the key is encrypted; give it unencrypted") from None
     except (ValueError, UnsupportedAlgorithm):
-        raise ValueError(f"{option}={path}: the PEM private key in it is unreadable") from None
+        raise ValueError(f"{given}: the PEM private key in it is unreadable") from None
     if not isinstance(key, _SIGNING_KEYS):
-        raise ValueError(f"{option}={path}: a {type(key).__name__} cannot sign for TLS")
+        raise ValueError(f"{given}: a {type(key).__name__} cannot sign for TLS")
     return key
 
 

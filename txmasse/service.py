@@ -25,6 +25,7 @@ from txmasse.errors import MasseError
 from txmasse.health import HealthCheck, parseCheck
 from txmasse.metrics import metricsService
 from txmasse.peertls import PeerTLS, tlsFromOptions
+from txmasse.pem import FLAGS
 from txmasse.records import validateName
 from txmasse.registry import IRegistry, defaultNamespace, registryFromURL
 from txmasse.registry.opening import checkRegistry
@@ -334,12 +335,14 @@ class Options(usage.Options):
                 raise ValueError("--unix '': must be a socket path")
             self["wrappers"] = [] if self["wrap"] is None else parseWrappers(reactor, self["wrap"])
             self["tls"] = tlsFromOptions(
-                {k: self[k] for k in ("cert", "key", "ca") if self[k] is not None}, server=True
+                {k: self[k] for k in ("cert", "key", "ca") if self[k] is not None},
+                server=True,
+                spelling=FLAGS,
             )
             if self["tls"] is not None:
                 if self["unix"] is not None:
                     raise ValueError("--unix cannot be used with --cert: TLS peers listen on TCP")
-                self["tls"].checkServes(self["name"], self["ns"])
+                self["tls"].checkServes(self["name"], self["ns"], spelling=FLAGS)
             self["factory"] = loadFactory(self["factory"])
             if self["provides"] is not None:
                 from txmasse.rpc.publish import loadProvides
