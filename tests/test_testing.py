@@ -368,6 +368,26 @@ def connectedAfterFlush(network: MasseNetwork, endpoint: IStreamClientEndpoint) 
     return connecting
 
 
+def goesStraightToTheSecond(
+    network: MasseNetwork,
+    endpoint: IStreamClientEndpoint,
+    first: MasseListeningPort,
+    second: MasseListeningPort,
+) -> None:
+    """
+    Once C{first} has stopped (and left), C{endpoint}'s next connect
+    reaches C{second} with no attempt at C{first}'s address.
+    """
+    first.stopListening()
+    network.flush()
+    tried = len(network.reactor.tcpClients)
+    connecting = endpoint.connect(Factory.forProtocol(Collector))
+    network.flush()
+    secondPort = second.getHost().port  # type: ignore[attr-defined]
+    assert portOf(network.successResultOf(connecting)) == secondPort
+    assert [port for _, port, *_ in network.reactor.tcpClients[tried:]] == [secondPort]
+
+
 def test_a_connect_does_not_repeat_an_attempt_once_the_instances_changed() -> None:
     """
     A connect repeats the last one's first attempt only while the cache
@@ -378,15 +398,7 @@ def test_a_connect_does_not_repeat_an_attempt_once_the_instances_changed() -> No
     first = served(network, "db:ns=t")
     second = served(network, "db:ns=t")
     endpoint = warmed(network, "masse:db:ns=t:pick=first", cached=2)
-    first.stopListening()
-    network.flush()
-    tried = len(network.reactor.tcpClients)
-    connecting = endpoint.connect(Factory.forProtocol(Collector))
-    network.flush()
-    assert portOf(network.successResultOf(connecting)) == second.getHost().port  # type: ignore[attr-defined]
-    assert [port for _, port, *_ in network.reactor.tcpClients[tried:]] == [
-        second.getHost().port  # type: ignore[attr-defined]
-    ]
+    goesStraightToTheSecond(network, endpoint, first, second)
 
 
 @implementer(ISubscription)
@@ -457,15 +469,7 @@ def test_a_watch_whose_peers_change_in_place_is_never_repeated_stale(selecting: 
         network.flush()
         assert portOf(network.successResultOf(connecting)) == first.getHost().port  # type: ignore[attr-defined]
         network.advance(0.01)
-    first.stopListening()
-    network.flush()
-    tried = len(network.reactor.tcpClients)
-    connecting = endpoint.connect(Factory.forProtocol(Collector))
-    network.flush()
-    assert portOf(network.successResultOf(connecting)) == second.getHost().port  # type: ignore[attr-defined]
-    assert [port for _, port, *_ in network.reactor.tcpClients[tried:]] == [
-        second.getHost().port  # type: ignore[attr-defined]
-    ]
+    goesStraightToTheSecond(network, endpoint, first, second)
 
 
 def test_client_service_follows_a_peer_that_restarted() -> None:
