@@ -176,3 +176,48 @@ def test_events_caused_by_a_callback_come_after_the_one_heard() -> None:
     first = fired(registry.register(record("first"), 30))
     fired(first.release())
     assert heard == [("joined", "first"), ("joined", "second"), ("left", "first")]
+
+
+@attrs.define
+class Held:
+    """
+    A store whose reads answer when the test says, each with the records
+    given: as a store read over the network, events arriving meanwhile.
+    """
+
+    reads: list[Deferred[Stored]] = attrs.Factory(list)
+
+    def storedRecords(self, namespace: str, keys: Sequence[Key]) -> Deferred[Stored]:
+        read: Deferred[Stored] = Deferred()
+        self.reads.append(read)
+        return read
+
+    def snapshot(self, namespace: str, glob: Glob, known: Sequence[str]) -> Deferred[Snapshot]:
+        return succeed(Snapshot(0, []))
+
+    def unwatch(self, subscription: Subscription) -> None:
+        pass
+
+
+def test_a_change_heard_while_the_store_is_read_explains_the_mismatch() -> None:
+    """
+    A peer drains, then leaves: its C{updated} is checked when the store
+    already says it left, and its C{left}, heard meanwhile, explains that.
+    """
+    clock, events, store = Clock(), Events(), Held()
+    subscription = Subscription(store, "dev", Glob("*"), events, clock)  # type: ignore[arg-type]
+    subscription.resync()
+    peer = record("db")
+    draining = attrs.evolve(peer, draining=True)
+    with capturedLogs() as logs:
+        subscription.received(1, EventKind.JOINED, peer)
+        store.reads.pop().callback(Stored({("db", peer.instance): peer}))
+        subscription.received(2, EventKind.UPDATED, draining)
+        subscription.received(3, EventKind.LEFT, draining)  # while the read for the update is out
+        gone = Stored({}, {peer.instance: EventKind.LEFT})
+        store.reads.pop(0).callback(gone)
+        store.reads.pop(0).callback(gone)
+        clock.advance(DOUBT_DELAY * 2)
+    assert events.kinds() == [("joined", "db"), ("left", "db")]
+    assert list(subscription.peers) == []
+    assert about(logs, peer.instance) == []

@@ -351,3 +351,26 @@ async def test_built_in_checks_over_real_sockets(ports: list[Any]) -> None:
     assert await runCheck(silent, reactor, 0.2) == Health("critical", "no answer within 0.2s")
     bound = parseCheck("tcp").bind(reactor, IPv4Address("TCP", "0.0.0.0", port), 1)
     assert await runCheck(bound, reactor, 1) == Health("passing")  # a wildcard: on loopback
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_with_drain_withdraws_the_name_from_sqlite(
+    peers: list[Any], tmp_path: Path
+) -> None:
+    """
+    The embedded registry stays open until a draining peer has withdrawn
+    its name: watchers see it leave, not time out. (Its drain may be gone
+    from the store by the time a watcher checks it: the release heard
+    meanwhile explains that, tests/test_checking.py.)
+    """
+    url = f"sqlite:///{tmp_path}/registry.db"
+    await startTwistd(peers, url, tmp_path, "--drain", "1")
+    registry = registryFromURL(reactor, url)
+    events = Events()
+    await registry.watch(NS, "db", events)
+    peers[0].signal("TERM")
+    await peers[0].ended
+    await eventually(lambda: ("left", "db") in events.kinds(), timeout=5)
+    assert set(events.kinds()) <= {("updated", "db"), ("left", "db")}
+    assert b"could not withdraw" not in peers[0].output
+    assert await registry.lookup(NS, "db") == []

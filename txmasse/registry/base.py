@@ -725,7 +725,7 @@ class Subscription:
                         self._apply(kind, known)
                     continue
                 self._apply(EventKind.JOINED, held)
-                self._doubts.add(kind, record, "the store still holds it, live")
+                self._doubt(kind, record, "the store still holds it, live")
                 continue
             held = stored.get((record.name, instance))
             if held is None and known is not None:
@@ -734,17 +734,31 @@ class Subscription:
                 self._apply(kind, record)
             elif held is not None:
                 self._apply(EventKind.JOINED, held)
-                self._doubts.add(kind, record, "the store holds another record for it")
+                self._doubt(kind, record, "the store holds another record for it")
             else:
                 gone = stored.gone.get(instance)
                 if known is not None and gone is None:  # a ghost: take it back
                     self._apply(EventKind.LEFT, known)
-                    self._doubts.add(kind, record, "the store has no live record of it")
+                    self._doubt(kind, record, "the store has no live record of it")
                 elif known is not None:  # its own removal follows, in its place
                     why = f"the store says it {gone} already"
-                    self._doubts.add(kind, record, why, takeBack=gone)
+                    self._doubt(kind, record, why, takeBack=gone)
                 else:
-                    self._doubts.add(kind, record, "the store has no live record of it")
+                    self._doubt(kind, record, "the store has no live record of it")
+
+    def _doubt(
+        self, kind: EventKind, record: PeerRecord, why: str, takeBack: EventKind | None = None
+    ) -> None:
+        """
+        Doubt C{kind} for C{record} (L{Doubts.add}), unless an event about
+        the instance heard while the store was read explains it already,
+        as one heard later would (L{Doubts.heard}): its drain, then its
+        release, checked one after the other, say.
+        """
+        for later in self._checks.waiting(record.instance):
+            if takeBack is None or later in REMOVALS:
+                return
+        self._doubts.add(kind, record, why, takeBack)
 
     def _contradicted(
         self, kind: EventKind, record: PeerRecord, why: str, takeBack: EventKind | None

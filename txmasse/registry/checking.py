@@ -28,7 +28,8 @@ during a read share the next one, and every event waits behind those
 already waiting, so all are heard in order. An event the store contradicts
 is not applied (the view takes what the store holds instead) and, unless a
 later event about the same instance explains it (a record that changed
-again meanwhile), a warning names the namespace and instance.
+again meanwhile, heard while the store was read or within L{DOUBT_DELAY}
+after), a warning names the namespace and instance.
 """
 
 from __future__ import annotations
@@ -115,6 +116,13 @@ class EventChecks:
         Whether an event about C{instance} waits for the store's word.
         """
         return instance in self._instances
+
+    def waiting(self, instance: str) -> list[EventKind]:
+        """
+        The kinds of the events about C{instance} queued behind the read in
+        flight: heard later than those it checks.
+        """
+        return [event.kind for event, _ in self._queued if event.record.instance == instance]
 
     @property
     def busy(self) -> bool:

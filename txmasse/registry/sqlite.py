@@ -619,7 +619,7 @@ class SQLiteRegistry(SharedStoreRegistry):
         self._shutdownTrigger: Any = None
         if IReactorCore.providedBy(reactor):
             self._shutdownTrigger = IReactorCore(reactor).addSystemEventTrigger(
-                "before", "shutdown", self._shutdown
+                "during", "shutdown", self._shutdown
             )
 
     @classmethod
@@ -701,7 +701,8 @@ class SQLiteRegistry(SharedStoreRegistry):
 
         def stopped(result: object) -> None:
             # The thread is idle now, so this join is immediate.
-            self._pool.stop()
+            if self._pool.started:  # not already stopped by _shutdown
+                self._pool.stop()
             if isinstance(result, Failure):
                 log.warn("registry {url}: closing: {error}", url=self.url, error=result.value)
 
@@ -716,16 +717,21 @@ class SQLiteRegistry(SharedStoreRegistry):
 
         return self._call("sweep", self._db.sweep, namespace).addCallback(swept)
 
-    def _shutdown(self) -> Deferred[None]:
+    def _shutdown(self) -> None:
         """
-        Close one turn after shutdown begins: the other "before shutdown"
-        triggers (e.g. services releasing their leases) have queued their
-        calls by then, and this thread runs calls in order.
+        Close as the reactor stops, once every "before shutdown" trigger
+        has finished: services have released their names by then, after
+        draining them if they drain (a close one turn into shutdown came
+        before a drained name's release). The reactor runs no more
+        callbacks now, so this waits here, as Twisted's own thread pool
+        does, for the thread to finish what is queued, the file's close
+        last.
         """
         self._shutdownTrigger = None
-        closed: Deferred[None] = Deferred()
-        self._reactor.callLater(0, lambda: self.close().chainDeferred(closed))
-        return closed
+        self.close()
+        if self._pool.started:
+            self._pool.callInThread(self._db.close)  # what close() queues only once taken back
+            self._pool.stop()
 
     # The store, as leases and subscriptions use it
 
