@@ -8,6 +8,7 @@ the bad input each option refuses.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -580,7 +581,13 @@ def test_checks_parse_and_twistd_takes_them() -> None:
     assert options["check"] == "http:/ok" and options["drain"] == 7
     from twisted.python.usage import UsageError
 
-    for bad, message in (("--check", "check='udp'"), ("--drain", "--drain '-2'")):
-        value = "udp" if bad == "--check" else "-2"
+    for bad, value, message in (
+        ("--check", "udp", r"^--check 'udp': must be tcp or http:/PATH$"),  # no escaping to tell
+        ("--check", "http:health", r"^--check 'http:health': .* e.g. --check http:/health$"),
+        ("--drain", "-2", "--drain '-2'"),
+    ):
         with pytest.raises(UsageError, match=message):
             Options().parseOptions(["--name", "db", "--factory", "x:y", bad, value])
+    endpointOption = re.escape("check='udp': must be tcp or http:/PATH (escape")
+    with pytest.raises(ValueError, match=endpointOption):
+        parseCheck("udp")  # as the endpoint option, where ':' is escaped

@@ -138,23 +138,26 @@ class CheckSpec:
         return lambda: httpCheck(reactor, host, address.port, self.path, timeout)
 
 
-def parseCheck(text: str) -> CheckSpec:
+def parseCheck(text: str, flag: bool = False) -> CheckSpec:
     """
-    C{tcp} or C{http:/PATH}.
+    C{tcp} or C{http:/PATH}, from the C{check=} option of an endpoint
+    string, or with C{flag} from C{--check} (no escaping there).
 
     @raise ValueError: naming what is wrong.
     """
     if text == "tcp":
         return CheckSpec("tcp")
+    given = f"--check {text!r}" if flag else f"check={text!r}"
+    example = "--check http:/health" if flag else "check=http\\:/health"
     kind, sep, path = text.partition(":")
     if kind == "http" and sep:
         if not path.startswith("/") or not all("!" <= c <= "~" for c in path):
             raise ValueError(
-                f"check={text!r}: the path must start with '/' and have no spaces, "
-                "e.g. check=http\\:/health"
+                f"{given}: the path must start with '/' and have no spaces, e.g. {example}"
             )
         return CheckSpec("http", path)
-    raise ValueError(f"check={text!r}: must be tcp or http:/PATH (escape ':' as '\\:')")
+    escaping = "" if flag else " (escape ':' as '\\:')"
+    raise ValueError(f"{given}: must be tcp or http:/PATH{escaping}")
 
 
 class _Hangup(Protocol):

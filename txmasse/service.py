@@ -329,7 +329,7 @@ class Options(usage.Options):
                 serverEndpoint(reactor, self["metrics"], "--metrics")
             self["ttl"] = _seconds("--ttl", self["ttl"])
             if self["check"] is not None:
-                parseCheck(self["check"])
+                parseCheck(self["check"], flag=True)
             self["drain"] = checkNumber(self["drain"], f"--drain {self['drain']!r}:", low=0)
             if self["unix"] is not None and not self["unix"]:
                 raise ValueError("--unix '': must be a socket path")
