@@ -276,7 +276,7 @@ def test_bash_completion(tmp_path: Path) -> None:
 def test_commands_that_run_until_stopped_tell_an_outage_on_stderr(tmp_path: Path) -> None:
     """
     Once up, watch and web show warnings: a registry going away is told,
-    not left silent.
+    not left silent, and so is its coming back.
     """
     server = RedisServer(tmp_path)
     server.start()
@@ -292,9 +292,14 @@ def test_commands_that_run_until_stopped_tell_an_outage_on_stderr(tmp_path: Path
         Lines(watcher.stdout).waitFor("present  dev/db")
         Lines(web.stdout).waitFor("masse web: namespaces dev")
         server.stop()
+        errors = []
         for process in (watcher, web, held):
             assert process.stderr is not None
-            Lines(process.stderr).waitFor(f"registry {server.url} unreachable")
+            errors.append(Lines(process.stderr))
+            errors[-1].waitFor(f"registry {server.url} unreachable")
+        server.start()
+        for lines in errors:
+            lines.waitFor(f"registry {server.url} reachable again after")
     finally:
         for process in running:
             process.kill()

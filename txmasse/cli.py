@@ -100,6 +100,10 @@ class Context:
 
 _WARNINGS = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
 
+_SHOWN = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+_SHOWN.setLogLevelForNamespace("txmasse.registry._outage", LogLevel.info)
+"""What a command that runs until stopped shows: warnings, and an outage's end."""
+
 
 @attrs.define
 class _HeldWarnings:
@@ -132,12 +136,12 @@ _held = _HeldWarnings()
 def logWarnings() -> None:
     """
     From now on, show warnings (a registry outage, garbage skipped in the
-    store) on stderr, those held back so far first: for the commands that
-    run until stopped, once they are up, so a failure to start stays one
-    line.
+    store) and an outage's end on stderr, those held back so far first:
+    for the commands that run until stopped, once they are up, so a
+    failure to start stays one line.
     """
     _held.release()  # the log's own buffer replays them to the new observer
-    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [_WARNINGS])
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [_SHOWN])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
