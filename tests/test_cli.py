@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -305,6 +306,31 @@ def test_commands_that_run_until_stopped_tell_an_outage_on_stderr(tmp_path: Path
             process.kill()
             process.wait()
         server.stop()
+
+
+def test_an_interrupt_while_waiting_for_the_registry_is_no_registry_failure() -> None:
+    """
+    Ctrl-C while C{masse ls} waits on a registry that does not answer:
+    the call it cut short is not reported as the registry's failure.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        silent.settimeout(20)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0?timeout=30"
+        listing = startMasse("--timeout", "30", "ls", registry=url)
+        try:
+            connection, _ = silent.accept()  # it is up, its handlers installed, its call out
+            listing.send_signal(signal.SIGINT)
+            assert listing.stderr is not None
+            errors = Lines(listing.stderr)
+            errors.waitFor("masse: stopping (once more to end at once)")
+            assert listing.wait(10) == 128 + signal.SIGINT
+            with pytest.raises(AssertionError, match="the output ended"):
+                errors.waitFor(lambda line: False)  # every line, to its end
+            assert errors.seen == ["masse: stopping (once more to end at once)"], errors.seen
+            connection.close()
+        finally:
+            listing.kill()
+            listing.wait()
 
 
 def test_a_second_signal_while_stopping_ends_at_once(redis_server: RedisServer) -> None:

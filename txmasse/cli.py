@@ -920,10 +920,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> NoRetur
         _fail(f"masse: {e}", 2)
 
     status = 0
+    signalled: list[int] = []  # the signal that stopped the command, if one did
 
     async def guarded(reactor: Any) -> None:
         nonlocal status
-        reactor.callWhenRunning(_stopOnSignals, reactor)  # after Twisted installs its own
+        reactor.callWhenRunning(_stopOnSignals, reactor, signalled)  # after Twisted's own
         _held.hold()
         try:
             await run(reactor, args, out)
@@ -937,8 +938,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> NoRetur
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             status = 141
         except (MasseError, ValueError, OSError) as e:
-            print(_oneLine(f"masse: {e}"), file=sys.stderr)
-            status = 1
+            if signalled:  # what stopping cut short (a call in flight): the user's doing
+                status = 128 + signalled[0]
+            else:
+                print(_oneLine(f"masse: {e}"), file=sys.stderr)
+                status = 1
 
     handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
     try:
@@ -949,12 +953,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> NoRetur
     sys.exit(status)
 
 
-def _stopOnSignals(reactor: Any) -> None:
+def _stopOnSignals(reactor: Any, signalled: list[int]) -> None:
     """
-    The first SIGINT or SIGTERM stops the reactor, which releases leases
-    and closes the registry; another while that is under way ends the
-    process at once (Twisted's own handlers would stop it again, and show
-    a traceback for the reactor not running).
+    The first SIGINT or SIGTERM (noted in C{signalled}) stops the reactor,
+    which releases leases and closes the registry; another while that is
+    under way ends the process at once (Twisted's own handlers would stop
+    it again, and show a traceback for the reactor not running).
     """
     stopping = False
 
@@ -971,6 +975,7 @@ def _stopOnSignals(reactor: Any) -> None:
                 sys.stdout.flush()
             os._exit(128 + signum)
         stopping = True
+        signalled.append(signum)
         reactor.callFromThread(stop)
 
     for signum in _SIGNALS:
