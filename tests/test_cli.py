@@ -308,6 +308,30 @@ def test_commands_that_run_until_stopped_tell_an_outage_on_stderr(tmp_path: Path
         server.stop()
 
 
+def test_a_name_kept_by_masse_register_takes_drain_and_undrain(
+    redis_server: RedisServer,
+) -> None:
+    held = startMasse(
+        "register", "db", "--endpoint", "tcp:host=h:port=1", "--ttl", "1.5",
+        registry=redis_server.url,
+    )  # fmt: skip
+    try:
+        assert held.stdout is not None
+        said = Lines(held.stdout)
+        said.waitFor("registered dev/db")
+        for command, state in (("drain", "draining"), ("undrain", "passing")):
+            result = masse(command, "db", registry=redis_server.url)
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.endswith(f": {state}\n"), result.stdout
+            instance = result.stdout.split()[1].rstrip(":")
+            said.waitFor(f"dev/db {instance}: {state}")
+            listed = json.loads(masse("ls", "--json", registry=redis_server.url).stdout)
+            assert [peer["draining"] for peer in listed] == [command == "drain"], listed
+    finally:
+        held.kill()
+        held.wait()
+
+
 def test_an_interrupt_while_waiting_for_the_registry_is_no_registry_failure() -> None:
     """
     Ctrl-C while C{masse ls} waits on a registry that does not answer:

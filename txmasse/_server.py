@@ -42,7 +42,15 @@ from zope.interface import implementer
 
 from txmasse.checks import checkNumber, shown
 from txmasse.errors import MasseError, RegistryUnavailable
-from txmasse.health import CHECK_TIMEOUT, CheckSpec, HealthCheck, parseCheck, runCheck, worst
+from txmasse.health import (
+    CHECK_TIMEOUT,
+    CheckSpec,
+    HealthCheck,
+    drainDecidedElsewhere,
+    parseCheck,
+    runCheck,
+    worst,
+)
 from txmasse.peertls import PeerTLS
 from txmasse.records import PeerRecord
 from txmasse.registry import MAX_TTL, MIN_TTL, ILease, IRegistry, defaultNamespace
@@ -369,24 +377,20 @@ class MasseListeningPort:
         own writes keep it. One lookup of our name per interval (no watch:
         a watch hears every event of the namespace).
         """
-        ours = self.record
-        try:
-            stored = await self._registry.lookup(ours.namespace, ours.name)
-        except Exception:
-            return  # the registry is away; the heartbeat says so
-        ours = self.record
-        for theirs in stored:
-            if theirs.instance != ours.instance or theirs.drainChanged <= ours.drainChanged:
-                continue
-            if self._stopping is None:
-                log.info(
-                    "{port}: {what} from outside",
-                    port=repr(self),
-                    what="drained" if theirs.draining else "undrained",
-                )
-                await self._publish(
-                    attrs.evolve(ours, draining=theirs.draining, drainChanged=theirs.drainChanged)
-                )
+        theirs = await drainDecidedElsewhere(self._registry, self.record)
+        ours = self.record  # (its health may have changed meanwhile)
+        if theirs is None or theirs.drainChanged <= ours.drainChanged:
+            return
+        if self._stopping is not None:
+            return
+        log.info(
+            "{port}: {what} from outside",
+            port=repr(self),
+            what="drained" if theirs.draining else "undrained",
+        )
+        await self._publish(
+            attrs.evolve(ours, draining=theirs.draining, drainChanged=theirs.drainChanged)
+        )
 
     async def _check(self) -> None:
         timeout = min(CHECK_TIMEOUT, self._ttl / 3)

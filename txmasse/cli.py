@@ -32,6 +32,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import (
     FilteringLogObserver,
     LogEvent,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
@@ -42,6 +43,7 @@ from twisted.logger import (
 
 from txmasse.checks import checkNumber, isDigits, shown
 from txmasse.errors import MasseError, PeerNotFound
+from txmasse.health import drainDecidedElsewhere
 from txmasse.health_cli import addMetaFilter, matches, metaConditions, stateJSON
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry import (
@@ -57,6 +59,8 @@ from txmasse.registry.signed import SignedRegistry
 
 DEFAULT_TIMEOUT = 10.0
 SHELLS = ("bash", "zsh", "fish", "tcsh")
+
+log = Logger()
 
 
 class UsageError(Exception):
@@ -684,14 +688,47 @@ async def register(context: Context, args: Any) -> None:
         file=context.out,
         flush=True,
     )
+    adopting = task.LoopingCall(_adoptDrain, registry, lease, context.out)
+    adopting.clock = reactor
+    adopting.start(args.ttl / 3, now=False)
     stopped: Deferred[None] = Deferred()
-    # Close the registry too before the reactor drops its connections: a TLS
-    # connection torn down by the shutdown itself logs an unhandled error.
-    reactor.addSystemEventTrigger(
-        "before", "shutdown", lambda: lease.release().addBoth(lambda _: registry.close())
-    )
+
+    def release() -> Deferred[None]:
+        adopting.stop()
+        # Close the registry too before the reactor drops its connections: a
+        # TLS connection torn down by the shutdown itself logs an unhandled error.
+        releasing: Deferred[None] = lease.release()
+        return releasing.addBoth(lambda _: registry.close())
+
+    reactor.addSystemEventTrigger("before", "shutdown", release)
     logWarnings()
     await stopped
+
+
+async def _adoptDrain(registry: Any, lease: Any, out: TextIO) -> None:
+    """
+    Take a drain decided elsewhere (C{masse drain}, C{masse undrain}) into
+    the record this process keeps, as a txmasse peer does, so that the
+    name stays drained.
+    """
+    ours = lease.record
+    theirs = await drainDecidedElsewhere(registry, ours)
+    if theirs is None or theirs.drainChanged <= lease.record.drainChanged:
+        return
+    adopted = attrs.evolve(
+        lease.record, draining=theirs.draining, drainChanged=theirs.drainChanged
+    )
+    try:
+        await lease.update(adopted)
+    except Exception as e:  # released meanwhile, or the registry away: the next turn
+        log.warn(
+            "could not take the {state} decided elsewhere: {error}",
+            state=adopted.state,
+            error=str(e),
+        )
+        return
+    what = f"{ours.namespace}/{ours.name} {ours.instance[:12]}: {adopted.state}"
+    print(what, file=out, flush=True)
 
 
 # dns

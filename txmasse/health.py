@@ -24,7 +24,8 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from txmasse.records import HEALTH_STATES, MAX_REASON
+from txmasse.records import HEALTH_STATES, MAX_REASON, PeerRecord
+from txmasse.registry.interface import IRegistry
 
 HealthCheck = Callable[[], Any]
 """Returns, or fires with, a L{Health}, a C{(state, reason)} pair or a state."""
@@ -199,3 +200,22 @@ async def httpCheck(reactor: Any, host: str, port: int, path: str, timeout: floa
         return Health("passing")
     state = "warning" if code == 429 else "critical"
     return Health(state, _short(f"GET {path}: {code} {response.phrase.decode('latin-1')}"))
+
+
+
+async def drainDecidedElsewhere(registry: IRegistry, ours: PeerRecord) -> PeerRecord | None:
+    """
+    The record C{masse drain} or C{masse undrain} stored for this instance
+    from elsewhere, if its drain decision is newer than C{ours}: the holder
+    adopts it, so that its own writes keep it. One lookup of the name; a
+    registry away answers C{None} (the heartbeat says so).
+    """
+    try:
+        stored = await registry.lookup(ours.namespace, ours.name)
+    except Exception:
+        return None
+    record: PeerRecord
+    for record in stored:
+        if record.instance == ours.instance and record.drainChanged > ours.drainChanged:
+            return record
+    return None
