@@ -694,7 +694,8 @@ async def register(context: Context, args: Any) -> None:
     stopped: Deferred[None] = Deferred()
 
     def release() -> Deferred[None]:
-        adopting.stop()
+        if adopting.running:  # (not if a turn failed: its error is logged)
+            adopting.stop()
         # Close the registry too before the reactor drops its connections: a
         # TLS connection torn down by the shutdown itself logs an unhandled error.
         releasing: Deferred[None] = lease.release()
