@@ -47,6 +47,7 @@ from txmasse.health import drainDecidedElsewhere
 from txmasse.health_cli import addMetaFilter, matches, metaConditions, stateJSON
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry import (
+    ILease,
     IRegistry,
     LeaseStatus,
     PeerEvent,
@@ -706,7 +707,7 @@ async def register(context: Context, args: Any) -> None:
     await stopped
 
 
-async def _adoptDrain(registry: Any, lease: Any, out: TextIO) -> None:
+async def _adoptDrain(registry: IRegistry, lease: ILease, out: TextIO) -> None:
     """
     Take a drain decided elsewhere (C{masse drain}, C{masse undrain}) into
     the record this process keeps, as a txmasse peer does, so that the
