@@ -190,6 +190,7 @@ def test_twistd_masse_help_documents_every_option() -> None:
         (["--wrap", "nope"], "unknown wrapper 'nope'"),
         (["--wrap", "idle=-1"], "wrapper 'idle'"),
         (["--unix", ""], "--unix '': must be a socket path"),
+        (["--unix", "/no/such/dir/s"], "--unix '/no/such/dir/s': no directory '/no/such/dir'"),
     ],
 )
 def test_twistd_masse_bad_endpoint_options(args: list[str], message: str) -> None:

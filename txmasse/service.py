@@ -331,8 +331,8 @@ class Options(usage.Options):
             if self["check"] is not None:
                 parseCheck(self["check"], flag=True)
             self["drain"] = checkNumber(self["drain"], f"--drain {self['drain']!r}:", low=0)
-            if self["unix"] is not None and not self["unix"]:
-                raise ValueError("--unix '': must be a socket path")
+            if self["unix"] is not None:
+                _checkSocketPath(self["unix"])
             self["wrappers"] = [] if self["wrap"] is None else parseWrappers(reactor, self["wrap"])
             self["tls"] = tlsFromOptions(
                 {k: self[k] for k in ("cert", "key", "ca") if self[k] is not None},
@@ -350,6 +350,18 @@ class Options(usage.Options):
                 self["provides"] = loadProvides(self["provides"])
         except (ValueError, MasseError) as e:
             raise usage.UsageError(str(e)) from None
+
+
+def _checkSocketPath(path: str) -> None:
+    """
+    A UNIX socket path whose directory is there: else listening on it
+    would be retried for ever.
+    """
+    if not path:
+        raise ValueError("--unix '': must be a socket path")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"--unix {path!r}: no directory {directory!r} to make the socket in")
 
 
 def _seconds(option: str, text: str) -> float:
