@@ -100,6 +100,24 @@ def test_global_options_after_the_command(
     assert (elsewhere.returncode, elsewhere.stdout) == (0, ""), elsewhere.stderr
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["call", "masse://dev/p/Add", "a=2", "b=40", "--timeout", "5"],
+        ["call", "masse://dev/p/Add", "--timeout", "5", "a=2", "b=40"],
+        ["call", "masse://dev/p/Add", "a=2", "--timeout", "5", "b=40"],
+        ["--timeout", "5", "call", "masse://dev/p/Add", "a=2", "--all", "b=40"],
+    ],
+)
+def test_call_arguments_around_options(argv: list[str]) -> None:
+    parsed = cli._parser().parse_args(argv)
+    assert (parsed.uri, parsed.arguments, parsed.timeout) == (
+        "masse://dev/p/Add",
+        ["a=2", "b=40"],
+        "5",  # checked once parsed, as every global option is
+    )
+
+
 def test_version() -> None:
     result = masse("--version", registry=None)
     assert (result.returncode, result.stdout) == (0, f"masse (txmasse) {__version__}\n")

@@ -63,8 +63,8 @@ def test_discovery_and_calls(redis_server: RedisServer, peers: Peers) -> None:
     assert json.loads(called.stdout)["greeting"].startswith("hi there, Alice (from pid ")
     globbed = masse("call", "masse://dev/gr*/Count", "items=[1,2,3]", "scale=0.5", registry=url)
     assert json.loads(globbed.stdout)["total"] == 3.0, globbed.stderr
-    summed = masse("call", "masse://dev/adde?/Add", "a=2", "b=40", registry=url)
-    assert json.loads(summed.stdout) == {"sum": 42}
+    summed = masse("call", "masse://dev/adde?/Add", "a=2", "--timeout", "5", "b=40", registry=url)
+    assert json.loads(summed.stdout) == {"sum": 42}, summed.stderr
 
     # Bad arguments (exit 2) and failures (exit 1), each one line naming the part.
     for args, status, part in [

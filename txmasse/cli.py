@@ -202,6 +202,12 @@ class _MainParser(_Parser):
         given = list(sys.argv[1:] if args is None else args)
         try:
             parsed, extra = self.parse_known_args(given, namespace)
+            trailing = getattr(parsed, "arguments", None)  # masse call's NAME=VALUE...
+            if extra and isinstance(trailing, list) and not any(e.startswith("-") for e in extra):
+                # argparse takes a command's positionals in one run: those after
+                # an option (a global one, say) are the rest of that run.
+                trailing.extend(extra)
+                extra = []
             if extra:
                 self.error(f"unrecognized arguments: {' '.join(extra)}")
             if parsed.command is None:
