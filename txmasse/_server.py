@@ -49,6 +49,7 @@ from txmasse.health import (
     drainDecidedElsewhere,
     parseCheck,
     runCheck,
+    withDrainOf,
     worst,
 )
 from txmasse.peertls import PeerTLS
@@ -378,19 +379,15 @@ class MasseListeningPort:
         a watch hears every event of the namespace).
         """
         theirs = await drainDecidedElsewhere(self._registry, self.record)
-        ours = self.record  # (its health may have changed meanwhile)
-        if theirs is None or theirs.drainChanged <= ours.drainChanged:
-            return
-        if self._stopping is not None:
+        adopted = withDrainOf(self.record, theirs)  # (its health may have changed meanwhile)
+        if adopted is None or self._stopping is not None:
             return
         log.info(
             "{port}: {what} from outside",
             port=repr(self),
-            what="drained" if theirs.draining else "undrained",
+            what="drained" if adopted.draining else "undrained",
         )
-        await self._publish(
-            attrs.evolve(ours, draining=theirs.draining, drainChanged=theirs.drainChanged)
-        )
+        await self._publish(adopted)
 
     async def _check(self) -> None:
         timeout = min(CHECK_TIMEOUT, self._ttl / 3)

@@ -43,7 +43,7 @@ from twisted.logger import (
 
 from txmasse.checks import checkNumber, isDigits, shown
 from txmasse.errors import MasseError, PeerNotFound
-from txmasse.health import drainDecidedElsewhere
+from txmasse.health import drainDecidedElsewhere, withDrainOf
 from txmasse.health_cli import addMetaFilter, matches, metaConditions, stateJSON
 from txmasse.records import Glob, PeerRecord, validateName
 from txmasse.registry import (
@@ -720,12 +720,9 @@ async def _adoptDrain(registry: IRegistry, lease: ILease, out: TextIO) -> None:
     name stays drained.
     """
     ours = lease.record
-    theirs = await drainDecidedElsewhere(registry, ours)
-    if theirs is None or theirs.drainChanged <= lease.record.drainChanged:
+    adopted = withDrainOf(lease.record, await drainDecidedElsewhere(registry, ours))
+    if adopted is None:
         return
-    adopted = attrs.evolve(
-        lease.record, draining=theirs.draining, drainChanged=theirs.drainChanged
-    )
     try:
         await lease.update(adopted)
     except Exception as e:  # released meanwhile, or the registry away: the next turn

@@ -219,3 +219,13 @@ async def drainDecidedElsewhere(registry: IRegistry, ours: PeerRecord) -> PeerRe
         if record.instance == ours.instance and record.drainChanged > ours.drainChanged:
             return record
     return None
+
+
+def withDrainOf(ours: PeerRecord, theirs: PeerRecord | None) -> PeerRecord | None:
+    """
+    C{ours} taking C{theirs}'s drain decision (L{drainDecidedElsewhere}),
+    if that is still newer than ours; else C{None}.
+    """
+    if theirs is None or theirs.drainChanged <= ours.drainChanged:
+        return None
+    return attrs.evolve(ours, draining=theirs.draining, drainChanged=theirs.drainChanged)
