@@ -183,6 +183,28 @@ class RedisServer:
                 calls[name[len("cmdstat_") :]] = int(stats.split(",")[0].split("=")[1])
         return calls
 
+    def callsSince(self, before: dict[str, int]) -> dict[str, int]:
+        """
+        Calls per command since L{commandCalls} gave C{before} (C{INFO} aside).
+        """
+        after = self.commandCalls()
+        return {
+            name: count - before.get(name, 0)
+            for name, count in after.items()
+            if name != "info" and count != before.get(name, 0)
+        }
+
+
+def withoutExpiry(value: bytes) -> bytes:
+    """
+    A record as the Redis registry's hash keeps it, C{@EXPIRY RECORD},
+    without the lease's expiry: the record as stored (its freshness stamp
+    and JSON).
+    """
+    expiry, space, data = value.partition(b" ")
+    assert expiry[:1] == b"@" and expiry[1:].isdigit() and space, value[:40]
+    return data
+
 
 def clientCount(server: RedisServer) -> int:
     """

@@ -23,7 +23,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogEvent
 
 from tests.endpoint_helpers import PeerProcess, peerEnvironment, spawnPeer
-from tests.helpers import Events, RedisServer, eventually, newRegistry, warningsIn
+from tests.helpers import Events, RedisServer, eventually, newRegistry, warningsIn, withoutExpiry
 from txmasse import PeerGroup
 from txmasse.records import PeerRecord
 from txmasse.registry import freshness
@@ -50,7 +50,7 @@ class Store:
         if self.redis is not None:
             stored = self.redis.command("HGETALL", f"masse:{{{NS}}}:n:{name}")
             assert isinstance(stored, list) and len(stored) == 2, stored
-            return bytes(stored[1])
+            return withoutExpiry(bytes(stored[1]))
         assert self.path is not None
         with sqlite3.connect(self.path) as c:
             rows = c.execute(

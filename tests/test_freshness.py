@@ -18,7 +18,15 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogEvent
 
-from tests.helpers import Events, RedisServer, eventually, newRegistry, record, warningsIn
+from tests.helpers import (
+    Events,
+    RedisServer,
+    eventually,
+    newRegistry,
+    record,
+    warningsIn,
+    withoutExpiry,
+)
 from txmasse import MasseClientEndpoint, PeerNotFound
 from txmasse.registry import freshness, signed
 from txmasse.registry.signed import LAPSED, SignedRegistry
@@ -39,7 +47,7 @@ def _writeBack(server: RedisServer, data: bytes, name: str, instance: str) -> No
     can write to it could.
     """
     expires = int(server.command("TIME")[0]) * 1000 + 600_000
-    server.command("HSET", f"masse:{{dev}}:n:{name}", instance, data)
+    server.command("HSET", f"masse:{{dev}}:n:{name}", instance, b"@%d %s" % (expires, data))
     server.command("ZADD", "masse:{dev}:exp", expires, f"{name}/{instance}")
     server.command("ZADD", "masse:{dev}:names", 0, name)
 
@@ -56,13 +64,17 @@ async def test_a_replayed_signed_record_is_believed_nowhere(
     try:
         lease = await registry.register(record("db", port=4001), 0.6)
         instance = lease.record.instance
-        stored = redis_server.command("HGET", "masse:{dev}:n:db", instance)
+        stored = withoutExpiry(redis_server.command("HGET", "masse:{dev}:n:db", instance))
         captured = freshness.parsed(stored)
         assert captured.freshness is not None and registry.problem(captured) is None
         # Heartbeats renew the stamp in the store, not the record.
         key = "masse:{dev}:n:db"
-        await eventually(lambda: redis_server.command("HGET", key, instance) != stored)
-        renewed = freshness.parsed(redis_server.command("HGET", key, instance))
+
+        def inStore() -> bytes:
+            return withoutExpiry(redis_server.command("HGET", key, instance))
+
+        await eventually(lambda: inStore() != stored)
+        renewed = freshness.parsed(inStore())
         assert renewed == captured and renewed.freshness != captured.freshness
         await lease.release()
         assert await registry.lookup("dev", "db") == []

@@ -191,7 +191,7 @@ async def test_event_numbers_past_what_redis_counts_are_skipped(
         [0, 2, b"1:2:dbi1{}"],  # a record missing
         [0, 0, b"extra"],
         [-1, 0],
-        [1, 7, 0],  # a bad name that is not a string
+        [1, 7, 0, b"x"],  # a bad name that is not a string
     ],
 )
 @pytest.mark.parametrize("call", ["lookup", "find", "leases", "sweep"])
@@ -204,6 +204,8 @@ async def test_malformed_replies_are_a_clear_error(
     def malformed(what: str, script: object, *args: object) -> Deferred[Any]:
         if call == "find" and isinstance(reply, list):
             return succeed([None, *reply])  # after the event counter
+        if call == "lookup" and isinstance(reply, list):
+            return succeed([0, *reply])  # after the server's clock
         return succeed(reply)
 
     registry._eval = malformed

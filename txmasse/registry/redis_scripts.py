@@ -5,8 +5,13 @@ one script, so it is atomic and costs one round trip.
 Keys of namespace NS all start with C{masse:{NS}:} (the braces keep them in
 one Redis Cluster slot):
 
-  - C{n:NAME}: hash, instance id -> record JSON
-  - C{exp}: sorted set, C{NAME/INSTANCE} -> lease expiry (ms, server clock)
+  - C{n:NAME}: hash, instance id -> C{@EXPIRY RECORD}: an expiry (ms,
+    server clock) that the lease's is never before, and the record as
+    stored (its JSON, after its freshness stamp if it has one), so that a
+    lookup can be one C{HGETALL}; a heartbeat rewrites that expiry only
+    once it is less than half a ttl ahead
+  - C{exp}: sorted set, C{NAME/INSTANCE} -> lease expiry (ms, server clock):
+    the expiries in order, for sweeps; every script that sets one sets both
   - C{names}: sorted set of the names that have instances, for prefix ranges
   - C{seq}: number of the last event published on the channel C{events};
     one that is garbage starts again from 1 (readers take it as 0)
@@ -21,9 +26,12 @@ where the last call stopped; a heartbeat extends at most a few hundred
 leases per call.
 
 Time comes from the Redis server (C{TIME}), never from the clients, so
-clocks that disagree cannot expire a lease early. An expired instance is
-removed and announced by the first script that meets it, in the same atomic
-step, so its timeout is announced exactly once.
+clocks that disagree cannot expire a lease early. (A client's C{HGETALL}
+lookup takes a record as live only while its expiry is clearly ahead of
+the server's clock as the client last heard it; anything closer, it asks
+this module's C{LOOKUP}, which decides on the server's own.) An expired
+instance is removed and announced by the first script that meets it, in
+the same atomic step, so its timeout is announced exactly once.
 
 Someone else may write garbage under these keys: a C{n:NAME} key that is
 not a hash is skipped (and reported, so the client can warn), and records
@@ -84,6 +92,25 @@ local function nowMs()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- A stored record without its lease expiry in front: the record as
+-- stored before the expiry was kept there, and as events and replies carry it.
+local function plain(rec)
+  if string.byte(rec, 1) == 64 then -- '@'
+    local space = string.find(rec, ' ', 1, true)
+    if space then
+      return string.sub(rec, space + 1)
+    end
+  end
+  return rec
+end
+-- What the hash keeps for a record whose lease ends at ms.
+local function expiring(rec, ms)
+  return '@' .. ms .. ' ' .. plain(rec)
+end
+-- The expiry a hash entry carries, or nil (none, or garbage).
+local function expiryOf(rec)
+  return tonumber(string.match(rec, '^@(%d+) '))
+end
 -- Runs command on the hash of name's records: true and its reply, or
 -- false if the key holds another type (written by someone else), so that
 -- one bad key does not fail every script that meets it.
@@ -140,11 +167,13 @@ local function drop(name, inst, kind, now)
       redis.call('ZREM', P .. 'gonet', old)
       redis.call('HDEL', P .. 'gone', old)
     end
-    announce(kind, rec)
+    announce(kind, plain(rec))
   end
 end
--- A stored record without its freshness stamp (see txmasse.registry.freshness).
+-- A stored record without its expiry and freshness stamp (see
+-- txmasse.registry.freshness).
 local function body(rec)
+  rec = plain(rec)
   if string.sub(rec, 1, 1) == '{' then
     return rec
   end
@@ -174,7 +203,7 @@ local function live(name, now, out, left, bad)
     if (not score) or tonumber(score) <= now then
       drop(name, all[i], 'timedout', now)
     else
-      out[#out + 1] = #name .. ':' .. #all[i] .. ':' .. name .. all[i] .. all[i + 1]
+      out[#out + 1] = #name .. ':' .. #all[i] .. ':' .. name .. all[i] .. plain(all[i + 1])
       if left then
         left[#left + 1] = tonumber(score) - now
       end
@@ -239,7 +268,7 @@ if old and expired(name, inst, now) then
   drop(name, inst, 'timedout', now)
   old = false
 end
-redis.call('HSET', P .. 'n:' .. name, inst, rec)
+redis.call('HSET', P .. 'n:' .. name, inst, expiring(rec, now + ttl))
 redis.call('ZADD', P .. 'exp', now + ttl, name .. '/' .. inst)
 redis.call('ZADD', P .. 'names', 0, name)
 redis.call('HDEL', P .. 'gone', inst)
@@ -272,14 +301,14 @@ return 1
 """
 )
 
-# ARGV: prefix, name. Returns {bad count, name..., record count,
-# placed record...}.
+# ARGV: prefix, name. Returns {the server's clock (ms), bad count,
+# name..., record count, placed record...}.
 LOOKUP = Script(
     _COMMON
     + r"""
-local records, bad = {}, {}
-live(ARGV[2], nowMs(), records, nil, bad)
-return listed({}, records, bad)
+local records, bad, now = {}, {}, nowMs()
+live(ARGV[2], now, records, nil, bad)
+return listed({now}, records, bad)
 """
 )
 
@@ -326,10 +355,11 @@ return out
 
 # ARGV: prefix, ttl in ms, stride (2 or 3), then name and instance of each
 # lease (and with stride 3 its new freshness stamp). A heartbeat: extends
-# the live leases named, without writing their records (but for renewing
-# the stamp in front of one). Returns the positions (from 1) of those it
-# could not extend: lost by the store, or expired (timed out here first);
-# the client writes them back.
+# the live leases named, without sending their records (it rewrites the
+# expiry in front of each at every other heartbeat, and with stride 3 the
+# stamp at each). Returns the
+# positions (from 1) of those it could not extend: lost by the store, or
+# expired (timed out here first); the client writes them back.
 EXTEND = Script(
     _COMMON
     + r"""
@@ -342,14 +372,21 @@ for i = 4, #ARGV - stride + 1, stride do
   local member = name .. '/' .. inst
   local score = redis.call('ZSCORE', exp, member)
   local live = score and tonumber(score) > now
-  if live and stride == 3 then
+  if live then
     local isHash, rec = onRecords(name, 'HGET', inst)
     live = isHash and rec
     if live then
-      redis.call('HSET', P .. 'n:' .. name, inst, ARGV[i + 2] .. ' ' .. body(rec))
+      local kept = expiryOf(rec)
+      if stride == 3 then
+        rec = ARGV[i + 2] .. ' ' .. body(rec) -- a new stamp
+        kept = nil
+      end
+      -- The hash's expiry may lag the lease's, never pass it: rewritten
+      -- once less than half a ttl ahead, so every other heartbeat.
+      if not kept or kept < now + ttl / 2 or kept > now + ttl then
+        redis.call('HSET', P .. 'n:' .. name, inst, expiring(rec, now + ttl))
+      end
     end
-  elseif live then
-    live = redis.pcall('HEXISTS', P .. 'n:' .. name, inst) == 1
   end
   if live then
     scored[#scored + 1] = now + ttl
@@ -369,7 +406,8 @@ return missing
 )
 
 # ARGV: prefix, most to remove. Times out expired leases, trims old
-# tombstones. Returns {number timed out, ms until the next expiry or -1}.
+# tombstones. Returns {number timed out, ms until the next expiry or -1,
+# the server's clock (ms)}.
 SWEEP = Script(
     _COMMON
     + r"""
@@ -395,7 +433,7 @@ local nextMs = -1
 if #first == 2 then
   nextMs = math.max(0, tonumber(first[2]) - now)
 end
-return {#due, nextMs}
+return {#due, nextMs, now}
 """
 )
 
@@ -415,7 +453,7 @@ for i = 2, #ARGV - 1, 2 do
     drop(name, inst, 'timedout', now)
     rec = false
   end
-  out[#out + 1] = (isHash and rec) or false
+  out[#out + 1] = (isHash and rec and plain(rec)) or false
   out[#out + 1] = redis.call('HGET', P .. 'gone', inst)
 end
 return out
