@@ -28,6 +28,7 @@ from twisted.internet.endpoints import (
     serverFromString,
 )
 from twisted.internet.error import ConnectError
+from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
@@ -38,6 +39,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, readBody
 from zope.interface import implementer
 
@@ -735,17 +737,27 @@ def test_unix_endpoints_take_the_deadline_as_their_timeout() -> None:
 
 
 def test_timeout_while_connecting() -> None:
+    """
+    Looked up at once, the attempt's own connect timeout is the deadline:
+    the connect keeps no timer of its own.
+    """
     clock = MemoryReactorClock()
     registry = MemoryRegistry(clock)
     registry.register(PeerRecord("t", "db", ["tcp:host=10.0.0.1:port=4000"]), 60)
+    before = {call for call in clock.getDelayedCalls() if call.active()}
     connecting = fakeClient(clock, registry).connect(Factory.forProtocol(Collector))
     failures: list[Any] = []
     connecting.addErrback(failures.append)
+    started = {call for call in clock.getDelayedCalls() if call.active()} - before
+    assert [call.func.__name__ for call in started] == ["_watch"]  # the resolver's, not a timer
+    [(_, _, factory, timeout, _)] = clock.tcpClients
+    [connector] = clock.connectors
+    assert timeout == 5
     clock.advance(4.9)
     assert failures == []
     clock.advance(0.1)
-    [connector] = clock.connectors
-    assert connector.stoppedConnecting
+    connector.stopConnecting()  # as Twisted's connector does at its timeout
+    factory.clientConnectionFailed(connector, Failure(ConnectTimeout()))
     failures[0].trap(NoReachablePeer)
     assert failures[0].getErrorMessage() == (
         "no connection to 'db' in namespace 't' (registry memory://) within 5s: "
@@ -804,6 +816,58 @@ def test_timeout_while_the_registry_is_silent() -> None:
     failures[0].trap(NoReachablePeer)
     assert "within 2s: gave up waiting for the registry" in failures[0].getErrorMessage()
     assert registry.asked.called  # cancelled
+
+
+class SlowRegistry(SilentRegistry):
+    """
+    A registry whose calls give up after C{callTimeout} seconds.
+    """
+
+    def __init__(self, callTimeout: float):
+        self.callTimeout = callTimeout
+
+
+def test_a_registry_that_gives_up_sooner_times_the_lookup() -> None:
+    clock = MemoryReactorClock()
+    registry = SlowRegistry(callTimeout=2)
+    fakeClient(clock, registry, timeout=5).connect(Factory.forProtocol(Collector))
+    assert not registry.asked.called
+    assert not [call for call in clock.getDelayedCalls() if call.active()]
+
+
+def test_a_registry_that_gives_up_later_is_timed_by_the_connect() -> None:
+    clock = MemoryReactorClock()
+    registry = SlowRegistry(callTimeout=10)
+    connecting = fakeClient(clock, registry, timeout=2).connect(Factory.forProtocol(Collector))
+    clock.advance(2)
+    failures: list[Any] = []
+    connecting.addErrback(failures.append)
+    failures[0].trap(NoReachablePeer)
+    assert "within 2s: gave up waiting for the registry" in failures[0].getErrorMessage()
+    assert registry.asked.called  # cancelled
+
+
+def test_a_slow_answer_leaves_the_attempt_what_is_left_of_the_deadline() -> None:
+    """
+    A lookup that took longer than the slack: the attempt's own connect
+    timeout would end past the deadline, so the connect times it.
+    """
+    clock = MemoryReactorClock()
+    registry = SlowRegistry(callTimeout=2)
+    connecting = fakeClient(clock, registry, timeout=5).connect(Factory.forProtocol(Collector))
+    failures: list[Any] = []
+    connecting.addErrback(failures.append)
+    clock.advance(1.5)
+    registry.asked.callback([PeerRecord("t", "db", ["tcp:host=10.0.0.1:port=4000"])])
+    [connector] = clock.connectors
+    clock.advance(3.4)
+    assert failures == [] and not connector.stoppedConnecting
+    clock.advance(0.1)
+    assert connector.stoppedConnecting
+    failures[0].trap(NoReachablePeer)
+    assert failures[0].getErrorMessage().endswith(
+        "within 5s: gave up connecting to tcp:host=10.0.0.1:port=4000"
+    )
 
 
 def test_no_timeout_waits_for_the_caller() -> None:

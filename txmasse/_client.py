@@ -59,6 +59,11 @@ DEFAULT_TIMEOUT = 30.0
 ENDPOINT_CACHE = 64
 """Endpoints built from descriptions kept per client endpoint."""
 
+DEADLINE_SLACK = 0.001
+"""Seconds a connect may overrun its deadline by not timing a step this
+short (an attempt begun within this of the start keeps the deadline by its
+own connect timeout)."""
+
 
 def knownTransports() -> set[str]:
     """
@@ -297,9 +302,11 @@ class _Connect:
     step gave. Two things are kept only where they are needed, because a
     warm connect would pay for them otherwise (each 2 to 3% of it):
 
-      - the deadline's timer: none while the only step so far is an
+      - the deadline's timer: none while the steps so far are a lookup
+        that the registry gives up on sooner (its C{callTimeout}) and an
         attempt through one of L{MasseClientEndpoint.ownEndpoint}'s
-        endpoints, whose connect timeout is the deadline itself;
+        endpoints begun within L{DEADLINE_SLACK} of the start, whose
+        connect timeout is then the deadline itself;
       - a Deferred of this connect's own around an attempt, which knows
         when the caller cancels and disconnects a protocol delivered after
         all: only for endpoints other than those, whose cancellation may
@@ -412,7 +419,11 @@ class _Connect:
 
     def _resolve(self) -> Deferred[Any]:
         client = self.client
-        self._arm(_WAITING)
+        limit = getattr(self.registry, "callTimeout", None)
+        if limit is not None and client.timeout is not None and limit <= client.timeout:
+            self.doing = _WAITING  # the registry gives up on the lookup first
+        else:
+            self._arm(_WAITING)
         resolver = self._resolver()
         if client.cache:
             answer: Deferred[Any] = resolver.resolve(client.namespace, client.name)
@@ -524,7 +535,9 @@ class _Connect:
                 attempt = endpoint.connect(answering).addBoth(answering.answered)
         except Exception:
             own, attempt = False, fail()
-        if not (own and first):
+        if own and self.timer is None and self._onTime():
+            self.doing = candidate
+        else:
             self._arm(candidate)
         if not own:
             attempt = self._guarded(attempt)
@@ -580,6 +593,17 @@ class _Connect:
         return f"connecting to {doing.description}"
 
     # The deadline, foreign endpoints, and the outcome
+
+    def _onTime(self) -> bool:
+        """
+        Whether an attempt's own connect timeout, the client's C{timeout},
+        still ends by the deadline (give or take L{DEADLINE_SLACK}).
+        """
+        deadline, client = self.deadline, self.client
+        if deadline is None or client.timeout is None:
+            return True
+        now: float = client._reactor.seconds()
+        return now + client.timeout <= deadline + DEADLINE_SLACK
 
     def _arm(self, doing: str | Candidate) -> None:
         """

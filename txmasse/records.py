@@ -384,7 +384,7 @@ def isPattern(name: str) -> bool:
     """
     Whether C{name} is a glob with wildcards (C{db-*}) rather than one name.
     """
-    return any(char in name for char in "*?[")
+    return "*" in name or "?" in name or "[" in name
 
 
 @attrs.frozen

@@ -138,6 +138,9 @@ class Selection:
     _lastMatching: tuple[object, tuple[PeerRecord, ...]] | None = attrs.field(
         default=None, init=False, repr=False
     )
+    _lastAlone: tuple[PeerRecord, str, tuple[Candidate, ...]] | None = attrs.field(
+        default=None, init=False, repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.pick not in PICKS:
@@ -207,12 +210,23 @@ class Selection:
         return type(records) is tuple and (len(records) == 1 or self.pick == "first")
 
     def _alone(self, record: PeerRecord, here: str) -> tuple[Candidate, ...]:
+        """
+        The candidates of a name's only instance: kept for the same record
+        (the registries hand back the same record for the same bytes
+        stored, so a cold connect to it orders nothing either).
+        """
+        last = self._lastAlone
+        if last is not None and last[0] is record and last[1] == here:
+            return last[2]
+        ordered: tuple[Candidate, ...]
         if not record.usable:
-            return (Candidate(record, None, record.state),)
-        descriptions = self.usable(record, here)
-        if not descriptions:
-            return (Candidate(record, None),)
-        return tuple(Candidate(record, description) for description in descriptions)
+            ordered = (Candidate(record, None, record.state),)
+        elif descriptions := self.usable(record, here):
+            ordered = tuple(Candidate(record, description) for description in descriptions)
+        else:
+            ordered = (Candidate(record, None),)
+        self._lastAlone = (record, here, ordered)
+        return ordered
 
     def matching(self, records: Sequence[PeerRecord]) -> Sequence[PeerRecord]:
         """

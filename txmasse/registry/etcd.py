@@ -170,6 +170,7 @@ class EtcdRegistry:
 
     def __init__(self, reactor: IReactorTime, client: EtcdClient, prefix: str):
         self.url = client.url
+        self.callTimeout = client.timeout
         self.closed = False
         self.client = client
         self.reactor = reactor

@@ -136,6 +136,11 @@ class IRegistry(Interface):
     Every method returns a L{Deferred<twisted.internet.defer.Deferred>}
     that fails with L{txmasse.errors.RegistryUnavailable} if the registry
     does not answer within its deadline.
+
+    A registry may say what that deadline is, as C{callTimeout} (seconds):
+    a connect whose own deadline is no sooner then leaves its lookup to the
+    registry's, and times nothing itself meanwhile. Without it, the connect
+    keeps a timer of its own.
     """
 
     url: str = Attribute("The registry's URL, without any password.")

@@ -54,6 +54,8 @@ class MemoryRegistry:
 
     url = "memory://"
 
+    callTimeout = 0.0  # every call answers at once
+
     def __init__(self, clock: IReactorTime):
         self.closed = False
         self._clock = clock

@@ -383,7 +383,7 @@ class RedisRegistry(SharedStoreRegistry):
         self.url = url
         self._reactor = reactor
         self._endpoint = endpoint
-        self._timeout = timeout
+        self._timeout = self.callTimeout = timeout
         self._deadlines = Deadlines(reactor, timeout)
         self._serverClock = ServerClock()
         self._commandFactory = _Factory(_Commands, self._commandsReady, password, username, db)
@@ -562,13 +562,14 @@ class RedisRegistry(SharedStoreRegistry):
             d = protocol.execute_command("HGETALL", _prefix(namespace) + "n:" + name)
         except Exception:
             d = fail()
-        self._deadlines.bound(d)
-        return d.addCallbacks(
+        d.addCallbacks(
             self._liveRecords,
             self._lookupAfterAll,
             callbackArgs=(namespace, name),
             errbackArgs=(namespace, name),
         )
+        self._deadlines.bound(d)  # the script, if it answers instead, within the same deadline
+        return d.addErrback(self._unavailable, f"lookup of {name!r}")
 
     def _liveRecords(self, reply: object, namespace: str, name: str) -> Any:
         latest = self._serverClock.latestNow()
@@ -589,8 +590,8 @@ class RedisRegistry(SharedStoreRegistry):
         The C{HGETALL} failed: a key of another type, or a connection lost
         under it; the script decides (and reports), unless the caller gave up.
         """
-        if failure.check(CancelledError, DeferredTimeout):
-            return self._unavailable(failure, f"lookup of {name!r}")
+        if failure.check(CancelledError):
+            return failure
         return self._lookupByScript(namespace, name)
 
     def _lookupByScript(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:

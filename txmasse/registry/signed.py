@@ -200,6 +200,11 @@ class SignedRegistry:
         return self.registry.url
 
     @property
+    def callTimeout(self) -> float | None:
+        limit: float | None = getattr(self.registry, "callTimeout", None)
+        return limit
+
+    @property
     def closed(self) -> bool:
         return self.registry.closed
 

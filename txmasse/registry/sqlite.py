@@ -605,7 +605,7 @@ class SQLiteRegistry(SharedStoreRegistry):
         self.url = url or "sqlite://" + quote(self.path)
         self._reactor = reactor
         self._threads = IReactorFromThreads(reactor)
-        self._timeout = timeout
+        self._timeout = self.callTimeout = timeout
         self._pollInterval = poll
         self._db = _Database(self.path, now)
         self._db.deliver = self._fromThread
