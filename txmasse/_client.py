@@ -425,9 +425,8 @@ class _Connect:
         else:
             self._arm(_WAITING)
         resolver = self._resolver()
-        if client.cache:
-            answer: Deferred[Any] = resolver.resolve(client.namespace, client.name)
-            answer.addCallback(lambda resolution: resolution.records)
+        if client.cache:  # not cached (start() asked): fetched, and cached from now on
+            answer: Deferred[Any] = resolver.fetch(client.namespace, client.name)
         else:
             answer = resolver.ask(client.namespace, client.name)
         return answer.addCallbacks(self._resolved, self._ended)

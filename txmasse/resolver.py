@@ -399,6 +399,13 @@ class Resolver:
         records = self.cached(namespace, name)
         if records is not None:
             return succeed(Resolution(records, cached=True))
+        return self.fetch(namespace, name).addCallback(Resolution, cached=False)
+
+    def fetch(self, namespace: str, name: str) -> Deferred[list[PeerRecord]]:
+        """
+        The registry's answer for C{name}, as L{ask}; then a watch starts
+        in the background, so that the next resolution is from memory.
+        """
         return self.ask(namespace, name).addCallback(self._answered, namespace, name)
 
     def cached(self, namespace: str, name: str) -> Sequence[PeerRecord] | None:
@@ -448,12 +455,14 @@ class Resolver:
             return self.registry.find(namespace, name)
         return self.registry.lookup(namespace, name)
 
-    def _answered(self, records: list[PeerRecord], namespace: str, name: str) -> Resolution:
+    def _answered(
+        self, records: list[PeerRecord], namespace: str, name: str
+    ) -> list[PeerRecord]:
         if self.registry.closed:
             self.clear()
         elif records:
             self._watchSoon(namespace, name)
-        return Resolution(records, cached=False)
+        return records
 
     def _watchSoon(self, namespace: str, name: str) -> None:
         key = (namespace, name)

@@ -569,7 +569,10 @@ class RedisRegistry(SharedStoreRegistry):
             errbackArgs=(namespace, name),
         )
         self._deadlines.bound(d)  # the script, if it answers instead, within the same deadline
-        return d.addErrback(self._unavailable, f"lookup of {name!r}")
+        return d.addErrback(self._lookupUnavailable, name)
+
+    def _lookupUnavailable(self, failure: Failure, name: str) -> Failure:
+        return self._unavailable(failure, f"lookup of {name!r}")
 
     def _liveRecords(self, reply: object, namespace: str, name: str) -> Any:
         latest = self._serverClock.latestNow()
