@@ -25,7 +25,6 @@ from bench.peer import SELECTED
 from txmasse.endpoints import MasseClientEndpoint
 from txmasse.registry import registryFromURL
 from txmasse.registry.opening import openURL
-from txmasse.registry.redis_scripts import LOOKUP
 from txmasse.registry.url import parseRegistryURL
 from txmasse.resolver import resolverFor
 
@@ -71,7 +70,7 @@ async def measureConnects(
     """
     Samples (seconds) per variant: C{raw}, C{nocache}, C{miss}, C{warm},
     C{selected} (warm, with two C{meta.} conditions and one C{prefer.}),
-    C{get}, C{script} (the lookup's script alone, over txredisapi), C{byhand}
+    C{get}, C{command} (the lookup's HGETALL alone, over txredisapi), C{byhand}
     (a lookup, then C{raw}), and C{pyro} if C{pyroURI}.
     """
     registry = registryFromURL(reactor, url)
@@ -111,13 +110,13 @@ async def measureConnects(
         await redis.get("bench")
         return time.perf_counter() - start
 
-    lookupScript = ("EVALSHA", LOOKUP.sha, 0, f"masse:{{{namespace}}}:", "echo")
+    lookupCommand = ("HGETALL", f"masse:{{{namespace}}}:n:echo")
 
-    async def script() -> float:
-        # The floor of a lookup: its script's round trip through txredisapi,
+    async def command() -> float:
+        # The floor of a lookup: its command's round trip through txredisapi,
         # the reply left unread.
         start = time.perf_counter()
-        await redis.execute_command(*lookupScript)
+        await redis.execute_command(*lookupCommand)
         return time.perf_counter() - start
 
     async def byHand() -> float:
@@ -144,7 +143,7 @@ async def measureConnects(
         "warm": lambda: echoOnce(cached),
         "selected": lambda: echoOnce(selecting),
         "get": get,
-        "script": script,
+        "command": command,
         "byhand": byHand,
     }
     if pyroURI is not None:

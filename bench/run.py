@@ -105,8 +105,8 @@ def connectRows(s: dict[str, list[float]]) -> list[Row]:
     rows += [
         ratioRow(
             "connect",
-            "Redis: the lookup script alone (EVALSHA over txredisapi, no txmasse code)",
-            s["script"], "GET", get, digits=2, unit="x GET",
+            "Redis: the lookup's command alone (HGETALL over txredisapi, no txmasse code)",
+            s["command"], "GET", get, digits=2, unit="x GET",
         ),
         ratioRow("connect", "masse: warm (cached)", s["warm"], "raw", raw, limit="1.05"),
         ratioRow(
