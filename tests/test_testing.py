@@ -488,3 +488,103 @@ def test_client_service_follows_a_peer_that_restarted() -> None:
     again: Any = network.successResultOf(service.whenConnected())
     assert again is not protocol and portOf(again) == second.getHost().port  # type: ignore[attr-defined]
     service.stopService()
+
+
+def walkedCold(network: MasseNetwork, description: str, before: int) -> IStreamClientEndpoint:
+    """
+    An endpoint that asks the registry at every connect (C{cache=false}),
+    after C{before} connects: after one, the next walk of the name's only
+    instance goes straight to the attempt the last one made (L{_Walked}).
+    """
+    endpoint = network.clientFromString(description)
+    for _ in range(before):
+        network.successResultOf(connectedAfterFlush(network, endpoint))
+    return endpoint
+
+
+FIRST_OR_WALKED_AGAIN = pytest.mark.parametrize(
+    "before", [0, 1], ids=["first-cold-connect", "walked-again"]
+)
+
+
+@FIRST_OR_WALKED_AGAIN
+def test_a_cold_connect_times_out_and_cancels_on_its_endpoints_timeout(before: int) -> None:
+    """
+    The memory registry answers at once (its C{callTimeout} is 0): the
+    attempt's connect timeout is the deadline, and no timer of the connect's.
+    """
+    network = MasseNetwork()
+    served(network, "db:ns=t")
+    endpoint = walkedCold(network, "masse:db:ns=t:timeout=3:cache=false", before)
+    hangingAttempts(network)
+    connecting = endpoint.connect(Factory.forProtocol(Collector))
+    assert not [c for c in network.reactor.getDelayedCalls() if "_Connect" in repr(c)]
+    timesOutAtThreeSeconds(network, connecting)
+    cancelled = endpoint.connect(Factory.forProtocol(Collector))
+    cancelled.cancel()
+    with pytest.raises(CancelledError):
+        network.successResultOf(cancelled)
+    assert network.reactor.connectors[-1].stoppedConnecting
+
+
+@FIRST_OR_WALKED_AGAIN
+def test_a_refused_cold_attempt_says_what_it_tried(before: int) -> None:
+    network = MasseNetwork()
+    port = served(network, "db:ns=t").getHost().port  # type: ignore[attr-defined]
+    endpoint = walkedCold(network, "masse:db:ns=t:cache=false", before)
+    hangingAttempts(network, port)
+    connecting = endpoint.connect(Factory.forProtocol(Collector))
+    network.flush()
+    with pytest.raises(NoReachablePeer) as caught:
+        network.successResultOf(connecting)
+    assert str(caught.value) == (
+        "could not reach 'db' in namespace 't' (registry memory://): "
+        f"tried tcp:host=127.0.0.1:port={port}: Connection was refused by other side: "
+        f"127.0.0.1: {port}."
+    )
+
+
+def test_a_cold_connect_walks_again_once_the_instance_changed() -> None:
+    """
+    The next walk goes straight to the last one's attempt only while the
+    registry answers with the very same instance: a new one (here the
+    peer listening again elsewhere) is ordered and tried afresh, with no
+    attempt at the old address; a drained one is left out.
+    """
+    network = MasseNetwork()
+    first = served(network, "db:ns=t")
+    endpoint = walkedCold(network, "masse:db:ns=t:cache=false", before=2)
+    first.stopListening()
+    network.flush()
+    second = served(network, "db:ns=t")
+    tried = len(network.reactor.tcpClients)
+    reached = network.successResultOf(connectedAfterFlush(network, endpoint))
+    secondPort = second.getHost().port  # type: ignore[attr-defined]
+    assert portOf(reached) == secondPort
+    assert [port for _, port, *_ in network.reactor.tcpClients[tried:]] == [secondPort]
+    network.successResultOf(second.drain())
+    drained = endpoint.connect(Factory.forProtocol(Collector))
+    with pytest.raises(NoReachablePeer, match=r"left out instance \w+ \(draining\)"):
+        network.successResultOf(drained)
+
+
+def test_a_cold_connect_to_the_same_instance_orders_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    network = MasseNetwork()
+    served(network, "db:ns=t")
+    endpoint = walkedCold(network, "masse:db:ns=t:cache=false", before=1)
+    looked: list[object] = []
+    endpointFor = MasseClientEndpoint.endpointFor
+
+    def counted(self: MasseClientEndpoint, candidate: Any, registry: Any) -> Any:
+        looked.append(candidate)
+        return endpointFor(self, candidate, registry)
+
+    monkeypatch.setattr(MasseClientEndpoint, "endpointFor", counted)
+    for _ in range(3):
+        network.successResultOf(connectedAfterFlush(network, endpoint))
+    assert looked == []
+    served(network, "db:ns=t")  # two instances: walked in full
+    network.successResultOf(connectedAfterFlush(network, endpoint))
+    assert len(looked) == 1

@@ -8,7 +8,9 @@ application's protocol with the wrappers stacked around it. Warm, cold,
 pattern and given-record connects all walk the same list with the same
 loop, L{_Connect}; a warm connect that would order its candidates as the
 last one did repeats that one's first attempt (L{_Repeat}) and hands a
-failure to the same loop.
+failure to the same loop, and a cold one whose registry answers with the
+same one instance as last time goes straight to the same attempt
+(L{_Walked}).
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ class MasseClientEndpoint:
         self._opened: IRegistry | None = None
         self._resolver: Resolver | None = None
         self._repeat: _Repeat | None = None
+        self._lastWalk: _Walked | None = None
 
     @property
     def pick(self) -> str:
@@ -338,6 +341,7 @@ class _Connect:
     cancelled = False
     expired = False
     steady: tuple[Sequence[PeerRecord], str] | None = None  # the cached records, and here
+    alone: tuple[PeerRecord, str] | None = None  # a registry's answer of one instance, and here
 
     def __init__(
         self,
@@ -471,8 +475,19 @@ class _Connect:
     # Order, attempt
 
     def _walk(self, records: Sequence[PeerRecord]) -> Deferred[Any]:
-        selection = self.client.selection
+        client = self.client
+        selection = client.selection
         original = records
+        if len(records) == 1 and not self.fromCache and self.failed is None:
+            last = client._lastWalk
+            if (
+                last is not None
+                and records[0] is last.record  # registries hand back the same record object
+                and localHostIdentity() == last.here
+            ):
+                self.pending, self.next = last.candidates, 1
+                return self._attempt(last.candidates[0], last.endpoint)
+            self.alone = (records[0], localHostIdentity())
         if selection.meta and records:  # none left after a failed attempt: say what was tried
             matching = selection.matching(records)
             if not matching:
@@ -513,21 +528,27 @@ class _Connect:
                 return self._attempt(candidate)
         return self._fail(NoReachablePeer(f"could not reach {self.target}: {self._told()}"))
 
-    def _attempt(self, candidate: Candidate) -> Deferred[Any]:
+    def _attempt(
+        self, candidate: Candidate, known: IStreamClientEndpoint | None = None
+    ) -> Deferred[Any]:
+        """
+        Try C{candidate}: through its endpoint, or C{known}, one of
+        L{MasseClientEndpoint.ownEndpoint}'s that the last walk used for it.
+        """
         assert self.registry is not None
         client = self.client
         first = self.doing is None
         self.doing = candidate
         own = False
         try:
-            endpoint = client.endpointFor(candidate, self.registry)
-            own = client.ownEndpoint(endpoint)
+            if known is None:
+                endpoint = client.endpointFor(candidate, self.registry)
+                own = client.ownEndpoint(endpoint)
+            else:
+                endpoint, own = known, True
             if own:
-                if first and self.steady is not None and self.next == 1:
-                    records, here = self.steady
-                    client._repeat = _Repeat(
-                        self._resolver(), records, here, self.pending, endpoint
-                    )
+                if self.next == 1 and known is None:
+                    self._remember(first, endpoint)
                 attempt = endpoint.connect(self.factory)
             else:
                 answering = _UntilAnswered(self.factory)
@@ -541,6 +562,21 @@ class _Connect:
         if not own:
             attempt = self._guarded(attempt)
         return attempt.addCallbacks(self._ended, self._attemptFailed, errbackArgs=(candidate, own))
+
+    def _remember(self, first: bool, endpoint: IStreamClientEndpoint) -> None:
+        """
+        Keep this connect's first attempt for the next connects to go
+        straight to: a warm one while the cache holds the same records
+        (L{_Repeat}), a cold one while the registry answers with the same
+        one instance (L{_Walked}).
+        """
+        client = self.client
+        if first and self.steady is not None:
+            records, here = self.steady
+            client._repeat = _Repeat(self._resolver(), records, here, self.pending, endpoint)
+        elif self.alone is not None:
+            record, here = self.alone
+            client._lastWalk = _Walked(record, here, self.pending, endpoint)
 
     def _attemptFailed(self, failure: Failure, candidate: Candidate, own: bool) -> object:
         if own:
@@ -701,6 +737,20 @@ class _Repeat(NamedTuple):
 
     resolver: Resolver
     records: Sequence[PeerRecord]
+    here: str
+    candidates: Sequence[Candidate]
+    endpoint: IStreamClientEndpoint
+
+
+class _Walked(NamedTuple):
+    """
+    A cold connect's walk of a name's only instance: while the registry
+    answers with the very same C{record} (and this host is still C{here}),
+    the next walk orders the same C{candidates} and tries the first over
+    the same C{endpoint}, so it goes straight there.
+    """
+
+    record: PeerRecord
     here: str
     candidates: Sequence[Candidate]
     endpoint: IStreamClientEndpoint
