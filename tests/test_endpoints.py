@@ -787,7 +787,8 @@ class SilentRegistry:
         return self.asked
 
     def find(self, namespace: str, pattern: str) -> Deferred[list[PeerRecord]]:
-        return Deferred()
+        self.asked = Deferred()
+        return self.asked
 
     def leases(self, namespace: str, pattern: str) -> Deferred[Any]:
         return Deferred()
@@ -837,10 +838,18 @@ def test_a_registry_that_gives_up_sooner_times_the_lookup() -> None:
     assert not [call for call in clock.getDelayedCalls() if call.active()]
 
 
-def test_a_registry_that_gives_up_later_is_timed_by_the_connect() -> None:
+@pytest.mark.parametrize(
+    ("callTimeout", "name"),
+    [(10, "db"), (2, "db"), (1, "db-*")],
+    ids=["later", "as-late", "a-find-of-many-calls"],
+)
+def test_a_registry_that_may_give_up_later_is_timed_by_the_connect(
+    callTimeout: float, name: str
+) -> None:
     clock = MemoryReactorClock()
-    registry = SlowRegistry(callTimeout=10)
-    connecting = fakeClient(clock, registry, timeout=2).connect(Factory.forProtocol(Collector))
+    registry = SlowRegistry(callTimeout=callTimeout)
+    client = MasseClientEndpoint(clock, name, "t", registry=registry, timeout=2)
+    connecting = client.connect(Factory.forProtocol(Collector))
     clock.advance(2)
     failures: list[Any] = []
     connecting.addErrback(failures.append)

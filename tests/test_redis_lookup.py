@@ -16,13 +16,16 @@ import pytest_twisted
 from twisted.logger import capturedLogs
 
 from tests.helpers import (
+    Events,
     RedisServer,
     assertNoErrors,
     eventsAbout,
+    eventually,
     newRegistry,
     record,
     withoutExpiry,
 )
+from txmasse.errors import RegistryUnavailable
 from txmasse.registry import redis_scripts as scripts
 from txmasse.registry.server_clock import FRESH_SECONDS, MARGIN_MS, ServerClock
 
@@ -203,33 +206,48 @@ async def test_a_new_connection_reads_the_clock_again(redis_server: RedisServer)
         await registry.close()
 
 
-class FakeMonotonic:
+class FakeClocks:
+    """
+    A monotonic clock and a wall clock, which advance together unless told.
+    """
+
     def __init__(self) -> None:
         self.now = 100.0
+        self.wallNow = 1_800_000_000.0
 
-    def __call__(self) -> float:
+    def monotonic(self) -> float:
         return self.now
+
+    def wall(self) -> float:
+        return self.wallNow
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.wallNow += seconds
+
+    def clock(self) -> ServerClock:
+        return ServerClock(self.monotonic, self.wall)
 
 
 def test_the_clock_is_read_from_a_reply_and_its_round_trip() -> None:
-    monotonic = FakeMonotonic()
-    clock = ServerClock(monotonic)
+    clocks = FakeClocks()
+    clock = clocks.clock()
     assert clock.latestNow() is None
     sent = clock.now()
-    monotonic.now += 0.004  # a round trip of 4 ms: the reply was read 2 ms either way
+    clocks.advance(0.004)  # a round trip of 4 ms: the reply was read 2 ms either way
     clock.heard(5_000_000, sent)
     assert clock.latestNow() == pytest.approx(5_000_000 + 2 + 2 + MARGIN_MS)
-    monotonic.now += 1.0
+    clocks.advance(1.0)
     assert clock.latestNow() == pytest.approx(5_001_000 + 2 + 2 + MARGIN_MS)
 
 
 def test_a_reading_grows_stale_and_a_new_connection_forgets_it() -> None:
-    monotonic = FakeMonotonic()
-    clock = ServerClock(monotonic)
+    clocks = FakeClocks()
+    clock = clocks.clock()
     clock.heard(5_000_000, clock.now())
-    monotonic.now += FRESH_SECONDS
+    clocks.advance(FRESH_SECONDS)
     assert clock.latestNow() is not None
-    monotonic.now += 0.001
+    clocks.advance(0.001)
     assert clock.latestNow() is None
     clock.heard(6_000_000, clock.now())
     clock.forget()
@@ -237,16 +255,57 @@ def test_a_reading_grows_stale_and_a_new_connection_forgets_it() -> None:
 
 
 def test_a_slow_reply_or_a_clock_gone_back_is_not_a_reading() -> None:
-    monotonic = FakeMonotonic()
-    clock = ServerClock(monotonic)
+    clocks = FakeClocks()
+    clock = clocks.clock()
     sent = clock.now()
-    monotonic.now += 0.5  # half a second of round trip: too vague
+    clocks.advance(0.5)  # half a second of round trip: too vague
     clock.heard(5_000_000, sent)
     assert clock.latestNow() is None
     sent = clock.now()
-    monotonic.now -= 0.001
+    clocks.now -= 0.001
     clock.heard(5_000_000, sent)
     assert clock.latestNow() is None
+
+
+def test_a_machine_that_slept_trusts_no_reading_from_before() -> None:
+    """
+    The monotonic clock stands still while the machine sleeps; the wall
+    clock does not: the two disagreeing, the reading is not used.
+    """
+    clocks = FakeClocks()
+    clock = clocks.clock()
+    clock.heard(5_000_000, clock.now())
+    clocks.advance(1.0)
+    assert clock.latestNow() is not None
+    clocks.wallNow += 3.0  # asleep for 3 s
+    assert clock.latestNow() is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_registry_answers_no_lookup(redis_server: RedisServer) -> None:
+    registry = await synced(redis_server)
+    await registry.close()
+    with pytest.raises(RegistryUnavailable, match="is closed"):
+        await registry.lookup("dev", "db")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_event_from_an_earlier_txmasse_is_understood(redis_server: RedisServer) -> None:
+    """
+    An earlier version's script, dropping a record this one stored,
+    announces it with the expiry in front: the event is read all the same.
+    """
+    registry = newRegistry(redis_server.url + "?timeout=2")
+    events = Events()
+    try:
+        gone = record("db")
+        await registry.watch("dev", "db", events)
+        value = b"@%d %s" % (serverMs(redis_server) + FAR, gone.toJSON())
+        store(redis_server, "db", gone.instance, value, serverMs(redis_server) + FAR)
+        redis_server.command("PUBLISH", "masse:{dev}:events", b"1 joined " + value)
+        await eventually(lambda: events.kinds() == [("joined", "db")], timeout=3)
+    finally:
+        await registry.close()
 
 
 @pytest_twisted.ensureDeferred

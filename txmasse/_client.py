@@ -125,7 +125,8 @@ class MasseClientEndpoint:
         meta: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
         prefer: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     ):
-        if isinstance(name, str) and isPattern(name):
+        self._pattern = isinstance(name, str) and isPattern(name)
+        if self._pattern:
             Glob(name)
         else:
             validateName(name, "name")
@@ -306,7 +307,8 @@ class _Connect:
     warm connect would pay for them otherwise (each 2 to 3% of it):
 
       - the deadline's timer: none while the steps so far are a lookup
-        that the registry gives up on sooner (its C{callTimeout}) and an
+        (of a name, not a pattern: one call) that the registry gives up on
+        sooner (its C{callTimeout}) and an
         attempt through one of L{MasseClientEndpoint.ownEndpoint}'s
         endpoints begun within L{DEADLINE_SLACK} of the start, whose
         connect timeout is then the deadline itself;
@@ -424,8 +426,13 @@ class _Connect:
     def _resolve(self) -> Deferred[Any]:
         client = self.client
         limit = getattr(self.registry, "callTimeout", None)
-        if limit is not None and client.timeout is not None and limit <= client.timeout:
-            self.doing = _WAITING  # the registry gives up on the lookup first
+        if (
+            limit is not None
+            and client.timeout is not None
+            and limit < client.timeout
+            and not client._pattern  # a find may take several calls, each with that deadline
+        ):
+            self.doing = _WAITING  # the registry gives up on its one call first
         else:
             self._arm(_WAITING)
         resolver = self._resolver()
@@ -438,7 +445,7 @@ class _Connect:
     def _resolved(self, records: Sequence[PeerRecord]) -> Deferred[Any]:
         if not records:
             client = self.client
-            what = "matches" if isPattern(client.name) else "is registered as"
+            what = "matches" if client._pattern else "is registered as"
             return self._fail(
                 PeerNotFound(
                     f"no peer {what} {client.name!r} in namespace {client.namespace!r} "

@@ -555,8 +555,13 @@ class RedisRegistry(SharedStoreRegistry):
         a lease at or near its expiry, or anything but records.
         """
         protocol = self._readyCommands
-        if protocol is None or not protocol.ready or self._serverClock.latestNow() is None:
-            return self._lookupByScript(namespace, name)
+        if (
+            self.closed
+            or protocol is None
+            or not protocol.ready
+            or self._serverClock.latestNow() is None
+        ):
+            return self._lookupByScript(namespace, name)  # which fails at once if closed
         d: Deferred[Any]
         try:
             d = protocol.execute_command("HGETALL", _prefix(namespace) + "n:" + name)
@@ -912,6 +917,9 @@ class RedisRegistry(SharedStoreRegistry):
                 number=_shown(seqText),
             )
             return
+        expiring = _expiring(data)
+        if expiring is not None:  # an earlier txmasse's script, meeting a record of this one's
+            data = expiring[1]
         self._eventReceived(namespace, seq, _text(kindText), data)
 
 

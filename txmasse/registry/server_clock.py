@@ -24,7 +24,10 @@ drift from the server's by a few hundred parts per million meanwhile."""
 
 MARGIN_MS = 20.0
 """Room kept beyond a reading's own uncertainty, for that drift (at most
-2.5 ms over L{FRESH_SECONDS}) and for the server's clock being stepped."""
+2.5 ms over L{FRESH_SECONDS}). A server clock stepped further forward is
+not covered: its sweeps then time out what expired at once (within half a
+second), and the next reading (within L{FRESH_SECONDS}) corrects the
+estimate."""
 
 MAX_UNCERTAINTY_MS = 10.0
 """A reading whose round trip took longer than twice this is not kept."""
@@ -35,11 +38,17 @@ class ServerClock:
     The server's clock in ms, from the readings its replies carry.
     """
 
-    def __init__(self, monotonic: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ):
         self._monotonic = monotonic
+        self._wall = wall
         self._offset = 0.0  # server ms minus local ms
         self._margin = 0.0
         self._heardAt: float | None = None
+        self._wallAt = 0.0
 
     def now(self) -> float:
         """
@@ -59,6 +68,7 @@ class ServerClock:
         self._offset = serverMs - (sent + received) * 500
         self._margin = uncertainty + MARGIN_MS
         self._heardAt = received
+        self._wallAt = self._wall()
 
     def forget(self) -> None:
         """
@@ -76,4 +86,6 @@ class ServerClock:
         now = self._monotonic()
         if heardAt is None or not 0 <= now - heardAt <= FRESH_SECONDS:
             return None
+        if abs(self._wall() - self._wallAt - (now - heardAt)) * 1000 > MARGIN_MS:
+            return None  # the machine slept (the monotonic clock stood still), or was set
         return now * 1000 + self._offset + self._margin
