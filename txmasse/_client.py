@@ -165,6 +165,8 @@ class MasseClientEndpoint:
         self._resolver: Resolver | None = None
         self._repeat: _Repeat | None = None
         self._lastWalk: _Walked | None = None
+        # The registry opened, if it gives up on a lookup before this endpoint's timeout.
+        self._answersInTime: IRegistry | None = None
 
     @property
     def pick(self) -> str:
@@ -226,6 +228,15 @@ class MasseClientEndpoint:
         opened = self._opened
         if opened is None or opened.closed:
             opened = self._opened = openRegistry(self._reactor, self.registry)
+            limit = getattr(opened, "callTimeout", None)
+            self._answersInTime = (
+                opened
+                if limit is not None
+                and self.timeout is not None
+                and limit < self.timeout
+                and not self._pattern  # a find may take several calls, each with that deadline
+                else None
+            )
         return opened
 
     def resolverFor(self, registry: IRegistry) -> Resolver:
@@ -425,13 +436,7 @@ class _Connect:
 
     def _resolve(self) -> Deferred[Any]:
         client = self.client
-        limit = getattr(self.registry, "callTimeout", None)
-        if (
-            limit is not None
-            and client.timeout is not None
-            and limit < client.timeout
-            and not client._pattern  # a find may take several calls, each with that deadline
-        ):
+        if client._answersInTime is self.registry:
             self.doing = _WAITING  # the registry gives up on its one call first
         else:
             self._arm(_WAITING)
@@ -562,9 +567,7 @@ class _Connect:
                 attempt = endpoint.connect(answering).addBoth(answering.answered)
         except Exception:
             own, attempt = False, fail()
-        if own and self.timer is None and self._onTime():
-            self.doing = candidate
-        else:
+        if not (own and self.timer is None and self._onTime()):
             self._arm(candidate)
         if not own:
             attempt = self._guarded(attempt)
