@@ -138,9 +138,9 @@ class IRegistry(Interface):
     does not answer within its deadline.
 
     A registry may say what that deadline is, as C{callTimeout} (seconds):
-    a connect whose own deadline is no sooner then leaves its lookup to the
-    registry's, and times nothing itself meanwhile. Without it, the connect
-    keeps a timer of its own.
+    a connect whose own deadline is later then leaves its lookup of a name
+    to the registry's, and times nothing itself meanwhile. Without it, the
+    connect keeps a timer of its own.
     """
 
     url: str = Attribute("The registry's URL, without any password.")
