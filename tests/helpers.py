@@ -195,6 +195,19 @@ class RedisServer:
         }
 
 
+async def readServerClock(registry: Any, namespace: str = "dev") -> int:
+    """
+    Look up until the Redis C{registry} holds a reading of its server's
+    clock, which a lookup by script gives unless its round trip was too
+    slow to be kept (a loaded machine): the lookups it took.
+    """
+    for tries in range(1, 51):
+        await registry.lookup(namespace, "nobody-is-registered-as-this")
+        if registry._serverClock.latestNow() is not None:
+            return tries
+    raise AssertionError("50 lookups and no reading of the server's clock kept")
+
+
 def withoutExpiry(value: bytes) -> bytes:
     """
     A record as the Redis registry's hash keeps it, C{@EXPIRY RECORD},
