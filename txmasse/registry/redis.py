@@ -12,6 +12,10 @@ waits forever on a Redis that is down or paused.
 Timeouts need no Redis configuration: each process with leases or watchers
 in a namespace runs a sweep at the namespace's next expiry, and the sweep
 announces each expired lease once.
+
+A lookup is one C{HGETALL} of the name's hash, checked against the server's
+clock as this client last read it (L{ServerClock}); the C{LOOKUP} script
+answers what the client cannot decide on alone.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """
 The Lua scripts behind L{txmasse.registry.redis}: each registry operation is
-one script, so it is atomic and costs one round trip.
+one script, so it is atomic and costs one round trip; but for a lookup,
+which is one plain C{HGETALL} whenever the client can decide on its answer
+alone, and this module's C{LOOKUP} otherwise.
 
 Keys of namespace NS all start with C{masse:{NS}:} (the braces keep them in
 one Redis Cluster slot):
