@@ -195,6 +195,28 @@ class RedisServer:
         }
 
 
+def serverMs(server: RedisServer) -> int:
+    """
+    The Redis server's clock, in ms.
+    """
+    seconds, micros = server.command("TIME")
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def storeEntry(
+    server: RedisServer, name: str, instance: str, value: bytes, expiry: int, namespace: str = "dev"
+) -> None:
+    """
+    Write an entry into Redis by hand as a registration would (and as anyone
+    who can write to it could): C{value} as is in the name's hash, C{expiry}
+    (server ms) among the expiries, the name among the names.
+    """
+    prefix = f"masse:{{{namespace}}}:"
+    server.command("HSET", f"{prefix}n:{name}", instance, value)
+    server.command("ZADD", f"{prefix}exp", expiry, f"{name}/{instance}")
+    server.command("ZADD", f"{prefix}names", 0, name)
+
+
 async def readServerClock(registry: Any, namespace: str = "dev") -> int:
     """
     Look up until the Redis C{registry} holds a reading of its server's

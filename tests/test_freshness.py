@@ -24,6 +24,8 @@ from tests.helpers import (
     eventually,
     newRegistry,
     record,
+    serverMs,
+    storeEntry,
     warningsIn,
     withoutExpiry,
 )
@@ -46,10 +48,8 @@ def _writeBack(server: RedisServer, data: bytes, name: str, instance: str) -> No
     Put a record into Redis by hand, alive for ten minutes, as anyone who
     can write to it could.
     """
-    expires = int(server.command("TIME")[0]) * 1000 + 600_000
-    server.command("HSET", f"masse:{{dev}}:n:{name}", instance, b"@%d %s" % (expires, data))
-    server.command("ZADD", "masse:{dev}:exp", expires, f"{name}/{instance}")
-    server.command("ZADD", "masse:{dev}:names", 0, name)
+    expires = serverMs(server) + 600_000
+    storeEntry(server, name, instance, b"@%d %s" % (expires, data), expires)
 
 
 @pytest_twisted.ensureDeferred

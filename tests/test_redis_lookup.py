@@ -24,6 +24,8 @@ from tests.helpers import (
     newRegistry,
     readServerClock,
     record,
+    serverMs,
+    storeEntry,
     withoutExpiry,
 )
 from txmasse.errors import RegistryUnavailable
@@ -31,21 +33,6 @@ from txmasse.registry import redis_scripts as scripts
 from txmasse.registry.server_clock import FRESH_SECONDS, MARGIN_MS, ServerClock
 
 FAR = 600_000  # ms: a lease that is nowhere near its end
-
-
-def serverMs(server: RedisServer) -> int:
-    seconds, micros = server.command("TIME")
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-def store(server: RedisServer, name: str, instance: str, value: bytes, expiry: int) -> None:
-    """
-    Write an entry as a registration would: in the name's hash, the
-    expiries and the names.
-    """
-    server.command("HSET", f"masse:{{dev}}:n:{name}", instance, value)
-    server.command("ZADD", "masse:{dev}:exp", expiry, f"{name}/{instance}")
-    server.command("ZADD", "masse:{dev}:names", 0, name)
 
 
 async def synced(server: RedisServer) -> Any:
@@ -103,7 +90,7 @@ async def test_an_expired_lease_nobody_swept_is_not_served(redis_server: RedisSe
     try:
         gone = record("db")
         past = serverMs(redis_server) - 1000
-        store(redis_server, "db", gone.instance, b"@%d %s" % (past, gone.toJSON()), past)
+        storeEntry(redis_server, "db", gone.instance, b"@%d %s" % (past, gone.toJSON()), past)
         assert await lookedUp(redis_server, registry, "db") == ([], "script")
         assert redis_server.command("HGETALL", "masse:{dev}:n:db") == []
         assert redis_server.command("HGET", "masse:{dev}:gone", gone.instance) == b"timedout"
@@ -134,7 +121,7 @@ async def test_what_it_cannot_decide_on_goes_to_the_script(
         "older": db.toJSON(),
         "bad expiry": b"@12x4 " + db.toJSON(),
     }[stored]
-    store(redis_server, "db", db.instance, value, serverMs(redis_server) + FAR)
+    storeEntry(redis_server, "db", db.instance, value, serverMs(redis_server) + FAR)
     try:
         with capturedLogs() as logs:
             assert await lookedUp(redis_server, registry, "db") == ([db], "script")
@@ -163,7 +150,7 @@ async def test_a_misplaced_record_is_skipped_by_the_one_command(
     registry = await synced(redis_server)
     elsewhere = record("web")
     far = serverMs(redis_server) + FAR
-    store(redis_server, "db", "i1", b"@%d %s" % (far, elsewhere.toJSON()), far)
+    storeEntry(redis_server, "db", "i1", b"@%d %s" % (far, elsewhere.toJSON()), far)
     try:
         with capturedLogs() as logs:
             assert await lookedUp(redis_server, registry, "db") == ([], "hgetall")
@@ -300,7 +287,7 @@ async def test_an_event_from_an_earlier_txmasse_is_understood(redis_server: Redi
         gone = record("db")
         await registry.watch("dev", "db", events)
         value = b"@%d %s" % (serverMs(redis_server) + FAR, gone.toJSON())
-        store(redis_server, "db", gone.instance, value, serverMs(redis_server) + FAR)
+        storeEntry(redis_server, "db", gone.instance, value, serverMs(redis_server) + FAR)
         redis_server.command("PUBLISH", "masse:{dev}:events", b"1 joined " + value)
         await eventually(lambda: events.kinds() == [("joined", "db")], timeout=3)
     finally:
