@@ -5,7 +5,7 @@ exactly-once rules, step by step under a Clock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
@@ -201,3 +201,45 @@ def test_a_reconnect_during_the_first_snapshot_catches_up_after_it() -> None:
     store.snapshots[1].callback(Snapshot(2, [a, b]))  # b joined while we were away
     assert subscription.synced
     assert events.kinds() == [("joined", "b")]
+
+
+def test_current_is_the_peers_last_read_while_synced_until_they_may_differ() -> None:
+    """
+    C{current} is the tuple C{peers} gave while synced, and C{None} from
+    the first thing after which it may not be the answer: a join or a
+    leave, lost notifications, a catch-up, a stop. A reading while not
+    synced keeps it C{None}.
+    """
+    clock, store = Clock(), ScriptedStore()
+    a, b = record("a"), record("b")
+    subscription, _ = watching(store, clock)
+    assert subscription.peers == () and subscription.current is None  # still catching up
+    store.snapshots[0].callback(Snapshot(1, [a]))
+    assert subscription.current is None  # nobody read the view since it changed
+    peers = subscription.peers
+    assert subscription.current is peers
+
+    def changedBy(change: Callable[[], object]) -> None:
+        peers = subscription.peers
+        assert subscription.current is peers
+        change()
+        assert subscription.current is None, change
+
+    changedBy(lambda: hear(store, subscription, 2, EventKind.JOINED, b))
+    changedBy(lambda: hear(store, subscription, 3, EventKind.LEFT, b))
+    changedBy(subscription.interrupted)
+    subscription.peers  # noqa: B018  (read while unsynced)
+    assert subscription.current is None
+    subscription.resumed()
+    before = subscription.peers
+    changedBy(subscription.resync)
+    subscription.peers  # noqa: B018  (read while catching up)
+    assert subscription.current is None
+    store.snapshots[1].callback(Snapshot(3, [a]))
+    assert subscription.peers is before  # unchanged by the catch-up, and current again
+    assert subscription.current is before
+    hear(store, subscription, 4, EventKind.JOINED, a)  # nothing new: the view stands
+    assert subscription.current is before
+    changedBy(subscription.stop)
+    subscription.peers  # noqa: B018
+    assert subscription.current is None

@@ -207,6 +207,46 @@ def test_least_recently_used_entries_go_first(counting: Counting, clock: Clock) 
     assert resolved(resolver, "a")[1] and not resolved(resolver, "b")[1]
 
 
+def test_an_entry_a_repeated_connect_used_goes_to_the_back_once(
+    counting: Counting, clock: Clock
+) -> None:
+    """
+    A connect that repeats the last one marks the entry used instead of
+    asking the resolver: making room passes over it once (clearing the
+    mark), and drops it the next time if nothing used it meanwhile.
+    """
+    for port, name in enumerate(["a", "b", "c", "d"], start=4000):
+        registered(counting, record(name, port))
+    resolver = Resolver(counting, clock, maxEntries=2)
+    resolved(resolver, "a")
+    resolved(resolver, "b")
+    entry = resolver.entry("t", "a")
+    assert entry is not None and not entry.used
+    entry.used = True  # as a repeated connect does
+    resolved(resolver, "c")  # room made by dropping b, not a
+    assert ("t", "a") in resolver and ("t", "b") not in resolver and not entry.used
+    resolved(resolver, "d")  # a's mark was spent: now it goes
+    assert ("t", "a") not in resolver and ("t", "c") in resolver and ("t", "d") in resolver
+    assert resolver.entry("t", "a") is None
+    a, b, c, d = counting.subscriptions
+    assert (a.synced, b.synced, c.synced, d.synced) == (False, False, True, True)
+
+
+def test_making_room_when_every_entry_was_used_keeps_the_new_one(
+    counting: Counting, clock: Clock
+) -> None:
+    for port, name in enumerate(["a", "b"], start=4000):
+        registered(counting, record(name, port))
+    resolver = Resolver(counting, clock, maxEntries=1)
+    resolved(resolver, "a")
+    entry = resolver.entry("t", "a")
+    assert entry is not None
+    entry.used = True
+    resolved(resolver, "b")
+    assert ("t", "b") in resolver and len(resolver) == 1
+    assert resolved(resolver, "b")[1]  # served from memory: its watch runs
+
+
 def test_an_unsynced_entry_is_not_served(counting: Counting, clock: Clock) -> None:
     registered(counting, record())
     resolver = Resolver(counting, clock)
@@ -477,9 +517,9 @@ class _FrozenSubscription:
 
 
 def _entryFor(subscription: ISubscription) -> Any:
-    from txmasse.resolver import _Entry
+    from txmasse.resolver import CacheEntry
 
-    return _Entry("t", "echo", subscription=subscription)
+    return CacheEntry("t", "echo", subscription=subscription)
 
 
 # Real Redis
@@ -543,7 +583,11 @@ async def test_redis_events_invalidate_the_entry(
     client = clientFromString(reactor, f"masse:echo:ns=t:registry={quote(redis_url)}")
     await echoes(client)
     await warmed(registry)
-    entry = resolverFor(registry, reactor)._entries[("t", "echo")]
+    entry = resolverFor(registry, reactor).entry("t", "echo")
+    assert entry is not None
+    for _ in range(2):  # from the cache, then repeating that connect's attempt
+        assert await echoes(client) == first.getHost().port
+    assert entry.used  # the repeat was told by the watch alone
     second = await listen(ports, registry, ttl=0.5)
     await eventually(lambda: len(entry.records() or ()) == 2)  # joined
     await first.stopListening()

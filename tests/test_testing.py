@@ -6,6 +6,7 @@ Redis, on a clock; and the connect path's rules, checked on it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -401,6 +402,115 @@ def test_a_connect_does_not_repeat_an_attempt_once_the_instances_changed() -> No
     goesStraightToTheSecond(network, endpoint, first, second)
 
 
+def askedTheCache(
+    network: MasseNetwork,
+    endpoint: IStreamClientEndpoint,
+    connects: int,
+    registry: IRegistry | None = None,
+) -> int:
+    """
+    How many times C{connects} connects by C{endpoint} asked the cache of
+    C{registry} (the network's by default), each connected to the same port
+    as the one before.
+    """
+    resolver = resolverFor(registry or network.registry, network.reactor)
+    asked = 0
+    cached = resolver.cached
+
+    def counted(namespace: str, name: str) -> Any:
+        nonlocal asked
+        asked += 1
+        return cached(namespace, name)
+
+    resolver.cached = counted  # type: ignore[method-assign]
+    try:
+        ports = {portOf(network.successResultOf(connectedAfterFlush(network, endpoint)))}
+        for _ in range(connects - 1):
+            ports.add(portOf(network.successResultOf(connectedAfterFlush(network, endpoint))))
+    finally:
+        del resolver.cached
+    assert len(ports) == 1
+    return asked
+
+
+def test_a_repeated_connect_checks_the_watch_alone_and_marks_the_entry_used() -> None:
+    """
+    While the name's watch keeps C{current}, a repeated connect tells from
+    it alone that the cache still holds the same instances: it asks the
+    resolver nothing, and marks the cache entry used for its eviction. Once
+    the watch lost its notifications and got them back, the next connect
+    asks the resolver (the same instances: it repeats all the same), and
+    the one after that needs the watch alone again.
+    """
+    network = MasseNetwork()
+    served(network, "db:ns=t")
+    endpoint = warmed(network, "masse:db:ns=t", cached=1)
+    entry = resolverFor(network.registry, network.reactor).entry("t", "db")
+    assert entry is not None and entry.subscription is not None
+    entry.used = False
+    assert askedTheCache(network, endpoint, 3) == 0
+    assert entry.used
+    subscription: Any = entry.subscription
+    subscription.interrupted()
+    subscription.resumed()
+    assert askedTheCache(network, endpoint, 1) == 1
+    assert askedTheCache(network, endpoint, 2) == 0
+
+
+@implementer(ISubscription)
+class _Plain:
+    """
+    A watch that keeps no C{current}: only C{peers} and C{synced}, as
+    another registry's watch may.
+    """
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    @property
+    def peers(self) -> Any:
+        return self.inner.peers
+
+    @property
+    def synced(self) -> bool:
+        return bool(self.inner.synced)
+
+    def stop(self) -> None:
+        self.inner.stop()
+
+
+def test_a_watch_without_current_is_asked_at_every_repeated_connect() -> None:
+    network = MasseNetwork()
+    served(network, "db:ns=t")
+    registry = _WrappedWatches(network.registry, _Plain)
+    endpoint = MasseClientEndpoint(network.reactor, "db", "t", registry=registry)
+    network.successResultOf(connectedAfterFlush(network, endpoint))
+    network.advance(0.01)
+    network.successResultOf(connectedAfterFlush(network, endpoint))  # the first from the cache
+    repeat = endpoint._repeat
+    assert repeat is not None
+    assert askedTheCache(network, endpoint, 3, registry) == 3
+    assert endpoint._repeat is repeat  # each of them repeated the first
+
+
+def test_a_closed_registry_ends_the_repeats() -> None:
+    """
+    Closing the registry stops its watches, so no connect repeats an
+    attempt through it: the next one asks the registry, which has nothing
+    (a closed memory registry has dropped its leases), and tries nothing.
+    """
+    network = MasseNetwork()
+    served(network, "db:ns=t")
+    endpoint = warmed(network, "masse:db:ns=t", cached=1)
+    network.registry.close()
+    tried = len(network.reactor.tcpClients)
+    outcomes: list[Any] = []
+    connectedAfterFlush(network, endpoint).addBoth(outcomes.append)
+    [failure] = outcomes
+    assert failure.check(PeerNotFound), failure
+    assert len(network.reactor.tcpClients) == tried
+
+
 @implementer(ISubscription)
 class _OneList:
     """
@@ -427,14 +537,15 @@ class _OneList:
 
 
 @implementer(IRegistry)
-class _OneListRegistry:  # the methods it does not change: __getattr__
+class _WrappedWatches:  # the methods it does not change: __getattr__
     """
-    The network's registry, its watches behind L{_OneList}.
+    The network's registry, each of its watches behind C{wrap}'s.
     """
 
-    def __init__(self, inner: Any):
+    def __init__(self, inner: Any, wrap: Callable[[Any], ISubscription]):
         self.inner = inner
         self.url = inner.url
+        self.wrap = wrap
 
     @property
     def closed(self) -> bool:
@@ -444,7 +555,7 @@ class _OneListRegistry:  # the methods it does not change: __getattr__
         return self.inner.lookup(namespace, name, stale)  # type: ignore[no-any-return]
 
     def watch(self, namespace: str, pattern: str, callback: Any, usage: bool = False) -> Any:
-        return self.inner.watch(namespace, pattern, callback, usage).addCallback(_OneList)
+        return self.inner.watch(namespace, pattern, callback, usage).addCallback(self.wrap)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)  # the rest (find, register, close...) as they are
@@ -455,7 +566,7 @@ def test_a_watch_whose_peers_change_in_place_is_never_repeated_stale(selecting: 
     network = MasseNetwork()
     first = served(network, "db:ns=t:meta.zone=b")
     second = served(network, "db:ns=t:meta.zone=b")
-    registry = _OneListRegistry(network.registry)
+    registry = _WrappedWatches(network.registry, _OneList)
     endpoint = MasseClientEndpoint(
         network.reactor,
         "db",

@@ -45,6 +45,7 @@ from txmasse.records import Glob, PeerRecord, isPattern, localHostIdentity, vali
 from txmasse.registry import IRegistry, defaultNamespace
 from txmasse.registry.opening import checkRegistry, openRegistry, registryDisplay
 from txmasse.resolver import (
+    CacheEntry,
     Candidate,
     Resolver,
     Selection,
@@ -201,11 +202,10 @@ class MasseClientEndpoint:
         """
         repeat = self._repeat
         if repeat is not None:
-            resolver, records, here, _, _ = repeat
-            if (
-                resolver.cached(self.namespace, self.name) is records
-                and localHostIdentity() == here
-            ):
+            if repeat.watch.current is repeat.records:  # the cache's answer is unchanged
+                repeat.entry.used = True
+                return _repeatFirst(self, protocolFactory, repeat)
+            if repeat.resolver.cached(self.namespace, self.name) is repeat.records:
                 return _repeatFirst(self, protocolFactory, repeat)
             self._repeat = None
         return _Connect(self, protocolFactory).start(None)
@@ -353,8 +353,8 @@ class _Connect:
     timer: IDelayedCall | None = None
     cancelled = False
     expired = False
-    steady: tuple[Sequence[PeerRecord], str] | None = None  # the cached records, and here
-    alone: tuple[PeerRecord, str] | None = None  # a registry's answer of one instance, and here
+    steady: Sequence[PeerRecord] | None = None  # the cached records, in a steady order
+    alone: PeerRecord | None = None  # a registry's answer of one instance
 
     def __init__(
         self,
@@ -492,14 +492,11 @@ class _Connect:
         original = records
         if len(records) == 1 and not self.fromCache and self.failed is None:
             last = client._lastWalk
-            if (
-                last is not None
-                and records[0] is last.record  # registries hand back the same record object
-                and localHostIdentity() == last.here
-            ):
+            # Registries hand back the same record object for the same stored bytes.
+            if last is not None and records[0] is last.record:
                 self.pending, self.next = last.candidates, 1
                 return self._attempt(last.candidates[0], last.endpoint)
-            self.alone = (records[0], localHostIdentity())
+            self.alone = records[0]
         if selection.meta and records:  # none left after a failed attempt: say what was tried
             matching = selection.matching(records)
             if not matching:
@@ -514,7 +511,7 @@ class _Connect:
             and selection.pick != "roundrobin"
             and selection.isSteady(records)
         ):
-            self.steady = (original, here)  # the next connect may repeat this one's first attempt
+            self.steady = original  # the next connect may repeat this one's first attempt
         return self._next()
 
     def _noneMatching(self, records: Sequence[PeerRecord]) -> PeerNotFound:
@@ -582,11 +579,10 @@ class _Connect:
         """
         client = self.client
         if first and self.steady is not None:
-            records, here = self.steady
-            client._repeat = _Repeat(self._resolver(), records, here, self.pending, endpoint)
+            resolver, steady = self._resolver(), self.steady
+            client._repeat = _Repeat.of(resolver, client, steady, self.pending, endpoint)
         elif self.alone is not None:
-            record, here = self.alone
-            client._lastWalk = _Walked(record, here, self.pending, endpoint)
+            client._lastWalk = _Walked(self.alone, self.pending, endpoint)
 
     def _attemptFailed(self, failure: Failure, candidate: Candidate, own: bool) -> object:
         if own:
@@ -740,28 +736,66 @@ _WAITING = "waiting for the registry"
 class _Repeat(NamedTuple):
     """
     A warm connect's first attempt, which the next connect repeats while
-    the cache holds the same C{records} (and this host is still C{here}):
-    candidates in a steady order (L{Selection.isSteady}) come out the same,
-    so it goes straight to the first one's C{endpoint}.
+    the cache holds the same C{records}: candidates in a steady order
+    (L{Selection.isSteady}) come out the same (this host's identity is read
+    once per process), so it goes straight to the first one's C{endpoint}.
+
+    That the cache holds them still is one comparison while the C{entry}'s
+    C{watch} keeps C{current} (L{txmasse.registry.ISubscription}); the
+    repeat then marks the entry used, for the cache's eviction, instead of
+    asking the resolver. Otherwise it asks L{Resolver.cached}.
     """
 
     resolver: Resolver
     records: Sequence[PeerRecord]
-    here: str
+    watch: Any  # has current: the entry's subscription, or _NOT_KEPT
+    entry: CacheEntry
     candidates: Sequence[Candidate]
     endpoint: IStreamClientEndpoint
+
+    @classmethod
+    def of(
+        cls,
+        resolver: Resolver,
+        client: MasseClientEndpoint,
+        records: Sequence[PeerRecord],
+        candidates: Sequence[Candidate],
+        endpoint: IStreamClientEndpoint,
+    ) -> _Repeat | None:
+        """
+        The repeat of C{client}'s attempt at C{candidates}' first over
+        C{endpoint}, the cache having answered C{records}; C{None} if the
+        cache holds no entry for the name any more.
+        """
+        entry = resolver.entry(client.namespace, client.name)
+        if entry is None:
+            return None
+        watch: Any = entry.subscription
+        if getattr(watch, "current", None) is not records:
+            watch = _NOT_KEPT
+        return cls(resolver, records, watch, entry, candidates, endpoint)
+
+
+class _NotKept:
+    """
+    A subscription's stand-in that keeps no C{current}.
+    """
+
+    current = None
+
+
+_NOT_KEPT = _NotKept()
 
 
 class _Walked(NamedTuple):
     """
     A cold connect's walk of a name's only instance: while the registry
-    answers with the very same C{record} (and this host is still C{here}),
-    the next walk orders the same C{candidates} and tries the first over
-    the same C{endpoint}, so it goes straight there.
+    answers with the very same C{record}, the next walk orders the same
+    C{candidates} and tries the first over the same C{endpoint}, so it goes
+    straight there.
     """
 
     record: PeerRecord
-    here: str
     candidates: Sequence[Candidate]
     endpoint: IStreamClientEndpoint
 

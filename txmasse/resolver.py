@@ -325,9 +325,13 @@ class Resolution:
 
 
 @attrs.define(eq=False)
-class _Entry:
+class CacheEntry:
     """
     One cached name: its watch, while it is starting or running.
+
+    C{used} is set by a warm connect that repeats the last one
+    (L{txmasse.endpoints}) instead of asking L{Resolver.cached}: such an
+    entry goes to the back of the queue once instead of out.
     """
 
     namespace: str
@@ -337,6 +341,7 @@ class _Entry:
     stopped: bool = False
     retryAt: float = 0.0
     failures: int = 0
+    used: bool = False
 
     def records(self) -> Sequence[PeerRecord] | None:
         """
@@ -368,7 +373,7 @@ class Resolver:
     Resolves names in one registry, from memory where a synced watch allows.
 
     @param maxEntries: names kept; the least recently used one is dropped
-        (and its watch stopped) to make room.
+        (and its watch stopped) to make room (L{CacheEntry.used}).
     """
 
     def __init__(self, registry: IRegistry, clock: IReactorTime, maxEntries: int = MAX_ENTRIES):
@@ -377,7 +382,7 @@ class Resolver:
         self.registry = registry
         self.maxEntries = maxEntries
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], CacheEntry] = OrderedDict()
         self._watchFailing = False
         self._soon: set[tuple[str, str]] = set()
 
@@ -421,6 +426,12 @@ class Resolver:
         if records is not None:
             self._entries.move_to_end(key)
         return records
+
+    def entry(self, namespace: str, name: str) -> CacheEntry | None:
+        """
+        C{name}'s cache entry, if it has one.
+        """
+        return self._entries.get((namespace, name))
 
     def isWarm(self, namespace: str, name: str) -> bool:
         """
@@ -480,10 +491,8 @@ class Resolver:
             return
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[key] = _Entry(namespace, name)
-            while len(self._entries) > self.maxEntries:
-                _, oldest = self._entries.popitem(last=False)
-                oldest.stop()
+            self._makeRoom()
+            entry = self._entries[key] = CacheEntry(namespace, name)
         else:
             self._entries.move_to_end(key)
             if (
@@ -499,7 +508,22 @@ class Resolver:
             lambda failure: self._watchFailed(failure, entry),
         )
 
-    def _watching(self, subscription: ISubscription, entry: _Entry) -> None:
+    def _makeRoom(self) -> None:
+        """
+        Drop the least recently used entries, and stop their watches, until
+        there is room for one more; an entry a repeated connect used since
+        it was last moved to the back goes to the back instead, once.
+        """
+        entries = self._entries
+        while len(entries) >= self.maxEntries:
+            key, oldest = entries.popitem(last=False)
+            if oldest.used:
+                oldest.used = False
+                entries[key] = oldest
+            else:
+                oldest.stop()
+
+    def _watching(self, subscription: ISubscription, entry: CacheEntry) -> None:
         entry.starting = False
         if entry.stopped or self.registry.closed:
             subscription.stop()
@@ -510,7 +534,7 @@ class Resolver:
             log.info("{resolver}: watches work again", resolver=str(self))
         self._watchFailing = False
 
-    def _watchFailed(self, failure: Failure, entry: _Entry) -> None:
+    def _watchFailed(self, failure: Failure, entry: CacheEntry) -> None:
         entry.starting = False
         retry = WATCH_RETRY(entry.failures)
         entry.failures += 1

@@ -503,6 +503,13 @@ class Subscription:
         self._maxBuffered = maxBuffered
         self._view: dict[str, PeerRecord] = {}
         self._peers: tuple[PeerRecord, ...] | None = None  # the view, as last handed out
+        self.current: tuple[PeerRecord, ...] | None = None
+        """
+        L{peers} as last read while synced, until that may no longer be the
+        answer: C{None} from the next change to the view, lost notification,
+        catch-up or stop on. A reader that kept the tuple tells in one
+        comparison that it is still current (L{ISubscription}).
+        """
         self._suspects: set[str] = set()
         # The last REMOVED_KEPT instances the view let go, latest last: news
         # of one again (a replayed join) is not shown before the store is read.
@@ -535,6 +542,8 @@ class Subscription:
         peers = self._peers
         if peers is None:
             peers = self._peers = tuple(self._view.values())
+        if self.synced:
+            self.current = peers
         return peers
 
     @property
@@ -547,6 +556,7 @@ class Subscription:
         changes until the next L{resync}, or L{resumed} if none were lost.
         """
         self._connected = False
+        self.current = None
 
     def resumed(self) -> None:
         """
@@ -570,6 +580,7 @@ class Subscription:
         if self._stopped:
             return
         self._stopped = True
+        self.current = None
         self._cancelPendingResync()
         self._checks.clear()
         self._doubts.stop()
@@ -610,6 +621,7 @@ class Subscription:
         self._generation += 1
         generation = self._generation
         self._buffer = []
+        self.current = None
         return Deferred.fromCoroutine(self._catchUp(generation))
 
     async def _catchUp(self, generation: int) -> None:
@@ -641,7 +653,7 @@ class Subscription:
         current = {r.instance: r for r in snapshot.records if self.glob.matches(r.name)}
         if self.initial:
             self.initial = False
-            self._view, self._peers = current, None
+            self._view, self._peers, self.current = current, None, None
         else:
             self._reconcile(current, snapshot.gone)
         for seq, kind, record in buffered:
@@ -806,11 +818,11 @@ class Subscription:
             if known == record and known.signature == record.signature:
                 return  # (a new signature is news: a signed watch may now accept it)
             self._view[instance] = record
-            self._peers = None
+            self._peers = self.current = None
             self._emit(EventKind.UPDATED if known is not None else EventKind.JOINED, record)
         elif known is not None:
             del self._view[instance]
-            self._peers = None
+            self._peers = self.current = None
             self._suspects.discard(instance)
             self._removed.pop(instance, None)  # the latest last
             self._removed[instance] = None

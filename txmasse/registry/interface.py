@@ -113,6 +113,12 @@ class ILease(Interface):
 class ISubscription(Interface):
     """
     A live watch on the names that match a pattern in one namespace.
+
+    A subscription may also keep C{current}: the tuple C{peers} last gave
+    while synced, and C{None} from the moment that may no longer be the
+    answer (a change, a lost notification, a catch-up, a stop). A warm
+    connect that repeats the last one then checks it in one comparison;
+    without it, the connect reads C{peers} and C{synced} each time.
     """
 
     peers: Sequence[PeerRecord] = Attribute(
