@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import pytest
 import pytest_twisted
+from prometheus_client import REGISTRY
 from twisted.application.internet import ClientService
 from twisted.internet import reactor, tcp
 from twisted.internet.address import IPv4Address, UNIXAddress
@@ -28,7 +29,7 @@ from twisted.internet.endpoints import (
     connectProtocol,
     serverFromString,
 )
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, ConnectionRefusedError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -846,19 +847,54 @@ def test_a_registry_that_may_give_up_later_is_timed_by_the_connect(
     assert registry.asked.called  # cancelled
 
 
-def test_a_slow_answer_leaves_the_attempt_what_is_left_of_the_deadline() -> None:
+THE_ONLY_INSTANCE = PeerRecord("t", "db", ["tcp:host=10.0.0.1:port=4000"])
+
+
+def walked(clock: MemoryReactorClock, client: MasseClientEndpoint, before: int) -> None:
+    """
+    C{before} connects by C{client} (0 or 1), over a L{SlowRegistry}: the
+    registry answers with L{THE_ONLY_INSTANCE} at once, and the attempt is
+    refused. After one, the next connect is a walk of that same instance
+    again (L{txmasse._client._walkFirst}).
+    """
+    registry: Any = client.registry
+    for _ in range(before):
+        failures: list[Failure] = []
+        client.connect(Factory.forProtocol(Collector)).addErrback(failures.append)
+        registry.asked.callback([THE_ONLY_INSTANCE])
+        refused(clock)
+        [failure] = failures
+        failure.trap(NoReachablePeer)
+    assert (client._lastWalk is not None) == bool(before)
+
+
+def refused(clock: MemoryReactorClock) -> None:
+    """
+    The last attempt made on C{clock} fails, refused.
+    """
+    connector, factory = clock.connectors[-1], clock.tcpClients[-1][2]
+    factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+
+
+FIRST_OR_WALKED = pytest.mark.parametrize("before", [0, 1], ids=["first", "walked-again"])
+
+
+@FIRST_OR_WALKED
+def test_a_slow_answer_leaves_the_attempt_what_is_left_of_the_deadline(before: int) -> None:
     """
     A lookup that took longer than the slack: the attempt's own connect
     timeout would end past the deadline, so the connect times it.
     """
     clock = MemoryReactorClock()
     registry = SlowRegistry(callTimeout=2)
-    connecting = fakeClient(clock, registry, timeout=5).connect(Factory.forProtocol(Collector))
+    client = fakeClient(clock, registry, timeout=5)
+    walked(clock, client, before)
+    connecting = client.connect(Factory.forProtocol(Collector))
     failures: list[Any] = []
     connecting.addErrback(failures.append)
     clock.advance(1.5)
-    registry.asked.callback([PeerRecord("t", "db", ["tcp:host=10.0.0.1:port=4000"])])
-    [connector] = clock.connectors
+    registry.asked.callback([THE_ONLY_INSTANCE])
+    connector = clock.connectors[-1]
     clock.advance(3.4)
     assert failures == [] and not connector.stoppedConnecting
     clock.advance(0.1)
@@ -867,6 +903,81 @@ def test_a_slow_answer_leaves_the_attempt_what_is_left_of_the_deadline() -> None
     assert failures[0].getErrorMessage().endswith(
         "within 5s: gave up connecting to tcp:host=10.0.0.1:port=4000"
     )
+
+
+@FIRST_OR_WALKED
+@pytest.mark.parametrize("cache", [True, False], ids=["cache-miss", "cold"])
+def test_a_cold_connect_that_the_registry_fails_fails_with_its_error(
+    before: int, cache: bool
+) -> None:
+    clock = MemoryReactorClock()
+    registry = SlowRegistry(callTimeout=2)
+    client = MasseClientEndpoint(clock, "db", "t", registry=registry, timeout=5, cache=cache)
+    walked(clock, client, before)
+    tried = len(clock.connectors)
+    failures: list[Any] = []
+    client.connect(Factory.forProtocol(Collector)).addErrback(failures.append)
+    labels = {"namespace": "t", "name": "db", "outcome": "unavailable"}
+    counted = REGISTRY.get_sample_value("masse_connects_total", labels) or 0.0
+    registry.asked.errback(RegistryUnavailable("registry silent://: no answer within 2s"))
+    [failure] = failures
+    failure.trap(RegistryUnavailable)
+    assert failure.getErrorMessage() == "registry silent://: no answer within 2s"
+    assert len(clock.connectors) == tried
+    assert REGISTRY.get_sample_value("masse_connects_total", labels) == counted + 1
+
+
+@FIRST_OR_WALKED
+def test_a_cold_connect_cancelled_while_the_registry_is_asked_cancels_the_lookup(
+    before: int,
+) -> None:
+    clock = MemoryReactorClock()
+    registry = SlowRegistry(callTimeout=2)
+    client = fakeClient(clock, registry, timeout=5)
+    walked(clock, client, before)
+    tried = len(clock.connectors)
+    connecting = client.connect(Factory.forProtocol(Collector))
+    connecting.cancel()
+    failures: list[Any] = []
+    connecting.addErrback(failures.append)
+    [failure] = failures
+    failure.trap(CancelledError)
+    assert registry.asked.called  # cancelled too
+    registry.asked.addErrback(lambda f: f.trap(CancelledError))
+    assert len(clock.connectors) == tried
+
+
+@FIRST_OR_WALKED
+def test_a_cold_connect_cancelled_while_connecting_stops_the_attempt(before: int) -> None:
+    clock = MemoryReactorClock()
+    registry = SlowRegistry(callTimeout=2)
+    client = fakeClient(clock, registry, timeout=5)
+    walked(clock, client, before)
+    connecting = client.connect(Factory.forProtocol(Collector))
+    registry.asked.callback([THE_ONLY_INSTANCE])
+    connector = clock.connectors[-1]
+    connecting.cancel()
+    assert connector.stoppedConnecting
+    refused(clock)  # as Twisted's connector does once stopped
+    failures: list[Any] = []
+    connecting.addErrback(failures.append)
+    [failure] = failures
+    failure.trap(CancelledError)
+
+
+@FIRST_OR_WALKED
+def test_a_cold_roundrobin_connect_takes_its_turn(before: int) -> None:
+    clock = MemoryReactorClock()
+    registry = SlowRegistry(callTimeout=2)
+    client = MasseClientEndpoint(clock, "db", "t", registry=registry, pick="roundrobin")
+    walked(clock, client, before)
+    other = PeerRecord("t", "db", ["tcp:host=10.0.0.2:port=4000"])
+    client.connect(Factory.forProtocol(Collector))
+    registry.asked.callback([THE_ONLY_INSTANCE, other])  # ordered afresh, by this turn
+    [first, _] = client.selection.candidates([THE_ONLY_INSTANCE, other], before, "")
+    assert first.description == f"tcp:host={clock.tcpClients[-1][0]}:port=4000"
+    client.connect(Factory.forProtocol(Collector))  # the one after it took the next turn
+    assert client.selection.takeTurn() == before + 2
 
 
 def test_no_timeout_waits_for_the_caller() -> None:

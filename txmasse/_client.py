@@ -6,11 +6,12 @@ synced watch holds it, else from the registry), order the candidates
 (L{txmasse.resolver.Selection}), attempt each in turn, and hand back the
 application's protocol with the wrappers stacked around it. Warm, cold,
 pattern and given-record connects all walk the same list with the same
-loop, L{_Connect}; a warm connect that would order its candidates as the
-last one did repeats that one's first attempt (L{_Repeat}) and hands a
-failure to the same loop, and a cold one whose registry answers with the
-same one instance as last time goes straight to the same attempt
-(L{_Walked}).
+loop, L{_Connect}. Two shortcuts go in front of it and hand anything but
+their one success to it, as if it had made their steps: a warm connect
+that would order its candidates as the last one did repeats that one's
+first attempt (L{_Repeat}, L{_repeatFirst}), and a cold one whose registry
+answers with the same one instance as last time goes straight to the same
+attempt (L{_Walked}, L{_walkFirst}).
 """
 
 from __future__ import annotations
@@ -208,6 +209,9 @@ class MasseClientEndpoint:
             if repeat.resolver.cached(self.namespace, self.name) is repeat.records:
                 return _repeatFirst(self, protocolFactory, repeat)
             self._repeat = None
+        walked, registry = self._lastWalk, self._answersInTime
+        if walked is not None and registry is not None and not registry.closed:
+            return _walkFirst(self, protocolFactory, registry, walked)
         return _Connect(self, protocolFactory).start(None)
 
     def connectToRecord(
@@ -331,9 +335,10 @@ class _Connect:
 
     Each outcome goes through L{_ended} once: the attempt that connects
     ends the connect in its own callback, and each failure that ends it
-    is ended where it is decided. (A connect that repeats the last one's
-    first attempt, L{_repeatFirst}, builds one of these only if that
-    attempt fails; its success is counted where it connects.)
+    is ended where it is decided. (The shortcuts, L{_repeatFirst} and
+    L{_walkFirst}, build one of these only for what is not their one
+    success, L{goingOn} from their steps; that success is counted where it
+    connects.)
 
     What a connect has not needed yet is left to the class's defaults: a
     first warm connect builds one of these, and its cost is part of the
@@ -379,20 +384,39 @@ class _Connect:
             clock = client._reactor.seconds() if startedOnClock is None else startedOnClock
             self.deadline = clock + timeout
 
+    @classmethod
+    def goingOn(
+        cls,
+        client: MasseClientEndpoint,
+        factory: IProtocolFactory,
+        registry: IRegistry,
+        outer: Deferred[Any],
+        started: float,
+        startedOnClock: float,
+    ) -> _Connect:
+        """
+        The connect that a shortcut (L{_repeatFirst}, L{_walkFirst}) began
+        at C{started} through C{registry}, the caller holding C{outer}: it
+        goes on from where the shortcut left off, as if it had made the
+        steps so far.
+        """
+        connect = cls(client, factory, started, startedOnClock)
+        connect.registry, connect.outer = registry, outer
+        return connect
+
     def takeOver(
-        self, repeat: _Repeat, attempt: Deferred[Any], failure: Failure, own: bool
+        self, candidates: Sequence[Candidate], failure: Failure, own: bool, fromCache: bool
     ) -> object:
         """
-        Go on from a repeated first attempt (L{_repeatFirst}) that failed
-        with C{failure}, as if this connect had made it: C{own} if the
-        endpoint failed it, not if its C{connect} raised.
+        Go on from a shortcut's attempt at the first of C{candidates} (from
+        the cache if C{fromCache}) that failed with C{failure}, as if this
+        connect had made it: C{own} if the endpoint failed it, not if its
+        C{connect} raised.
         """
-        self.registry = repeat.resolver.registry
-        self.outer = attempt
-        self.fromCache = True
-        self.pending = repeat.candidates
+        self.fromCache = fromCache
+        self.pending = candidates
         self.next = 1
-        candidate = self.doing = repeat.candidates[0]
+        candidate = self.doing = candidates[0]
         return self._attemptFailed(failure, candidate, own)
 
     def __repr__(self) -> str:
@@ -844,8 +868,105 @@ def _repeatFailed(
     attempt: Deferred[Any],
     own: bool,
 ) -> Any:
-    connect = _Connect(client, factory, started, startedOnClock)
-    return connect.takeOver(repeat, attempt, failure, own)
+    registry = repeat.resolver.registry
+    connect = _Connect.goingOn(client, factory, registry, attempt, started, startedOnClock)
+    return connect.takeOver(repeat.candidates, failure, own, fromCache=True)
+
+
+def _walkFirst(
+    client: MasseClientEndpoint, factory: IProtocolFactory, registry: IRegistry, walked: _Walked
+) -> Deferred[IProtocol]:
+    """
+    A connect that asks the registry, whose last walk went to the name's
+    only instance (L{_Walked}), while the registry gives up on a lookup
+    before the connect would (so nothing needs timing meanwhile): the
+    lookup (through the cache's L{Resolver.fetch}, if the cache does not
+    hold the name), then, if the registry answers with the very same
+    instance within L{DEADLINE_SLACK}, that walk's first attempt, over an
+    endpoint of L{MasseClientEndpoint.ownEndpoint}'s. Any other answer, a
+    failure, or a failed attempt goes on in a L{_Connect}, as if it had
+    made these steps.
+    """
+    started = perf_counter()
+    startedOnClock = client._reactor.seconds()
+    namespace, name = client.namespace, client.name
+    if client.cache:
+        resolver = client.resolverFor(registry)
+        if resolver.cached(namespace, name) is not None:  # in the cache now: the usual way
+            return _Connect(client, factory, started, startedOnClock).start(None)
+        answer = resolver.fetch(namespace, name)
+    else:
+        answer = registry.lookup(namespace, name)
+    selection = client.selection
+    turn = selection.takeTurn() if selection.pick == "roundrobin" else 0
+    return answer.addCallbacks(
+        _walkedAnswer,
+        _walkedUnanswered,
+        callbackArgs=(client, factory, registry, walked, started, startedOnClock, turn, answer),
+        errbackArgs=(client, factory, registry, started, startedOnClock, answer),
+    )
+
+
+def _walkedAnswer(
+    records: Sequence[PeerRecord],
+    client: MasseClientEndpoint,
+    factory: IProtocolFactory,
+    registry: IRegistry,
+    walked: _Walked,
+    started: float,
+    startedOnClock: float,
+    turn: int,
+    outer: Deferred[Any],
+) -> Any:
+    if (
+        len(records) == 1
+        and records[0] is walked.record
+        and client._reactor.seconds() - startedOnClock <= DEADLINE_SLACK
+    ):
+        try:
+            attempt = walked.endpoint.connect(factory)
+        except Exception:  # a wrapper's bug: a failed attempt, as in _Connect._attempt
+            attempt, own = fail(), False
+        else:
+            own = True
+        return attempt.addCallbacks(
+            _repeatConnected,
+            _walkedAttemptFailed,
+            callbackArgs=(client, started),
+            errbackArgs=(client, factory, registry, walked, started, startedOnClock, outer, own),
+        )
+    connect = _Connect.goingOn(client, factory, registry, outer, started, startedOnClock)
+    connect.turn = turn
+    return connect._resolved(records)
+
+
+def _walkedUnanswered(
+    failure: Failure,
+    client: MasseClientEndpoint,
+    factory: IProtocolFactory,
+    registry: IRegistry,
+    started: float,
+    startedOnClock: float,
+    outer: Deferred[Any],
+) -> object:
+    connect = _Connect.goingOn(client, factory, registry, outer, started, startedOnClock)
+    connect.doing = _WAITING
+    return connect._ended(failure)
+
+
+def _walkedAttemptFailed(
+    failure: Failure,
+    client: MasseClientEndpoint,
+    factory: IProtocolFactory,
+    registry: IRegistry,
+    walked: _Walked,
+    started: float,
+    startedOnClock: float,
+    outer: Deferred[Any],
+    own: bool,
+) -> object:
+    connect = _Connect.goingOn(client, factory, registry, outer, started, startedOnClock)
+    return connect.takeOver(walked.candidates, failure, own, fromCache=False)
 
 
 def timedEndpoint(
