@@ -232,6 +232,35 @@ def test_an_entry_a_repeated_connect_used_goes_to_the_back_once(
     assert (a.synced, b.synced, c.synced, d.synced) == (False, False, True, True)
 
 
+def test_a_used_mark_is_spent_once_the_entry_is_moved_to_the_back(
+    counting: Counting, clock: Clock
+) -> None:
+    """
+    An entry asked of the cache goes to the back of the queue, and its
+    mark from a repeated connect before that is spent: it is then dropped
+    before an entry used after it.
+    """
+    for port, name in enumerate(["a", "b", "c", "d"], start=4000):
+        registered(counting, record(name, port))
+    resolver = Resolver(counting, clock, maxEntries=2)
+    resolved(resolver, "a")
+    resolved(resolver, "b")
+    entry = resolver.entry("t", "a")
+    assert entry is not None
+    entry.used = True  # a repeated connect, long ago
+    resolved(resolver, "a")  # asked of the cache: a to the back
+    assert not entry.used
+    resolved(resolver, "c")  # drops b
+    resolved(resolver, "d")  # drops a, used before c
+    assert ("t", "a") not in resolver and ("t", "c") in resolver
+    c = resolver.entry("t", "c")
+    assert c is not None and c.subscription is not None
+    c.used = True
+    c.subscription.interrupted()  # type: ignore[attr-defined]  # as on a lost connection
+    assert resolved(resolver, "c") == ([4002], False)  # asked of the registry: c to the back
+    assert not c.used
+
+
 def test_making_room_when_every_entry_was_used_keeps_the_new_one(
     counting: Counting, clock: Clock
 ) -> None:

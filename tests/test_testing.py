@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 from twisted.application.internet import ClientService
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.error import TimeoutError as ConnectTimeout
@@ -22,8 +22,9 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from txmasse import MasseListeningPort, NoReachablePeer, PeerNotFound
+from txmasse import MasseListeningPort, NoReachablePeer, PeerNotFound, RegistryUnavailable
 from txmasse.endpoints import MasseClientEndpoint
+from txmasse.records import PeerRecord
 from txmasse.registry import EventKind, IRegistry, ISubscription, PeerEvent
 from txmasse.resolver import resolverFor
 from txmasse.testing import MasseNetwork
@@ -433,6 +434,23 @@ def askedTheCache(
     return asked
 
 
+def countedLookups(network: MasseNetwork) -> list[tuple[Any, ...]]:
+    """
+    The lookups the network's registry is asked from now on (their
+    arguments), as they are made.
+    """
+    asked: list[tuple[Any, ...]] = []
+    registry: Any = network.registry
+    lookup = registry.lookup
+
+    def counted(*args: Any) -> Any:
+        asked.append(args)
+        return lookup(*args)
+
+    registry.lookup = counted
+    return asked
+
+
 def test_a_repeated_connect_checks_the_watch_alone_and_marks_the_entry_used() -> None:
     """
     While the name's watch keeps C{current}, a repeated connect tells from
@@ -511,6 +529,82 @@ def test_a_closed_registry_ends_the_repeats() -> None:
     assert len(network.reactor.tcpClients) == tried
 
 
+def test_a_repeat_is_not_fooled_by_a_newer_view_read_elsewhere() -> None:
+    """
+    The instance moved, and another endpoint read the name's new view
+    first (so the watch's C{current} is the new tuple): the repeating
+    endpoint goes to the new address, with no attempt at the old.
+    """
+    network = MasseNetwork()
+    first = served(network, "db:ns=t")
+    endpoint = warmed(network, "masse:db:ns=t", cached=1)
+    first.stopListening()
+    second = served(network, "db:ns=t")
+    network.flush()
+    other = network.clientFromString("masse:db:ns=t")
+    network.successResultOf(connectedAfterFlush(network, other))
+    entry = resolverFor(network.registry, network.reactor).entry("t", "db")
+    assert entry is not None and getattr(entry.subscription, "current", None) is not None
+    tried = len(network.reactor.tcpClients)
+    reached = network.successResultOf(connectedAfterFlush(network, endpoint))
+    secondPort = second.getHost().port  # type: ignore[attr-defined]
+    assert portOf(reached) == secondPort
+    assert [port for _, port, *_ in network.reactor.tcpClients[tried:]] == [secondPort]
+
+
+@implementer(ISubscription)
+class _Forwarding:
+    """
+    A watch wrapped by another registry, which passes on what it does not
+    define (C{current} among it) and is synced only while not C{paused}.
+    """
+
+    paused = False
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    @property
+    def peers(self) -> Any:
+        return self.inner.peers
+
+    @property
+    def synced(self) -> bool:
+        return bool(self.inner.synced) and not self.paused
+
+    def stop(self) -> None:
+        self.inner.stop()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_watch_is_trusted_only_with_a_current_of_its_own() -> None:
+    """
+    The C{current} a wrapper passes on is its inner watch's, not its own:
+    the repeat asks the cache, which reads the wrapper's C{synced}.
+    """
+    network = MasseNetwork()
+    served(network, "db:ns=t")
+    wrapped: list[_Forwarding] = []
+
+    def wrap(inner: Any) -> _Forwarding:
+        wrapped.append(_Forwarding(inner))
+        return wrapped[-1]
+
+    registry = _WrappedWatches(network.registry, wrap)
+    endpoint = MasseClientEndpoint(network.reactor, "db", "t", registry=registry)
+    network.successResultOf(connectedAfterFlush(network, endpoint))
+    network.advance(0.01)
+    network.successResultOf(connectedAfterFlush(network, endpoint))  # from the cache
+    assert askedTheCache(network, endpoint, 2, registry) == 2  # repeated, each time asked
+    [watch] = wrapped
+    watch.paused = True  # it no longer vouches for its peers
+    asked = countedLookups(network)
+    network.successResultOf(connectedAfterFlush(network, endpoint))
+    assert len(asked) == 1  # not repeated: the registry was asked
+
+
 @implementer(ISubscription)
 class _OneList:
     """
@@ -581,6 +675,46 @@ def test_a_watch_whose_peers_change_in_place_is_never_repeated_stale(selecting: 
         assert portOf(network.successResultOf(connecting)) == first.getHost().port  # type: ignore[attr-defined]
         network.advance(0.01)
     goesStraightToTheSecond(network, endpoint, first, second)
+
+
+class _ClosingView(_WrappedWatches):
+    """
+    A view of the network's registry with a close of its own, which leaves
+    the registry (and so its watches) to the others sharing it.
+    """
+
+    viewClosed = False
+
+    @property
+    def closed(self) -> bool:
+        return self.viewClosed
+
+    def lookup(self, namespace: str, name: str, stale: float | None = None) -> Deferred[Any]:
+        if self.viewClosed:
+            return fail(RegistryUnavailable(f"registry {self.url} is closed"))
+        return super().lookup(namespace, name, stale)
+
+    def close(self) -> Deferred[None]:
+        self.viewClosed = True
+        return succeed(None)
+
+
+def test_no_repeat_goes_through_a_closed_registry_whose_watches_run_on() -> None:
+    network = MasseNetwork()
+    served(network, "db:ns=t")
+    view = _ClosingView(network.registry, lambda watch: watch)
+    endpoint = MasseClientEndpoint(network.reactor, "db", "t", registry=view)
+    network.successResultOf(connectedAfterFlush(network, endpoint))
+    network.advance(0.01)
+    for _ in range(2):  # from the cache, then repeated from the watch alone
+        network.successResultOf(connectedAfterFlush(network, endpoint))
+    view.close()
+    tried = len(network.reactor.tcpClients)
+    outcomes: list[Any] = []
+    connectedAfterFlush(network, endpoint).addBoth(outcomes.append)
+    [failure] = outcomes
+    assert failure.check(RegistryUnavailable), failure
+    assert len(network.reactor.tcpClients) == tried
 
 
 def test_client_service_follows_a_peer_that_restarted() -> None:
@@ -699,3 +833,55 @@ def test_a_cold_connect_to_the_same_instance_orders_nothing(
     served(network, "db:ns=t")  # two instances: walked in full
     network.successResultOf(connectedAfterFlush(network, endpoint))
     assert len(looked) == 1
+
+
+def test_a_cold_connect_to_the_same_instance_builds_no_loop_and_is_counted_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """
+    While the registry answers with the very same instance, a cold connect
+    is the lookup and the last walk's attempt: no L{_Connect} is built, and
+    each connect is counted once.
+    """
+    from txmasse import _client
+
+    network = MasseNetwork()
+    served(network, "db:ns=t")
+    endpoint = walkedCold(network, "masse:db:ns=t:cache=false", before=1)
+    built: list[object] = []
+    init = _client._Connect.__init__
+
+    def counted(self: Any, *args: Any) -> None:
+        built.append(self)
+        init(self, *args)
+
+    monkeypatch.setattr(_client._Connect, "__init__", counted)
+    labels = {"namespace": "t", "name": "db", "outcome": "ok"}
+    before = REGISTRY.get_sample_value("masse_connects_total", labels) or 0.0
+    timed = REGISTRY.get_sample_value("masse_connect_seconds_count", {}) or 0.0
+    for _ in range(3):
+        network.successResultOf(connectedAfterFlush(network, endpoint))
+    assert built == []
+    assert REGISTRY.get_sample_value("masse_connects_total", labels) == before + 3
+    assert REGISTRY.get_sample_value("masse_connect_seconds_count", {}) == timed + 3
+
+
+def test_a_cold_connect_whose_walked_attempt_fails_asks_the_registry_once() -> None:
+    """
+    The last walk's attempt failing goes on as a cold connect does: the
+    instance's next endpoint, with no second lookup.
+    """
+    network = MasseNetwork()
+    ports = [4001, 4002]
+    record = PeerRecord("t", "db", [f"tcp:host=127.0.0.1:port={port}" for port in ports])
+    network.registry.register(record, 60)
+    endpoint = network.clientFromString("masse:db:ns=t:cache=false:pick=first")
+    hangingAttempts(network, *ports)
+    refused = connectedAfterFlush(network, endpoint)  # walks the instance: both refused
+    refused.addErrback(lambda failure: failure.trap(NoReachablePeer))
+    hangingAttempts(network, ports[0])  # now the second hangs, until it times out
+    asked = countedLookups(network)
+    tried = len(network.reactor.tcpClients)
+    connectedAfterFlush(network, endpoint).addErrback(lambda failure: None)
+    assert [port for _, port, *_ in network.reactor.tcpClients[tried:]] == ports
+    assert len(asked) == 1

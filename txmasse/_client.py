@@ -203,8 +203,8 @@ class MasseClientEndpoint:
         """
         repeat = self._repeat
         if repeat is not None:
-            if repeat.watch.current is repeat.records:  # the cache's answer is unchanged
-                repeat.entry.used = True
+            if repeat.watch.current is repeat.records and not repeat.registry.closed:
+                repeat.entry.used = True  # the cache's answer is unchanged
                 return _repeatFirst(self, protocolFactory, repeat)
             if repeat.resolver.cached(self.namespace, self.name) is repeat.records:
                 return _repeatFirst(self, protocolFactory, repeat)
@@ -448,6 +448,7 @@ class _Connect:
                 records := client.resolverFor(registry).cached(client.namespace, client.name)
             ):
                 self.fromCache = True
+                client._lastWalk = None  # warm now: no cold walk to shortcut
                 outer = self._walk(records)
             else:
                 outer = self._resolve()
@@ -465,10 +466,13 @@ class _Connect:
         else:
             self._arm(_WAITING)
         resolver = self._resolver()
-        if client.cache:  # not cached (start() asked): fetched, and cached from now on
-            answer: Deferred[Any] = resolver.fetch(client.namespace, client.name)
-        else:
-            answer = resolver.ask(client.namespace, client.name)
+        try:
+            if client.cache:  # not cached (start() asked): fetched, and cached from now on
+                answer: Deferred[Any] = resolver.fetch(client.namespace, client.name)
+            else:
+                answer = resolver.ask(client.namespace, client.name)
+        except Exception:  # a registry's bug: the connect fails with it
+            answer = fail()
         return answer.addCallbacks(self._resolved, self._ended)
 
     def _resolved(self, records: Sequence[PeerRecord]) -> Deferred[Any]:
@@ -765,12 +769,14 @@ class _Repeat(NamedTuple):
     once per process), so it goes straight to the first one's C{endpoint}.
 
     That the cache holds them still is one comparison while the C{entry}'s
-    C{watch} keeps C{current} (L{txmasse.registry.ISubscription}); the
-    repeat then marks the entry used, for the cache's eviction, instead of
-    asking the resolver. Otherwise it asks L{Resolver.cached}.
+    C{watch} keeps C{current} itself (L{txmasse.registry.ISubscription};
+    not one it reaches through C{__getattr__}) and the C{registry} is open;
+    the repeat then marks the entry used, for the cache's eviction, instead
+    of asking the resolver. Otherwise it asks L{Resolver.cached}.
     """
 
     resolver: Resolver
+    registry: IRegistry
     records: Sequence[PeerRecord]
     watch: Any  # has current: the entry's subscription, or _NOT_KEPT
     entry: CacheEntry
@@ -795,9 +801,9 @@ class _Repeat(NamedTuple):
         if entry is None:
             return None
         watch: Any = entry.subscription
-        if getattr(watch, "current", None) is not records:
-            watch = _NOT_KEPT
-        return cls(resolver, records, watch, entry, candidates, endpoint)
+        if getattr(watch, "__dict__", {}).get("current") is not records:
+            watch = _NOT_KEPT  # keeps none of its own (or another answer)
+        return cls(resolver, resolver.registry, records, watch, entry, candidates, endpoint)
 
 
 class _NotKept:
@@ -890,15 +896,18 @@ def _walkFirst(
     started = perf_counter()
     startedOnClock = client._reactor.seconds()
     namespace, name = client.namespace, client.name
-    if client.cache:
-        resolver = client.resolverFor(registry)
-        if resolver.cached(namespace, name) is not None:  # in the cache now: the usual way
-            return _Connect(client, factory, started, startedOnClock).start(None)
-        answer = resolver.fetch(namespace, name)
-    else:
-        answer = registry.lookup(namespace, name)
+    resolver = client.resolverFor(registry) if client.cache else None
+    if resolver is not None and resolver.cached(namespace, name) is not None:
+        return _Connect(client, factory, started, startedOnClock).start(None)  # the usual way
     selection = client.selection
     turn = selection.takeTurn() if selection.pick == "roundrobin" else 0
+    try:
+        if resolver is None:
+            answer = registry.lookup(namespace, name)
+        else:
+            answer = resolver.fetch(namespace, name)
+    except Exception:  # a registry's bug, as in _Connect._resolve
+        answer = fail()
     return answer.addCallbacks(
         _walkedAnswer,
         _walkedUnanswered,

@@ -36,7 +36,8 @@ from txmasse.retry import retryPolicy
 log = Logger()
 
 MAX_ENTRIES = 256
-"""Names (or patterns) cached per registry; the least recently used goes first."""
+"""Names (or patterns) cached per registry; the least recently used goes first
+(one a repeated connect used goes to the back once instead: L{CacheEntry})."""
 
 WATCH_RETRY = retryPolicy(1.0, 30.0)
 """Seconds before a name whose watch failed is watched again, by failures so far."""
@@ -329,9 +330,10 @@ class CacheEntry:
     """
     One cached name: its watch, while it is starting or running.
 
-    C{used} is set by a warm connect that repeats the last one
-    (L{txmasse.endpoints}) instead of asking L{Resolver.cached}: such an
-    entry goes to the back of the queue once instead of out.
+    C{used} is set by a warm connect of
+    L{txmasse.endpoints.MasseClientEndpoint} that repeats the last one
+    instead of asking L{Resolver.cached} (which moves the entry to the back
+    of the queue): such an entry goes to the back once instead of out.
     """
 
     namespace: str
@@ -425,6 +427,7 @@ class Resolver:
         records = entry.records()
         if records is not None:
             self._entries.move_to_end(key)
+            entry.used = False  # its mark is for its place in the queue, which it has again
         return records
 
     def entry(self, namespace: str, name: str) -> CacheEntry | None:
@@ -495,6 +498,7 @@ class Resolver:
             entry = self._entries[key] = CacheEntry(namespace, name)
         else:
             self._entries.move_to_end(key)
+            entry.used = False
             if (
                 entry.subscription is not None
                 or entry.starting
@@ -515,7 +519,7 @@ class Resolver:
         it was last moved to the back goes to the back instead, once.
         """
         entries = self._entries
-        while len(entries) >= self.maxEntries:
+        while entries and len(entries) >= self.maxEntries:
             key, oldest = entries.popitem(last=False)
             if oldest.used:
                 oldest.used = False

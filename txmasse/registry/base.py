@@ -653,7 +653,7 @@ class Subscription:
         current = {r.instance: r for r in snapshot.records if self.glob.matches(r.name)}
         if self.initial:
             self.initial = False
-            self._view, self._peers, self.current = current, None, None
+            self._view, self._peers = current, None
         else:
             self._reconcile(current, snapshot.gone)
         for seq, kind, record in buffered:

@@ -114,11 +114,13 @@ class ISubscription(Interface):
     """
     A live watch on the names that match a pattern in one namespace.
 
-    A subscription may also keep C{current}: the tuple C{peers} last gave
-    while synced, and C{None} from the moment that may no longer be the
-    answer (a change, a lost notification, a catch-up, a stop). A warm
-    connect that repeats the last one then checks it in one comparison;
-    without it, the connect reads C{peers} and C{synced} each time.
+    A subscription may also keep C{current}, as an attribute of its own
+    (a wrapper must not pass its inner watch's through): the tuple
+    C{peers} last gave while synced, and C{None} whenever that may no
+    longer be the answer (from a change, a lost notification, a catch-up
+    or a stop on; so whenever C{synced} is false). A warm connect that
+    repeats the last one then checks it, and that the registry is open, in
+    two comparisons; without it, the connect asks the resolver's cache.
     """
 
     peers: Sequence[PeerRecord] = Attribute(
