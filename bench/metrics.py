@@ -2,7 +2,7 @@
 What the metrics cost a warm connect: C{python -m bench.metrics [ROUNDS]}.
 
 The same warm C{masse:} connect + 1-byte echo as C{bench/connect.py}, with
-the metrics hook on and replaced by a no-op (twice: the two "off" variants
+the metrics hooks on and replaced by no-ops (twice: the two "off" variants
 measure the noise), alternating in a shuffled order, one sample of each per
 round; target: on within 2% of off.
 """
@@ -33,21 +33,25 @@ def _noHook(namespace: str, name: str, result: object, seconds: float) -> None:
     pass
 
 
+def _noCount(protocol: object, started: float, connected: list[int]) -> object:
+    return protocol  # a repeated connect's callback, counting nothing
+
+
 async def measure(url: str, echoPort: int, rounds: int) -> dict[str, list[float]]:
     registry = registryFromURL(reactor, url)
     resolver = resolverFor(registry, reactor)
     endpoint = MasseClientEndpoint(reactor, "echo", NAMESPACE, registry=url)
-    hook = metrics.connectEnded
+    hook, count = metrics.connectEnded, metrics.connectedSince
 
     async def on() -> float:
         return await echoOnce(endpoint)
 
     async def off() -> float:
-        metrics.connectEnded = _noHook
+        metrics.connectEnded, metrics.connectedSince = _noHook, _noCount  # type: ignore[assignment]
         try:
             return await echoOnce(endpoint)
         finally:
-            metrics.connectEnded = hook
+            metrics.connectEnded, metrics.connectedSince = hook, count
 
     # Two variants with metrics off: their ratio is the noise floor.
     variants = {"on": on, "off": off, "off2": off}

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import pytest
@@ -331,6 +332,23 @@ def test_counts_show_at_once() -> None:
     assert value("masse_watch_events_total", kind="counted") == before + 3
     metrics.watchEvent("counted")
     assert value("masse_watch_events_total", kind="counted") == before + 4
+
+
+def test_a_kept_cell_counts_as_adding_does() -> None:
+    """
+    A connect that repeats an attempt counts into its name's cell, kept
+    from before: the next scrape shows it as any other connect, timed.
+    """
+    labels = {"namespace": "cells", "name": "db", "outcome": "ok"}
+    cell = metrics.connectedCell("cells", "db")
+    assert metrics.connectedCell("cells", "db") is cell
+    assert REGISTRY.get_sample_value("masse_connects_total", labels) == 0.0  # shown from now on
+    timed = REGISTRY.get_sample_value("masse_connect_seconds_count", {}) or 0.0
+    protocol = object()
+    assert metrics.connectedSince(protocol, perf_counter(), cell) is protocol
+    metrics.connectEnded("cells", "db", protocol, 0.001)
+    assert REGISTRY.get_sample_value("masse_connects_total", labels) == 2.0
+    assert REGISTRY.get_sample_value("masse_connect_seconds_count", {}) == timed + 2
 
 
 def test_timings_expose_what_prometheus_client_would() -> None:

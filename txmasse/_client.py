@@ -610,7 +610,8 @@ class _Connect:
             resolver, steady = self._resolver(), self.steady
             client._repeat = _Repeat.of(resolver, client, steady, self.pending, endpoint)
         elif self.alone is not None:
-            client._lastWalk = _Walked(self.alone, self.pending, endpoint)
+            connected = metrics.connectedCell(client.namespace, client.name)
+            client._lastWalk = _Walked(self.alone, self.pending, endpoint, connected)
 
     def _attemptFailed(self, failure: Failure, candidate: Candidate, own: bool) -> object:
         if own:
@@ -782,6 +783,7 @@ class _Repeat(NamedTuple):
     entry: CacheEntry
     candidates: Sequence[Candidate]
     endpoint: IStreamClientEndpoint
+    connected: list[int]  # the name's metrics.connectedCell, where its successes are counted
 
     @classmethod
     def of(
@@ -803,7 +805,10 @@ class _Repeat(NamedTuple):
         watch: Any = entry.subscription
         if getattr(watch, "__dict__", {}).get("current") is not records:
             watch = _NOT_KEPT  # keeps none of its own (or another answer)
-        return cls(resolver, resolver.registry, records, watch, entry, candidates, endpoint)
+        connected = metrics.connectedCell(client.namespace, client.name)
+        return cls(
+            resolver, resolver.registry, records, watch, entry, candidates, endpoint, connected
+        )
 
 
 class _NotKept:
@@ -822,12 +827,14 @@ class _Walked(NamedTuple):
     A cold connect's walk of a name's only instance: while the registry
     answers with the very same C{record}, the next walk orders the same
     C{candidates} and tries the first over the same C{endpoint}, so it goes
-    straight there.
+    straight there, and counts its success in C{connected} (the name's
+    L{metrics.connectedCell}).
     """
 
     record: PeerRecord
     candidates: Sequence[Candidate]
     endpoint: IStreamClientEndpoint
+    connected: list[int]
 
 
 def _repeatFirst(
@@ -852,16 +859,11 @@ def _repeatFirst(
     else:
         own = True
     return attempt.addCallbacks(
-        _repeatConnected,
+        metrics.connectedSince,
         _repeatFailed,
-        callbackArgs=(client, started),
+        callbackArgs=(started, repeat.connected),
         errbackArgs=(client, factory, repeat, started, startedOnClock, attempt, own),
     )
-
-
-def _repeatConnected(protocol: IProtocol, client: MasseClientEndpoint, started: float) -> IProtocol:
-    metrics.connectEnded(client.namespace, client.name, protocol, perf_counter() - started)
-    return protocol
 
 
 def _repeatFailed(
@@ -939,9 +941,9 @@ def _walkedAnswer(
         else:
             own = True
         return attempt.addCallbacks(
-            _repeatConnected,
+            metrics.connectedSince,
             _walkedAttemptFailed,
-            callbackArgs=(client, started),
+            callbackArgs=(started, walked.connected),
             errbackArgs=(client, factory, registry, walked, started, startedOnClock, outer, own),
         )
     connect = _Connect.goingOn(client, factory, registry, outer, started, startedOnClock)

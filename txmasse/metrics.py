@@ -62,28 +62,39 @@ class Tally:
     A counter by label values, counted by the reactor's thread in plain
     integers and read by whichever thread scrapes (copies of a dict are
     atomic under the GIL, so a scrape sees every count made before it).
+
+    Each count is a one-item list, its cell (L{cell}), so that a caller
+    counting the same labels often keeps the cell and adds to it directly.
     """
 
     def __init__(self, name: str, documentation: str, labels: Sequence[str]):
         self.name = name
         self.documentation = documentation
         self.labels = tuple(labels)
-        self.counts: dict[tuple[str, ...], int] = {}
+        self.counts: dict[tuple[str, ...], list[int]] = {}
         self.created: dict[tuple[str, ...], float] = {}
 
     def add(self, labels: tuple[str, ...]) -> None:
-        counts = self.counts
-        count = counts.get(labels)
-        if count is None:
+        cell = self.counts.get(labels)
+        if cell is None:
+            cell = self.cell(labels)
+        cell[0] += 1
+
+    def cell(self, labels: tuple[str, ...]) -> list[int]:
+        """
+        The count of C{labels}, from now on shown (at 0 until counted).
+        """
+        cell = self.counts.get(labels)
+        if cell is None:
             self.created[labels] = time.time()
-            count = 0
-        counts[labels] = count + 1
+            cell = self.counts[labels] = [0]
+        return cell
 
     def collect(self) -> Metric:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
         created = self.created
-        for labels, count in list(self.counts.items()):
-            family.add_metric(labels, count, created=created.get(labels))
+        for labels, cell in list(self.counts.items()):
+            family.add_metric(labels, cell[0], created=created.get(labels))
         return family
 
 
@@ -221,13 +232,41 @@ def outcomeOf(result: object) -> str:
 _NO_LABELS = ()
 
 
+_connectSeries = connectSeconds.series[_NO_LABELS]
+
+
 def connectEnded(namespace: str, name: str, result: object, seconds: float) -> None:
     """
     Count and time one connect by name, as it ends with C{result} (a
     protocol or a failure, counted by L{outcomeOf}).
     """
     connects.add((namespace, name, "ok" if not isinstance(result, Failure) else outcomeOf(result)))
-    series = connectSeconds.series[_NO_LABELS]  # Timings.observe, inline: every connect pays it
+    _timeConnect(seconds)
+
+
+def connectedCell(namespace: str, name: str) -> list[int]:
+    """
+    The cell of L{connects} that counts C{name}'s connects that succeeded,
+    for L{connectedSince}.
+    """
+    return connects.cell((namespace, name, "ok"))
+
+
+def connectedSince(protocol: T, started: float, connected: list[int]) -> T:
+    """
+    Count and time a connect that connected C{protocol}, begun at
+    C{started} (C{perf_counter}), in its name's L{connectedCell}: the
+    callback of a connect that repeats an attempt, where every line
+    counts (a dictionary lookup less than L{connectEnded}).
+    """
+    seconds = perf_counter() - started
+    connected[0] += 1
+    _timeConnect(seconds)
+    return protocol
+
+
+def _timeConnect(seconds: float) -> None:
+    series = _connectSeries  # Timings.observe, inline: every connect pays it
     series[bisect_left(SECONDS_BUCKETS, seconds)] += 1
     series[-1] += seconds
 
