@@ -37,7 +37,7 @@ from txmasse.registry import (
     PeerEvent,
     registryFromURL,
 )
-from txmasse.resolver import WATCH_DELAY, WATCH_RETRY, Resolver, resolverFor
+from txmasse.resolver import WATCH_DELAY, WATCH_RETRY, CacheEntry, Resolver, resolverFor
 
 
 @implementer(IRegistry)
@@ -207,13 +207,11 @@ def test_least_recently_used_entries_go_first(counting: Counting, clock: Clock) 
     assert resolved(resolver, "a")[1] and not resolved(resolver, "b")[1]
 
 
-def test_an_entry_a_repeated_connect_used_goes_to_the_back_once(
-    counting: Counting, clock: Clock
-) -> None:
+def aMarkedUsed(counting: Counting, clock: Clock) -> tuple[Resolver, CacheEntry]:
     """
-    A connect that repeats the last one marks the entry used instead of
-    asking the resolver: making room passes over it once (clearing the
-    mark), and drops it the next time if nothing used it meanwhile.
+    Names a to d registered; a resolver of two entries that holds a, then
+    b, a marked used (as a repeated connect does): the resolver and a's
+    entry.
     """
     for port, name in enumerate(["a", "b", "c", "d"], start=4000):
         registered(counting, record(name, port))
@@ -222,7 +220,19 @@ def test_an_entry_a_repeated_connect_used_goes_to_the_back_once(
     resolved(resolver, "b")
     entry = resolver.entry("t", "a")
     assert entry is not None and not entry.used
-    entry.used = True  # as a repeated connect does
+    entry.used = True
+    return resolver, entry
+
+
+def test_an_entry_a_repeated_connect_used_goes_to_the_back_once(
+    counting: Counting, clock: Clock
+) -> None:
+    """
+    A connect that repeats the last one marks the entry used instead of
+    asking the resolver: making room passes over it once (clearing the
+    mark), and drops it the next time if nothing used it meanwhile.
+    """
+    resolver, entry = aMarkedUsed(counting, clock)
     resolved(resolver, "c")  # room made by dropping b, not a
     assert ("t", "a") in resolver and ("t", "b") not in resolver and not entry.used
     resolved(resolver, "d")  # a's mark was spent: now it goes
@@ -240,14 +250,7 @@ def test_a_used_mark_is_spent_once_the_entry_is_moved_to_the_back(
     mark from a repeated connect before that is spent: it is then dropped
     before an entry used after it.
     """
-    for port, name in enumerate(["a", "b", "c", "d"], start=4000):
-        registered(counting, record(name, port))
-    resolver = Resolver(counting, clock, maxEntries=2)
-    resolved(resolver, "a")
-    resolved(resolver, "b")
-    entry = resolver.entry("t", "a")
-    assert entry is not None
-    entry.used = True  # a repeated connect, long ago
+    resolver, entry = aMarkedUsed(counting, clock)  # long ago
     resolved(resolver, "a")  # asked of the cache: a to the back
     assert not entry.used
     resolved(resolver, "c")  # drops b
@@ -546,8 +549,6 @@ class _FrozenSubscription:
 
 
 def _entryFor(subscription: ISubscription) -> Any:
-    from txmasse.resolver import CacheEntry
-
     return CacheEntry("t", "echo", subscription=subscription)
 
 

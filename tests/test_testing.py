@@ -511,6 +511,21 @@ def test_a_watch_without_current_is_asked_at_every_repeated_connect() -> None:
     assert endpoint._repeat is repeat  # each of them repeated the first
 
 
+def failsTryingNothing(
+    network: MasseNetwork, endpoint: IStreamClientEndpoint, error: type[Exception]
+) -> None:
+    """
+    C{endpoint}'s next connect fails at once with C{error}, having made no
+    attempt to connect.
+    """
+    tried = len(network.reactor.tcpClients)
+    outcomes: list[Any] = []
+    connectedAfterFlush(network, endpoint).addBoth(outcomes.append)
+    [failure] = outcomes
+    assert failure.check(error), failure
+    assert len(network.reactor.tcpClients) == tried
+
+
 def test_a_closed_registry_ends_the_repeats() -> None:
     """
     Closing the registry stops its watches, so no connect repeats an
@@ -521,12 +536,7 @@ def test_a_closed_registry_ends_the_repeats() -> None:
     served(network, "db:ns=t")
     endpoint = warmed(network, "masse:db:ns=t", cached=1)
     network.registry.close()
-    tried = len(network.reactor.tcpClients)
-    outcomes: list[Any] = []
-    connectedAfterFlush(network, endpoint).addBoth(outcomes.append)
-    [failure] = outcomes
-    assert failure.check(PeerNotFound), failure
-    assert len(network.reactor.tcpClients) == tried
+    failsTryingNothing(network, endpoint, PeerNotFound)
 
 
 def test_a_repeat_is_not_fooled_by_a_newer_view_read_elsewhere() -> None:
@@ -552,8 +562,7 @@ def test_a_repeat_is_not_fooled_by_a_newer_view_read_elsewhere() -> None:
     assert [port for _, port, *_ in network.reactor.tcpClients[tried:]] == [secondPort]
 
 
-@implementer(ISubscription)
-class _Forwarding:
+class _Forwarding(_Plain):
     """
     A watch wrapped by another registry, which passes on what it does not
     define (C{current} among it) and is synced only while not C{paused}.
@@ -561,19 +570,9 @@ class _Forwarding:
 
     paused = False
 
-    def __init__(self, inner: Any):
-        self.inner = inner
-
-    @property
-    def peers(self) -> Any:
-        return self.inner.peers
-
     @property
     def synced(self) -> bool:
         return bool(self.inner.synced) and not self.paused
-
-    def stop(self) -> None:
-        self.inner.stop()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -709,12 +708,7 @@ def test_no_repeat_goes_through_a_closed_registry_whose_watches_run_on() -> None
     for _ in range(2):  # from the cache, then repeated from the watch alone
         network.successResultOf(connectedAfterFlush(network, endpoint))
     view.close()
-    tried = len(network.reactor.tcpClients)
-    outcomes: list[Any] = []
-    connectedAfterFlush(network, endpoint).addBoth(outcomes.append)
-    [failure] = outcomes
-    assert failure.check(RegistryUnavailable), failure
-    assert len(network.reactor.tcpClients) == tried
+    failsTryingNothing(network, endpoint, RegistryUnavailable)
 
 
 def test_client_service_follows_a_peer_that_restarted() -> None:
