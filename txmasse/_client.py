@@ -777,7 +777,7 @@ class _Repeat(NamedTuple):
     """
 
     resolver: Resolver
-    registry: IRegistry
+    registry: IRegistry  # the resolver's, kept for the check
     records: Sequence[PeerRecord]
     watch: Any  # has current: the entry's subscription, or _NOT_KEPT
     entry: CacheEntry
@@ -876,8 +876,7 @@ def _repeatFailed(
     attempt: Deferred[Any],
     own: bool,
 ) -> Any:
-    registry = repeat.resolver.registry
-    connect = _Connect.goingOn(client, factory, registry, attempt, started, startedOnClock)
+    connect = _Connect.goingOn(client, factory, repeat.registry, attempt, started, startedOnClock)
     return connect.takeOver(repeat.candidates, failure, own, fromCache=True)
 
 
