@@ -28,6 +28,7 @@ from tests.helpers import (
     masseURL,
     newRegistry,
     record,
+    storeEntry,
 )
 from txmasse.errors import RegistryUnavailable
 
@@ -142,11 +143,8 @@ async def test_misplaced_records_are_skipped_by_leases(redis_server: RedisServer
         with capturedLogs() as logs:
             good = await registry.register(record("db"), 5)
             far = int(time.time() * 1000) + 600_000
-            redis_server.command("HSET", "masse:{dev}:n:dz", "i1", record("db").toJSON())
-            redis_server.command("ZADD", "masse:{dev}:exp", far, "dz/i1")
-            redis_server.command("ZADD", "masse:{dev}:names", 0, "dz")
-            redis_server.command("HSET", "masse:{dev}:n:db", "i2", record("db").toJSON())
-            redis_server.command("ZADD", "masse:{dev}:exp", far, "db/i2")
+            storeEntry(redis_server, "dz", "i1", record("db").toJSON(), far)  # misplaced
+            storeEntry(redis_server, "db", "i2", record("db").toJSON(), far)  # a stolen id
             assert [s.record for s in await registry.leases("dev", "d*")] == [good.record]
             assert await registry.lookup("dev", "dz") == []
     finally:
