@@ -65,13 +65,20 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 async def measureConnects(
-    url: str, namespace: str, echoPort: int, redisPort: int, pyroURI: str | None, rounds: int
+    url: str,
+    namespace: str,
+    echoPort: int,
+    redisPort: int,
+    pyroURI: str | None,
+    rounds: int,
+    trip: Callable[[], Awaitable[object]] | None = None,
 ) -> dict[str, list[float]]:
     """
     Samples (seconds) per variant: C{raw}, C{nocache}, C{miss}, C{warm},
     C{selected} (warm, with two C{meta.} conditions and one C{prefer.}),
     C{get}, C{command} (the lookup's HGETALL alone, over txredisapi), C{byhand}
-    (a lookup, then C{raw}), and C{pyro} if C{pyroURI}.
+    (a lookup, then C{raw}), C{pyro} if C{pyroURI}, and C{trip} if given
+    (another registry's raw round trip, to weigh its cold connects by).
     """
     registry = registryFromURL(reactor, url)
     resolver = resolverFor(registry, reactor)
@@ -148,6 +155,15 @@ async def measureConnects(
     }
     if pyroURI is not None:
         variants["pyro"] = pyro
+    if trip is not None:
+        roundTrip = trip
+
+        async def timedTrip() -> float:
+            start = time.perf_counter()
+            await roundTrip()
+            return time.perf_counter() - start
+
+        variants["trip"] = timedTrip
     for run in variants.values():  # warm up every path (imports, scripts, the cache)
         for _ in range(3):
             await run()
