@@ -359,19 +359,17 @@ async def measureEtcd(
         # Each registry's round trip is timed among its connects: the
         # lookups above ran in another namespace, at another moment.
         trip = RawRange(etcd.port, "bench-etcd", "echo")
-        for which, url, yardstick, what in (
-            ("etcd", etcdURL, "trip", "range"),
-            ("Redis", redisURL, "get", "GET"),
+        for which, url, rawTrip, yardstick, what in (
+            ("etcd", etcdURL, trip, "trip", "range"),
+            ("Redis", redisURL, None, "get", "GET"),
         ):
             server = spawn("serve", url, "bench-etcd")
             children.append(server)
             echoPort = int((await server.expect("ready"))[0])
-            extra = None
-            if which == "etcd":
-                await trip.check()
-                extra = trip
+            if rawTrip is not None:
+                await rawTrip.check()
             connects = await measureConnects(
-                url, "bench-etcd", echoPort, redis.port, None, sizes.connects, trip=extra
+                url, "bench-etcd", echoPort, redis.port, None, sizes.connects, trip=rawTrip
             )
             rows += connectRows(which, connects, yardstick, what)
         await trip.close()
